@@ -1,0 +1,64 @@
+"""A torch Dataset that turns source samples into chat-templated prompt records for the trainer."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from torch.utils.data import Dataset
+
+from longact_pl.data.prompting import encode_prompt
+from longact_pl.data.types import SampleSource
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+# Keys of every record (and so of every dict in a batch).
+RECORD_KEYS = ("prompt_ids", "references", "task", "target_length", "truncated", "index")
+
+
+class PromptDataset(Dataset):
+    """Records ``{prompt_ids, references, task, target_length, truncated, index}`` of a sample source.
+
+    ``target_length`` is the sample's ``meta["target_length"]`` when it has one, else the templated
+    prompt length (for JSONL data without lengths).
+
+    Args:
+        source: The samples.
+        tokenizer: Tokenizer with a chat template.
+        max_prompt_tokens: Longer templated prompts are middle-truncated to this.
+        system_prompt: Optional system message.
+    """
+
+    def __init__(
+        self,
+        source: SampleSource,
+        tokenizer: PreTrainedTokenizerBase,
+        max_prompt_tokens: int | None,
+        system_prompt: str | None = None,
+    ) -> None:
+        self.source = source
+        self.tokenizer = tokenizer
+        self.max_prompt_tokens = max_prompt_tokens
+        self.system_prompt = system_prompt
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.source[index]
+        ids, truncated = encode_prompt(
+            self.tokenizer, sample.prompt, self.max_prompt_tokens, self.system_prompt
+        )
+        return {
+            "prompt_ids": ids,
+            "references": list(sample.references),
+            "task": sample.task,
+            "target_length": int(sample.meta.get("target_length") or len(ids)),
+            "truncated": truncated,
+            "index": index,
+        }
+
+
+def keep_list(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Collate function that keeps the batch as a list of records (prompts have different lengths)."""
+    return batch

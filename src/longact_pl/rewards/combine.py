@@ -1,0 +1,34 @@
+"""Weighted sum of several rewards."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+
+class WeightedSum:
+    """``sum_k weights[k] * terms[k](completions, references, **meta)`` per completion.
+
+    Args:
+        terms: Reward callables.
+        weights: One weight per term.
+    """
+
+    def __init__(self, terms: Sequence[Callable[..., list[float]]], weights: Sequence[float]) -> None:
+        if not terms or len(terms) != len(weights):
+            raise ValueError(
+                f"WeightedSum: got {len(terms)} terms and {len(weights)} weights; give one weight per term"
+            )
+        self.terms = list(terms)
+        self.weights = [float(w) for w in weights]
+
+    def __call__(
+        self, completions: Sequence[str], references: Sequence[Sequence[str]], **meta
+    ) -> list[float]:
+        """Combine the terms' scores for each completion."""
+        total = [0.0] * len(completions)
+        for term, weight in zip(self.terms, self.weights):
+            scores = term(completions, references, **meta)
+            if len(scores) != len(completions):
+                raise ValueError(f"WeightedSum: {type(term).__name__} returned {len(scores)} scores")
+            total = [t + weight * s for t, s in zip(total, scores)]
+        return total
