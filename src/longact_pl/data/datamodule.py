@@ -101,11 +101,15 @@ class LongContextDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled training batches (seeded order, a new permutation each epoch)."""
+        return self.extra_dataloader(self.seed)
+
+    def extra_dataloader(self, seed: int) -> DataLoader:
+        """Training batches in another seeded order (DAPO's dynamic sampling draws extra prompts here)."""
         return DataLoader(
             self._dataset(self.train),
             batch_size=self.batch_size,
             shuffle=True,
-            generator=torch.Generator().manual_seed(self.seed),
+            generator=torch.Generator().manual_seed(seed),
             collate_fn=keep_list,
             num_workers=self.num_workers,
         )

@@ -28,8 +28,14 @@ def load_hf(
         revision: Hub revision to pin.
     """
     if not name_or_path or name_or_path == "???":
-        raise ValueError("model.name_or_path is required for model=hf; set model.name_or_path=/path/or/hub-id")
-    kwargs = {"trust_remote_code": trust_remote_code, "local_files_only": local_files_only, "revision": revision}
+        raise ValueError(
+            "model.name_or_path is required for model=hf; set model.name_or_path=/path/or/hub-id"
+        )
+    kwargs = {
+        "trust_remote_code": trust_remote_code,
+        "local_files_only": local_files_only,
+        "revision": revision,
+    }
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(
         name_or_path, dtype=resolve_dtype(dtype), attn_implementation=attn_implementation, **kwargs

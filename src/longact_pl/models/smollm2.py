@@ -103,9 +103,10 @@ def load_smollm2(
         attn_implementation: ``sdpa`` or ``eager``.
         gradient_checkpointing: Recompute activations in backward.
     """
+    torch_dtype = resolve_dtype(dtype)  # fail on a bad value before any conversion
     folder = smollm2_folder(cache_dir)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(
-        folder, dtype=resolve_dtype(dtype), attn_implementation=attn_implementation
+        folder, dtype=torch_dtype, attn_implementation=attn_implementation
     )
     return finish(model, tokenizer, gradient_checkpointing)

@@ -38,7 +38,9 @@ def resolve_dtype(name: str, field: str = "model.dtype") -> torch.dtype:
     return getattr(torch, name)
 
 
-def finish(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, gradient_checkpointing: bool) -> LoadedModel:
+def finish(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, gradient_checkpointing: bool
+) -> LoadedModel:
     """Apply the settings every loader shares and wrap the pair.
 
     Args:

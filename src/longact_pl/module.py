@@ -1,0 +1,291 @@
+"""The LightningModule: a policy, a frozen reference, and one RL step per batch of prompts."""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics import MeanMetric
+
+from longact_pl.algos.protocol import Algorithm
+from longact_pl.ops.logprobs import completion_logprobs
+from longact_pl.rollout.types import RolloutBatch, RolloutEngine
+from longact_pl.sampling import RewardFn, ScoredRollout, sample_and_score, score
+
+
+class _Frozen:
+    """Holds the reference model outside ``nn.Module`` registration: not trained, not checkpointed."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model.eval().requires_grad_(False)
+
+
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+class LongActModule(L.LightningModule):
+    """GRPO-family RL on a Hugging Face causal LM.
+
+    A training step is: rollout -> rewards -> advantages -> ``ppo_epochs`` passes over mini-batches of
+    the rollouts, each mini-batch split into micro-batches whose gradients accumulate into one
+    optimizer step. Optimisation is manual; gradient clipping happens in :meth:`on_before_optimizer_step`,
+    after callbacks (e.g. ``SaliencyMask``) have masked the gradient.
+
+    Args:
+        policy: The causal LM to train.
+        tokenizer: Its tokenizer (left padding).
+        algorithm: Loss, advantages and reward shaping (see ``longact_pl.algos``).
+        rollout: Rollout engine.
+        reward_fn: ``(completions, references, **meta) -> list[float]``.
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        betas: AdamW betas.
+        warmup_steps: Linear learning-rate warm-up in optimizer steps.
+        max_grad_norm: Clip the global gradient norm to this (0 = off).
+        ppo_epochs: Passes over one rollout batch.
+        mini_batch_size: Sequences per optimizer step (0 = the whole rollout batch).
+        micro_batch_size: Sequences per forward/backward.
+        val_lengths: Target lengths of the validation set (accuracy is logged per length).
+        val_max_new_tokens: Greedy budget at validation (``None`` = the rollout's).
+        seed: Base seed for sampling.
+        export_dir: Where the trained policy is saved at the end (``None`` = not saved).
+    """
+
+    def __init__(
+        self,
+        policy: nn.Module,
+        tokenizer,
+        algorithm: Algorithm,
+        rollout: RolloutEngine,
+        reward_fn: RewardFn,
+        lr: float = 1e-5,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_steps: int = 0,
+        max_grad_norm: float = 1.0,
+        ppo_epochs: int = 1,
+        mini_batch_size: int = 0,
+        micro_batch_size: int = 4,
+        val_lengths: list[int] | tuple[int, ...] = (),
+        val_max_new_tokens: int | None = None,
+        seed: int = 0,
+        export_dir: str | Path | None = None,
+    ) -> None:
+        super().__init__()
+        limits = {"ppo_epochs": (ppo_epochs, 1), "micro_batch_size": (micro_batch_size, 1),
+                  "mini_batch_size": (mini_batch_size, 0), "warmup_steps": (warmup_steps, 0)}  # fmt: skip
+        for name, (value, low) in limits.items():
+            if value < low:
+                raise ValueError(f"module.{name} must be >= {low}, got {value}")
+        if lr <= 0:
+            raise ValueError(f"module.lr must be > 0, got {lr}")
+        self.automatic_optimization = False
+        self.policy = policy
+        self.tokenizer = tokenizer
+        self.algorithm = algorithm
+        self.rollout = rollout
+        self.reward_fn = reward_fn
+        self.lr, self.weight_decay, self.betas = lr, weight_decay, tuple(betas)
+        self.warmup_steps, self.max_grad_norm = warmup_steps, max_grad_norm
+        self.ppo_epochs, self.mini_batch_size, self.micro_batch_size = (
+            ppo_epochs,
+            mini_batch_size,
+            micro_batch_size,
+        )
+        self.val_max_new_tokens = val_max_new_tokens
+        self.seed = seed
+        self.export_dir = Path(export_dir) if export_dir else None
+        self._ref = _Frozen(copy.deepcopy(policy)) if algorithm.kl_coef > 0 else None
+        self.val_acc = nn.ModuleDict({str(int(n)): MeanMetric() for n in val_lengths})
+        self.val_acc_all = MeanMetric()
+        # Set around policy training forwards so saliency hooks know which tokens are real.
+        self.stats_token_mask: torch.Tensor | None = None
+        self.truncated_total = 0
+        self._extra_batches = None
+
+    @property
+    def ref_model(self) -> nn.Module | None:
+        """The frozen reference model (``None`` when the algorithm has no KL term)."""
+        return self._ref.model if self._ref else None
+
+    # ------------------------------------------------------------------ setup
+    def on_fit_start(self) -> None:
+        """Move the (unregistered) reference model next to the policy."""
+        if self._ref is not None:
+            self._ref.model.to(self.device)
+
+    def configure_optimizers(self):
+        """AdamW over trainable parameters with a linear warm-up."""
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
+        warm = max(1, self.warmup_steps)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warm))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # --------------------------------------------------------------- training
+    def _more_samples(self):
+        """Further prompt batches for dynamic sampling, from an independently shuffled loader."""
+        dm = self.trainer.datamodule
+        loader = (
+            dm.extra_dataloader(seed=self.seed + 1)
+            if hasattr(dm, "extra_dataloader")
+            else dm.train_dataloader()
+        )
+        while True:
+            yield from loader
+
+    def _sample(self, batch: list[dict]) -> ScoredRollout | None:
+        algo = self.algorithm
+        return sample_and_score(
+            self.rollout, self.policy, self.tokenizer, self.reward_fn, batch,
+            shape=algo.shape_rewards,
+            keep_groups=algo.keep_groups if algo.dynamic_sampling else None,
+            max_rounds=getattr(algo, "max_gen_rounds", 1),
+            more_samples=self._more_samples,
+            seed=self.seed * 1_000_003 + self.global_step * 101,
+        )  # fmt: skip
+
+    @torch.no_grad()
+    def _ref_logprobs(self, ro: RolloutBatch) -> torch.Tensor | None:
+        if self._ref is None:
+            return None
+        width = ro.completion_mask.shape[1]
+        out = [
+            completion_logprobs(self._ref.model, ids, am, width, self.rollout.temperature)[0]
+            for ids, am in zip(
+                ro.input_ids.split(self.micro_batch_size), ro.attention_mask.split(self.micro_batch_size)
+            )
+        ]
+        return torch.cat(out)  # [N, C]
+
+    def training_step(self, batch: list[dict], batch_idx: int) -> None:
+        """One RL step: sample, score, and optimise (manual optimisation)."""
+        start = time.perf_counter()
+        truncated = sum(int(s.get("truncated", False)) for s in batch)
+        self.truncated_total += truncated
+        scored = self._sample(batch)
+        if scored is None:
+            self.log("train/skipped_steps", 1.0, on_step=True, reduce_fx="sum")
+            return
+        ro = scored.batch
+        group = ro.group_size
+        advantages = self.algorithm.advantages(scored.rewards, group).to(self.device)  # [N]
+        ref_logp = self._ref_logprobs(ro)  # [N, C] or None
+        metrics = self._optimise(ro, advantages, ref_logp)
+        first = scored.first_round_rewards  # [N0]
+        groups = first.view(-1, group)  # [B0, G]
+        tokens = int(ro.attention_mask.sum())
+        logs = {
+            "train/reward_mean": first.mean(),
+            "train/reward_std": first.std(unbiased=False),
+            "train/accuracy": (first >= 1.0).float().mean(),
+            "train/zero_std_groups": (groups.std(-1, unbiased=False) == 0).float().mean(),
+            "train/completion_len": ro.completion_lengths.float().mean(),
+            "train/truncated_prompts": float(truncated),
+            "train/truncated_prompts_total": float(self.truncated_total),
+            "train/gen_rounds": float(scored.rounds),
+            "train/dropped_groups": float(scored.dropped_groups),
+            "train/tokens_per_s": tokens / (time.perf_counter() - start),
+            "train/lr": self.optimizers().param_groups[0]["lr"],
+            **metrics,
+        }
+        self.log_dict({k: float(v) for k, v in logs.items()}, on_step=True, batch_size=len(batch))
+        self.log(
+            "reward", float(first.mean()), prog_bar=True, on_step=True, logger=False, batch_size=len(batch)
+        )
+
+    def _optimise(self, ro: RolloutBatch, advantages: torch.Tensor, ref_logp: torch.Tensor | None) -> dict:
+        n, width = ro.completion_mask.shape
+        mini = self.mini_batch_size or n
+        # One pass over one mini-batch is on-policy: old_logp = logp.detach() makes the ratio exactly 1.
+        use_behaviour = self.ppo_epochs > 1 or mini < n
+        opt, sched = self.optimizers(), self.lr_schedulers()
+        gen = torch.Generator().manual_seed(self.seed + self.global_step)
+        sums: dict[str, float] = {}
+        count = 0
+        for _ in range(self.ppo_epochs):
+            order = torch.randperm(n, generator=gen) if mini < n else torch.arange(n)  # [N]
+            for idx in order.split(mini):
+                num_tokens = ro.completion_mask[idx].sum()
+                for micro in idx.split(self.micro_batch_size):
+                    m = self._micro_step(
+                        ro, micro, width, advantages, ref_logp, use_behaviour, len(idx), num_tokens
+                    )
+                    for k, v in m.items():
+                        sums[k] = sums.get(k, 0.0) + float(v)
+                    count += 1
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                sched.step()
+        return {f"train/{k}": v / max(count, 1) for k, v in sums.items()}
+
+    def _micro_step(
+        self, ro, micro, width, advantages, ref_logp, use_behaviour, num_seqs, num_tokens
+    ) -> dict:
+        ids, am = ro.input_ids[micro], ro.attention_mask[micro]  # [m, P + C]
+        first_col = int(am.any(0).nonzero()[0])  # drop columns that are padding in every row
+        ids, am = ids[:, first_col:], am[:, first_col:]
+        mask = ro.completion_mask[micro].float()  # [m, C]
+        self.stats_token_mask = am.bool()
+        try:
+            logp, entropy = completion_logprobs(
+                self.policy, ids, am, width, self.rollout.temperature, True
+            )  # [m, C]
+        finally:
+            self.stats_token_mask = None
+        old = ro.behaviour_logp[micro] if use_behaviour else logp.detach()  # [m, C]
+        ref = ref_logp[micro] if ref_logp is not None else None  # [m, C]
+        loss, metrics = self.algorithm.loss(
+            logp, old, ref, advantages[micro], mask, num_seqs=num_seqs, num_tokens=num_tokens
+        )
+        self.manual_backward(loss)
+        return {"loss": loss.detach(), "entropy": _masked_mean(entropy, mask), **metrics}
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Clip gradients; callbacks' hooks (gradient masking) have already run."""
+        grads = [p.grad for p in self.policy.parameters() if p.grad is not None]
+        if grads:
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+            self.log("train/grad_norm", float(norm), on_step=True)
+        if self.max_grad_norm > 0:
+            self.clip_gradients(
+                optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm"
+            )
+
+    # ------------------------------------------------------------- validation
+    def validation_step(self, batch: list[dict], batch_idx: int) -> None:
+        """Greedy decoding on held-out prompts; accuracy per target length."""
+        ro = self.rollout.generate(
+            self.policy, self.tokenizer, [s["prompt_ids"] for s in batch], greedy=True,
+            max_new_tokens=self.val_max_new_tokens,
+        )  # fmt: skip
+        scores = score(self.reward_fn, ro.completions, batch, 1)  # [B]
+        for s, value in zip(batch, scores.tolist()):
+            key = str(int(s.get("target_length", -1)))
+            if key in self.val_acc:
+                self.val_acc[key].update(value)
+            self.val_acc_all.update(value)
+
+    def on_validation_epoch_end(self) -> None:
+        """Log accuracy per length and overall."""
+        for key, metric in self.val_acc.items():
+            if metric.update_called:
+                self.log(f"val/acc_{key}", metric.compute())
+            metric.reset()
+        if self.val_acc_all.update_called:
+            self.log("val/acc", self.val_acc_all.compute(), prog_bar=True)
+        self.val_acc_all.reset()
+
+    # ----------------------------------------------------------------- export
+    def on_train_end(self) -> None:
+        """Save the trained policy and tokenizer with ``save_pretrained`` into ``export_dir``."""
+        if self.export_dir is None or not self.trainer.is_global_zero:
+            return
+        self.export_dir.mkdir(parents=True, exist_ok=True)
+        self.policy.save_pretrained(self.export_dir)
+        self.tokenizer.save_pretrained(self.export_dir)

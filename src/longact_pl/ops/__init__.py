@@ -1,0 +1,1 @@
+"""Tensor operations shared by training, rollouts and evaluation."""

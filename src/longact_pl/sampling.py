@@ -1,0 +1,131 @@
+"""One RL sampling phase: rollouts, rewards, and DAPO-style dynamic sampling."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from longact_pl.rollout.types import RolloutBatch, RolloutEngine, concat_rollouts
+
+log = logging.getLogger(__name__)
+
+RewardFn = Callable[..., list[float]]
+
+
+@dataclass
+class ScoredRollout:
+    """Rollouts with their rewards.
+
+    Attributes:
+        batch: The kept rollouts (``[N, ...]``).
+        rewards: ``[N]`` task rewards after shaping (the training signal).
+        raw_rewards: ``[N]`` task rewards before shaping.
+        first_round_rewards: ``[N0]`` unshaped rewards of the first round (logged as the reward curve).
+        rounds: Generation rounds used.
+        dropped_groups: Groups dropped because all their rewards were equal.
+        reward_errors: Completions whose reward function raised (scored 0).
+    """
+
+    batch: RolloutBatch
+    rewards: torch.Tensor
+    raw_rewards: torch.Tensor
+    first_round_rewards: torch.Tensor
+    rounds: int = 1
+    dropped_groups: int = 0
+    reward_errors: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def score(reward_fn: RewardFn, completions: list[str], samples: list[dict], group_size: int) -> torch.Tensor:
+    """Reward each completion against the references of its prompt.
+
+    Args:
+        reward_fn: ``(completions, references, **meta) -> list[float]``.
+        completions: ``B * G`` completions, grouped by prompt.
+        samples: The B prompt dicts (``references``, ``task``).
+        group_size: G.
+
+    Returns:
+        ``[B * G]`` float32 rewards.
+    """
+    refs = [s["references"] for s in samples for _ in range(group_size)]
+    tasks = [s.get("task", "") for s in samples for _ in range(group_size)]
+    values = reward_fn(completions, refs, tasks=tasks)
+    if len(values) != len(completions):
+        raise ValueError(f"reward function returned {len(values)} values for {len(completions)} completions")
+    return torch.tensor([float(v) for v in values], dtype=torch.float32)  # [B * G]
+
+
+def sample_and_score(
+    engine: RolloutEngine,
+    policy: torch.nn.Module,
+    tokenizer,
+    reward_fn: RewardFn,
+    samples: list[dict],
+    shape: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    keep_groups: Callable[[torch.Tensor, int], torch.Tensor] | None,
+    max_rounds: int,
+    more_samples: Callable[[], Iterator[list[dict]]] | None,
+    seed: int,
+) -> ScoredRollout | None:
+    """Generate and score; with ``keep_groups`` drop uniform groups and sample more prompts.
+
+    Args:
+        engine: Rollout engine.
+        policy: The current policy.
+        tokenizer: Its tokenizer.
+        reward_fn: Reward callable.
+        samples: This step's prompt dicts.
+        shape: Reward shaping ``(rewards [N], lengths [N]) -> [N]`` (e.g. DAPO's overlong penalty).
+        keep_groups: ``(rewards [N], G) -> bool [N / G]``; ``None`` keeps every group.
+        max_rounds: Cap on generation rounds (dynamic sampling).
+        more_samples: Factory of an iterator of further prompt batches for extra rounds.
+        seed: Sampling seed of the first round; round r uses ``seed + r``.
+
+    Returns:
+        The scored rollouts, or ``None`` if dynamic sampling kept no group at all.
+    """
+    group = engine.group_size
+    want = len(samples)
+    kept: list[RolloutBatch] = []
+    kept_rewards: list[torch.Tensor] = []
+    kept_raw: list[torch.Tensor] = []
+    first: torch.Tensor | None = None
+    dropped, rounds, extra_iter = 0, 0, None
+    batch_samples = samples
+    while True:
+        ro = engine.generate(policy, tokenizer, [s["prompt_ids"] for s in batch_samples], seed=seed + rounds)
+        rounds += 1
+        raw = score(reward_fn, ro.completions, batch_samples, group)  # [n]
+        shaped = shape(raw, ro.completion_lengths.float().cpu())  # [n]
+        first = raw if first is None else first
+        keep = keep_groups(shaped, group) if keep_groups else torch.ones(len(batch_samples), dtype=torch.bool)
+        dropped += int((~keep).sum())
+        rows = keep.repeat_interleave(group)  # [n]
+        kept.append(ro.select_groups(keep))
+        kept_rewards.append(shaped[rows])
+        kept_raw.append(raw[rows])
+        n_kept = sum(len(r) for r in kept_rewards) // group
+        if keep_groups is None or n_kept >= want or rounds >= max_rounds or more_samples is None:
+            break
+        extra_iter = extra_iter or more_samples()
+        batch_samples = next(extra_iter)
+    if sum(len(r) for r in kept_rewards) == 0:
+        log.warning("dynamic sampling kept no group after %d rounds; skipping this step", rounds)
+        return None
+    batch = concat_rollouts([b for b in kept if len(b.completions)], tokenizer.pad_token_id)
+    rewards, raw = torch.cat(kept_rewards), torch.cat(kept_raw)  # [N], [N]
+    if len(rewards) > want * group:  # extra rounds over-filled the batch: keep its size fixed
+        batch = batch.select_groups(torch.arange(len(rewards) // group) < want)
+        rewards, raw = rewards[: want * group], raw[: want * group]  # [B * G]
+    return ScoredRollout(
+        batch=batch,
+        rewards=rewards,
+        raw_rewards=raw,
+        first_round_rewards=first,
+        rounds=rounds,
+        dropped_groups=dropped,
+    )

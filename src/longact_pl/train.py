@@ -1,0 +1,94 @@
+"""Compose the Hydra config into components and run ``Trainer.fit``.
+
+Everything is built by ``hydra.utils.instantiate`` from ``_target_``; the order below is chosen so that
+bad config values fail before anything heavy is loaded or anything is written to the run directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+_RUN_MARKERS = ("metrics.csv", "final", "checkpoints", "config.yaml")
+
+# Checkpoints after the optimizer step are what we want; the run directory is checked by check_run_dir.
+warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimization.*")
+warnings.filterwarnings("ignore", message=".*Experiment logs directory .* exists and is not empty.*")
+warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
+
+
+def check_run_dir(run_dir: Path, resuming: bool) -> None:
+    """Refuse to write a new run over an existing one.
+
+    Raises:
+        FileExistsError: If ``run_dir`` already holds a run and we are not resuming from a checkpoint.
+    """
+    found = [m for m in _RUN_MARKERS if (run_dir / m).exists()]
+    if found and not resuming:
+        raise FileExistsError(
+            f"run directory {run_dir} already holds a run ({', '.join(found)}); choose another "
+            "hydra.run.dir, or pass ckpt_path=<checkpoint> to resume it"
+        )
+
+
+def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    """Instantiate ``cfg.callbacks.*`` and the masking callback (``masking=none`` adds nothing)."""
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
+    if cfg.get("masking") and "_target_" in cfg.masking:
+        callbacks.append(instantiate(cfg.masking))
+    return callbacks
+
+
+def build_loggers(cfg: DictConfig) -> list:
+    """Instantiate every logger under ``cfg.logger``."""
+    return [instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
+    """Train as configured; return the final logged metrics.
+
+    Args:
+        cfg: The composed config (``conf/train.yaml``).
+        run_dir: Hydra's output directory for this run.
+    """
+    check_run_dir(run_dir, resuming=cfg.get("ckpt_path") is not None)
+    L.seed_everything(cfg.seed, workers=True)
+    # Cheap components first: invalid values fail here, before loading a model or writing a file.
+    algorithm = instantiate(cfg.algo)
+    rollout = instantiate(cfg.rollout)
+    callbacks = build_callbacks(cfg)
+    loaded = instantiate(cfg.model)
+    datamodule = instantiate(cfg.data, tokenizer=loaded.tokenizer)
+    module = instantiate(
+        cfg.module,
+        policy=loaded.model,
+        tokenizer=loaded.tokenizer,
+        algorithm=algorithm,
+        rollout=rollout,
+        reward_fn=datamodule.reward,
+        export_dir=str(run_dir / "final"),
+    )
+    loggers = build_loggers(cfg)
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    for lg in loggers:
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    before = {}
+    if cfg.get("validate_before_training") and cfg.get("ckpt_path") is None:
+        before = {
+            f"{k}@step0": float(v) for k, v in trainer.validate(module, datamodule=datamodule)[0].items()
+        }
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    final = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    for key in sorted(k for k in final if k.startswith("val/acc")):
+        start = before.get(f"{key}@step0")
+        log.info("%s: %s -> %.3f", key, "n/a" if start is None else f"{start:.3f}", final[key])
+    return {**before, **final}

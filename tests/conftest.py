@@ -1,0 +1,30 @@
+"""Shared fixtures: tiny random models built in code (2 layers, hidden 64, GQA)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from longact_pl.models.tiny import tiny_llama, tiny_qwen3
+
+torch.set_num_threads(max(1, torch.get_num_threads()))
+
+
+@pytest.fixture
+def tiny():
+    """A fresh tiny Llama and its tokenizer."""
+    return tiny_llama(seed=0)
+
+
+@pytest.fixture(params=["llama", "qwen3"])
+def tiny_any(request):
+    """A fresh tiny Llama or Qwen3."""
+    return (tiny_llama if request.param == "llama" else tiny_qwen3)(seed=0)
+
+
+def chat_ids(tokenizer, text: str) -> list[int]:
+    """Token ids of a one-turn chat prompt."""
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+    )
+    return tokenizer.encode(prompt, add_special_tokens=False)

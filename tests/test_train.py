@@ -1,0 +1,128 @@
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from longact_pl.models.hf import load_hf
+from longact_pl.models.tiny import tiny_llama
+from longact_pl.train import check_run_dir, run
+from tests.helpers import ROOT, compose_train
+
+PARITY = "data.reward._target_=tests.helpers.ParityReward"
+
+
+def _rows(run_dir):
+    with open(run_dir / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def _train_rows(run_dir):
+    return [r for r in _rows(run_dir) if r.get("train/reward_mean")]
+
+
+@pytest.mark.parametrize("algo", ["grpo", "dapo", "dr_grpo"])
+def test_algorithms_train_end_to_end(tmp_path, algo):
+    cfg = compose_train(tmp_path, f"algo={algo}", PARITY)
+    run(cfg, tmp_path)
+    rows = _train_rows(tmp_path)
+    assert len(rows) == 2
+    assert (tmp_path / "config.yaml").is_file() and (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    assert (tmp_path / "final" / "model.safetensors").is_file() and (
+        tmp_path / "final" / "tokenizer.json"
+    ).is_file()
+    # one pass over one mini-batch: on-policy, the importance ratio is exactly 1
+    assert all(float(r["train/ratio_mean"]) == 1.0 for r in rows)
+    start, final = tiny_llama(seed=cfg.seed).model, load_hf(str(tmp_path / "final"), dtype="float32").model
+    changed = [n for n, p in final.named_parameters() if not torch.equal(p, start.get_parameter(n))]
+    assert any("q_proj" in n for n in changed) and any("mlp" in n for n in changed)
+    assert any(k.startswith("val/acc") and v for r in _rows(tmp_path) for k, v in r.items())
+
+
+def test_grpo_logs_kl_and_dapo_drops_uniform_groups(tmp_path):
+    grpo_dir, dapo_dir = tmp_path / "grpo", tmp_path / "dapo"
+    run(compose_train(grpo_dir, "algo=grpo", "trainer.max_steps=1", PARITY), grpo_dir)
+    assert "train/kl" in _train_rows(grpo_dir)[0]
+    # the default reward gives 0 everywhere on a random model: every group is uniform and dropped
+    run(compose_train(dapo_dir, "algo=dapo", "trainer.max_steps=1", "trainer.max_epochs=1",
+                      "data.train.num_samples=4", "algo.max_gen_rounds=2"), dapo_dir)  # fmt: skip
+    skipped = [r for r in _rows(dapo_dir) if r.get("train/skipped_steps")]
+    assert len(skipped) == 2  # both batches of the epoch were skipped: no optimizer step at all
+    start, final = tiny_llama(seed=42).model, load_hf(str(dapo_dir / "final"), dtype="float32").model
+    assert all(torch.equal(p, start.get_parameter(n)) for n, p in final.named_parameters())
+
+
+def test_several_optimizer_steps_per_rollout(tmp_path):
+    cfg = compose_train(tmp_path, PARITY, "module.ppo_epochs=2", "module.mini_batch_size=4",
+                        "module.micro_batch_size=2", "trainer.max_steps=4")  # fmt: skip
+    run(cfg, tmp_path)
+    rows = _train_rows(tmp_path)
+    # 8 sequences per RL step, mini-batches of 4, 2 epochs: 4 optimizer steps in one RL step
+    assert len(rows) == 1
+    assert float(rows[0]["train/ratio_mean"]) != 1.0  # stored behaviour log-probs after the first update
+
+
+def test_truncated_prompts_are_counted(tmp_path):
+    run(compose_train(tmp_path, PARITY, "data.max_prompt_tokens=200", "trainer.max_steps=1"), tmp_path)
+    assert float(_train_rows(tmp_path)[0]["train/truncated_prompts_total"]) == 2.0
+
+
+def test_existing_run_is_not_overwritten(tmp_path):
+    (tmp_path / "metrics.csv").write_text("old")
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        check_run_dir(tmp_path, resuming=False)
+    check_run_dir(tmp_path, resuming=True)
+    with pytest.raises(FileExistsError):
+        run(compose_train(tmp_path), tmp_path)
+    assert (tmp_path / "metrics.csv").read_text() == "old"
+
+
+def _cli(run_dir, *overrides):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "train.py", "model=tiny_llama", f"hydra.run.dir={run_dir}", *overrides]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize(
+    "override,expected",
+    [
+        ("rollout.group_size=1", "rollout.group_size must be >= 2"),
+        ("algo.eps_low=-0.1", "algo.eps_low must be >= 0"),
+        ("algo=ppo_typo", "grpo"),  # Hydra lists the available options
+        ("model=smollm2_135m model.dtype=fp8", "model.dtype='fp8'"),
+    ],
+)
+def test_cli_bad_config_fails_and_writes_nothing(tmp_path, override, expected):
+    (tmp_path / "notes.txt").write_text("keep me")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = _cli(tmp_path, *override.split())
+    assert result.returncode != 0
+    assert expected in result.stdout + result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.slow
+def test_cli_smoke_run_writes_run_directory(tmp_path):
+    run_dir = tmp_path / "run"
+    result = _cli(run_dir, "trainer.max_steps=1", "trainer.val_check_interval=1", "data.train.lengths=[256]",
+                  "data.val.lengths=[256]", "data.val.num_samples=2", "rollout.max_new_tokens=4")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert {"config.yaml", "metrics.csv", "checkpoints", "final"} <= {p.name for p in run_dir.iterdir()}
+    assert "val/acc" in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_one_grpo_step_on_smollm2(tmp_path):
+    cfg = compose_train(
+        tmp_path, "model=smollm2_135m", "trainer.max_steps=1", "trainer.val_check_interval=1",
+        "data.batch_size=1", "rollout.group_size=2", "rollout.max_new_tokens=12", "data.train.lengths=[512]",
+        "data.val.lengths=[512]", "data.val.num_samples=1", "module.lr=1e-5", "trainer.precision=bf16-mixed",
+    )  # fmt: skip
+    metrics = run(cfg, tmp_path)
+    rows = _train_rows(tmp_path)
+    assert len(rows) == 1 and float(rows[0]["train/completion_len"]) > 0
+    assert "val/acc" in metrics
+    assert (tmp_path / "final" / "model.safetensors").stat().st_size > 100_000_000
