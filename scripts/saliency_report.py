@@ -1,0 +1,233 @@
+"""Saliency report: where the large q/k activations sit, how concentrated they are, and how stable.
+
+Example:
+    python scripts/saliency_report.py --model smollm2 --lengths 1024 4096 --samples 4 --out reports/saliency
+    python scripts/saliency_report.py --model tiny_llama --lengths 256 --samples 1 --out r --run runs/X
+
+Writes into ``--out``: ``heatmap_q_proj.png`` / ``heatmap_k_proj.png`` (log10 mean |act| per layer x channel),
+``mask.png`` (the top-``ratio`` mask), ``concentration.png`` (L1 share of the top-``ratio`` channels per
+layer, per prompt length), ``drift.png`` (with ``--run``) and ``summary.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from longact_pl.masking.calibrate import collect_stats  # noqa: E402
+from longact_pl.masking.metrics import jaccard, top_share  # noqa: E402
+from longact_pl.masking.selection import TopK, build_masks  # noqa: E402
+from longact_pl.masking.targets import find_targets, head_dim_of  # noqa: E402
+
+GROUPS = ("q_proj", "k_proj")
+
+
+def load(name: str):
+    """Model and tokenizer by short name, or any local HF folder / hub id."""
+    if name in ("tiny_llama", "tiny_qwen3"):
+        from longact_pl.models import tiny
+
+        return getattr(tiny, name)(seed=0)
+    if name == "smollm2":
+        from longact_pl.models.smollm2 import load_smollm2
+
+        return load_smollm2()
+    from longact_pl.models.hf import load_hf
+
+    return load_hf(name, dtype="float32", local_files_only=True)
+
+
+def make_prompts(tokenizer, length: int, samples: int, seed: int) -> tuple[list[list[int]], str]:
+    """Long prompts from the project's task generator (NIAH), else random token ids."""
+    try:
+        from longact_pl.data.tasks.niah import NeedleInAHaystack
+    except ImportError:
+        rng = random.Random(seed + length)
+        ids = [[rng.randrange(100, len(tokenizer)) for _ in range(length)] for _ in range(samples)]
+        return ids, "random tokens"
+    task = NeedleInAHaystack(num_keys=4)
+    out = []
+    for i in range(samples):
+        text = task.generate(length, seed * 1000 + i, tokenizer).prompt
+        if not isinstance(text, str):
+            text = "\n".join(m["content"] for m in text)
+        chat = tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+        )
+        out.append(tokenizer.encode(chat, add_special_tokens=False))
+    return out, f"{task.name} (longact_pl.data.tasks)"
+
+
+def per_group(targets, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Stack per-module vectors into ``[layers, channels]`` per target group."""
+    return {g: torch.stack([values[t.name] for t in targets if t.group == g]) for g in GROUPS}
+
+
+def low_freq_share(mask: torch.Tensor, head_dim: int) -> float:
+    """Share of kept channels in the low-frequency half of RoPE dims (``d mod D/2 >= D/4``)."""
+    half = head_dim // 2
+    freq_idx = torch.arange(mask.numel()) % head_dim % half  # [C]; larger = lower RoPE frequency
+    kept = int(mask.sum())
+    return 0.0 if kept == 0 else int((mask & (freq_idx >= half // 2)).sum()) / kept
+
+
+def plot_heatmaps(out: Path, mean_abs: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]) -> list[str]:
+    files = []
+    for g in GROUPS:
+        fig, ax = plt.subplots(figsize=(10, 0.25 * len(mean_abs[g]) + 2))
+        im = ax.imshow(mean_abs[g].clamp_min(1e-8).log10().numpy(), aspect="auto", cmap="magma")
+        ax.set(xlabel="output channel", ylabel="layer", title=f"{g}: log10 mean |activation|")
+        fig.colorbar(im, ax=ax)
+        fig.tight_layout()
+        fig.savefig(out / f"heatmap_{g}.png", dpi=110)
+        plt.close(fig)
+        files.append(f"heatmap_{g}.png")
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.25 * len(masks[GROUPS[0]]) + 2))
+    for ax, g in zip(axes, GROUPS):
+        ax.imshow(masks[g].float().numpy(), aspect="auto", cmap="Greys", interpolation="nearest")
+        ax.set(xlabel="output channel", ylabel="layer", title=f"{g}: trained rows (black)")
+    fig.tight_layout()
+    fig.savefig(out / "mask.png", dpi=110)
+    plt.close(fig)
+    return [*files, "mask.png"]
+
+
+def plot_concentration(out: Path, conc: dict[int, dict[str, list[float]]], ratio: float) -> str:
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for length, groups in conc.items():
+        for g, style in zip(GROUPS, ("-", "--")):
+            ax.plot(groups[g], style, marker="o", label=f"{g} @ {length} tok")
+    ax.axhline(ratio, color="grey", lw=0.8, label="uniform")
+    ax.set(xlabel="layer", ylabel=f"L1 share of top {ratio:.0%} channels", ylim=(0, 1))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "concentration.png", dpi=110)
+    plt.close(fig)
+    return "concentration.png"
+
+
+def plot_drift(out: Path, history: list[dict]) -> str:
+    steps = [h["step"] for h in history if h.get("jaccard") is not None]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.plot(
+        steps, [h["jaccard"] for h in history if h.get("jaccard") is not None], marker="o", label="Jaccard"
+    )
+    ax.plot([h["step"] for h in history], [h["l1_share"] for h in history], marker="s", label="L1 share")
+    ax.set(xlabel="optimizer step", ylim=(0, 1.05), title="mask drift during training")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "drift.png", dpi=110)
+    plt.close(fig)
+    return "drift.png"
+
+
+def main(argv: list[str] | None = None) -> Path:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="smollm2", help="smollm2 | tiny_llama | tiny_qwen3 | HF folder")
+    p.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096])
+    p.add_argument("--samples", type=int, default=4, help="prompts per length")
+    p.add_argument("--ratio", type=float, default=0.3)
+    p.add_argument("--measure-at", default="proj", choices=["proj", "norm"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--run", type=Path, default=None, help="training run dir with final/mask_summary.json")
+    args = p.parse_args(argv)
+    torch.manual_seed(args.seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    loaded = load(args.model)
+    model, tok = loaded.model, loaded.tokenizer
+    targets = find_targets(model, GROUPS, args.measure_at)
+    head_dim = head_dim_of(model)
+    groups = {g: [t.name for t in targets if t.group == g] for g in GROUPS}
+
+    conc: dict[int, dict[str, list[float]]] = {}
+    masks_by_len: dict[int, dict[str, torch.Tensor]] = {}
+    totals: dict[str, dict[str, torch.Tensor]] = {"mean_abs": {}, "max_abs": {}}
+    source = ""
+    for length in args.lengths:
+        prompts, source = make_prompts(tok, length, args.samples, args.seed)
+        stats = collect_stats(model, targets, prompts)
+        mean_abs = {k: s.statistic("mean_abs") for k, s in stats.items()}
+        for k, s in stats.items():
+            totals["mean_abs"][k] = totals["mean_abs"].get(k, 0) + s.statistic("mean_abs") / len(args.lengths)
+            peak = s.statistic("max_abs")  # [C]
+            totals["max_abs"][k] = torch.maximum(totals["max_abs"].get(k, peak), peak)  # [C]
+        conc[length] = {g: [top_share(mean_abs[n], args.ratio) for n in groups[g]] for g in GROUPS}
+        masks_by_len[length] = build_masks(mean_abs, groups, TopK(), args.ratio)
+
+    masks = build_masks(totals["mean_abs"], groups, TopK(), args.ratio)
+    masks_max = build_masks(totals["max_abs"], groups, TopK(), args.ratio)
+    files = plot_heatmaps(args.out, per_group(targets, totals["mean_abs"]), per_group(targets, masks))
+    files.append(plot_concentration(args.out, conc, args.ratio))
+
+    lines = [
+        f"# Saliency report: `{args.model}`",
+        "",
+        f"Prompts: {source}; lengths {args.lengths} tokens (target), {args.samples} per length; "
+        f"measured at `{args.measure_at}`; ratio {args.ratio}; head_dim {head_dim}.",
+        "",
+        f"| layer | group | top {args.ratio:.0%} L1 share | top/median | mask vs max_abs mask (Jaccard) "
+        "| kept rows in low-freq RoPE half |",
+        "|---|---|---|---|---|---|",
+    ]
+    for g in GROUPS:
+        for layer, name in enumerate(groups[g]):
+            v = totals["mean_abs"][name]  # [C]
+            peak = float(v.max() / v.median().clamp_min(1e-12))
+            same = jaccard(masks[name], masks_max[name])
+            low = low_freq_share(masks[name], head_dim)
+            lines.append(
+                f"| {layer} | {g} | {top_share(v, args.ratio):.3f} | {peak:.1f} | {same:.2f} | {low:.2f} |"
+            )
+    names = [t.name for t in targets]
+    lines += [
+        "",
+        "## Stability across prompt lengths (Jaccard of each length's mask with the pooled mask)",
+        "",
+    ]
+    for length, m in masks_by_len.items():
+        lines.append(f"- {length} tokens: {sum(jaccard(m[n], masks[n]) for n in names) / len(names):.3f}")
+    mean_conc = {g: sum(sum(c[g]) / len(c[g]) for c in conc.values()) / len(conc) for g in GROUPS}
+    lines += ["", "Mean concentration: " + ", ".join(f"{g} {v:.3f}" for g, v in mean_conc.items()), ""]
+
+    if args.run is not None:
+        summary_path = next(
+            (
+                q
+                for q in (args.run / "final" / "mask_summary.json", args.run / "mask_summary.json")
+                if q.is_file()
+            ),
+            None,
+        )
+        if summary_path is None:
+            lines += [f"No mask_summary.json under {args.run}.", ""]
+        else:
+            summary = json.loads(summary_path.read_text())
+            history = summary.get("history", [])
+            files.append(plot_drift(args.out, history))
+            what = ", ".join(f"{k} {summary.get(k)}" for k in ("selector", "ratio", "statistic", "unit"))
+            lines += ["## Drift during training", "", f"From `{summary_path}` ({what}).", ""]
+            lines += ["| step | Jaccard vs previous | L1 share |", "|---|---|---|"]
+            for h in history:
+                jac = "-" if h.get("jaccard") is None else f"{h['jaccard']:.3f}"
+                lines.append(f"| {h['step']} | {jac} | {h['l1_share']:.3f} |")
+            lines.append("")
+    lines += ["## Figures", ""] + [f"![{f}]({f})" for f in files]
+    (args.out / "summary.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out / 'summary.md'} and {len(files)} figures")
+    return args.out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Calibration: run long prompts through the policy (no grad, batch of 1) and collect channel statistics."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from longact_pl.masking.stats import ChannelStats, StatsCollector
+from longact_pl.masking.targets import Target
+
+
+def _trunk(policy: nn.Module) -> nn.Module:
+    """Return the decoder without the LM head (``policy.model`` for HF LMs), so no ``[T, vocab]`` logits."""
+    base = getattr(policy, "base_model", None)
+    return base if isinstance(base, nn.Module) and base is not policy else policy
+
+
+@torch.no_grad()
+def collect_stats(
+    policy: nn.Module,
+    targets: Sequence[Target],
+    prompts: Sequence[Sequence[int]],
+    bf16: bool = False,
+) -> dict[str, ChannelStats]:
+    """Per-channel statistics of every target's measured module over all tokens of ``prompts``.
+
+    Args:
+        policy: The Hugging Face causal LM.
+        targets: Masked projections (their ``measured`` modules are hooked).
+        prompts: Token id lists, each run alone (batch of 1, no padding).
+        bf16: Run under ``torch.autocast(bfloat16)`` (as bf16 training would).
+
+    Returns:
+        Target name -> statistics.
+
+    Raises:
+        ValueError: If no prompt is given or a prompt is empty.
+    """
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("calibration needs at least one non-empty prompt")
+    current: list[Tensor | None] = [None]
+    collector = StatsCollector({t.name: t.measured for t in targets}, gate=lambda: current[0])
+    device = next(policy.parameters()).device
+    trunk = _trunk(policy)
+    was_training = policy.training
+    policy.eval()
+    collector.attach()
+    try:
+        for prompt in prompts:
+            ids = torch.tensor([list(prompt)], dtype=torch.long, device=device)  # [1, T]
+            current[0] = torch.ones_like(ids, dtype=torch.bool)  # [1, T]
+            amp = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+            with amp:
+                trunk(input_ids=ids, use_cache=False)
+    finally:
+        current[0] = None
+        collector.detach()
+        policy.train(was_training)
+    missing = [t.name for t in targets if t.name not in collector.stats]
+    if missing:
+        raise RuntimeError(f"calibration forwards never reached {missing[:3]}... (hooks saw no output)")
+    return collector.stats

@@ -1,0 +1,124 @@
+"""Mask selection (pure): selectors chosen by Hydra ``_target_`` and per-matrix / global mask building.
+
+A selector picks ``k`` unit indices out of ``n`` given their scores. ``TopK`` is LongAct (keep the most
+salient units), ``BottomK`` the inverse control, ``RandomK`` the random control (ignores scores; seeded).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from longact_pl.masking.units import count_k, expand_units, unit_index, unit_scores
+
+SCOPES = ("per_matrix", "global")
+
+
+class Selector(Protocol):
+    """Picks ``k`` unit indices from unit scores."""
+
+    def __call__(self, scores: Tensor, k: int, generator: torch.Generator) -> Tensor:
+        """Return ``k`` distinct indices into ``scores`` (``[n]`` -> ``[k]`` long)."""
+        ...
+
+
+def _descending(scores: Tensor) -> Tensor:
+    """Sort indices by decreasing score; ties keep the lower index first (stable, deterministic)."""
+    return torch.argsort(scores.float().cpu(), descending=True, stable=True)  # [n]
+
+
+class TopK:
+    """LongAct: keep the ``k`` highest-scoring units."""
+
+    def __call__(self, scores: Tensor, k: int, generator: torch.Generator) -> Tensor:
+        """Return the indices of the ``k`` largest scores."""
+        return _descending(scores)[:k]  # [k]
+
+
+class BottomK:
+    """Inverse control: keep the ``k`` lowest-scoring units.
+
+    It takes the tail of the same stable order :class:`TopK` uses, so the two are disjoint whenever
+    ``2k <= n`` (e.g. ``ratio <= 0.5`` with an even unit count), ties included.
+    """
+
+    def __call__(self, scores: Tensor, k: int, generator: torch.Generator) -> Tensor:
+        """Return the indices of the ``k`` smallest scores."""
+        return _descending(scores)[scores.numel() - k :]  # [k]
+
+
+class RandomK:
+    """Random control: ``k`` units uniformly at random (scores are ignored; only their count matters)."""
+
+    def __call__(self, scores: Tensor, k: int, generator: torch.Generator) -> Tensor:
+        """``k`` distinct random indices drawn with ``generator``."""
+        return torch.randperm(scores.numel(), generator=generator)[:k]  # [k]
+
+
+def name_generator(seed: int, name: str) -> torch.Generator:
+    """Make a CPU generator seeded from ``seed`` and a stable hash of ``name``.
+
+    Random masks thus depend only on (seed, matrix or group name): the same seed gives the same mask, and a
+    refresh does not reshuffle a random control.
+    """
+    return torch.Generator().manual_seed((int(seed) * 1_000_003 + zlib.crc32(name.encode())) % (2**63))
+
+
+def check_scope(scope: str) -> str:
+    """Validate a scope name.
+
+    Raises:
+        ValueError: If ``scope`` is not one of :data:`SCOPES`.
+    """
+    if scope not in SCOPES:
+        raise ValueError(f"masking.scope={scope!r} is not supported; use one of {list(SCOPES)}")
+    return scope
+
+
+def build_masks(
+    scores: Mapping[str, Tensor],
+    groups: Mapping[str, Sequence[str]],
+    selector: Selector,
+    ratio: float,
+    unit: str = "channel",
+    head_dim: int = 0,
+    scope: str = "per_matrix",
+    seed: int = 0,
+) -> dict[str, Tensor]:
+    """Turn per-channel scores into per-matrix row masks.
+
+    Args:
+        scores: Qualified module name -> per-channel scores (``[rows]`` each; rows may differ, e.g. GQA).
+        groups: Target name (``q_proj``) -> module names; ``scope=global`` ranks within a group.
+        selector: Picks unit indices (:class:`TopK`, :class:`BottomK`, :class:`RandomK`).
+        ratio: Kept fraction of units; ``k`` is :func:`~longact_pl.masking.units.count_k` of the unit
+            count of a matrix (``per_matrix``) or of the whole group (``global``).
+        unit: ``channel``, ``rope_pair`` or ``head``.
+        head_dim: Channels per head (needed for rope_pair/head).
+        scope: ``per_matrix`` (same k in every layer) or ``global`` (layers compete for the group's k).
+        seed: Seed for selectors that draw random numbers.
+
+    Returns:
+        Module name -> bool row mask (True = row is trained), on CPU.  # [rows] each
+    """
+    check_scope(scope)
+    masks: dict[str, Tensor] = {}
+    for group, names in groups.items():
+        indices = [unit_index(unit, scores[n].numel(), head_dim) for n in names]
+        units = [unit_scores(scores[n].detach().float().cpu(), idx) for n, idx in zip(names, indices)]
+        if scope == "per_matrix":
+            for name, idx, u in zip(names, indices, units):
+                keep = torch.zeros(u.numel(), dtype=torch.bool)  # [n_units]
+                keep[selector(u, count_k(ratio, u.numel()), name_generator(seed, name))] = True
+                masks[name] = expand_units(keep, idx)  # [rows]
+            continue
+        flat = torch.cat(units)  # [sum n_units]
+        keep = torch.zeros(flat.numel(), dtype=torch.bool)  # [sum n_units]
+        keep[selector(flat, count_k(ratio, flat.numel()), name_generator(seed, group))] = True
+        for name, idx, part in zip(names, indices, keep.split([u.numel() for u in units])):
+            masks[name] = expand_units(part, idx)  # [rows]
+    return masks
