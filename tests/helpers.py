@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -27,10 +28,10 @@ TINY = [
 
 
 class ParityReward:
-    """Reward 1 for completions of odd character length: random tiny models get mixed groups."""
+    """Reward = parity of the completion's CRC32: distinct completions get mixed, reproducible rewards."""
 
     def __call__(self, completions: list[str], references: list[list[str]], **meta) -> list[float]:
-        return [float(len(c) % 2) for c in completions]
+        return [float(zlib.crc32(c.encode()) % 2) for c in completions]
 
 
 def compose_train(output_dir: Path, *overrides: str, tiny: bool = True) -> DictConfig:

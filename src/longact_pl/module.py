@@ -85,7 +85,7 @@ class LongActModule(L.LightningModule):
         if lr <= 0:
             raise ValueError(f"module.lr must be > 0, got {lr}")
         self.automatic_optimization = False
-        self.policy = policy
+        self.policy = policy.train()  # from_pretrained returns eval mode; rollouts switch to eval themselves
         self.tokenizer = tokenizer
         self.algorithm = algorithm
         self.rollout = rollout
