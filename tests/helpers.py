@@ -40,3 +40,27 @@ def compose_train(output_dir: Path, *overrides: str, tiny: bool = True) -> DictC
         return compose(
             "train", overrides=[f"paths.output_dir={output_dir}", *(TINY if tiny else []), *overrides]
         )
+
+
+class NaNReward:
+    """NaN rewards for the first ``bad_calls`` training calls (a non-finite loss), then parity rewards."""
+
+    calls = 0
+
+    def __init__(self, bad_calls: int = 1) -> None:
+        self.bad_calls = bad_calls
+
+    def __call__(self, completions: list[str], references: list[list[str]], **meta) -> list[float]:
+        NaNReward.calls += 1
+        if NaNReward.calls <= self.bad_calls:
+            return [float("nan")] * len(completions)
+        return ParityReward()(completions, references)
+
+
+class RaisingReward:
+    """Raises on any batch holding a completion whose CRC32 is divisible by 3; else parity rewards."""
+
+    def __call__(self, completions: list[str], references: list[list[str]], **meta) -> list[float]:
+        if any(zlib.crc32(c.encode()) % 3 == 0 for c in completions):
+            raise ZeroDivisionError("bad completion")
+        return ParityReward()(completions, references)

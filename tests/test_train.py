@@ -126,3 +126,63 @@ def test_one_grpo_step_on_smollm2(tmp_path):
     assert len(rows) == 1 and float(rows[0]["train/completion_len"]) > 0
     assert "val/acc" in metrics
     assert (tmp_path / "final" / "model.safetensors").stat().st_size > 100_000_000
+
+
+def test_nonfinite_step_is_skipped_and_training_continues(tmp_path):
+    from tests.helpers import NaNReward
+
+    NaNReward.calls = 0
+    cfg = compose_train(tmp_path, "data.reward._target_=tests.helpers.NaNReward", "+data.reward.bad_calls=1",
+                        "trainer.max_steps=1")  # fmt: skip
+    run(cfg, tmp_path)
+    rows = _rows(tmp_path)
+    assert any(r.get("train/nonfinite_steps") == "1.0" for r in rows)
+    assert len(_train_rows(tmp_path)) == 2  # the skipped batch and the one that stepped
+    start, final = tiny_llama(seed=cfg.seed).model, load_hf(str(tmp_path / "final"), dtype="float32").model
+    assert not torch.equal(final.lm_head.weight, start.lm_head.weight)
+
+
+def test_three_nonfinite_steps_stop_with_a_checkpoint(tmp_path):
+    from longact_pl.guards import NonFiniteError
+    from tests.helpers import NaNReward
+
+    NaNReward.calls = 0
+    cfg = compose_train(
+        tmp_path, "data.reward._target_=tests.helpers.NaNReward", "+data.reward.bad_calls=100"
+    )
+    with pytest.raises(NonFiniteError, match="3 optimizer steps in a row"):
+        run(cfg, tmp_path)
+    assert (tmp_path / "checkpoints" / "nonfinite.ckpt").is_file()
+
+
+def test_raising_reward_scores_zero_and_run_continues(tmp_path):
+    run(compose_train(tmp_path, "data.reward._target_=tests.helpers.RaisingReward"), tmp_path)
+    rows = _train_rows(tmp_path)
+    assert len(rows) == 2 and float(rows[-1]["train/reward_errors"]) > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_preemption_signal_writes_a_checkpoint(tmp_path, sig):
+    import signal
+    import time
+
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "train.py", "model=tiny_llama", f"hydra.run.dir={run_dir}",
+           "trainer.max_steps=1000", "trainer.val_check_interval=1000", "data.train.lengths=[256]",
+           "rollout.max_new_tokens=4", "validate_before_training=false",
+           "callbacks.model_checkpoint.every_n_train_steps=1000"]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline and not (run_dir / "metrics.csv").exists():
+        time.sleep(0.5)
+    time.sleep(2)
+    proc.send_signal(getattr(signal, sig))
+    _, err = proc.communicate(timeout=240)
+    ckpts = list((run_dir / "checkpoints").glob("*.ckpt"))
+    assert ckpts, err[-2000:]
+    state = torch.load(ckpts[0], map_location="cpu", weights_only=True)
+    assert state["global_step"] >= 1

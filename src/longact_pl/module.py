@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from pathlib import Path
 
@@ -12,9 +13,12 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from longact_pl.algos.protocol import Algorithm
+from longact_pl.guards import NonFiniteError, NonFiniteGuard
 from longact_pl.ops.logprobs import completion_logprobs
 from longact_pl.rollout.types import RolloutBatch, RolloutEngine
-from longact_pl.sampling import RewardFn, ScoredRollout, sample_and_score, score
+from longact_pl.sampling import RewardErrors, RewardFn, ScoredRollout, sample_and_score, score
+
+log = logging.getLogger(__name__)
 
 
 class _Frozen:
@@ -54,6 +58,7 @@ class LongActModule(L.LightningModule):
         val_max_new_tokens: Greedy budget at validation (``None`` = the rollout's).
         seed: Base seed for sampling.
         export_dir: Where the trained policy is saved at the end (``None`` = not saved).
+        max_nonfinite_steps: Consecutive non-finite steps (skipped) that stop the run with a checkpoint.
     """
 
     def __init__(
@@ -75,6 +80,7 @@ class LongActModule(L.LightningModule):
         val_max_new_tokens: int | None = None,
         seed: int = 0,
         export_dir: str | Path | None = None,
+        max_nonfinite_steps: int = 3,
     ) -> None:
         super().__init__()
         limits = {"ppo_epochs": (ppo_epochs, 1), "micro_batch_size": (micro_batch_size, 1),
@@ -106,7 +112,8 @@ class LongActModule(L.LightningModule):
         # Set around policy training forwards so saliency hooks know which tokens are real.
         self.stats_token_mask: torch.Tensor | None = None
         self.truncated_total = 0
-        self._extra_batches = None
+        self.guard = NonFiniteGuard(max_nonfinite_steps)
+        self.reward_errors = RewardErrors()
 
     @property
     def ref_model(self) -> nn.Module | None:
@@ -148,6 +155,7 @@ class LongActModule(L.LightningModule):
             max_rounds=getattr(algo, "max_gen_rounds", 1),
             more_samples=self._more_samples,
             seed=self.seed * 1_000_003 + self.global_step * 101,
+            errors=self.reward_errors,
         )  # fmt: skip
 
     @torch.no_grad()
@@ -190,6 +198,7 @@ class LongActModule(L.LightningModule):
             "train/truncated_prompts_total": float(self.truncated_total),
             "train/gen_rounds": float(scored.rounds),
             "train/dropped_groups": float(scored.dropped_groups),
+            "train/reward_errors": float(self.reward_errors.count),
             "train/tokens_per_s": tokens / (time.perf_counter() - start),
             "train/lr": self.optimizers().param_groups[0]["lr"],
             **metrics,
@@ -206,23 +215,48 @@ class LongActModule(L.LightningModule):
         use_behaviour = self.ppo_epochs > 1 or mini < n
         opt, sched = self.optimizers(), self.lr_schedulers()
         gen = torch.Generator().manual_seed(self.seed + self.global_step)
-        sums: dict[str, float] = {}
-        count = 0
+        micro_metrics: list[dict] = []
+        norms: list[float] = []
         for _ in range(self.ppo_epochs):
             order = torch.randperm(n, generator=gen) if mini < n else torch.arange(n)  # [N]
             for idx in order.split(mini):
                 num_tokens = ro.completion_mask[idx].sum()
-                for micro in idx.split(self.micro_batch_size):
-                    m = self._micro_step(
+                step_metrics = [
+                    self._micro_step(
                         ro, micro, width, advantages, ref_logp, use_behaviour, len(idx), num_tokens
                     )
-                    for k, v in m.items():
-                        sums[k] = sums.get(k, 0.0) + float(v)
-                    count += 1
-                opt.step()
+                    for micro in idx.split(self.micro_batch_size)
+                ]
+                micro_metrics += step_metrics
+                loss = sum(float(m["loss"]) for m in step_metrics)
+                norm = self.guard.grad_norm(self.policy.parameters())
+                if self.guard.allow(loss, norm):
+                    norms.append(float(norm))
+                    opt.step()
+                    sched.step()
+                else:
+                    self._on_nonfinite_step()
                 opt.zero_grad(set_to_none=True)
-                sched.step()
-        return {f"train/{k}": v / max(count, 1) for k, v in sums.items()}
+        keys = micro_metrics[0].keys() if micro_metrics else ()
+        out = {f"train/{k}": sum(float(m[k]) for m in micro_metrics) / len(micro_metrics) for k in keys}
+        if norms:
+            out["train/grad_norm"] = sum(norms) / len(norms)  # before LongAct masking and clipping
+        return out
+
+    def _on_nonfinite_step(self) -> None:
+        """Skip the update; after ``max_nonfinite_steps`` in a row write a checkpoint and stop."""
+        self.log("train/nonfinite_steps", float(self.guard.total), on_step=True)
+        log.warning(
+            "non-finite loss or gradient: optimizer step skipped (%d in a row)", self.guard.consecutive
+        )
+        if self.guard.exhausted:
+            path = Path(self.trainer.default_root_dir) / "checkpoints" / "nonfinite.ckpt"
+            self.trainer.save_checkpoint(path)
+            raise NonFiniteError(
+                f"{self.guard.consecutive} optimizer steps in a row had a non-finite loss or gradient; "
+                f"stopped and saved {path}. Lower module.lr, check the reward function, or raise "
+                "module.max_nonfinite_steps."
+            )
 
     def _micro_step(
         self, ro, micro, width, advantages, ref_logp, use_behaviour, num_seqs, num_tokens
@@ -248,10 +282,6 @@ class LongActModule(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer) -> None:
         """Clip gradients; callbacks' hooks (gradient masking) have already run."""
-        grads = [p.grad for p in self.policy.parameters() if p.grad is not None]
-        if grads:
-            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
-            self.log("train/grad_norm", float(norm), on_step=True)
         if self.max_grad_norm > 0:
             self.clip_gradients(
                 optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm"
@@ -264,7 +294,7 @@ class LongActModule(L.LightningModule):
             self.policy, self.tokenizer, [s["prompt_ids"] for s in batch], greedy=True,
             max_new_tokens=self.val_max_new_tokens,
         )  # fmt: skip
-        scores = score(self.reward_fn, ro.completions, batch, 1)  # [B]
+        scores = score(self.reward_fn, ro.completions, batch, 1, self.reward_errors)  # [B]
         for s, value in zip(batch, scores.tolist()):
             key = str(int(s.get("target_length", -1)))
             if key in self.val_acc:

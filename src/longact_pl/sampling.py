@@ -39,7 +39,38 @@ class ScoredRollout:
     extra: dict = field(default_factory=dict)
 
 
-def score(reward_fn: RewardFn, completions: list[str], samples: list[dict], group_size: int) -> torch.Tensor:
+@dataclass
+class RewardErrors:
+    """Completions whose reward function raised: counted, the first one kept with its input."""
+
+    count: int = 0
+    first: str | None = None
+
+    def record(self, err: Exception, completion: str, references: list[str]) -> None:
+        """Count one failure; log the first with its input."""
+        self.count += 1
+        if self.first is None:
+            self.first = f"{type(err).__name__}: {err} | completion={completion!r} references={references!r}"
+            log.warning("reward function raised (scored 0, run continues): %s", self.first)
+
+
+def _score_one(
+    reward_fn: RewardFn, completion: str, refs: list[str], task: str, errors: RewardErrors
+) -> float:
+    try:
+        return float(reward_fn([completion], [refs], tasks=[task])[0])
+    except Exception as err:  # noqa: BLE001 - a user reward must not kill a long run
+        errors.record(err, completion, refs)
+        return 0.0
+
+
+def score(
+    reward_fn: RewardFn,
+    completions: list[str],
+    samples: list[dict],
+    group_size: int,
+    errors: RewardErrors | None = None,
+) -> torch.Tensor:
     """Reward each completion against the references of its prompt.
 
     Args:
@@ -47,13 +78,20 @@ def score(reward_fn: RewardFn, completions: list[str], samples: list[dict], grou
         completions: ``B * G`` completions, grouped by prompt.
         samples: The B prompt dicts (``references``, ``task``).
         group_size: G.
+        errors: When given, a raising reward function is retried per completion and the failing ones
+            score 0 (counted here) instead of stopping the run.
 
     Returns:
         ``[B * G]`` float32 rewards.
     """
     refs = [s["references"] for s in samples for _ in range(group_size)]
     tasks = [s.get("task", "") for s in samples for _ in range(group_size)]
-    values = reward_fn(completions, refs, tasks=tasks)
+    try:
+        values = reward_fn(completions, refs, tasks=tasks)
+    except Exception:
+        if errors is None:
+            raise
+        values = [_score_one(reward_fn, c, r, t, errors) for c, r, t in zip(completions, refs, tasks)]
     if len(values) != len(completions):
         raise ValueError(f"reward function returned {len(values)} values for {len(completions)} completions")
     return torch.tensor([float(v) for v in values], dtype=torch.float32)  # [B * G]
@@ -70,6 +108,7 @@ def sample_and_score(
     max_rounds: int,
     more_samples: Callable[[], Iterator[list[dict]]] | None,
     seed: int,
+    errors: RewardErrors | None = None,
 ) -> ScoredRollout | None:
     """Generate and score; with ``keep_groups`` drop uniform groups and sample more prompts.
 
@@ -84,6 +123,7 @@ def sample_and_score(
         max_rounds: Cap on generation rounds (dynamic sampling).
         more_samples: Factory of an iterator of further prompt batches for extra rounds.
         seed: Sampling seed of the first round; round r uses ``seed + r``.
+        errors: Collects reward-function failures (see :func:`score`).
 
     Returns:
         The scored rollouts, or ``None`` if dynamic sampling kept no group at all.
@@ -99,7 +139,7 @@ def sample_and_score(
     while True:
         ro = engine.generate(policy, tokenizer, [s["prompt_ids"] for s in batch_samples], seed=seed + rounds)
         rounds += 1
-        raw = score(reward_fn, ro.completions, batch_samples, group)  # [n]
+        raw = score(reward_fn, ro.completions, batch_samples, group, errors)  # [n]
         shaped = shape(raw, ro.completion_lengths.float().cpu())  # [n]
         first = raw if first is None else first
         keep = keep_groups(shaped, group) if keep_groups else torch.ones(len(batch_samples), dtype=torch.bool)

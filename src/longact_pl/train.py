@@ -86,7 +86,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         before = {
             f"{k}@step0": float(v) for k, v in trainer.validate(module, datamodule=datamodule)[0].items()
         }
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    # Checkpoints are read as plain tensors and containers: no code in a checkpoint ever runs.
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     final = {k: float(v) for k, v in trainer.callback_metrics.items()}
     for key in sorted(k for k in final if k.startswith("val/acc")):
         start = before.get(f"{key}@step0")

@@ -115,13 +115,18 @@ class LongContextDataModule(L.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader | list:
-        """Return validation batches in source order (an empty list when there is no validation source)."""
+        """Validation batches grouped by target length (an empty list when there is no validation source).
+
+        Samples of one length share a batch, so a short prompt is never padded to the longest one.
+        """
         if self.val is None:
             return []
+        lengths = list(getattr(self.val, "lengths", None) or [0])
+        order = sorted(range(len(self.val)), key=lambda i: (lengths[i % len(lengths)], i))
         return DataLoader(
             self._dataset(self.val),
             batch_size=self.val_batch_size,
-            shuffle=False,
+            sampler=order,
             collate_fn=keep_list,
             num_workers=self.num_workers,
         )
