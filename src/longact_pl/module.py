@@ -311,6 +311,22 @@ class LongActModule(L.LightningModule):
             self.log("val/acc", self.val_acc_all.compute(), prog_bar=True)
         self.val_acc_all.reset()
 
+    # ------------------------------------------------------------ checkpoint
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Run counters that must survive a resume (the reference model is never saved)."""
+        checkpoint["longact_counters"] = {
+            "truncated_total": self.truncated_total,
+            "reward_errors": self.reward_errors.count,
+            **{f"guard_{k}": v for k, v in self.guard.state_dict().items()},
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Restore the counters written by :meth:`on_save_checkpoint`."""
+        state = checkpoint.get("longact_counters", {})
+        self.truncated_total = int(state.get("truncated_total", 0))
+        self.reward_errors.count = int(state.get("reward_errors", 0))
+        self.guard.load_state_dict({k: int(state.get(f"guard_{k}", 0)) for k in ("consecutive", "total")})
+
     # ----------------------------------------------------------------- export
     def on_train_end(self) -> None:
         """Save the trained policy and tokenizer with ``save_pretrained`` into ``export_dir``."""

@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from longact_pl.data.dataset import PromptDataset, keep_list
+from longact_pl.data.order import ResumableOrder
 from longact_pl.data.sources import GeneratedSource
 from longact_pl.data.types import SampleSource
 
@@ -100,8 +101,25 @@ class LongContextDataModule(L.LightningDataModule):
         return PromptDataset(source, self._tokenizer, self.max_prompt_tokens, self.system_prompt)
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled training batches (seeded order, a new permutation each epoch)."""
-        return self.extra_dataloader(self.seed)
+        """Shuffled training batches: a seeded permutation per epoch that resumes mid-epoch exactly."""
+        data = self._dataset(self.train)
+        order = ResumableOrder(len(data), self.batch_size, self.seed, self._position)
+        return DataLoader(
+            data,
+            batch_size=self.batch_size,
+            sampler=order,
+            collate_fn=keep_list,
+            num_workers=self.num_workers,
+        )
+
+    def _position(self) -> tuple[int, int]:
+        """``(epoch, batches already done in it)`` from the trainer's loop state (resume-aware)."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 0
+        loop = trainer.fit_loop.epoch_loop
+        done = loop.batch_progress.current.completed if loop.restarting else 0
+        return trainer.current_epoch, done
 
     def extra_dataloader(self, seed: int) -> DataLoader:
         """Training batches in another seeded order (DAPO's dynamic sampling draws extra prompts here)."""
