@@ -12,7 +12,12 @@ import torch
 from torch import nn
 from torchmetrics import MeanMetric
 
+from longact_pl.eval.metrics import TaskLengthAccuracy
+from longact_pl.eval.scoring import evaluate_batch
+
 from longact_pl.algos.protocol import Algorithm
+from longact_pl.algos.tis import truncated_is_weights
+from longact_pl.gather import full_state_dict, is_sharded
 from longact_pl.guards import NonFiniteError, NonFiniteGuard
 from longact_pl.ops.logprobs import completion_logprobs
 from longact_pl.rollout.types import RolloutBatch, RolloutEngine
@@ -54,7 +59,8 @@ class LongActModule(L.LightningModule):
         ppo_epochs: Passes over one rollout batch.
         mini_batch_size: Sequences per optimizer step (0 = the whole rollout batch).
         micro_batch_size: Sequences per forward/backward.
-        val_lengths: Target lengths of the validation set (accuracy is logged per length).
+        val_lengths: Target lengths of the validation set (accuracy is logged per task and length).
+        val_tasks: Task names of the validation set (empty: only the overall accuracy is logged).
         val_max_new_tokens: Greedy budget at validation (``None`` = the rollout's).
         seed: Base seed for sampling.
         export_dir: Where the trained policy is saved at the end (``None`` = not saved).
@@ -77,6 +83,7 @@ class LongActModule(L.LightningModule):
         mini_batch_size: int = 0,
         micro_batch_size: int = 4,
         val_lengths: list[int] | tuple[int, ...] = (),
+        val_tasks: list[str] | tuple[str, ...] = (),
         val_max_new_tokens: int | None = None,
         seed: int = 0,
         export_dir: str | Path | None = None,
@@ -107,7 +114,8 @@ class LongActModule(L.LightningModule):
         self.seed = seed
         self.export_dir = Path(export_dir) if export_dir else None
         self._ref = _Frozen(copy.deepcopy(policy)) if algorithm.kl_coef > 0 else None
-        self.val_acc = nn.ModuleDict({str(int(n)): MeanMetric() for n in val_lengths})
+        # Per task x length accuracy, summed across ranks; without task/length lists only the overall mean.
+        self.val_metric = TaskLengthAccuracy(val_tasks, val_lengths) if val_tasks and val_lengths else None
         self.val_acc_all = MeanMetric()
         # Set around policy training forwards so saliency hooks know which tokens are real.
         self.stats_token_mask: torch.Tensor | None = None
@@ -125,6 +133,35 @@ class LongActModule(L.LightningModule):
         """Move the (unregistered) reference model next to the policy."""
         if self._ref is not None:
             self._ref.model.to(self.device)
+
+    # --- scale-out (DDP/FSDP, vLLM) begin
+    def configure_model(self) -> None:
+        """Let a ``longact_pl.strategies`` strategy shard the policy and the frozen reference (else no-op)."""
+        parallelize = getattr(self.trainer.strategy, "parallelize", None)
+        if callable(parallelize):
+            parallelize(self)
+
+    def _global_counts(self, num_seqs: int, num_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sequences and valid tokens of this mini-batch, summed over data-parallel ranks.
+
+        Every rank normalises its loss by these global counts and multiplies it by the world size (in
+        ``_micro_step``), because DDP and FSDP average gradients over ranks: the update then equals one
+        process training on the union of the ranks' batches, for every aggregation (DAPO's token mean too).
+        """
+        counts = torch.stack([torch.tensor(float(num_seqs)), num_tokens.detach().float().cpu()])  # [2]
+        if self.trainer.world_size > 1:
+            counts = self.trainer.strategy.reduce(counts.to(self.device), reduce_op="sum").cpu()  # [2]
+        return counts[0], counts[1]
+
+    @torch.no_grad()
+    def _policy_logprobs(self, ro: RolloutBatch) -> torch.Tensor:
+        """Trainer log-probs of the rollouts before any update of this step (TIS with several passes)."""
+        width = ro.completion_mask.shape[1]
+        pairs = zip(ro.input_ids.split(self.micro_batch_size), ro.attention_mask.split(self.micro_batch_size))
+        out = [completion_logprobs(self.policy, i, a, width, self.rollout.temperature)[0] for i, a in pairs]
+        return torch.cat(out)  # [N, C]
+
+    # --- scale-out end
 
     def configure_optimizers(self):
         """AdamW over trainable parameters with a linear warm-up."""
@@ -213,6 +250,9 @@ class LongActModule(L.LightningModule):
         mini = self.mini_batch_size or n
         # One pass over one mini-batch is on-policy: old_logp = logp.detach() makes the ratio exactly 1.
         use_behaviour = self.ppo_epochs > 1 or mini < n
+        # external sampler with TIS over several passes: trainer log-probs before the updates (ratio and TIS)
+        tis_cap = getattr(self.rollout, "tis_cap", None)
+        train_old = self._policy_logprobs(ro) if tis_cap is not None and use_behaviour else None  # [N, C]
         opt, sched = self.optimizers(), self.lr_schedulers()
         gen = torch.Generator().manual_seed(self.seed + self.global_step)
         micro_metrics: list[dict] = []
@@ -220,10 +260,10 @@ class LongActModule(L.LightningModule):
         for _ in range(self.ppo_epochs):
             order = torch.randperm(n, generator=gen) if mini < n else torch.arange(n)  # [N]
             for idx in order.split(mini):
-                num_tokens = ro.completion_mask[idx].sum()
+                num_seqs, num_tokens = self._global_counts(len(idx), ro.completion_mask[idx].sum())
                 step_metrics = [
                     self._micro_step(
-                        ro, micro, width, advantages, ref_logp, use_behaviour, len(idx), num_tokens
+                        ro, micro, width, advantages, ref_logp, use_behaviour, num_seqs, num_tokens, train_old
                     )
                     for micro in idx.split(self.micro_batch_size)
                 ]
@@ -259,7 +299,7 @@ class LongActModule(L.LightningModule):
             )
 
     def _micro_step(
-        self, ro, micro, width, advantages, ref_logp, use_behaviour, num_seqs, num_tokens
+        self, ro, micro, width, advantages, ref_logp, use_behaviour, num_seqs, num_tokens, train_old=None
     ) -> dict:
         ids, am = ro.input_ids[micro], ro.attention_mask[micro]  # [m, P + C]
         first_col = int(am.any(0).nonzero()[0])  # drop columns that are padding in every row
@@ -273,12 +313,18 @@ class LongActModule(L.LightningModule):
         finally:
             self.stats_token_mask = None
         old = ro.behaviour_logp[micro] if use_behaviour else logp.detach()  # [m, C]
+        old = train_old[micro] if train_old is not None else old  # [m, C]
         ref = ref_logp[micro] if ref_logp is not None else None  # [m, C]
+        weights, tis_metrics, tis_cap = None, {}, getattr(self.rollout, "tis_cap", None)
+        if tis_cap is not None:  # external sampler: [m, C] token weights min(pi_train_old / pi_engine, cap)
+            weights, tis_metrics = truncated_is_weights(old, ro.behaviour_logp[micro], mask, tis_cap)
         loss, metrics = self.algorithm.loss(
-            logp, old, ref, advantages[micro], mask, num_seqs=num_seqs, num_tokens=num_tokens
-        )
-        self.manual_backward(loss)
-        return {"loss": loss.detach(), "entropy": _masked_mean(entropy, mask), **metrics}
+            logp, old, ref, advantages[micro], mask, num_seqs=num_seqs, num_tokens=num_tokens,
+            token_weights=weights,
+        )  # fmt: skip
+        # DDP/FSDP average gradients over ranks while the counts are global: scale back to their sum
+        self.manual_backward(loss * self.trainer.world_size)
+        return {"loss": loss.detach(), "entropy": _masked_mean(entropy, mask), **metrics, **tis_metrics}
 
     def on_before_optimizer_step(self, optimizer) -> None:
         """Clip gradients; callbacks' hooks (gradient masking) have already run."""
@@ -289,27 +335,29 @@ class LongActModule(L.LightningModule):
 
     # ------------------------------------------------------------- validation
     def validation_step(self, batch: list[dict], batch_idx: int) -> None:
-        """Greedy decoding on held-out prompts; accuracy per target length."""
-        ro = self.rollout.generate(
-            self.policy, self.tokenizer, [s["prompt_ids"] for s in batch], greedy=True,
-            max_new_tokens=self.val_max_new_tokens,
+        """Greedy decoding on held-out prompts, scored by the task reward (as ``evaluate.py`` does)."""
+        result = evaluate_batch(
+            self.rollout, self.policy, self.tokenizer, batch, self.reward_fn,
+            max_new_tokens=self.val_max_new_tokens, errors=self.reward_errors,
         )  # fmt: skip
-        scores = score(self.reward_fn, ro.completions, batch, 1, self.reward_errors)  # [B]
-        for s, value in zip(batch, scores.tolist()):
-            key = str(int(s.get("target_length", -1)))
-            if key in self.val_acc:
-                self.val_acc[key].update(value)
-            self.val_acc_all.update(value)
+        if self.val_metric is not None:
+            lengths = [int(s.get("target_length", -1)) for s in batch]
+            self.val_metric.update([s.get("task", "") for s in batch], lengths, result.scores)
+        else:
+            self.val_acc_all.update(result.scores)
 
     def on_validation_epoch_end(self) -> None:
-        """Log accuracy per length and overall."""
-        for key, metric in self.val_acc.items():
-            if metric.update_called:
-                self.log(f"val/acc_{key}", metric.compute())
-            metric.reset()
-        if self.val_acc_all.update_called:
-            self.log("val/acc", self.val_acc_all.compute(), prog_bar=True)
-        self.val_acc_all.reset()
+        """Log ``val/acc``, ``val/acc/<length>`` and ``val/acc/<task>/<length>`` (synced across ranks)."""
+        if self.val_metric is not None:
+            values = {f"val/{k}": v.float() for k, v in self.val_metric.compute().items()}
+            self.val_metric.reset()
+        elif self.val_acc_all.update_called:
+            values = {"val/acc": self.val_acc_all.compute()}
+            self.val_acc_all.reset()
+        else:
+            return
+        self.log_dict(values)
+        self.log("val_acc", values["val/acc"], prog_bar=True, logger=False)
 
     # ------------------------------------------------------------ checkpoint
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -330,8 +378,12 @@ class LongActModule(L.LightningModule):
     # ----------------------------------------------------------------- export
     def on_train_end(self) -> None:
         """Save the trained policy and tokenizer with ``save_pretrained`` into ``export_dir``."""
-        if self.export_dir is None or not self.trainer.is_global_zero:
+        if self.export_dir is None:
+            return
+        # FSDP: every rank takes part in gathering the full weights; rank 0 writes them
+        state = full_state_dict(self.policy) if is_sharded(self.policy) else None
+        if not self.trainer.is_global_zero:
             return
         self.export_dir.mkdir(parents=True, exist_ok=True)
-        self.policy.save_pretrained(self.export_dir)
+        self.policy.save_pretrained(self.export_dir, state_dict=state)
         self.tokenizer.save_pretrained(self.export_dir)

@@ -12,7 +12,11 @@ from pathlib import Path
 
 import lightning as L
 from hydra.utils import instantiate
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
+
+from longact_pl.eval.metrics import source_task_names
+from longact_pl.rollout.weight_sync import WeightSync
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +50,11 @@ def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
     return callbacks
 
 
+def rollout_callbacks(rollout) -> list[L.Callback]:
+    """``WeightSync`` for engines that hold their own copy of the weights (they have ``mark_stale``)."""
+    return [WeightSync(rollout)] if callable(getattr(rollout, "mark_stale", None)) else []
+
+
 def build_loggers(cfg: DictConfig) -> list:
     """Instantiate every logger under ``cfg.logger``."""
     return [instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
@@ -58,12 +67,15 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         cfg: The composed config (``conf/train.yaml``).
         run_dir: Hydra's output directory for this run.
     """
-    check_run_dir(run_dir, resuming=cfg.get("ckpt_path") is not None)
+    # DDP/FSDP on one node: Lightning re-runs this script for ranks > 0 in the same run directory
+    main_process = rank_zero_only.rank == 0
+    if main_process:
+        check_run_dir(run_dir, resuming=cfg.get("ckpt_path") is not None)
     L.seed_everything(cfg.seed, workers=True)
     # Cheap components first: invalid values fail here, before loading a model or writing a file.
     algorithm = instantiate(cfg.algo)
     rollout = instantiate(cfg.rollout)
-    callbacks = build_callbacks(cfg)
+    callbacks = build_callbacks(cfg) + rollout_callbacks(rollout)
     loaded = instantiate(cfg.model)
     datamodule = instantiate(cfg.data, tokenizer=loaded.tokenizer)
     module = instantiate(
@@ -73,12 +85,14 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         algorithm=algorithm,
         rollout=rollout,
         reward_fn=datamodule.reward,
+        val_tasks=source_task_names(datamodule.val) if datamodule.val is not None else [],
         export_dir=str(run_dir / "final"),
     )
     loggers = build_loggers(cfg)
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    if main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     before = {}

@@ -17,7 +17,7 @@ import torch
 
 from longact_pl.rewards.string_match import match_all, match_part
 from longact_pl.rollout.types import RolloutEngine
-from longact_pl.sampling import RewardFn, score
+from longact_pl.sampling import RewardErrors, RewardFn, score
 
 
 def string_match_all(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> float:
@@ -74,6 +74,7 @@ def evaluate_batch(
     max_new_tokens: int | None = None,
     greedy: bool = True,
     seed: int = 0,
+    errors: RewardErrors | None = None,
 ) -> BatchResult:
     """Generate completions for prompt records and score them with the task's reward.
 
@@ -87,6 +88,7 @@ def evaluate_batch(
         max_new_tokens: Generation budget (``None`` = the engine's).
         greedy: Greedy decoding, one completion per prompt; otherwise ``engine.group_size`` samples each.
         seed: Sampling seed (unused when greedy).
+        errors: When given, a raising scorer scores 0 for the failing completions (counted there).
 
     Returns:
         The completions and their ``[B * G]`` scores.
@@ -98,7 +100,7 @@ def evaluate_batch(
         max_new_tokens=max_new_tokens,
     )  # fmt: skip
     group = out.group_size
-    scores = score(scorer, out.completions, records, group)  # [B * G]
+    scores = score(scorer, out.completions, records, group, errors)  # [B * G]
     return BatchResult(
         completions=list(out.completions),
         scores=scores,
