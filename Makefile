@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install train test test-fast lint format bench clean
+.PHONY: install train evaluate test test-fast lint format bench clean
 
 install: $(STAMP)
 
@@ -24,6 +24,10 @@ $(STAMP): pyproject.toml Makefile
 train: install
 	$(PY) train.py algo=grpo masking=saliency $(ARGS)
 
+# RULER-style suite on the embedded model (pass a run's final/ with ARGS="model=hf model.name_or_path=...").
+evaluate: install
+	$(PY) evaluate.py eval=ruler $(ARGS)
+
 # The whole test suite (unit tests on tiny models + a few SmolLM2 integration tests).
 test: install
 	$(PY) -m pytest -q $(ARGS)
@@ -33,12 +37,12 @@ test-fast: install
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check src tests scripts train.py
-	$(VENV)/bin/ruff format --check src tests scripts train.py
+	$(VENV)/bin/ruff check src tests scripts train.py evaluate.py
+	$(VENV)/bin/ruff format --check src tests scripts train.py evaluate.py
 
 format: install
-	$(VENV)/bin/ruff format src tests scripts train.py
-	$(VENV)/bin/ruff check --fix src tests scripts train.py
+	$(VENV)/bin/ruff format src tests scripts train.py evaluate.py
+	$(VENV)/bin/ruff check --fix src tests scripts train.py evaluate.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
