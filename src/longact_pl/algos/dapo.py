@@ -85,9 +85,12 @@ class DAPO:
         mask: torch.Tensor,
         num_seqs: Number | None = None,
         num_tokens: Number | None = None,
+        token_weights: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """See ``PolicyLoss.__call__``."""
-        return self.policy_loss(logp, old_logp, ref_logp, advantages, mask, num_seqs, num_tokens)
+        return self.policy_loss(
+            logp, old_logp, ref_logp, advantages, mask, num_seqs, num_tokens, token_weights
+        )
 
     def __repr__(self) -> str:
         """Readable summary for logs."""

@@ -59,6 +59,7 @@ class PolicyLoss:
         mask: torch.Tensor,
         num_seqs: Number | None = None,
         num_tokens: Number | None = None,
+        token_weights: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Scalar loss and detached metrics for one (micro-)batch.
 
@@ -72,6 +73,9 @@ class PolicyLoss:
             mask: ``[N, T]`` float or bool (1 = real completion token).
             num_seqs: Sequences in the whole mini-batch (for gradient accumulation; default local).
             num_tokens: Valid tokens in the whole mini-batch (default local).
+            token_weights: ``[N, T]`` detached per-token weights multiplying the clipped surrogate before
+                aggregation (e.g. truncated importance sampling for rollout/train mismatch); ``None`` = 1.
+                The KL term is not weighted.
 
         Returns:
             ``(loss, metrics)``; metrics: ``pg_loss``, ``clip_frac_low``, ``clip_frac_high``, ``ratio_mean``
@@ -89,6 +93,9 @@ class PolicyLoss:
         surrogate, low, high = clipped_surrogate(
             logp, old_logp, advantages, self.eps_low, self.eps_high
         )  # [N, T]
+        if token_weights is not None:  # padded positions get weight 1: no inf/NaN can reach the gradient
+            weights = torch.where(keep, token_weights.detach().to(surrogate.dtype), 1.0)  # [N, T]
+            surrogate = surrogate * weights  # [N, T]
         pg_loss = aggregate(surrogate, mask, self.aggregation, self.max_len, num_seqs, num_tokens)  # []
         ratio = (logp.detach() - old_logp).exp()  # [N, T]
         metrics = {

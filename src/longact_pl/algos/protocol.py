@@ -52,6 +52,10 @@ class Algorithm(Protocol):
         mask: torch.Tensor,
         num_seqs: Number | None = None,
         num_tokens: Number | None = None,
+        token_weights: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Scalar loss and detached metrics from ``[N, T]`` log-probs and ``[N]`` advantages."""
+        """Scalar loss and detached metrics from ``[N, T]`` log-probs and ``[N]`` advantages.
+
+        ``token_weights`` (``[N, T]``, detached) multiplies the per-token policy loss before aggregation.
+        """
         ...

@@ -19,6 +19,10 @@ moments would give that row an oversized first update.
 
 Cost per step: one gather and one scatter of the frozen rows of the target weights (index tensors and
 buffers are built once per mask), nothing for the rest of the model.
+
+Sharded weights (FSDP2 ``DTensor``, ``Shard(0)``): each rank snapshots, restores and masks only the frozen
+rows inside its own contiguous row block (``masking/sharding.py``), on the local tensors; together the
+ranks cover every frozen row exactly once.
 """
 
 from __future__ import annotations
@@ -30,13 +34,15 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from longact_pl.masking.sharding import local_rows
+
 
 @dataclass
 class _Frozen:
-    """Frozen rows of one parameter (a target weight or bias)."""
+    """Frozen rows of one parameter (a target weight or bias) inside this rank's row block."""
 
     param: nn.Parameter
-    index: Tensor  # [n_frozen] long, on the parameter's device
+    index: Tensor  # [n_frozen] long, local row indices, on the parameter's device
     buffer: Tensor  # [n_frozen, ...] snapshot, same dtype/device as the parameter
 
 
@@ -65,18 +71,20 @@ class RowFreezer:
             for param in (linear.weight, linear.bias):
                 if param is None:
                     continue
-                index = (~mask).nonzero().flatten().to(param.device)  # [n_frozen]
+                local, offset = local_rows(param.detach())  # [rows_local, ...], first global row
+                index = (~mask.cpu()).nonzero().flatten()  # [n_frozen] global rows
+                index = index[(index >= offset) & (index < offset + local.shape[0])] - offset  # local rows
                 if index.numel() == 0:
                     continue
                 buffer = torch.empty(
-                    (index.numel(), *param.shape[1:]), dtype=param.dtype, device=param.device
+                    (index.numel(), *local.shape[1:]), dtype=local.dtype, device=local.device
                 )
-                frozen.append(_Frozen(param, index, buffer))
+                frozen.append(_Frozen(param, index.to(local.device), buffer))
         self._frozen = frozen
 
     @property
     def frozen_rows(self) -> int:
-        """Number of frozen weight/bias rows across all target parameters."""
+        """Number of frozen weight/bias rows across all target parameters (this rank's rows when sharded)."""
         return sum(f.index.numel() for f in self._frozen)
 
     @torch.no_grad()
@@ -84,19 +92,19 @@ class RowFreezer:
         """Zero the gradients of frozen rows (in place; parameters without a gradient are skipped)."""
         for f in self._frozen:
             if f.param.grad is not None:
-                f.param.grad.index_fill_(0, f.index, 0)
+                local_rows(f.param.grad)[0].index_fill_(0, f.index, 0)
 
     @torch.no_grad()
     def snapshot(self) -> None:
         """Copy the frozen rows into the buffers."""
         for f in self._frozen:
-            torch.index_select(f.param.detach(), 0, f.index, out=f.buffer)  # [n_frozen, in]
+            torch.index_select(local_rows(f.param.detach())[0], 0, f.index, out=f.buffer)  # [n_frozen, in]
 
     @torch.no_grad()
     def restore(self) -> None:
         """Write the buffered rows back into the parameters."""
         for f in self._frozen:
-            f.param.detach().index_copy_(0, f.index, f.buffer)
+            local_rows(f.param.detach())[0].index_copy_(0, f.index, f.buffer)
 
     def attach(self, optimizers: Iterable[torch.optim.Optimizer]) -> None:
         """Register step pre/post hooks (snapshot/restore) on every torch optimizer given.

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.distributed.fsdp import FSDPModule
 
 from longact_pl.masking.stats import ChannelStats, StatsCollector
 from longact_pl.masking.targets import Target
@@ -18,12 +19,25 @@ def _trunk(policy: nn.Module) -> nn.Module:
     return base if isinstance(base, nn.Module) and base is not policy else policy
 
 
+def _runner(policy: nn.Module):
+    """A ``ids -> None`` forward: the decoder trunk, or under FSDP2 the root with one logit position.
+
+    An FSDP2 root gathers the shards of its own parameters (embeddings, final norm) in its forward hook, so
+    its sub-modules cannot run alone; ``logits_to_keep=1`` keeps the LM head to one ``[1, vocab]`` row.
+    """
+    if isinstance(policy, FSDPModule):
+        return lambda ids: policy(input_ids=ids, use_cache=False, logits_to_keep=1)
+    trunk = _trunk(policy)
+    return lambda ids: trunk(input_ids=ids, use_cache=False)
+
+
 @torch.no_grad()
 def collect_stats(
     policy: nn.Module,
     targets: Sequence[Target],
     prompts: Sequence[Sequence[int]],
     bf16: bool = False,
+    pad_forwards: int = 0,
 ) -> dict[str, ChannelStats]:
     """Per-channel statistics of every target's measured module over all tokens of ``prompts``.
 
@@ -32,6 +46,8 @@ def collect_stats(
         targets: Masked projections (their ``measured`` modules are hooked).
         prompts: Token id lists, each run alone (batch of 1, no padding).
         bf16: Run under ``torch.autocast(bfloat16)`` (as bf16 training would).
+        pad_forwards: Extra forwards of the first prompt that are not counted (FSDP needs the same number
+            of forwards on every rank when ranks calibrate on different numbers of prompts).
 
     Returns:
         Target name -> statistics.
@@ -44,17 +60,18 @@ def collect_stats(
     current: list[Tensor | None] = [None]
     collector = StatsCollector({t.name: t.measured for t in targets}, gate=lambda: current[0])
     device = next(policy.parameters()).device
-    trunk = _trunk(policy)
+    forward = _runner(policy)
     was_training = policy.training
     policy.eval()
     collector.attach()
     try:
-        for prompt in prompts:
+        for i, prompt in enumerate([*prompts, *[prompts[0]] * pad_forwards]):
             ids = torch.tensor([list(prompt)], dtype=torch.long, device=device)  # [1, T]
-            current[0] = torch.ones_like(ids, dtype=torch.bool)  # [1, T]
+            counted = i < len(prompts)
+            current[0] = torch.ones_like(ids, dtype=torch.bool) if counted else None  # [1, T]
             amp = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
             with amp:
-                trunk(input_ids=ids, use_cache=False)
+                forward(ids)
     finally:
         current[0] = None
         collector.detach()

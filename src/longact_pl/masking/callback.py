@@ -11,6 +11,10 @@ Contract with the LightningModule (manual optimization):
 Inside ``LightningOptimizer.step()`` Lightning 2.6 runs (``Precision._after_closure``) the callbacks'
 ``on_before_optimizer_step`` first, then the module's (where it clips gradients), then the torch update, so
 masking the gradient here means the clip norm sees the masked gradient.
+
+Data parallel (DDP, FSDP2): each rank calibrates on its share of the prompts, the statistics are summed over
+ranks before top-k (so every rank builds the single-process mask, which is also broadcast from rank 0), the
+freezer works on each rank's local row block of sharded weights, and checkpoints hold the full masks.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from longact_pl.masking.calibrate import collect_stats
 from longact_pl.masking.export import write_masks
 from longact_pl.masking.metrics import jaccard, l1_share
 from longact_pl.masking.selection import Selector, TopK, build_masks, check_scope
+from longact_pl.masking.sharding import shard_prompts
 from longact_pl.masking.stats import ChannelStats, StatsCollector, check_statistic
 from longact_pl.masking.targets import Target, find_targets, head_dim_of
 from longact_pl.masking.units import check_unit
@@ -259,7 +264,9 @@ class SaliencyMask(pl.Callback):
 
     def _calibrate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         bf16 = "bf16" in str(trainer.precision)
-        stats = collect_stats(self._policy(pl_module), self._targets, self._prompts(trainer, pl_module), bf16)
+        # each data-parallel rank calibrates on its share of the prompts; _sync sums the statistics
+        mine, pad = shard_prompts(self._prompts(trainer, pl_module), trainer.global_rank, trainer.world_size)
+        stats = collect_stats(self._policy(pl_module), self._targets, mine, bf16, pad_forwards=pad)
         stats = self._sync(trainer, stats)
         self._scores = {k: s.statistic(self.statistic) for k, s in stats.items()}
         self._l1 = {k: s.statistic("mean_abs") for k, s in stats.items()}

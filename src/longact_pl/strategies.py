@@ -1,0 +1,151 @@
+"""Data-parallel strategies for ``LongActModule``: DDP and FSDP2, both with optional activation checkpointing.
+
+Both expose ``parallelize(module)``, which ``LongActModule.configure_model`` calls once the process group
+exists (it is idempotent: ``trainer.validate`` then ``trainer.fit`` call it twice).
+
+FSDP2 (Lightning's ``ModelParallelStrategy`` + ``torch.distributed.fsdp.fully_shard``) rather than FSDP1
+(``FSDPStrategy``): FSDP2 keeps every parameter as its own ``DTensor`` sharded on dim 0, so each rank holds a
+contiguous block of ``W_Q``/``W_K`` rows and LongAct's row masks map onto local rows exactly
+(``masking/sharding.py``), with optimizer hooks seeing ordinary per-parameter tensors. FSDP1 flattens a
+wrapped module's parameters into one ``FlatParameter`` whose shard boundaries cut through rows.
+
+The frozen reference model (held outside ``nn.Module`` registration, see ``module._Frozen``) is sharded the
+same way, so it costs ``1 / world_size`` of a full copy per rank; its forward all-gathers layer by layer.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import lightning.pytorch as pl
+from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
+from torch import nn
+from torch.distributed.fsdp import FSDPModule, fully_shard
+
+
+def enable_activation_checkpointing(model: nn.Module) -> None:
+    """Recompute each decoder layer's activations in backward (Hugging Face, non-reentrant)."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def decoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The transformer blocks: modules whose class is in the model's ``_no_split_modules``.
+
+    Raises:
+        ValueError: If the model declares no such class or none is found.
+    """
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    layers = [m for m in model.modules() if type(m).__name__ in names]
+    if not layers:
+        raise ValueError(
+            f"cannot find the decoder layers of {type(model).__name__} (no _no_split_modules) to shard"
+        )
+    return layers
+
+
+def check_data_parallel(module: pl.LightningModule, world_size: int) -> None:
+    """Refuse settings whose ranks would run different numbers of collectives.
+
+    Raises:
+        ValueError: With DAPO's dynamic sampling on more than one rank: ranks keep different numbers of
+            groups (and may skip a step), so their forward/backward counts differ and DDP/FSDP would hang.
+    """
+    if world_size > 1 and getattr(module.algorithm, "dynamic_sampling", False):
+        raise ValueError(
+            "algo.dynamic_sampling=true is not supported with more than one rank yet (ranks would keep "
+            "different numbers of groups and run different numbers of collectives); set "
+            "algo.dynamic_sampling=false"
+        )
+
+
+def shard_model(model: nn.Module, mesh, reshard_after_forward: bool = True) -> None:
+    """``fully_shard`` every decoder layer, then the root (embeddings, final norm, LM head, tied or not).
+
+    Also marks the model FSDP-managed so Hugging Face ``generate`` keeps ranks in lock-step
+    (``synced_gpus``): a rank whose sequences all ended keeps running forwards until every rank is done.
+    """
+    for layer in decoder_layers(model):
+        fully_shard(layer, mesh=mesh, reshard_after_forward=reshard_after_forward)
+    fully_shard(model, mesh=mesh, reshard_after_forward=reshard_after_forward)
+    model._is_fsdp_managed_module = True
+
+
+class LongActDDP(DDPStrategy):
+    """DDP: every rank holds the whole policy, generates for its own prompts, and gradients are averaged.
+
+    Args:
+        activation_checkpointing: Recompute activations in backward.
+        process_group_backend: ``nccl`` / ``gloo`` (``None`` = Lightning's choice for the accelerator).
+        find_unused_parameters: DDP's flag; keep ``False`` unless parts of the model get no gradient.
+        timeout: Collective timeout in seconds.
+    """
+
+    def __init__(
+        self,
+        activation_checkpointing: bool = False,
+        process_group_backend: str | None = None,
+        find_unused_parameters: bool = False,
+        timeout: float = 1800.0,
+    ) -> None:
+        super().__init__(
+            process_group_backend=process_group_backend,
+            find_unused_parameters=find_unused_parameters,
+            timeout=timedelta(seconds=timeout),
+        )
+        self.activation_checkpointing = activation_checkpointing
+
+    def parallelize(self, module: pl.LightningModule) -> None:
+        """Turn on activation checkpointing of the policy (DDP itself wraps the module later)."""
+        check_data_parallel(module, self.world_size)
+        if self.activation_checkpointing:
+            enable_activation_checkpointing(module.policy)
+
+
+class LongActFSDP(ModelParallelStrategy):
+    """FSDP2 over all ranks (pure data parallel: every device of every node shards the model).
+
+    Args:
+        activation_checkpointing: Recompute each decoder layer's activations in backward.
+        reshard_after_forward: Free the gathered parameters after each layer's forward (ZeRO-3); ``False``
+            keeps them until backward (ZeRO-2-like, more memory, fewer all-gathers).
+        save_distributed_checkpoint: One shard file per rank (``True``) or one full checkpoint file
+            gathered on rank 0 (``False``).
+        process_group_backend: ``nccl`` / ``gloo`` (``None`` = Lightning's choice for the accelerator).
+        timeout: Collective timeout in seconds.
+    """
+
+    def __init__(
+        self,
+        activation_checkpointing: bool = True,
+        reshard_after_forward: bool = True,
+        save_distributed_checkpoint: bool = True,
+        process_group_backend: str | None = None,
+        timeout: float = 1800.0,
+    ) -> None:
+        super().__init__(
+            data_parallel_size="auto",
+            tensor_parallel_size=1,
+            save_distributed_checkpoint=save_distributed_checkpoint,
+            process_group_backend=process_group_backend,
+            timeout=timedelta(seconds=timeout),
+        )
+        self.activation_checkpointing = activation_checkpointing
+        self.reshard_after_forward = reshard_after_forward
+
+    def setup_environment(self) -> None:
+        """Use one data-parallel mesh dimension over every process (no tensor parallelism)."""
+        self._data_parallel_size = self.num_nodes * self.num_processes
+        self._tensor_parallel_size = 1
+        super().setup_environment()
+
+    def parallelize(self, module: pl.LightningModule) -> None:
+        """Shard the policy and the frozen reference model over the data-parallel mesh (once)."""
+        check_data_parallel(module, self.world_size)
+        if isinstance(module.policy, FSDPModule):
+            return
+        if self.activation_checkpointing:
+            enable_activation_checkpointing(module.policy)
+        mesh = self.device_mesh["data_parallel"]
+        for model in (module.policy, getattr(module, "ref_model", None)):
+            if model is not None:
+                shard_model(model, mesh, self.reshard_after_forward)

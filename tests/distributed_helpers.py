@@ -1,0 +1,119 @@
+"""Test-only components for the scale-out tests (referenced by ``_target_`` from config overrides).
+
+``PerPromptRollout`` makes rollouts independent of how prompts are split into batches and ranks, so the
+union of the ranks' rollouts equals the single-process rollouts exactly; it also ends completions at
+varied lengths so ranks hold different token counts (DAPO's token mean must then be global).
+``RankShardedData`` deals one seeded permutation out to the ranks (``perm[rank::world]``), so the ranks'
+batches of a step together are the single-process batch of that step (run with
+``+trainer.use_distributed_sampler=false``). ``RankProbe`` writes what each rank ends with.
+``ShiftedRollout`` fakes an engine/trainer mismatch for the TIS tests.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader
+
+from longact_pl.data.datamodule import LongContextDataModule
+from longact_pl.data.dataset import keep_list
+from longact_pl.gather import full_state_dict
+from longact_pl.masking import SaliencyMask
+from longact_pl.rollout.hf import HFRollout
+from longact_pl.rollout.types import RolloutBatch, concat_rollouts
+from longact_pl.rollout.vllm import prompt_seed
+from tests.helpers import ROOT
+
+
+def train_cli(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """Run ``train.py`` in a subprocess (Lightning re-launches it once per extra rank); fail on an error."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "train.py", f"hydra.run.dir={run_dir}", *overrides]
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    return result
+
+
+class PerPromptRollout(HFRollout):
+    """``HFRollout`` on one prompt at a time, seeded by its tokens; completions cut at random lengths."""
+
+    def generate(self, policy, tokenizer, prompts, greedy=False, seed=0, max_new_tokens=None) -> RolloutBatch:
+        parts = []
+        for prompt in prompts:
+            s = prompt_seed(seed, prompt)
+            ro = super().generate(policy, tokenizer, [prompt], greedy, s, max_new_tokens)
+            parts.append(ro if greedy else _cut(ro, tokenizer, s))
+        return concat_rollouts(parts, tokenizer.pad_token_id)
+
+
+def _cut(ro: RolloutBatch, tokenizer, seed: int) -> RolloutBatch:
+    """End row ``i`` after a seeded random number of tokens in ``[1, C]`` (as if it had emitted EOS there)."""
+    n, width = ro.completion_mask.shape
+    keep = torch.randint(1, width + 1, (n, 1), generator=torch.Generator().manual_seed(seed))  # [n, 1]
+    mask = ro.completion_mask * (torch.arange(width).unsqueeze(0) < keep).long()  # [n, C]
+    completion = torch.where(
+        mask.bool(), ro.input_ids[:, ro.prompt_width :], tokenizer.pad_token_id
+    )  # [n, C]
+    return RolloutBatch(
+        input_ids=torch.cat([ro.input_ids[:, : ro.prompt_width], completion], 1),
+        attention_mask=torch.cat([ro.attention_mask[:, : ro.prompt_width], mask], 1),
+        completion_mask=mask,
+        behaviour_logp=ro.behaviour_logp * mask,
+        completions=tokenizer.batch_decode(completion, skip_special_tokens=True),
+        prompt_width=ro.prompt_width,
+        group_size=ro.group_size,
+    )
+
+
+class RankShardedData(LongContextDataModule):
+    """Training batches ``perm(seed)[rank::world]`` in order: one step's rank batches = one global batch."""
+
+    def train_dataloader(self) -> DataLoader:
+        data = self._dataset(self.train)
+        perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(self.seed)).tolist()
+        rank, world = self.trainer.global_rank, self.trainer.world_size
+        return DataLoader(data, batch_size=self.batch_size, sampler=perm[rank::world], collate_fn=keep_list)
+
+
+class RankProbe(pl.Callback):
+    """Save ``rank<r>.pt`` at the end of fit: full weights, LongAct masks, prompt indices per step."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = Path(out_dir)
+        self.prompts: list[list[int]] = []  # sample indices of each training batch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        self.prompts.append([int(s["index"]) for s in batch])
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        weights = full_state_dict(pl_module.policy)  # a collective under FSDP: every rank calls it
+        masks = next((c.masks for c in trainer.callbacks if isinstance(c, SaliencyMask)), {})
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        torch.save(
+            {
+                "weights": weights,
+                "masks": masks,
+                "prompts": self.prompts,
+                "world_size": trainer.world_size,
+                "step": trainer.global_step,
+            },
+            self.out_dir / f"rank{trainer.global_rank}.pt",
+        )
+
+
+class ShiftedRollout(HFRollout):
+    """HF rollouts with behaviour log-probs shifted by ``shift``: an engine off by a factor exp(shift)."""
+
+    def __init__(self, shift: float = 0.0, tis_cap: float | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.shift, self.tis_cap = shift, tis_cap
+
+    def generate(self, *args, **kwargs) -> RolloutBatch:
+        ro = super().generate(*args, **kwargs)
+        ro.behaviour_logp = (ro.behaviour_logp + self.shift) * ro.completion_mask
+        return ro

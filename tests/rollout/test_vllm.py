@@ -1,0 +1,236 @@
+"""vLLM rollouts: layout and weight-sync bookkeeping (always), and a real engine on SmolLM2 (marked vllm).
+
+The real-engine tests share one engine per session (start ~20-60 s on 2 cores). Tolerance: the engine runs
+SmolLM2 in bf16, the HF reference in fp32, so greedy paths may part after a near-tie; they are compared
+token by token under teacher forcing, and log-probs within 0.1 nats on average (0.5 at most).
+"""
+
+import copy
+import csv
+import importlib.util
+import os
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from longact_pl.ops.logprobs import completion_logprobs
+from longact_pl.rollout.hf import HFRollout
+from longact_pl.rollout.masks import position_ids_from_mask
+from longact_pl.rollout.vllm import VLLMRollout, eos_token_ids, prompt_seed
+from longact_pl.rollout.weight_sync import WeightSync
+from longact_pl.train import rollout_callbacks
+from tests.conftest import chat_ids
+
+HAS_VLLM = importlib.util.find_spec("vllm") is not None
+MEAN_TOL, MAX_TOL = 0.1, 0.5
+
+
+def vllm_engine(fn):
+    """Mark a test that runs a real vLLM engine (skipped where vLLM is not installed)."""
+    skip = pytest.mark.skipif(not HAS_VLLM, reason="vllm is not installed (make install-vllm)")
+    return pytest.mark.vllm(pytest.mark.slow(skip(fn)))
+
+
+# ----------------------------------------------------------------------------- no engine needed
+def _sample(tokens, logps):
+    return SimpleNamespace(
+        token_ids=tokens, logprobs=[{t: SimpleNamespace(logprob=lp)} for t, lp in zip(tokens, logps)]
+    )
+
+
+def test_batch_layout_from_engine_outputs(tiny):
+    tok = tiny.tokenizer
+    eos = eos_token_ids(tiny.model, tok)[0]
+    prompts = [[5, 6, 7], [8, 9]]
+    samples = [_sample([11, eos], [-1.0, -2.0]), _sample([12, 13, 14], [-0.5, -0.25, -0.125]),
+               _sample([eos], [-3.0]), _sample([15, 16], [-1.5, -0.75])]  # fmt: skip
+    ro = VLLMRollout._batch(prompts, samples, 2, tok, [eos])
+    assert ro.input_ids.shape == (4, 3 + 3) and ro.prompt_width == 3 and ro.group_size == 2
+    assert ro.attention_mask[2:, 0].sum() == 0  # the shorter prompt is left-padded
+    assert ro.completion_mask.tolist() == [[1, 1, 0], [1, 1, 1], [1, 0, 0], [1, 1, 0]]  # up to and incl. EOS
+    assert torch.equal(ro.attention_mask[:, 3:], ro.completion_mask)
+    torch.testing.assert_close(ro.behaviour_logp[1], torch.tensor([-0.5, -0.25, -0.125]))
+    assert ro.behaviour_logp[0, 2] == 0 and ro.input_ids[0, 5] == tok.pad_token_id
+
+
+def test_prompt_seed_depends_on_tokens_not_position():
+    assert prompt_seed(3, [1, 2, 3]) == prompt_seed(3, [1, 2, 3])
+    assert len({prompt_seed(3, [1, 2, 3]), prompt_seed(4, [1, 2, 3]), prompt_seed(3, [1, 2, 4])}) == 3
+
+
+@pytest.mark.parametrize(
+    "field,value", [("group_size", 1), ("temperature", 0.0), ("tis_cap", 0.0), ("dtype", "fp8")]
+)
+def test_bad_values_name_the_field(field, value):
+    with pytest.raises(ValueError, match=f"rollout.{field}"):
+        VLLMRollout(**{field: value})
+
+
+def test_weight_sync_marks_stale_after_each_optimizer_step():
+    engine = VLLMRollout()
+    engine._stale = False
+    (callback,) = rollout_callbacks(engine)
+    assert isinstance(callback, WeightSync) and rollout_callbacks(HFRollout()) == []
+    param = torch.nn.Parameter(torch.ones(2))
+    opt = torch.optim.SGD([param], lr=0.1)
+    callback.on_train_start(SimpleNamespace(optimizers=[opt]), None)
+    assert not engine._stale
+    param.grad = torch.ones(2)
+    opt.step()
+    assert engine._stale
+    callback.teardown(None, None, "fit")
+    engine._stale = False
+    opt.step()
+    assert not engine._stale  # hooks removed
+
+
+# ----------------------------------------------------------------------------- real engine (vLLM)
+@pytest.fixture(scope="module")
+def smollm2():
+    from longact_pl.models.smollm2 import load_smollm2
+
+    return load_smollm2()
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    os.environ.setdefault("VLLM_CACHE_ROOT", str(tmp_path_factory.mktemp("vllm_cache")))
+    from longact_pl.rollout.vllm import shutdown_engines
+
+    yield VLLMRollout(group_size=3, max_new_tokens=16)  # the conf/rollout/vllm.yaml engine settings
+    shutdown_engines()
+
+
+def _prompts(tok):
+    return [chat_ids(tok, t) for t in ("What is 2+2? Answer briefly.", "Name a colour.", "Say hello.")]
+
+
+def _teacher_forced(policy, ro, temperature):
+    logp, _ = completion_logprobs(
+        policy, ro.input_ids, ro.attention_mask, ro.completion_mask.shape[1], temperature
+    )
+    return logp * ro.completion_mask  # [N, C]
+
+
+def _close(a, b, mask):
+    diff = (a - b).abs()[mask.bool()]
+    assert diff.mean() < MEAN_TOL and diff.max() < MAX_TOL, (diff.mean(), diff.max())
+
+
+@vllm_engine
+def test_greedy_matches_hf(engine, smollm2):
+    policy, tok = smollm2.model, smollm2.tokenizer
+    prompts = _prompts(tok)
+    ro = engine.generate(policy, tok, prompts, greedy=True)
+    hf = HFRollout(max_new_tokens=16).generate(policy, tok, prompts, greedy=True)
+    assert ro.input_ids.shape[0] == 3 and engine.syncs == 1 and engine.last_sync_s > 0
+    mine = [r[m.bool()].tolist() for r, m in zip(ro.input_ids[:, ro.prompt_width :], ro.completion_mask)]
+    ref = [r[m.bool()].tolist() for r, m in zip(hf.input_ids[:, hf.prompt_width :], hf.completion_mask)]
+    assert any(a == b for a, b in zip(mine, ref))  # paths part only after a near-tie
+    # teacher-forced on vLLM's tokens: the fp32 model's log-probs match the engine's, and wherever the fp32
+    # model has a clear favourite (top-2 margin > 0.5 nats, beyond bf16 noise) the engine picked it
+    _close(_teacher_forced(policy, ro, 1.0), ro.behaviour_logp, ro.completion_mask)
+    with torch.no_grad():
+        pos = position_ids_from_mask(ro.attention_mask)  # [N, P + C]
+        logits = policy(input_ids=ro.input_ids, attention_mask=ro.attention_mask, position_ids=pos).logits
+    top = logits[:, ro.prompt_width - 1 : -1].float().log_softmax(-1).topk(2, -1)  # [N, C, 2]
+    picked = top.indices[..., 0] == ro.input_ids[:, ro.prompt_width :]  # [N, C]
+    clear = ro.completion_mask.bool() & (top.values[..., 0] - top.values[..., 1] > 0.5)  # [N, C]
+    assert clear.sum() > 5 and picked[clear].all()
+    assert picked[ro.completion_mask.bool()].float().mean() > 0.85
+
+
+@vllm_engine
+def test_sampling_layout_seed_and_temperature_logprobs(engine, smollm2):
+    policy, tok = smollm2.model, smollm2.tokenizer
+    prompts = _prompts(tok)[:2]
+    a = engine.generate(policy, tok, prompts, seed=5)
+    b = engine.generate(policy, tok, prompts, seed=5)
+    c = engine.generate(policy, tok, prompts, seed=6)
+    assert a.input_ids.shape[0] == 6 and a.group_size == 3 and len(a.completions) == 6
+    assert torch.equal(a.input_ids[0, : a.prompt_width], a.input_ids[2, : a.prompt_width])
+    assert torch.equal(a.input_ids, b.input_ids) and not torch.equal(a.input_ids, c.input_ids)
+    eos = eos_token_ids(policy, tok)
+    for row, mask in zip(a.input_ids[:, a.prompt_width :], a.completion_mask):
+        n = int(mask.sum())
+        assert mask[:n].all() and not mask[n:].any()
+        assert n == 16 or int(row[n - 1]) in eos  # ends at EOS or at the budget
+    # the engine's log-probs are at the sampling temperature, like the trainer's
+    _close(_teacher_forced(policy, a, engine.temperature), a.behaviour_logp, a.completion_mask)
+    assert engine.syncs == 1  # no optimizer step, no push
+
+
+@vllm_engine
+def test_weights_pushed_after_a_training_step(engine, smollm2):
+    policy, tok = copy.deepcopy(smollm2.model), smollm2.tokenizer
+    prompt = [_prompts(tok)[1]]
+    before = engine.generate(policy, tok, prompt, greedy=True)
+    target = tok.encode("Purple elephants dance tonight.", add_special_tokens=False) + [tok.eos_token_id]
+    ids = torch.tensor([prompt[0] + target])  # [1, P + T]
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-3)
+    for _ in range(3):  # big steps: the greedy answer visibly changes
+        logits = policy(input_ids=ids).logits[0, len(prompt[0]) - 1 : -1]  # [T, V]
+        torch.nn.functional.cross_entropy(logits.float(), torch.tensor(target)).backward()
+        opt.step()
+        opt.zero_grad()
+    stale = engine.generate(policy, tok, prompt, greedy=True)
+    assert torch.equal(stale.input_ids, before.input_ids)  # not marked stale: still the old weights
+    engine.mark_stale()
+    after = engine.generate(policy, tok, prompt, greedy=True)
+    hf = HFRollout(max_new_tokens=16).generate(policy, tok, prompt, greedy=True)
+    assert after.completions != before.completions
+    assert after.completions == hf.completions and "Purple" in after.completions[0]
+    _close(_teacher_forced(policy, after, 1.0), after.behaviour_logp, after.completion_mask)
+
+
+@vllm_engine
+def test_grpo_run_with_vllm_rollouts(tmp_path, engine, smollm2):
+    from longact_pl.train import run
+    from tests.helpers import compose_train
+
+    cfg = compose_train(
+        tmp_path, "model=smollm2_135m", "rollout=vllm", "rollout.tis_cap=2.0", "algo.kl_coef=0",
+        "data.reward._target_=tests.helpers.ParityReward", "trainer.max_steps=2",
+        "trainer.val_check_interval=2",
+        "data.batch_size=1", "rollout.group_size=2", "rollout.max_new_tokens=8", "data.train.lengths=[256]",
+        "data.val.lengths=[256]", "data.val.num_samples=1", "module.lr=1e-5", "trainer.precision=bf16-mixed",
+    )  # fmt: skip
+    metrics = run(cfg, tmp_path)
+    with open(tmp_path / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("train/reward_mean")]
+    assert len(rows) == 2 and "val/acc" in metrics
+    # one push before the first rollout, one after the first optimizer step
+    assert [float(r["rollout/syncs"]) for r in rows] == [1.0, 2.0]
+    assert all(float(r["rollout/sync_s"]) > 0 for r in rows)
+    ratios = [float(r["train/tis_ratio_mean"]) for r in rows]
+    assert all(0.5 < x < 2.0 for x in ratios) and all(
+        0 <= float(r["train/tis_capped_frac"]) < 0.5 for r in rows
+    )
+    assert (tmp_path / "final" / "model.safetensors").is_file()
+
+
+@vllm_engine
+def test_fsdp_ranks_push_gathered_weights_into_their_engines(tmp_path, monkeypatch):
+    """2 CPU ranks under FSDP2, each with its own engine: the pushed (gathered) weights are the trainer's.
+
+    A tiny Llama with head_dim 64 (vLLM's CPU attention has no kernel for 16). If an engine held other
+    weights than the trainer (its random start, a stale or a half-gathered copy), the trainer/engine
+    probability ratio of the sampled tokens would be far from 1.
+    """
+    from tests.distributed_helpers import train_cli
+
+    monkeypatch.setenv("VLLM_CACHE_ROOT", str(tmp_path / "vllm_cache"))
+    train_cli(
+        tmp_path, "model=tiny_llama", "model.hidden_size=256", "trainer.accelerator=cpu",
+        "trainer.precision=32-true", "trainer.max_steps=2", "+trainer.limit_val_batches=0",
+        "validate_before_training=false", "data.train.lengths=[256]", "data.batch_size=2",
+        "data.reward._target_=tests.helpers.ParityReward", "rollout=vllm", "rollout.group_size=4",
+        "rollout.max_new_tokens=8", "rollout.tis_cap=2.0", "masking=saliency", "masking.calib_samples=2",
+        "module.lr=1e-3", "strategy=fsdp", "trainer.devices=2",
+    )  # fmt: skip
+    with open(tmp_path / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("train/reward_mean")]
+    assert [float(r["rollout/syncs"]) for r in rows] == [1.0, 2.0]
+    assert all(abs(float(r["train/tis_ratio_mean"]) - 1) < 0.05 for r in rows)
+    assert (tmp_path / "final" / "mask.safetensors").is_file()

@@ -1,0 +1,99 @@
+"""DDP and FSDP2 on CPU (2 processes, gloo) against one process on the same global batch.
+
+What is compared: two RL steps of GRPO with DAPO's token-mean aggregation and LongAct masks on the tiny
+Llama. The single process sees 4 prompts per step; each of the 2 ranks sees 2 of them, and the two rank
+batches of a step are exactly the single-process batch (``RankShardedData``). Rollouts come from
+``PerPromptRollout`` (each prompt generated alone, seeded by its tokens, and cut at seeded random lengths so
+the ranks hold different token counts), the reward is deterministic, and calibration prompts are split
+across ranks. So every rank must build the single-process mask, and the weights after 2 steps must match
+the single-process weights up to float summation order.
+"""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from longact_pl.algos import DAPO
+from longact_pl.models.tiny import tiny_llama
+from longact_pl.strategies import check_data_parallel
+from tests.distributed_helpers import train_cli
+
+SEED = 42
+COMMON = [
+    "model=tiny_llama",
+    f"seed={SEED}",
+    "trainer.accelerator=cpu",
+    "trainer.precision=32-true",
+    "trainer.max_steps=2",
+    "+trainer.limit_val_batches=0",
+    "validate_before_training=false",
+    "data._target_=tests.distributed_helpers.RankShardedData",
+    "+trainer.use_distributed_sampler=false",
+    "data.train.lengths=[256]",
+    "data.reward._target_=tests.helpers.ParityReward",
+    "rollout._target_=tests.distributed_helpers.PerPromptRollout",
+    "rollout.group_size=4",
+    "rollout.max_new_tokens=8",
+    "algo=grpo",
+    "algo.aggregation=token_mean",
+    "masking=saliency",
+    "masking.ratio=0.5",
+    "masking.calib_samples=4",
+    "module.lr=1e-3",
+    "module.micro_batch_size=4",
+]
+
+
+def _train(run_dir, *overrides):
+    probe = [
+        "+callbacks.probe._target_=tests.distributed_helpers.RankProbe",
+        f"+callbacks.probe.out_dir={run_dir / 'probe'}",
+    ]
+    train_cli(run_dir, *COMMON, *probe, *overrides)
+    return [torch.load(path) for path in sorted((run_dir / "probe").glob("rank*.pt"))]
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    (probe,) = _train(tmp_path_factory.mktemp("single"), "data.batch_size=4")
+    return probe
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_ranks_match_one_process(tmp_path, single, strategy):
+    ranks = _train(tmp_path, f"strategy={strategy}", "trainer.devices=2", "data.batch_size=2")
+    assert [r["world_size"] for r in ranks] == [2, 2] and all(r["step"] == 2 for r in ranks)
+    start = dict(tiny_llama(seed=SEED).model.state_dict())
+    masks = ranks[0]["masks"]
+    assert masks and set(masks) == set(single["masks"])
+    for name, mask in masks.items():
+        # every rank trains the same rows, and they are the single-process rows (statistics summed over ranks)
+        assert torch.equal(mask, ranks[1]["masks"][name]) and torch.equal(mask, single["masks"][name])
+        weight = ranks[0]["weights"][f"{name}.weight"]
+        assert torch.equal(weight[~mask], start[f"{name}.weight"][~mask])  # frozen rows bit for bit
+        assert not torch.equal(weight[mask], start[f"{name}.weight"][mask])
+    moved = 0.0
+    for key, value in single["weights"].items():
+        assert torch.equal(ranks[0]["weights"][key], ranks[1]["weights"][key]), key
+        torch.testing.assert_close(ranks[0]["weights"][key], value, atol=2e-6, rtol=1e-4, msg=key)
+        moved = max(moved, float((value - start[key]).abs().max()))
+    assert moved > 1e-3  # two AdamW steps at lr 1e-3 moved the weights well beyond the tolerance
+    # the exported policy is the full (gathered) model; checkpoints hold full masks (FSDP: sharded weights)
+    final = load_file(tmp_path / "final" / "model.safetensors")
+    assert final and all(torch.equal(t, ranks[0]["weights"][k]) for k, t in final.items())
+    assert (tmp_path / "final" / "mask.safetensors").is_file()
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    state = torch.load(ckpt / "meta.pt" if ckpt.is_dir() else ckpt, weights_only=False)
+    assert all(torch.equal(state["callbacks"]["SaliencyMask"]["masks"][k], m) for k, m in masks.items())
+
+
+def test_dynamic_sampling_is_refused_on_several_ranks():
+    module = SimpleNamespace(algorithm=DAPO(overlong_max_len=8, overlong_cache_len=4))
+    check_data_parallel(module, 1)
+    with pytest.raises(ValueError, match="algo.dynamic_sampling=false"):
+        check_data_parallel(module, 2)
+    module.algorithm.dynamic_sampling = False
+    check_data_parallel(module, 2)
