@@ -35,7 +35,7 @@ evaluate: install
 	$(PY) evaluate.py eval=ruler $(ARGS)
 
 # The whole test suite (unit tests on tiny models + a few SmolLM2 integration tests).
-test: install
+test: install-vllm
 	$(PY) -m pytest -q $(ARGS)
 
 # Unit tests only (skips the tests marked slow).
