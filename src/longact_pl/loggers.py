@@ -19,11 +19,13 @@ def wandb_logger(project: str, name: str | None, save_dir: str, default_mode: st
         ImportError: With the install command, if wandb is missing.
     """
     try:
-        import wandb  # noqa: F401
+        import wandb
     except ImportError as err:
         raise ImportError("logger=wandb needs wandb: `.venv/bin/pip install -e '.[wandb]'`") from err
     from lightning.pytorch.loggers import WandbLogger
 
+    if wandb.run is not None:  # the previous job of an in-process Hydra multirun: give this run its own
+        wandb.finish()
     mode = os.environ.get("WANDB_MODE", default_mode)
     os.makedirs(save_dir, exist_ok=True)
     return WandbLogger(project=project, name=name, save_dir=save_dir, offline=mode == "offline", **kwargs)

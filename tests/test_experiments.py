@@ -1,0 +1,82 @@
+"""Every experiment preset composes, resolves and carries the settings it promises."""
+
+import pytest
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from tests.helpers import CONF, compose_train
+
+PRESETS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+PAPER = {"paper_qwen3_8b_dapo": ("DAPO", 16), "paper_qwen3_4b_grpo": ("GRPO", 8)}
+# keys every preset must leave resolvable (the run needs them before anything is loaded)
+REQUIRED = ["algo._target_", "rollout.group_size", "rollout.max_new_tokens", "module.lr", "trainer.max_steps",
+            "trainer.val_check_interval", "data.batch_size", "data.train.lengths", "data.val.lengths",
+            "data.val.num_samples", "model._target_", "seed"]  # fmt: skip
+
+
+def _compose(tmp_path, name, *overrides):
+    return compose_train(tmp_path, f"experiment={name}", *overrides, tiny=False)
+
+
+def test_the_presets_exist():
+    assert {"cpu_longact", *PAPER} <= set(PRESETS)
+    for name in PRESETS:
+        assert (CONF / "experiment" / f"{name}.yaml").read_text().startswith("# @package _global_")
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_preset_composes_and_resolves(tmp_path, name):
+    cfg = _compose(tmp_path, name)
+    # only the model path may be left for the command line
+    assert set(OmegaConf.missing_keys(cfg)) <= {"model.name_or_path"}
+    if OmegaConf.missing_keys(cfg):
+        cfg = _compose(tmp_path, name, "model.name_or_path=/models/some-qwen3")
+    resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    for key in REQUIRED:
+        assert OmegaConf.select(OmegaConf.create(resolved), key) is not None, key
+    # the cheap components are valid as configured (bad values fail here, before any model load)
+    instantiate(cfg.algo)
+    instantiate(cfg.rollout)
+    if "_target_" in cfg.masking:
+        instantiate(cfg.masking)
+
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_paper_presets(tmp_path, name):
+    algo, group = PAPER[name]
+    cfg = _compose(tmp_path, name, "model.name_or_path=Qwen/Qwen3-8B")
+    assert cfg.model._target_ == "longact_pl.models.hf.load_hf" and cfg.model.dtype == "bfloat16"
+    assert cfg.model.gradient_checkpointing is True
+    assert cfg.algo._target_.endswith(f".{algo}")
+    assert cfg.masking._target_ == "longact_pl.masking.SaliencyMask"
+    assert cfg.masking.selector._target_.endswith(".TopK") and cfg.masking.ratio == 0.3
+    assert cfg.masking.targets == ["q_proj", "k_proj"]
+    assert cfg.module.lr == 1e-6 and cfg.rollout.group_size == group
+    assert min(cfg.data.train.lengths) >= 16384 and max(cfg.data.train.lengths) == 32768
+    assert cfg.data.max_prompt_tokens >= 32768
+    assert cfg.trainer.accelerator == "gpu" and cfg.trainer.precision == "bf16-mixed"
+    if (CONF / "strategy" / "fsdp.yaml").is_file():
+        assert "fsdp" in str(cfg.trainer.strategy).lower()
+
+
+def test_cpu_preset_is_smollm2_grpo_on_the_default_task(tmp_path):
+    cfg = _compose(tmp_path, "cpu_longact")
+    default = compose_train(tmp_path, tiny=False)
+    assert cfg.model._target_ == "longact_pl.models.smollm2.load_smollm2"
+    assert cfg.algo._target_ == "longact_pl.algos.grpo.GRPO"
+    assert cfg.data.train.task == default.data.train.task  # the default long-context task
+    assert cfg.trainer.accelerator == "cpu" and cfg.masking.selector._target_.endswith(".TopK")
+    # 9 runs (3 maskings x 3 seeds) in ~2 h on 2 cores: at most the `make train` run's work (~15 min) each
+    assert cfg.trainer.max_steps <= default.trainer.max_steps
+    val_passes = 1 + cfg.trainer.max_steps // cfg.trainer.val_check_interval
+    default_passes = 1 + default.trainer.max_steps // default.trainer.val_check_interval
+    assert val_passes * cfg.data.val.num_samples < default_passes * default.data.val.num_samples
+
+
+@pytest.mark.parametrize("masking,selector", [("random", "RandomK"), ("inverse", "BottomK"), ("none", None)])
+def test_cpu_preset_masking_stays_overridable(tmp_path, masking, selector):
+    cfg = _compose(tmp_path, "cpu_longact", f"masking={masking}")
+    if selector is None:
+        assert "_target_" not in cfg.masking and dict(cfg.masking) == {}
+    else:
+        assert cfg.masking.selector._target_.endswith(f".{selector}")
