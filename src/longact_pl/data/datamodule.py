@@ -112,14 +112,14 @@ class LongContextDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
         )
 
-    def _position(self) -> tuple[int, int]:
-        """``(epoch, batches already done in it)`` from the trainer's loop state (resume-aware)."""
+    def _position(self) -> tuple[int, int, int, int]:
+        """``(epoch, batches done in it, rank, world size)`` from the trainer (resume-aware)."""
         trainer = self.trainer
         if trainer is None:
-            return 0, 0
+            return 0, 0, 0, 1
         loop = trainer.fit_loop.epoch_loop
         done = loop.batch_progress.current.completed if loop.restarting else 0
-        return trainer.current_epoch, done
+        return trainer.current_epoch, done, trainer.global_rank, trainer.world_size
 
     def extra_dataloader(self, seed: int) -> DataLoader:
         """Training batches in another seeded order (DAPO's dynamic sampling draws extra prompts here)."""
@@ -141,6 +141,8 @@ class LongContextDataModule(L.LightningDataModule):
             return []
         lengths = list(getattr(self.val, "lengths", None) or [0])
         order = sorted(range(len(self.val)), key=lambda i: (lengths[i % len(lengths)], i))
+        _, _, rank, world = self._position()
+        order = order[rank::world]  # each rank scores its share; the metric sums across ranks
         return DataLoader(
             self._dataset(self.val),
             batch_size=self.val_batch_size,
