@@ -1,0 +1,231 @@
+"""GRPO steps/s: longact_pl's pieces vs TRL's ``GRPOTrainer``, same model, prompts and settings.
+
+Each arm runs in its own subprocess on a copy of the same weights (saved once to a temporary folder):
+
+* ``ours``: ``SharedPrefixHFRollout`` + ``grouped_completion_logprobs`` (policy and reference) + ``GRPO``
+  loss, in a plain loop shaped like ``LongActModule.training_step`` (the whole step in one bf16 autocast
+  region, as Lightning's ``bf16-mixed`` does), AdamW, global-norm clipping;
+* ``ours_naive``: the same loop with ``HFRollout`` + ``completion_logprobs`` (today's module path);
+* ``trl``: ``trl.GRPOTrainer`` (``pip install --no-deps trl==1.16.0`` + ``datasets``, see the report).
+
+Matched settings (both sides): B prompts x G completions per optimizer step (TRL: per_device_train_batch_size
+= G, gradient_accumulation_steps = B, so one generation per step and one group per micro-batch, like ours);
+HF ``generate`` sampling at temperature 0.7, top_p 1, top_k 0, ``max_new_tokens`` = C, the model's EOS;
+KL coef (TRL ``beta``) 0.04 with a frozen reference model; clip eps 0.2/0.2; group-std-scaled advantages
+(``scale_rewards="group"``); loss aggregation seq-mean-token-mean (TRL ``loss_type="grpo"``); one pass per
+batch (``num_iterations=1``, on-policy ratio); AdamW lr 1e-6, betas (0.9, 0.999), weight decay 0, constant
+lr, no warm-up; max grad norm 1.0; fp32 weights with bf16 autocast (TRL ``bf16=True``); gradient checkpointing
+off (``--ckpt`` turns it on for both); dropout off; the reward is RULER ``string_match_all`` on the same
+needle-in-a-haystack prompts (chat-templated identically), fed in the same order, no shuffling.
+Per-step time = median over steps after the first (the first is warm-up for both).
+
+    python scripts/bench/bench_peer.py            # SmolLM2, P~1024, B=2, G=4, C=32, 4 steps
+    python scripts/bench/bench_peer.py --quick    # small random Llama, P~512, B=2, G=4, C=16, 3 steps
+
+Prints ``peer_grpo_steps_per_s ratio=<a/b> a=<steps/s ours> b=<steps/s TRL>`` (and the same for
+``ours_naive`` vs TRL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+from _common import figure, load, set_threads
+
+from longact_pl.data.prompting import template_ids, to_messages
+from longact_pl.data.sources import GeneratedSource
+from longact_pl.data.tasks.niah import NeedleInAHaystack
+from longact_pl.rewards.string_match import StringMatchAll
+
+TEMPERATURE, TOP_P, TOP_K, BETA, EPS, LR, CLIP = 0.7, 1.0, 0, 0.04, 0.2, 1e-6, 1.0
+
+
+def samples(tokenizer, count: int, length: int) -> list:
+    """``count`` needle-in-a-haystack samples of about ``length`` tokens (4 keys, ask one)."""
+    source = GeneratedSource(NeedleInAHaystack(num_keys=4), count, [length], seed=7, tokenizer=tokenizer)
+    return [source[i] for i in range(count)]
+
+
+def run_ours(args, folder: str, data: list, shared: bool) -> list[float]:
+    """Per-step seconds of the plain longact_pl GRPO loop."""
+    import copy
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from longact_pl.algos.grpo import GRPO
+    from longact_pl.models.types import finish
+    from longact_pl.ops.logprobs import completion_logprobs
+    from longact_pl.ops.shared_prefix import grouped_completion_logprobs
+    from longact_pl.rollout.hf import HFRollout
+    from longact_pl.rollout.hf_shared import SharedPrefixHFRollout
+    from longact_pl.sampling import score
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    policy = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="sdpa")
+    policy = finish(policy, tok, args.ckpt).model
+    ref = copy.deepcopy(policy).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(policy.parameters(), lr=LR, betas=(0.9, 0.999), weight_decay=0.0)
+    engine = (SharedPrefixHFRollout if shared else HFRollout)(
+        group_size=args.group, max_new_tokens=args.new, temperature=TEMPERATURE, top_p=TOP_P, top_k=TOP_K
+    )
+    algo = GRPO(eps_low=EPS, eps_high=EPS, kl_coef=BETA, aggregation="seq_mean_token_mean")
+    reward, group = StringMatchAll(), args.group
+
+    def logprobs(model, ids, am, width, entropy=False):
+        if shared:
+            return grouped_completion_logprobs(model, ids, am, width, group, TEMPERATURE, entropy)
+        first = int(am.any(0).nonzero()[0])  # as LongActModule._micro_step: drop all-padding columns
+        return completion_logprobs(model, ids[:, first:], am[:, first:], width, TEMPERATURE, entropy)
+
+    times = []
+    for step in range(args.steps):
+        batch = data[step * args.prompts : (step + 1) * args.prompts]
+        start = time.perf_counter()
+        with torch.autocast("cpu", torch.bfloat16):
+            ro = engine.generate(
+                policy, tok, [template_ids(tok, to_messages(s.prompt)) for s in batch], seed=step
+            )
+            metas = [{"references": s.references, "task": s.task} for s in batch]
+            advantages = algo.advantages(score(reward, ro.completions, metas, group), group)  # [N]
+            width = ro.completion_mask.shape[1]
+            mask = ro.completion_mask.float()  # [N, C]
+            rows = torch.arange(mask.shape[0]).split(group)
+            with torch.no_grad():
+                ref_logp = torch.cat(
+                    [logprobs(ref, ro.input_ids[r], ro.attention_mask[r], width)[0] for r in rows]
+                )
+            for r in rows:
+                logp, _ = logprobs(
+                    policy, ro.input_ids[r], ro.attention_mask[r], width, entropy=True
+                )  # [G, C]
+                loss, _ = algo.loss(
+                    logp, logp.detach(), ref_logp[r], advantages[r], mask[r],
+                    num_seqs=mask.shape[0], num_tokens=mask.sum(),
+                )  # fmt: skip
+                loss.backward()
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), CLIP)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def run_trl(args, folder: str, data: list) -> list[float]:
+    """Per-step seconds of ``trl.GRPOTrainer`` (from successive ``on_step_end`` callbacks)."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    tok.padding_side = "left"
+    ds = Dataset.from_list([{"prompt": to_messages(s.prompt), "references": s.references} for s in data])
+    match = StringMatchAll()
+
+    def reward(prompts, completions, references, **kw):
+        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+        return match(texts, references)
+
+    stamps: list[float] = []
+
+    class StepTimer(TrainerCallback):
+        def on_train_begin(self, *a, **k):
+            stamps.append(time.perf_counter())
+
+        def on_step_end(self, *a, **k):
+            stamps.append(time.perf_counter())
+
+    with tempfile.TemporaryDirectory() as out:
+        cfg = GRPOConfig(
+            output_dir=out, use_cpu=True, bf16=True, gradient_checkpointing=args.ckpt,
+            per_device_train_batch_size=args.group, gradient_accumulation_steps=args.prompts,
+            num_generations=args.group, max_completion_length=args.new, max_steps=args.steps,
+            temperature=TEMPERATURE, top_p=TOP_P, top_k=TOP_K, beta=BETA, epsilon=EPS, num_iterations=1,
+            loss_type="grpo", scale_rewards="group", learning_rate=LR, lr_scheduler_type="constant",
+            warmup_steps=0, weight_decay=0.0, max_grad_norm=CLIP, shuffle_dataset=False, disable_dropout=True,
+            model_init_kwargs={"dtype": torch.float32, "attn_implementation": "sdpa"},
+            logging_steps=1, report_to="none", save_strategy="no", dataloader_num_workers=0, seed=0,
+        )  # fmt: skip
+        trainer = GRPOTrainer(
+            model=folder, reward_funcs=reward, args=cfg, train_dataset=ds, processing_class=tok,
+            callbacks=[StepTimer()],
+        )  # fmt: skip
+        trainer.train()
+    return [b - a for a, b in zip(stamps, stamps[1:])]
+
+
+def main(argv: list[str] | None = None) -> list[str]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="small random model, small sizes")
+    p.add_argument("--model", default=None, help="smollm2 | small_llama | tiny_llama | tiny_qwen3")
+    p.add_argument("--prompt", type=int, default=None, help="target prompt tokens")
+    p.add_argument("--prompts", type=int, default=2, help="B prompts per step")
+    p.add_argument("--group", type=int, default=4, help="G")
+    p.add_argument("--new", type=int, default=None, help="max new tokens (C)")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--ckpt", action="store_true", help="gradient checkpointing on both sides")
+    p.add_argument("--arms", default="ours,ours_naive,trl")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--arm", help=argparse.SUPPRESS)
+    p.add_argument("--folder", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    set_threads(args.threads)
+    args.model = args.model or ("small_llama" if args.quick else "smollm2")
+    args.prompt = args.prompt or (512 if args.quick else 1024)
+    args.new = args.new or (16 if args.quick else 32)
+    args.steps = args.steps or (3 if args.quick else 4)
+    if args.arm:
+        from transformers import AutoTokenizer
+
+        data = samples(AutoTokenizer.from_pretrained(args.folder), args.steps * args.prompts, args.prompt)
+        torch.manual_seed(0)
+        times = (
+            run_trl(args, args.folder, data)
+            if args.arm == "trl"
+            else run_ours(args, args.folder, data, shared=args.arm == "ours")
+        )
+        print(json.dumps({"times": times}), flush=True)
+        return []
+    forward = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--quick"]
+    forward += ["--model", args.model, "--prompt", str(args.prompt), "--new", str(args.new)]
+    forward += ["--steps", str(args.steps)]
+    step_s: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        loaded = load(args.model)
+        loaded.model.save_pretrained(folder)
+        loaded.tokenizer.save_pretrained(folder)
+        for arm in args.arms.split(","):
+            out = subprocess.run(
+                [sys.executable, __file__, *forward, "--arm", arm, "--folder", folder],
+                capture_output=True, text=True,
+            )  # fmt: skip
+            if out.returncode != 0:
+                print(f"# arm {arm} failed:\n{out.stderr[-3000:]}", flush=True)
+                continue
+            times = json.loads(out.stdout.strip().splitlines()[-1])["times"]
+            step_s[arm] = statistics.median(times[1:] if len(times) > 1 else times)
+            print(f"# {arm}: step seconds {[round(t, 2) for t in times]}", flush=True)
+    print(
+        f"# model={args.model} P~{args.prompt} B={args.prompts} G={args.group} C={args.new} "
+        f"steps={args.steps} ckpt={args.ckpt} bf16_autocast=True beta={BETA} T={TEMPERATURE}",
+        flush=True,
+    )
+    lines = []
+    tag = "quick" if args.quick else f"{args.model}_P{args.prompt}_G{args.group}_C{args.new}"
+    if "trl" in step_s:
+        for arm in ("ours", "ours_naive"):
+            if arm in step_s:
+                a, b = 1 / step_s[arm], 1 / step_s["trl"]
+                name = "peer_grpo_steps_per_s" + ("" if arm == "ours" else "_naive_path")
+                lines.append(figure(f"{name}[{tag}]", a / b, a, b))
+    return lines
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""Completion log-probs from hidden states, chunk by chunk, without materialising ``[N, C, V]`` logits.
+
+The LM head is applied to a chunk of positions at a time under ``torch.utils.checkpoint`` (non-reentrant),
+so the forward keeps only the chunk's hidden states and the backward recomputes the chunk's logits. Peak
+memory of the head is ``chunk_size x V`` instead of ``N x C x V`` (several float copies of it, in fact:
+the logits, their float32 upcast, the softmax for the backward and the gradient).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from longact_pl.rollout.masks import position_ids_from_mask
+
+# Config fields of models whose logits are not just ``hidden @ W.T + b`` (not supported by the chunked head).
+_SCALED_HEAD_FIELDS = (
+    "final_logit_softcapping",
+    "logit_scale",
+    "output_multiplier",
+    "lm_head_multiplier",
+    "logits_scaling",
+)
+
+
+def decoder_of(model: nn.Module) -> nn.Module:
+    """The base transformer of a Hugging Face causal LM (``model.model`` for Llama / Qwen3).
+
+    Its output ``last_hidden_state`` already has the final norm applied, so the LM head is all that is
+    left to turn it into logits.
+
+    Raises:
+        ValueError: If the model has no recognisable base model.
+    """
+    base = getattr(model, "model", None)
+    if isinstance(base, nn.Module):
+        return base
+    if hasattr(model, "get_decoder"):
+        return model.get_decoder()
+    raise ValueError(f"cannot find the base model of {type(model).__name__}")
+
+
+def lm_head_of(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Weight ``[V, H]`` and bias ``[V]`` (or ``None``) of the output embedding.
+
+    Raises:
+        NotImplementedError: For heads that are not a plain linear map (e.g. logit soft-capping).
+    """
+    config = getattr(model, "config", None)
+    text = config.get_text_config() if config is not None and hasattr(config, "get_text_config") else config
+    for name in _SCALED_HEAD_FIELDS:
+        if getattr(text, name, None) not in (None, 1, 1.0):
+            raise NotImplementedError(f"LM heads with `{name}` are not supported by the chunked head")
+    head = model.get_output_embeddings()
+    if not isinstance(head, nn.Linear):
+        raise NotImplementedError(f"the output embedding is a {type(head).__name__}, not nn.Linear")
+    return head.weight, head.bias
+
+
+def _chunk_logprobs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    temperature: float,
+    entropy_sink: dict[int, torch.Tensor] | None = None,
+    key: int = 0,
+) -> torch.Tensor:
+    """``hidden [t, H]``, ``targets [t]`` -> log-probs ``[t]``; stores the entropy in ``entropy_sink[key]``.
+
+    The sink is a plain dict (not a tensor argument) so a checkpoint replay can overwrite it harmlessly.
+    """
+    logits = F.linear(hidden, weight, bias).float() / temperature  # [t, V]
+    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [t]
+    logp = picked - torch.logsumexp(logits, dim=-1)  # [t]
+    if entropy_sink is not None:  # last, so the backward's early-stopping recompute skips it
+        with torch.no_grad():
+            full = torch.log_softmax(logits, dim=-1)  # [t, V]
+            entropy_sink[key] = -(full.exp() * full).sum(-1)  # [t]
+    return logp
+
+
+def head_logprobs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs (and entropy, without gradient) of ``targets`` under ``softmax(hidden @ W.T + b)``.
+
+    Args:
+        hidden: ``[n, C, H]`` final (normed) hidden states; position ``t`` predicts ``targets[:, t]``.
+        weight: ``[V, H]`` LM head weight.
+        bias: ``[V]`` LM head bias or ``None``.
+        targets: ``[n, C]`` token ids.
+        temperature: Logits are divided by it.
+        with_entropy: Also return the per-token entropy.
+        chunk_size: Tokens (rows x positions, flattened) per chunk; each chunk's head runs under
+            non-reentrant checkpointing when gradients are needed. ``None`` (or ``>= n * C``) computes
+            everything at once, like :func:`longact_pl.ops.logprobs.completion_logprobs`.
+
+    Returns:
+        ``(logp [n, C] float32, entropy [n, C] float32 or None)``.
+    """
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}")
+    n, width, size = hidden.shape
+    flat = hidden.reshape(n * width, size)  # [n * C, H]
+    flat_targets = targets.reshape(n * width)  # [n * C]
+    sink: dict[int, torch.Tensor] | None = {} if with_entropy else None
+    step = n * width if chunk_size is None else min(chunk_size, n * width)
+    grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    parts = []
+    for start in range(0, n * width, max(step, 1)):
+        stop = min(start + step, n * width)
+        args = (flat[start:stop], weight, bias, flat_targets[start:stop], temperature, sink, start)
+        if grad and step < n * width:
+            parts.append(checkpoint(_chunk_logprobs, *args, use_reentrant=False))  # [t]
+        else:
+            parts.append(_chunk_logprobs(*args))  # [t]
+    logp = torch.cat(parts).view(n, width)  # [n, C]
+    entropy = (
+        torch.cat([sink[k] for k in sorted(sink)]).view(n, width) if sink is not None else None
+    )  # [n, C]
+    return logp, entropy
+
+
+def chunked_completion_logprobs(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    completion_width: int,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    chunk_size: int | None = 1024,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Drop-in for :func:`longact_pl.ops.logprobs.completion_logprobs` with a chunked LM head.
+
+    Runs the base model (``model.model``) for hidden states, then :func:`head_logprobs` on the positions
+    that predict completion tokens.
+
+    Args:
+        model: A Hugging Face causal LM whose head is a plain ``nn.Linear`` (Llama, Qwen3, ...).
+        input_ids: ``[n, P + C]`` left-padded prompt followed by the completion.
+        attention_mask: ``[n, P + C]``.
+        completion_width: C.
+        temperature: Sampling temperature the completions were drawn at.
+        with_entropy: Also return the per-token entropy.
+        chunk_size: Tokens per head chunk (``None`` = one chunk).
+
+    Returns:
+        ``(logp [n, C], entropy [n, C] or None)``.
+    """
+    out = decoder_of(model)(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),  # [n, P + C]
+        use_cache=False,
+    )
+    hidden = out.last_hidden_state[:, -completion_width - 1 : -1]  # [n, C, H]: position t predicts t + 1
+    weight, bias = lm_head_of(model)
+    targets = input_ids[:, -completion_width:]  # [n, C]
+    return head_logprobs(hidden, weight, bias, targets, temperature, with_entropy, chunk_size)

@@ -1,0 +1,211 @@
+"""Training log-probs of G completions that share one prompt, with the prompt run once per group.
+
+Naively each of the G rows of a GRPO group recomputes the (long) prompt. Here every group is two forwards:
+
+1. the prompt alone (left padding stripped, batch 1), recording each layer's key/value states with their
+   autograd history, and keeping only the last position's hidden state (it predicts completion token 0);
+2. the G completions (batch G), positions continuing at the prompt length, attending to the prompt's
+   key/values broadcast over the G rows.
+
+Both passes run the base model (``model.model``); the LM head is applied once, to the ``[N, C, H]`` hidden
+states that predict completion tokens (the prompt's last one, the completions' first ``C - 1``), optionally
+in checkpointed chunks (:func:`longact_pl.ops.chunked.head_logprobs`). This is ``logits_to_keep=1`` for the
+prompt pass without a second head call.
+
+The gradient reaching the prompt through its key/values is the sum over the G rows, exactly what the naive
+per-row computation accumulates, so parameter gradients match the naive path.
+
+Gradient checkpointing: Hugging Face drops ``past_key_values`` inside checkpointed decoder layers. The caches
+below are replay-safe (the recording cache overwrites instead of appending; the prefix cache never stores),
+so while this function runs each layer is marked ``_can_checkpoint_with_cache``. The checkpoint must be
+non-reentrant (``use_reentrant=False``, what ``longact_pl.models.types.finish`` sets): reentrant
+checkpointing would silently drop the gradient that flows into the prompt through the cache.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+from transformers.cache_utils import Cache, DynamicLayer
+
+from longact_pl.ops.chunked import decoder_of, head_logprobs, lm_head_of
+
+TokenMaskHook = Callable[[torch.Tensor | None], None]
+
+
+class _RecordLayer(DynamicLayer):
+    """Prompt pass: keeps the latest key/values (overwrites on a checkpoint replay instead of appending)."""
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        self.keys, self.values = key_states, value_states  # [1, h, P, d]
+        return key_states, value_states
+
+
+class _PrefixLayer(DynamicLayer):
+    """Completion pass: the prompt's key/values ``[1, h, P, d]`` shared by every row; stores nothing."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        super().__init__()
+        self.lazy_initialization(keys, values)
+        self.keys, self.values = keys, values  # [1, h, P, d]
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = key_states.shape[0]
+        keys = torch.cat([self.keys.expand(rows, -1, -1, -1), key_states], dim=-2)  # [G, h, P + C, d]
+        values = torch.cat([self.values.expand(rows, -1, -1, -1), value_states], dim=-2)  # [G, h, P + C, d]
+        return keys, values
+
+
+def _check_supported(model: nn.Module) -> int:
+    """Number of decoder layers; raises for layouts the prefix caches do not model."""
+    config = model.config.get_text_config()
+    types = getattr(config, "layer_types", None) or ["full_attention"]
+    if any(t != "full_attention" for t in types) or getattr(config, "use_sliding_window", False):
+        raise NotImplementedError("shared-prefix log-probs support full-attention decoders only")
+    return int(config.num_hidden_layers)
+
+
+@contextmanager
+def _cache_through_checkpointing(decoder: nn.Module) -> Iterator[None]:
+    """Let checkpointed decoder layers keep ``past_key_values`` (safe for the replay-safe caches above)."""
+    layers = [m for m in decoder.modules() if getattr(m, "gradient_checkpointing", False)]
+    for layer in layers:
+        func = getattr(layer, "_gradient_checkpointing_func", None)
+        if isinstance(func, functools.partial) and func.keywords.get("use_reentrant", True):
+            raise ValueError(
+                "shared-prefix log-probs need non-reentrant gradient checkpointing: "
+                'gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})'
+            )
+    saved = [layer.__dict__.get("_can_checkpoint_with_cache") for layer in layers]
+    try:
+        for layer in layers:
+            layer._can_checkpoint_with_cache = True
+        yield
+    finally:
+        for layer, value in zip(layers, saved):
+            if value is None:
+                del layer._can_checkpoint_with_cache
+            else:
+                layer._can_checkpoint_with_cache = value
+
+
+def group_spans(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int, group_size: int | None
+) -> list[tuple[int, int]]:
+    """Row ranges ``[start, stop)`` whose rows share one prompt.
+
+    Args:
+        input_ids: ``[N, P + C]``.
+        attention_mask: ``[N, P + C]``.
+        prompt_width: P.
+        group_size: G (``N`` must be a multiple); ``None`` finds runs of consecutive equal prompts.
+
+    Raises:
+        ValueError: If ``N`` is not a multiple of G or the rows of a group have different prompts.
+    """
+    n = input_ids.shape[0]
+    prompt = torch.where(attention_mask[:, :prompt_width].bool(), input_ids[:, :prompt_width], -1)  # [N, P]
+    if group_size is None:
+        same = (prompt[1:] == prompt[:-1]).all(-1).tolist()  # [N - 1]
+        starts = [0] + [i + 1 for i, s in enumerate(same) if not s]
+        return list(zip(starts, starts[1:] + [n]))
+    if group_size < 1 or n % group_size:
+        raise ValueError(f"{n} rows are not whole groups of group_size={group_size}")
+    groups = prompt.view(n // group_size, group_size, prompt_width)  # [B, G, P]
+    if not (groups == groups[:, :1]).all():
+        raise ValueError("rows of a group must share the same prompt (micro-batches must hold whole groups)")
+    return [(s, s + group_size) for s in range(0, n, group_size)]
+
+
+def _call_hook(hook: TokenMaskHook | None, mask: torch.Tensor | None) -> None:
+    if hook is not None:
+        hook(mask)
+
+
+def grouped_completion_logprobs(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    completion_width: int,
+    group_size: int | None,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    chunk_size: int | None = None,
+    token_mask_hook: TokenMaskHook | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-token completion log-probs with the prompt of each group computed once.
+
+    Same contract and numbers as :func:`longact_pl.ops.logprobs.completion_logprobs` on the full rows.
+
+    Args:
+        model: A Hugging Face causal LM with full attention (Llama, Qwen3, ...).
+        input_ids: ``[N, P + C]`` left-padded prompt followed by the right-padded completion.
+        attention_mask: ``[N, P + C]``.
+        completion_width: C.
+        group_size: G: rows ``g*G .. g*G+G-1`` share a prompt. ``None`` groups consecutive rows with equal
+            prompts (any row order is then correct; sharing only happens within runs).
+        temperature: Sampling temperature the completions were drawn at.
+        with_entropy: Also return the per-token entropy (no gradient).
+        chunk_size: Tokens per LM-head chunk (see :func:`longact_pl.ops.chunked.head_logprobs`);
+            ``None`` = one chunk.
+        token_mask_hook: Called with the bool mask of real tokens aligned to the next forward's input
+            (``[1, P_g]`` before a prompt pass, ``[G, C]`` before a completion pass) and with ``None`` after
+            each forward, so statistics hooks count every prompt token once.
+
+    Returns:
+        ``(logp [N, C] float32, entropy [N, C] or None)``.
+    """
+    num_layers = _check_supported(model)
+    decoder = decoder_of(model)
+    weight, bias = lm_head_of(model)
+    width = input_ids.shape[1] - completion_width
+    if width < 1 or completion_width < 1:
+        raise ValueError(f"need a prompt and a completion, got P={width}, C={completion_width}")
+    device = input_ids.device
+    hidden = []
+    with _cache_through_checkpointing(decoder):
+        for start, stop in group_spans(input_ids, attention_mask, width, group_size):
+            rows = stop - start
+            keep = attention_mask[start, :width].bool()  # [P]
+            prompt = input_ids[start, :width][keep].unsqueeze(0)  # [1, P_g]
+            length = prompt.shape[1]
+            record = Cache(layers=[_RecordLayer() for _ in range(num_layers)])
+            _call_hook(token_mask_hook, torch.ones_like(prompt, dtype=torch.bool))  # [1, P_g]
+            try:
+                last = decoder(
+                    input_ids=prompt,
+                    position_ids=torch.arange(length, device=device).unsqueeze(0),  # [1, P_g]
+                    past_key_values=record,
+                    use_cache=False,  # the cache is used anyway; avoids the checkpointing warning
+                ).last_hidden_state[:, -1:]  # [1, 1, H]: predicts completion token 0
+            finally:
+                _call_hook(token_mask_hook, None)
+            prefix = Cache(layers=[_PrefixLayer(layer.keys, layer.values) for layer in record.layers])
+            comp_ids = input_ids[start:stop, width:]  # [G, C]
+            comp_mask = attention_mask[start:stop, width:]  # [G, C]
+            full_mask = torch.cat([comp_mask.new_ones(rows, length), comp_mask], dim=1)  # [G, P_g + C]
+            positions = torch.arange(length, length + completion_width, device=device)  # [C]
+            _call_hook(token_mask_hook, comp_mask.bool())  # [G, C]
+            try:
+                out = decoder(
+                    input_ids=comp_ids,
+                    attention_mask=full_mask,
+                    position_ids=positions.unsqueeze(0).expand(rows, -1),  # [G, C]
+                    past_key_values=prefix,
+                    use_cache=False,  # the cache is used anyway; avoids the checkpointing warning
+                ).last_hidden_state  # [G, C, H]
+            finally:
+                _call_hook(token_mask_hook, None)
+            hidden.append(torch.cat([last.expand(rows, -1, -1), out[:, :-1]], dim=1))  # [G, C, H]
+    targets = input_ids[:, width:]  # [N, C]
+    return head_logprobs(torch.cat(hidden), weight, bias, targets, temperature, with_entropy, chunk_size)

@@ -1,0 +1,95 @@
+import pytest
+import torch
+
+from longact_pl.ops.chunked import chunked_completion_logprobs, head_logprobs, lm_head_of
+from longact_pl.ops.logprobs import completion_logprobs, token_entropy, token_logprobs
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: a second OpenMP thread only adds barrier waits (~15 ms per op on a busy 2-core box)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _batch(vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(10, vocab, (3, 14), generator=gen)
+    mask = torch.ones_like(ids)
+    ids[1, :4], mask[1, :4] = 0, 0  # left padding
+    ids[2, -2:], mask[2, -2:] = 0, 0  # EOS padding
+    return ids, mask
+
+
+def _grads(model, logp, mask):
+    model.zero_grad(set_to_none=True)
+    (logp * mask * torch.arange(1.0, 4.0)[:, None]).sum().backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("chunk", [1, 7])
+def test_chunked_matches_full_values_and_grads(tiny_any, chunk):
+    model = tiny_any.model.train()
+    ids, mask = _batch(model.config.vocab_size)
+    comp = mask[:, -5:].float()
+    want, want_ent = completion_logprobs(model, ids, mask, 5, temperature=0.7, with_entropy=True)
+    want_grads = _grads(model, want, comp)
+    got, ent = chunked_completion_logprobs(
+        model, ids, mask, 5, temperature=0.7, with_entropy=True, chunk_size=chunk
+    )
+    got_grads = _grads(model, got, comp)
+    torch.testing.assert_close(got * comp, want.detach() * comp, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ent * comp, want_ent * comp, atol=1e-4, rtol=1e-5)
+    assert got_grads.keys() == want_grads.keys()
+    for name, g in want_grads.items():
+        scale = g.abs().max().clamp(min=1e-8)
+        torch.testing.assert_close(got_grads[name] / scale, g / scale, atol=1e-5, rtol=0, msg=name)
+
+
+def test_head_logprobs_with_bias_matches_token_logprobs():
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(2, 5, 8, generator=gen, requires_grad=True)
+    weight = torch.randn(11, 8, generator=gen, requires_grad=True)
+    bias = torch.randn(11, generator=gen, requires_grad=True)
+    targets = torch.randint(0, 11, (2, 5), generator=gen)
+    logits = hidden @ weight.T + bias
+    want = token_logprobs(logits, targets, temperature=1.3)
+    want_grads = torch.autograd.grad(want.sum(), (hidden, weight, bias))
+    got, ent = head_logprobs(hidden, weight, bias, targets, 1.3, with_entropy=True, chunk_size=3)
+    got_grads = torch.autograd.grad(got.sum(), (hidden, weight, bias))
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(ent, token_entropy(logits, 1.3), atol=1e-6, rtol=1e-6)
+    for a, b in zip(got_grads, want_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert not ent.requires_grad
+
+
+def test_backward_recomputes_chunks_instead_of_saving_logits():
+    """With chunking, no [t, V] tensor is saved for the backward; without it, the logits are."""
+    hidden = torch.randn(2, 64, 8, requires_grad=True)
+    weight = torch.randn(500, 8, requires_grad=True)
+    targets = torch.randint(0, 500, (2, 64))
+    for chunk, expect_big in ((16, False), (None, True)):
+        saved: list[torch.Size] = []
+
+        def pack(t, saved=saved):
+            saved.append(t.shape)
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            logp, _ = head_logprobs(hidden, weight, None, targets, chunk_size=chunk)
+        big = [s for s in saved if s.numel() >= 16 * 500]
+        assert bool(big) == expect_big, (chunk, saved)
+        logp.sum().backward()
+        assert hidden.grad is not None and torch.isfinite(hidden.grad).all()
+        hidden.grad = weight.grad = None
+
+
+def test_bad_chunk_and_head_checks(tiny):
+    ids, mask = _batch(tiny.model.config.vocab_size)
+    with pytest.raises(ValueError, match="chunk_size"):
+        chunked_completion_logprobs(tiny.model, ids, mask, 5, chunk_size=0)
+    weight, bias = lm_head_of(tiny.model)
+    assert weight is tiny.model.get_output_embeddings().weight and bias is None
