@@ -272,6 +272,9 @@ class LongActModule(L.LightningModule):
                 if self.guard.allow(loss, norm):
                     norms.append(float(norm))
                     opt.step()
+                    # autocast caches low-precision copies of the weights for its whole region, which
+                    # spans this training step: drop them so the next mini-batch sees the updated weights
+                    torch.clear_autocast_cache()
                     sched.step()
                 else:
                     self._on_nonfinite_step()
