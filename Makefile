@@ -34,6 +34,10 @@ train: install
 evaluate: install
 	$(PY) evaluate.py eval=ruler $(ARGS)
 
+# Quick modes of every benchmark; writes bench/results.md (ratios measured side by side in one run).
+bench: install
+	$(PY) scripts/bench/run_all.py
+
 # The whole test suite (unit tests on tiny models + a few SmolLM2 integration tests).
 test: install-vllm
 	$(PY) -m pytest -q $(ARGS)
