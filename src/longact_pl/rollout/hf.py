@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from longact_pl.rollout.masks import completion_mask_after_eos, left_pad
+from longact_pl.rollout.masks import check_sampling, completion_mask_after_eos, left_pad
 from longact_pl.rollout.types import RolloutBatch
 
 
@@ -30,16 +30,7 @@ class HFRollout:
         top_p: float = 1.0,
         top_k: int = 0,
     ) -> None:
-        if group_size < 2:
-            raise ValueError(
-                f"rollout.group_size must be >= 2 for group-relative advantages, got {group_size}"
-            )
-        if temperature <= 0:
-            raise ValueError(f"rollout.temperature must be > 0, got {temperature}")
-        if not 0 < top_p <= 1:
-            raise ValueError(f"rollout.top_p must be in (0, 1], got {top_p}")
-        if max_new_tokens < 1:
-            raise ValueError(f"rollout.max_new_tokens must be >= 1, got {max_new_tokens}")
+        check_sampling(group_size, max_new_tokens, temperature, top_p)
         self.group_size = group_size
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature

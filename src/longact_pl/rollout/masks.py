@@ -45,3 +45,15 @@ def completion_mask_after_eos(completion_ids: torch.Tensor, eos_ids: list[int]) 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions that skip left padding, matching what ``generate`` uses: ``[N, L] -> [N, L]``."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # [N, L]
+
+
+def check_sampling(group_size: int, max_new_tokens: int, temperature: float, top_p: float) -> None:
+    """Validate the sampling settings every rollout engine shares; errors name the config key."""
+    if group_size < 2:
+        raise ValueError(f"rollout.group_size must be >= 2 for group-relative advantages, got {group_size}")
+    if temperature <= 0:
+        raise ValueError(f"rollout.temperature must be > 0, got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"rollout.top_p must be in (0, 1], got {top_p}")
+    if max_new_tokens < 1:
+        raise ValueError(f"rollout.max_new_tokens must be >= 1, got {max_new_tokens}")

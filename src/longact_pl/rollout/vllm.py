@@ -36,7 +36,7 @@ from safetensors.torch import save_file
 
 from longact_pl.gather import full_state_dict
 from longact_pl.models.types import resolve_dtype
-from longact_pl.rollout.masks import completion_mask_after_eos, left_pad
+from longact_pl.rollout.masks import check_sampling, completion_mask_after_eos, left_pad
 from longact_pl.rollout.types import RolloutBatch
 
 WORKER_EXTENSION = "longact_pl.rollout.vllm_worker.WeightSyncExtension"
@@ -140,16 +140,7 @@ class VLLMRollout:
         sync_dir: str | None = None,
         engine_kwargs: dict[str, Any] | None = None,
     ) -> None:
-        if group_size < 2:
-            raise ValueError(
-                f"rollout.group_size must be >= 2 for group-relative advantages, got {group_size}"
-            )
-        if temperature <= 0:
-            raise ValueError(f"rollout.temperature must be > 0, got {temperature}")
-        if not 0 < top_p <= 1:
-            raise ValueError(f"rollout.top_p must be in (0, 1], got {top_p}")
-        if max_new_tokens < 1:
-            raise ValueError(f"rollout.max_new_tokens must be >= 1, got {max_new_tokens}")
+        check_sampling(group_size, max_new_tokens, temperature, top_p)
         if tis_cap is not None and tis_cap <= 0:
             raise ValueError(f"rollout.tis_cap must be > 0 (or null = off), got {tis_cap}")
         resolve_dtype(dtype, "rollout.dtype")
