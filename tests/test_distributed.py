@@ -33,6 +33,7 @@ COMMON = [
     "trainer.use_distributed_sampler=false",
     "data.train.lengths=[256]",
     "data.reward._target_=tests.helpers.ParityReward",
+    "rollout=hf",
     "rollout._target_=tests.distributed_helpers.PerPromptRollout",
     "rollout.group_size=4",
     "rollout.max_new_tokens=8",

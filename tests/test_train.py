@@ -64,6 +64,24 @@ def test_several_optimizer_steps_per_rollout(tmp_path):
     assert float(rows[0]["train/ratio_mean"]) != 1.0  # stored behaviour log-probs after the first update
 
 
+def test_shared_prefix_training_matches_the_per_row_path(tmp_path):
+    """train.shared_prefix changes how the prompt is computed, not the numbers (fp32, tiny Llama)."""
+    runs = {}
+    for shared in ("true", "false"):
+        d = tmp_path / shared
+        run(compose_train(d, PARITY, f"train.shared_prefix={shared}", "masking=saliency",
+                          "masking.calib_samples=1", "masking.refresh_every=1"), d)  # fmt: skip
+        runs[shared] = (_train_rows(d), load_hf(str(d / "final"), dtype="float32").model)
+    (rows_a, model_a), (rows_b, model_b) = runs["true"], runs["false"]
+    assert len(rows_a) == len(rows_b) == 2
+    for a, b in zip(rows_a, rows_b):
+        assert a["train/reward_mean"] == b["train/reward_mean"]  # the same samples at step 2
+        for key in ("train/loss", "train/entropy", "train/kl", "train/grad_norm"):
+            assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-4, abs=1e-7), key
+    for (name, p), q in zip(model_a.named_parameters(), model_b.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-5, rtol=0, msg=name)
+
+
 def test_truncated_prompts_are_counted(tmp_path):
     run(compose_train(tmp_path, PARITY, "data.max_prompt_tokens=200", "trainer.max_steps=1"), tmp_path)
     assert float(_train_rows(tmp_path)[0]["train/truncated_prompts_total"]) == 2.0

@@ -18,7 +18,8 @@ from longact_pl.eval.metrics import TaskLengthAccuracy
 from longact_pl.eval.scoring import evaluate_batch
 from longact_pl.gather import full_state_dict, is_sharded
 from longact_pl.guards import NonFiniteError, NonFiniteGuard
-from longact_pl.ops.logprobs import completion_logprobs
+from longact_pl.minibatch import micro_batch_rows, minibatch_indices
+from longact_pl.ops.policy_logprobs import LogprobPass
 from longact_pl.rollout.types import RolloutBatch, RolloutEngine
 from longact_pl.sampling import RewardErrors, RewardFn, ScoredRollout, sample_and_score
 
@@ -57,7 +58,10 @@ class LongActModule(L.LightningModule):
         max_grad_norm: Clip the global gradient norm to this (0 = off).
         ppo_epochs: Passes over one rollout batch.
         mini_batch_size: Sequences per optimizer step (0 = the whole rollout batch).
-        micro_batch_size: Sequences per forward/backward.
+        micro_batch_size: Sequences per forward/backward; with ``shared_prefix`` and at least G, rounded
+            down to whole groups.
+        shared_prefix: Run each group's prompt once in the log-prob passes (exact; falls back per row).
+        logprob_chunk: Completion tokens per LM-head chunk (``None``: all at once).
         val_lengths: Target lengths of the validation set (accuracy is logged per task and length).
         val_tasks: Task names of the validation set (empty: only the overall accuracy is logged).
         val_max_new_tokens: Greedy budget at validation (``None`` = the rollout's).
@@ -81,6 +85,8 @@ class LongActModule(L.LightningModule):
         ppo_epochs: int = 1,
         mini_batch_size: int = 0,
         micro_batch_size: int = 4,
+        shared_prefix: bool = True,
+        logprob_chunk: int | None = 1024,
         val_lengths: list[int] | tuple[int, ...] = (),
         val_tasks: list[str] | tuple[str, ...] = (),
         val_max_new_tokens: int | None = None,
@@ -109,6 +115,7 @@ class LongActModule(L.LightningModule):
             mini_batch_size,
             micro_batch_size,
         )
+        self.logprobs = LogprobPass(shared_prefix, logprob_chunk)
         self.val_max_new_tokens = val_max_new_tokens
         self.seed = seed
         self.export_dir = Path(export_dir) if export_dir else None
@@ -155,10 +162,7 @@ class LongActModule(L.LightningModule):
     @torch.no_grad()
     def _policy_logprobs(self, ro: RolloutBatch) -> torch.Tensor:
         """Trainer log-probs of the rollouts before any update of this step (TIS with several passes)."""
-        width = ro.completion_mask.shape[1]
-        pairs = zip(ro.input_ids.split(self.micro_batch_size), ro.attention_mask.split(self.micro_batch_size))
-        out = [completion_logprobs(self.policy, i, a, width, self.rollout.temperature)[0] for i, a in pairs]
-        return torch.cat(out)  # [N, C]
+        return self._no_grad_logprobs(self.policy, ro)  # [N, C]
 
     # --- scale-out end
 
@@ -194,17 +198,15 @@ class LongActModule(L.LightningModule):
             errors=self.reward_errors,
         )  # fmt: skip
 
-    @torch.no_grad()
     def _ref_logprobs(self, ro: RolloutBatch) -> torch.Tensor | None:
-        if self._ref is None:
-            return None
+        return self._no_grad_logprobs(self._ref.model, ro) if self._ref is not None else None  # [N, C]
+
+    @torch.no_grad()
+    def _no_grad_logprobs(self, model: nn.Module, ro: RolloutBatch) -> torch.Tensor:
         width = ro.completion_mask.shape[1]
-        out = [
-            completion_logprobs(self._ref.model, ids, am, width, self.rollout.temperature)[0]
-            for ids, am in zip(
-                ro.input_ids.split(self.micro_batch_size), ro.attention_mask.split(self.micro_batch_size)
-            )
-        ]
+        rows = micro_batch_rows(self.micro_batch_size, ro.group_size, self.logprobs.shared_prefix)
+        pairs = zip(ro.input_ids.split(rows), ro.attention_mask.split(rows))
+        out = [self.logprobs(model, ids, am, width, self.rollout.temperature)[0] for ids, am in pairs]
         return torch.cat(out)  # [N, C]
 
     def training_step(self, batch: list[dict], batch_idx: int) -> None:
@@ -256,15 +258,16 @@ class LongActModule(L.LightningModule):
         gen = torch.Generator().manual_seed(self.seed + self.global_step)
         micro_metrics: list[dict] = []
         norms: list[float] = []
+        whole_groups = self.logprobs.shared_prefix
+        micro_rows = micro_batch_rows(self.micro_batch_size, ro.group_size, whole_groups)
         for _ in range(self.ppo_epochs):
-            order = torch.randperm(n, generator=gen) if mini < n else torch.arange(n)  # [N]
-            for idx in order.split(mini):
+            for idx in minibatch_indices(n, mini, ro.group_size, gen, whole_groups):
                 num_seqs, num_tokens = self._global_counts(len(idx), ro.completion_mask[idx].sum())
                 step_metrics = [
                     self._micro_step(
                         ro, micro, width, advantages, ref_logp, use_behaviour, num_seqs, num_tokens, train_old
                     )
-                    for micro in idx.split(self.micro_batch_size)
+                    for micro in idx.split(micro_rows)
                 ]
                 micro_metrics += step_metrics
                 loss = sum(float(m["loss"]) for m in step_metrics)
@@ -304,16 +307,12 @@ class LongActModule(L.LightningModule):
         self, ro, micro, width, advantages, ref_logp, use_behaviour, num_seqs, num_tokens, train_old=None
     ) -> dict:
         ids, am = ro.input_ids[micro], ro.attention_mask[micro]  # [m, P + C]
-        first_col = int(am.any(0).nonzero()[0])  # drop columns that are padding in every row
-        ids, am = ids[:, first_col:], am[:, first_col:]
         mask = ro.completion_mask[micro].float()  # [m, C]
-        self.stats_token_mask = am.bool()
-        try:
-            logp, entropy = completion_logprobs(
-                self.policy, ids, am, width, self.rollout.temperature, True
-            )  # [m, C]
-        finally:
-            self.stats_token_mask = None
+        # saliency statistics hooks read stats_token_mask: the real tokens of each forward's input
+        logp, entropy = self.logprobs(
+            self.policy, ids, am, width, self.rollout.temperature, True,
+            token_mask_hook=lambda m: setattr(self, "stats_token_mask", m),
+        )  # fmt: skip  # [m, C]
         old = ro.behaviour_logp[micro] if use_behaviour else logp.detach()  # [m, C]
         old = train_old[micro] if train_old is not None else old  # [m, C]
         ref = ref_logp[micro] if ref_logp is not None else None  # [m, C]

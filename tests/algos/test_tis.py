@@ -23,8 +23,9 @@ def test_weights_are_capped_ratios_and_one_on_padding():
 @pytest.mark.parametrize(("shift", "ratio", "capped"), [(math.log(2), 0.5, 0.0), (-math.log(4), 4.0, 1.0)])
 def test_module_weights_the_loss_by_the_engine_mismatch(tmp_path, shift, ratio, capped):
     cfg = compose_train(
-        tmp_path, "rollout._target_=tests.distributed_helpers.ShiftedRollout", f"+rollout.shift={shift}",
-        "+rollout.tis_cap=2.0", "trainer.max_steps=1", "data.reward._target_=tests.helpers.ParityReward",
+        tmp_path, "rollout=hf", "rollout._target_=tests.distributed_helpers.ShiftedRollout",
+        f"+rollout.shift={shift}", "+rollout.tis_cap=2.0", "trainer.max_steps=1",
+        "data.reward._target_=tests.helpers.ParityReward",
     )  # fmt: skip
     run(cfg, tmp_path)
     with open(tmp_path / "metrics.csv") as f:

@@ -172,3 +172,20 @@ def test_decoding_keeps_one_prompt_copy(tiny):
         AttentionInterface.register(ATTN_NAME, shared_prefix_attention)
     layers = tiny.model.config.num_hidden_layers
     assert seen == [(2, 8)] * (3 * layers)
+
+
+def test_sliding_window_models_decode_with_a_repeated_cache(tiny):
+    model, tok = tiny.model, tiny.tokenizer
+    prompts = _prompts(tok)
+    want = HFRollout(group_size=3, max_new_tokens=6).generate(model, tok, prompts, seed=2)
+    model.config.use_sliding_window = True  # the shared decoding refuses it (the forward ignores it here)
+    calls = []
+    handle = torch.nn.modules.module.register_module_forward_hook(
+        lambda mod, inp, out: calls.append(model.config._attn_implementation) if mod is model else None
+    )
+    try:
+        got = SharedPrefixHFRollout(group_size=3, max_new_tokens=6).generate(model, tok, prompts, seed=2)
+    finally:
+        handle.remove()
+    _same(got, want)
+    assert calls and set(calls) == {"sdpa"}  # never switched to the shared-prefix attention

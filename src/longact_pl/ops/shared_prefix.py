@@ -66,13 +66,18 @@ class _PrefixLayer(DynamicLayer):
         return keys, values
 
 
-def _check_supported(model: nn.Module) -> int:
-    """Number of decoder layers; raises for layouts the prefix caches do not model."""
+def full_attention_only(model: nn.Module) -> bool:
+    """Whether every decoder layer attends to the whole prefix (no sliding window, no hybrid layers)."""
     config = model.config.get_text_config()
     types = getattr(config, "layer_types", None) or ["full_attention"]
-    if any(t != "full_attention" for t in types) or getattr(config, "use_sliding_window", False):
+    return all(t == "full_attention" for t in types) and not getattr(config, "use_sliding_window", False)
+
+
+def _check_supported(model: nn.Module) -> int:
+    """Number of decoder layers; raises for layouts the prefix caches do not model."""
+    if not full_attention_only(model):
         raise NotImplementedError("shared-prefix log-probs support full-attention decoders only")
-    return int(config.num_hidden_layers)
+    return int(model.config.get_text_config().num_hidden_layers)
 
 
 @contextmanager

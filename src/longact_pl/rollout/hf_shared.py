@@ -17,6 +17,7 @@ import contextlib
 import torch
 from transformers import DynamicCache
 
+from longact_pl.ops.shared_prefix import full_attention_only
 from longact_pl.rollout.hf import HFRollout
 from longact_pl.rollout.masks import completion_mask_after_eos, left_pad, position_ids_from_mask
 from longact_pl.rollout.prefix_generate import SharedPrefixCache, shared_prefix_decoding
@@ -68,7 +69,8 @@ class SharedPrefixHFRollout(HFRollout):
         top_k: Top-k filter (0 = off).
         shared_attention: Keep one copy of each prompt's key/values and decode with
             :func:`~longact_pl.rollout.prefix_generate.shared_prefix_attention` (full-attention models);
-            ``False`` repeats the prefilled cache G times and keeps the model's attention.
+            ``False`` (and models with sliding-window or hybrid layers) repeat the prefilled cache G times
+            and keep the model's attention.
     """
 
     def __init__(
@@ -109,7 +111,7 @@ class SharedPrefixHFRollout(HFRollout):
                 torch.manual_seed(seed)
                 cache = prefill(policy, ids, mask)
                 decoding = contextlib.nullcontext()
-                if cache is not None and self.shared_attention:
+                if cache is not None and self.shared_attention and full_attention_only(policy):
                     cache = SharedPrefixCache(cache, n)
                     decoding = shared_prefix_decoding(policy, cache)
                 elif cache is not None and n > 1:

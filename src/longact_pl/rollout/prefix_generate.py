@@ -27,6 +27,8 @@ from transformers.cache_utils import Cache, DynamicLayer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from longact_pl.ops.shared_prefix import full_attention_only
+
 ATTN_NAME = "longact_shared_prefix"
 MAX_MATMUL_QUERY = 16  # longer queries use SDPA on expanded key/values
 _ACTIVE: ContextVar[SharedPrefixCache | None] = ContextVar("longact_shared_prefix_cache", default=None)
@@ -151,9 +153,7 @@ def shared_prefix_decoding(model: nn.Module, cache: SharedPrefixCache) -> Iterat
         NotImplementedError: For models with sliding-window or non-attention layers.
     """
     config = model.config
-    text = config.get_text_config()
-    types = getattr(text, "layer_types", None) or ["full_attention"]
-    if any(t != "full_attention" for t in types) or getattr(text, "use_sliding_window", False):
+    if not full_attention_only(model):
         raise NotImplementedError("shared-prefix decoding supports full-attention decoders only")
     saved = config._attn_implementation
     token = _ACTIVE.set(cache)

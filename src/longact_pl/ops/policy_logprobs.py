@@ -1,0 +1,109 @@
+"""The trainer's log-prob pass: shared prompt per group where the model allows it, else one row at a time.
+
+One object decides, for the training, behaviour and reference passes alike, how completion log-probs are
+computed:
+
+* ``shared_prefix``: :func:`longact_pl.ops.shared_prefix.grouped_completion_logprobs` runs the prompt once
+  per run of rows that share it (a GRPO group when rows are ordered group by group), exact in values and
+  gradients. Models it does not cover (sliding-window or hybrid attention, soft-capped heads) and FSDP-sharded
+  models (their root parameters are only gathered by the root module's own forward) fall back to the
+  per-row path, with one warning.
+* ``chunk_size``: the LM head runs over chunks of completion tokens, so ``[N, C, V]`` logits never exist
+  at once (:mod:`longact_pl.ops.chunked`).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from longact_pl.gather import is_sharded
+from longact_pl.ops.chunked import chunked_completion_logprobs, lm_head_of
+from longact_pl.ops.logprobs import completion_logprobs
+from longact_pl.ops.shared_prefix import TokenMaskHook, grouped_completion_logprobs
+
+log = logging.getLogger(__name__)
+
+
+def trim_left_padding(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop the leading columns that are padding in every row (``[n, T] -> [n, T']``)."""
+    first = int(mask.any(0).nonzero()[0])
+    return ids[:, first:], mask[:, first:]
+
+
+class LogprobPass:
+    """Per-token completion log-probs (and entropy) of rollouts under a model.
+
+    Args:
+        shared_prefix: Compute each shared prompt once (exact); falls back to the per-row path, with one
+            warning, where unsupported.
+        chunk_size: Completion tokens per LM-head chunk (``None``: the head over all of them at once).
+    """
+
+    def __init__(self, shared_prefix: bool = True, chunk_size: int | None = None) -> None:
+        if chunk_size is not None and chunk_size < 1:
+            raise ValueError(f"train.logprob_chunk must be >= 1 or null, got {chunk_size}")
+        self.shared_prefix = shared_prefix
+        self.chunk_size = chunk_size
+        self._chunked_head = chunk_size is not None
+
+    def __call__(
+        self,
+        model: nn.Module,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        completion_width: int,
+        temperature: float = 1.0,
+        with_entropy: bool = False,
+        token_mask_hook: TokenMaskHook | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Log-probs ``[n, C]`` (float32 on the shared path) and entropy ``[n, C]`` or ``None``.
+
+        Args:
+            model: A Hugging Face causal LM.
+            input_ids: ``[n, P + C]`` left-padded prompts followed by right-padded completions; rows that
+                share a prompt should be adjacent (only adjacent rows share the prompt pass).
+            attention_mask: ``[n, P + C]``.
+            completion_width: C.
+            temperature: Sampling temperature of the completions.
+            with_entropy: Also return the per-token entropy.
+            token_mask_hook: Called with the valid-token mask ``[b, t]`` of each forward's input before
+                it runs and with ``None`` after (saliency statistics count each real token once).
+        """
+        if self.shared_prefix and is_sharded(model):
+            self._fall_back("the model is FSDP-sharded")
+        if self.shared_prefix:
+            try:
+                return grouped_completion_logprobs(
+                    model, input_ids, attention_mask, completion_width, None, temperature, with_entropy,
+                    self.chunk_size, token_mask_hook,
+                )  # fmt: skip
+            except NotImplementedError as err:  # raised before any forward runs
+                self._fall_back(str(err))
+        ids, mask = trim_left_padding(input_ids, attention_mask)  # [n, P' + C]
+        if token_mask_hook is not None:
+            token_mask_hook(mask.bool())
+        try:
+            return self._per_row(model, ids, mask, completion_width, temperature, with_entropy)
+        finally:
+            if token_mask_hook is not None:
+                token_mask_hook(None)
+
+    def _per_row(self, model, ids, mask, width, temperature, with_entropy):
+        if self._chunked_head and not is_sharded(model):
+            try:
+                lm_head_of(model)
+            except NotImplementedError as err:
+                log.warning("chunked LM head unavailable (%s): using the model's own head", err)
+                self._chunked_head = False
+            else:
+                return chunked_completion_logprobs(
+                    model, ids, mask, width, temperature, with_entropy, self.chunk_size
+                )
+        return completion_logprobs(model, ids, mask, width, temperature, with_entropy)
+
+    def _fall_back(self, reason: str) -> None:
+        log.warning("train.shared_prefix: %s; computing log-probs one row at a time", reason)
+        self.shared_prefix = False

@@ -1,0 +1,66 @@
+import logging
+
+import pytest
+import torch
+
+from longact_pl.models.tiny import tiny_qwen3
+from longact_pl.ops.logprobs import completion_logprobs
+from longact_pl.ops.policy_logprobs import LogprobPass, trim_left_padding
+from tests.ops.test_shared_prefix import C, G, P, _assert_same, _batch, _run
+
+
+def _pass(lp: LogprobPass, calls: list | None = None):
+    hook = calls.append if calls is not None else None
+    return lambda m, i, a: lp(m, i, a, C, temperature=0.7, with_entropy=True, token_mask_hook=hook)
+
+
+@pytest.mark.parametrize("chunk", [None, 5])
+def test_shared_and_per_row_paths_give_the_same_values_and_grads(tiny_any, chunk):
+    model = tiny_any.model.train()
+    ids, mask = _batch(model.config.vocab_size)
+    naive = _run(model, lambda m, i, a: completion_logprobs(m, i, a, C, 0.7, True), ids, mask)
+    shared_calls, row_calls = [], []
+    shared = LogprobPass(shared_prefix=True, chunk_size=chunk)
+    per_row = LogprobPass(shared_prefix=False, chunk_size=chunk)
+    _assert_same(_run(model, _pass(shared, shared_calls), ids, mask), naive)
+    _assert_same(_run(model, _pass(per_row, row_calls), ids, mask), naive)
+    assert shared.shared_prefix  # no fallback happened
+    # shared: a prompt pass and a completion pass per group; per row: one forward over the trimmed rows
+    assert [None if c is None else tuple(c.shape) for c in shared_calls] == [
+        (1, P),
+        None,
+        (G, C),
+        None,
+        (1, P - 4),
+        None,
+        (G, C),
+        None,
+    ]
+    assert [None if c is None else tuple(c.shape) for c in row_calls] == [(2 * G, P + C), None]
+
+
+def test_unsupported_model_falls_back_to_per_row_once(caplog):
+    model = tiny_qwen3(seed=0).model.eval()
+    model.config.use_sliding_window = True  # what the shared caches refuse (the forward ignores it)
+    ids, mask = _batch(model.config.vocab_size)
+    lp = LogprobPass(shared_prefix=True, chunk_size=None)
+    with caplog.at_level(logging.WARNING), torch.no_grad():
+        got = lp(model, ids, mask, C)[0]
+        lp(model, ids, mask, C)
+    assert not lp.shared_prefix
+    assert sum("one row at a time" in r.message for r in caplog.records) == 1
+    with torch.no_grad():
+        want = completion_logprobs(model, *trim_left_padding(ids, mask), C)[0]
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+
+
+def test_trim_left_padding_drops_only_all_padding_columns():
+    ids = torch.tensor([[0, 0, 5, 6], [0, 3, 4, 6]])
+    mask = torch.tensor([[0, 0, 1, 1], [0, 1, 1, 1]])
+    got_ids, got_mask = trim_left_padding(ids, mask)
+    assert torch.equal(got_ids, ids[:, 1:]) and torch.equal(got_mask, mask[:, 1:])
+
+
+def test_bad_chunk_size_names_the_field():
+    with pytest.raises(ValueError, match="train.logprob_chunk"):
+        LogprobPass(chunk_size=0)
