@@ -2,10 +2,13 @@
 
 Each arm runs in its own subprocess on a copy of the same weights (saved once to a temporary folder):
 
-* ``ours``: ``SharedPrefixHFRollout`` + ``grouped_completion_logprobs`` (policy and reference) + ``GRPO``
-  loss, in a plain loop shaped like ``LongActModule.training_step`` (the whole step in one bf16 autocast
-  region, as Lightning's ``bf16-mixed`` does), AdamW, global-norm clipping;
-* ``ours_naive``: the same loop with ``HFRollout`` + ``completion_logprobs`` (today's module path);
+* ``ours``: the components ``LongActModule`` runs by default: ``SharedPrefixHFRollout``
+  (``rollout=hf_shared``) + ``LogprobPass(shared_prefix=True)`` (policy and reference,
+  ``train.shared_prefix=true``) + ``GRPO`` loss, in a plain loop shaped like ``LongActModule.training_step``
+  (the whole step in one bf16 autocast region, as Lightning's ``bf16-mixed`` does), AdamW, global-norm
+  clipping;
+* ``ours_naive``: the same loop with ``HFRollout`` + ``LogprobPass(shared_prefix=False)`` (``rollout=hf
+  train.shared_prefix=false``);
 * ``trl``: ``trl.GRPOTrainer`` (``pip install --no-deps trl==1.16.0`` + ``datasets``, see the report).
 
 Matched settings (both sides): B prompts x G completions per optimizer step (TRL: per_device_train_batch_size
@@ -61,8 +64,7 @@ def run_ours(args, folder: str, data: list, shared: bool) -> list[float]:
 
     from longact_pl.algos.grpo import GRPO
     from longact_pl.models.types import finish
-    from longact_pl.ops.logprobs import completion_logprobs
-    from longact_pl.ops.shared_prefix import grouped_completion_logprobs
+    from longact_pl.ops.policy_logprobs import LogprobPass
     from longact_pl.rollout.hf import HFRollout
     from longact_pl.rollout.hf_shared import SharedPrefixHFRollout
     from longact_pl.sampling import score
@@ -78,11 +80,10 @@ def run_ours(args, folder: str, data: list, shared: bool) -> list[float]:
     algo = GRPO(eps_low=EPS, eps_high=EPS, kl_coef=BETA, aggregation="seq_mean_token_mean")
     reward, group = StringMatchAll(), args.group
 
+    logprob_pass = LogprobPass(shared_prefix=shared, chunk_size=1024)  # the module's defaults
+
     def logprobs(model, ids, am, width, entropy=False):
-        if shared:
-            return grouped_completion_logprobs(model, ids, am, width, group, TEMPERATURE, entropy)
-        first = int(am.any(0).nonzero()[0])  # as LongActModule._micro_step: drop all-padding columns
-        return completion_logprobs(model, ids[:, first:], am[:, first:], width, TEMPERATURE, entropy)
+        return logprob_pass(model, ids, am, width, TEMPERATURE, entropy)
 
     times = []
     for step in range(args.steps):
