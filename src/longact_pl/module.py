@@ -20,6 +20,7 @@ from longact_pl.gather import full_state_dict, is_sharded
 from longact_pl.guards import NonFiniteError, NonFiniteGuard
 from longact_pl.minibatch import micro_batch_rows, minibatch_indices
 from longact_pl.ops.policy_logprobs import LogprobPass
+from longact_pl.optim import adamw_with_warmup, optimizer_step
 from longact_pl.rollout.types import RolloutBatch, RolloutEngine
 from longact_pl.sampling import RewardErrors, RewardFn, ScoredRollout, sample_and_score
 
@@ -169,9 +170,7 @@ class LongActModule(L.LightningModule):
     def configure_optimizers(self):
         """AdamW over trainable parameters with a linear warm-up."""
         params = [p for p in self.policy.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
-        warm = max(1, self.warmup_steps)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warm))
+        opt, sched = adamw_with_warmup(params, self.lr, self.betas, self.weight_decay, self.warmup_steps)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # --------------------------------------------------------------- training
@@ -274,11 +273,7 @@ class LongActModule(L.LightningModule):
                 norm = self.guard.grad_norm(self.policy.parameters())
                 if self.guard.allow(loss, norm):
                     norms.append(float(norm))
-                    opt.step()
-                    # autocast caches low-precision copies of the weights for its whole region, which
-                    # spans this training step: drop them so the next mini-batch sees the updated weights
-                    torch.clear_autocast_cache()
-                    sched.step()
+                    optimizer_step(opt, sched)  # also drops autocast's cached bf16 weights
                 else:
                     self._on_nonfinite_step()
                 opt.zero_grad(set_to_none=True)
