@@ -30,6 +30,16 @@ def test_seeds_share_a_cell_and_other_settings_split_it(tmp_path):
     }
 
 
+def test_logging_and_checkpoint_settings_do_not_split_a_cell(tmp_path):
+    a, b = _run(tmp_path, "a", 0, "saliency"), _run(tmp_path, "b", 1, "saliency")
+    b.config["logger"] = {"wandb": {"project": "other"}}
+    b.config["callbacks"] = {"step_log": {"every_n": 5}, "model_checkpoint": {"every_n_train_steps": 3}}
+    (key,) = group_runs([a, b])
+    assert key.variant == ""
+    b.config["module"] = {"lr": 1.0}  # a real setting still splits
+    assert len(group_runs([a, b])) == 2
+
+
 def test_stat_is_sample_std_and_skips_missing():
     s = stat([1.0, None, 2.0, 3.0, float("nan")])
     assert (s.mean, s.std, s.n) == (2.0, 1.0, 3)

@@ -74,22 +74,32 @@ def flatten(node: Any, prefix: str = "") -> dict[str, str]:
     return {prefix[:-1]: str(node)}
 
 
+# Config sections that never change a run's numbers (where and how often it logs and checkpoints)
+BOOKKEEPING = ("logger.", "callbacks.model_checkpoint.", "callbacks.step_log.")
+
+
 def _comparable(config: Mapping[str, Any]) -> dict[str, str]:
-    """Flattened config without what differs between seeds of one setting: seeds and per-run paths."""
+    """Flattened config without what differs between seeds of one setting.
+
+    Left out: seeds, per-run paths, and the bookkeeping sections (loggers, checkpoint cadence, step log).
+    """
     flat = flatten(config)
     out_dir = flat.get("paths.output_dir")
     return {
         k: v
         for k, v in flat.items()
-        if k.rsplit(".", 1)[-1] != "seed" and k != "ckpt_path" and not (out_dir and out_dir in v)
+        if k.rsplit(".", 1)[-1] != "seed"
+        and k != "ckpt_path"
+        and not k.startswith(BOOKKEEPING)
+        and not (out_dir and out_dir in v)
     }
 
 
 def group_runs(runs: Iterable[RunRecord]) -> dict[GroupKey, list[RunRecord]]:
     """Runs by ablation cell; runs that share algo and masking but differ elsewhere get separate cells.
 
-    Seeds, anything holding the run's own output path, and ``ckpt_path`` are not settings: runs that differ
-    only there are seeds of one cell.
+    Seeds, anything holding the run's own output path, ``ckpt_path`` and the :data:`BOOKKEEPING` sections
+    are not settings: runs that differ only there are seeds of one cell.
     """
     buckets: dict[tuple[str, str], list[RunRecord]] = {}
     for run in runs:
