@@ -72,7 +72,8 @@ class LogprobPass:
             token_mask_hook: Called with the valid-token mask ``[b, t]`` of each forward's input before
                 it runs and with ``None`` after (saliency statistics count each real token once).
         """
-        if self.shared_prefix and is_sharded(model):
+        sharded = is_sharded(model)  # one scan of the parameters per call
+        if self.shared_prefix and sharded:
             self._fall_back("the model is FSDP-sharded")
         if self.shared_prefix:
             try:
@@ -86,13 +87,13 @@ class LogprobPass:
         if token_mask_hook is not None:
             token_mask_hook(mask.bool())
         try:
-            return self._per_row(model, ids, mask, completion_width, temperature, with_entropy)
+            return self._per_row(model, ids, mask, completion_width, temperature, with_entropy, sharded)
         finally:
             if token_mask_hook is not None:
                 token_mask_hook(None)
 
-    def _per_row(self, model, ids, mask, width, temperature, with_entropy):
-        if self._chunked_head and not is_sharded(model):
+    def _per_row(self, model, ids, mask, width, temperature, with_entropy, sharded):
+        if self._chunked_head and not sharded:
             try:
                 lm_head_of(model)
             except NotImplementedError as err:
