@@ -1,4 +1,5 @@
 import logging
+from types import SimpleNamespace
 
 import pytest
 
@@ -25,3 +26,17 @@ def test_a_run_logs_one_line_per_step(tmp_path, caplog):
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
     assert [line.split(" reward ")[0] for line in lines] == ["step 1/2", "step 2/2"]
     assert all(" acc " in line and " tok/s " in line for line in lines)
+
+
+def test_a_skipped_step_is_not_printed_twice(caplog):
+    """A skipped RL step (DAPO, all groups uniform) leaves global_step and the metrics unchanged."""
+    from types import SimpleNamespace
+
+    trainer = SimpleNamespace(
+        global_step=3, max_steps=16, is_global_zero=True, callback_metrics={"train/reward_mean": 0.5}
+    )
+    cb = StepLog()
+    with caplog.at_level(logging.INFO, logger="longact_pl"):
+        cb.on_train_batch_end(trainer, None, None, None, 0)
+        cb.on_train_batch_end(trainer, None, None, None, 1)
+    assert [r.getMessage() for r in caplog.records] == ["step 3/16 reward 0.500"]
