@@ -30,7 +30,6 @@ def test_a_run_logs_one_line_per_step(tmp_path, caplog):
 
 def test_a_skipped_step_is_not_printed_twice(caplog):
     """A skipped RL step (DAPO, all groups uniform) leaves global_step and the metrics unchanged."""
-    from types import SimpleNamespace
 
     trainer = SimpleNamespace(
         global_step=3, max_steps=16, is_global_zero=True, callback_metrics={"train/reward_mean": 0.5}
