@@ -9,7 +9,7 @@ import torch
 from longact_pl.models.hf import load_hf
 from longact_pl.models.tiny import tiny_llama
 from longact_pl.train import check_run_dir, run
-from tests.helpers import ROOT, compose_train
+from tests.helpers import NO_CKPT, ROOT, compose_train
 
 PARITY = "data.reward._target_=tests.helpers.ParityReward"
 
@@ -138,6 +138,7 @@ def test_one_grpo_step_on_smollm2(tmp_path):
         tmp_path, "model=smollm2_135m", "trainer.max_steps=1", "trainer.val_check_interval=1",
         "data.batch_size=1", "rollout.group_size=2", "rollout.max_new_tokens=12", "data.train.lengths=[512]",
         "data.val.lengths=[512]", "data.val.num_samples=1", "module.lr=1e-5", "trainer.precision=bf16-mixed",
+        NO_CKPT,
     )  # fmt: skip
     metrics = run(cfg, tmp_path)
     rows = _train_rows(tmp_path)

@@ -7,7 +7,7 @@ from longact_pl.masking.export import read_masks, read_summary
 from longact_pl.models.hf import load_hf
 from longact_pl.models.tiny import tiny_llama
 from longact_pl.train import run
-from tests.helpers import compose_train
+from tests.helpers import NO_CKPT, compose_train
 
 PARITY = "data.reward._target_=tests.helpers.ParityReward"
 
@@ -68,6 +68,7 @@ def test_one_grpo_step_with_longact_on_smollm2(tmp_path):
         "rollout.max_new_tokens=8", "rollout.temperature=2.0",
         "data.train.lengths=[512]", "data.val.lengths=[512]", "data.val.num_samples=1", "module.lr=1e-5",
         "trainer.precision=bf16-mixed", "algo.kl_coef=0.0", PARITY,
+        NO_CKPT,
     )  # fmt: skip
     run(cfg, tmp_path)
     masks = read_masks(tmp_path / "final")

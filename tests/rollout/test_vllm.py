@@ -187,7 +187,7 @@ def test_weights_pushed_after_a_training_step(engine, smollm2):
 @vllm_engine
 def test_grpo_run_with_vllm_rollouts(tmp_path, engine, smollm2):
     from longact_pl.train import run
-    from tests.helpers import compose_train
+    from tests.helpers import NO_CKPT, compose_train
 
     cfg = compose_train(
         tmp_path, "model=smollm2_135m", "rollout=vllm", "rollout.tis_cap=2.0", "algo.kl_coef=0",
@@ -195,6 +195,7 @@ def test_grpo_run_with_vllm_rollouts(tmp_path, engine, smollm2):
         "trainer.val_check_interval=2",
         "data.batch_size=1", "rollout.group_size=2", "rollout.max_new_tokens=8", "data.train.lengths=[256]",
         "data.val.lengths=[256]", "data.val.num_samples=1", "module.lr=1e-5", "trainer.precision=bf16-mixed",
+        NO_CKPT,
     )  # fmt: skip
     metrics = run(cfg, tmp_path)
     with open(tmp_path / "metrics.csv") as f:
