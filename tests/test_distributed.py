@@ -52,7 +52,9 @@ def _train(run_dir, *overrides):
         "+callbacks.probe._target_=tests.distributed_helpers.RankProbe",
         f"+callbacks.probe.out_dir={run_dir / 'probe'}",
     ]
-    train_cli(run_dir, *COMMON, *probe, *overrides)
+    result = train_cli(run_dir, *COMMON, *probe, *overrides)
+    # the shared-prefix log-prob path ran on every rank (FSDP2 included), no per-row fallback
+    assert "one row at a time" not in result.stdout + result.stderr
     return [torch.load(path) for path in sorted((run_dir / "probe").glob("rank*.pt"))]
 
 

@@ -5,24 +5,31 @@ computed:
 
 * ``shared_prefix``: :func:`longact_pl.ops.shared_prefix.grouped_completion_logprobs` runs the prompt once
   per run of rows that share it (a GRPO group when rows are ordered group by group), exact in values and
-  gradients. Models it does not cover (sliding-window or hybrid attention, soft-capped heads) and FSDP-sharded
-  models (their root parameters are only gathered by the root module's own forward) fall back to the
-  per-row path, with one warning.
+  gradients. Models it does not cover (sliding-window or hybrid attention, soft-capped heads) fall back to
+  the per-row path, with one warning.
 * ``chunk_size``: the LM head runs over chunks of completion tokens, so ``[N, C, V]`` logits never exist
   at once (:mod:`longact_pl.ops.chunked`).
+
+Both fast paths call the model's parts rather than ``model(...)``; under FSDP2 they run inside the root's
+forward hooks (:func:`longact_pl.ops.fsdp_root.through_root`), so sharded models take them too.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import torch
 from torch import nn
 
-from longact_pl.gather import is_sharded
 from longact_pl.ops.chunked import chunked_completion_logprobs, lm_head_of
+from longact_pl.ops.fsdp_root import through_root
 from longact_pl.ops.logprobs import completion_logprobs
-from longact_pl.ops.shared_prefix import TokenMaskHook, grouped_completion_logprobs
+from longact_pl.ops.shared_prefix import (
+    TokenMaskHook,
+    check_shared_prefix,
+    grouped_completion_logprobs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,37 +79,37 @@ class LogprobPass:
             token_mask_hook: Called with the valid-token mask ``[b, t]`` of each forward's input before
                 it runs and with ``None`` after (saliency statistics count each real token once).
         """
-        sharded = is_sharded(model)  # one scan of the parameters per call
-        if self.shared_prefix and sharded:
-            self._fall_back("the model is FSDP-sharded")
         if self.shared_prefix:
             try:
-                return grouped_completion_logprobs(
-                    model, input_ids, attention_mask, completion_width, None, temperature, with_entropy,
-                    self.chunk_size, token_mask_hook,
-                )  # fmt: skip
-            except NotImplementedError as err:  # raised before any forward runs
+                check_shared_prefix(model)
+            except NotImplementedError as err:
                 self._fall_back(str(err))
+        if self.shared_prefix:
+            return through_root(model, functools.partial(
+                grouped_completion_logprobs, model, input_ids, attention_mask, completion_width, None,
+                temperature, with_entropy, self.chunk_size, token_mask_hook,
+            ))  # fmt: skip
         ids, mask = trim_left_padding(input_ids, attention_mask)  # [n, P' + C]
         if token_mask_hook is not None:
             token_mask_hook(mask.bool())
         try:
-            return self._per_row(model, ids, mask, completion_width, temperature, with_entropy, sharded)
+            return self._per_row(model, ids, mask, completion_width, temperature, with_entropy)
         finally:
             if token_mask_hook is not None:
                 token_mask_hook(None)
 
-    def _per_row(self, model, ids, mask, width, temperature, with_entropy, sharded):
-        if self._chunked_head and not sharded:
+    def _per_row(self, model, ids, mask, width, temperature, with_entropy):
+        if self._chunked_head:
             try:
                 lm_head_of(model)
             except NotImplementedError as err:
                 log.warning("chunked LM head unavailable (%s): using the model's own head", err)
                 self._chunked_head = False
             else:
-                return chunked_completion_logprobs(
-                    model, ids, mask, width, temperature, with_entropy, self.chunk_size
-                )
+                return through_root(model, functools.partial(
+                    chunked_completion_logprobs, model, ids, mask, width, temperature, with_entropy,
+                    self.chunk_size,
+                ))  # fmt: skip
         return completion_logprobs(model, ids, mask, width, temperature, with_entropy)
 
     def _fall_back(self, reason: str) -> None:

@@ -73,10 +73,16 @@ def full_attention_only(model: nn.Module) -> bool:
     return all(t == "full_attention" for t in types) and not getattr(config, "use_sliding_window", False)
 
 
-def _check_supported(model: nn.Module) -> int:
-    """Number of decoder layers; raises for layouts the prefix caches do not model."""
+def check_shared_prefix(model: nn.Module) -> int:
+    """Number of decoder layers; runs no forward.
+
+    Raises:
+        NotImplementedError: For layouts the prefix caches do not model (sliding-window or hybrid
+            attention) and LM heads that are not a plain linear map.
+    """
     if not full_attention_only(model):
         raise NotImplementedError("shared-prefix log-probs support full-attention decoders only")
+    lm_head_of(model)
     return int(model.config.get_text_config().num_hidden_layers)
 
 
@@ -170,7 +176,7 @@ def grouped_completion_logprobs(
     Returns:
         ``(logp [N, C] float32, entropy [N, C] or None)``.
     """
-    num_layers = _check_supported(model)
+    num_layers = check_shared_prefix(model)
     decoder = decoder_of(model)
     weight, bias = lm_head_of(model)
     width = input_ids.shape[1] - completion_width
