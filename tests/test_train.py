@@ -64,6 +64,30 @@ def test_several_optimizer_steps_per_rollout(tmp_path):
     assert float(rows[0]["train/ratio_mean"]) != 1.0  # stored behaviour log-probs after the first update
 
 
+def test_every_logprob_pass_names_the_group_of_each_row(tmp_path, monkeypatch):
+    """Spans come from row indices, not prompt contents (FSDP ranks must run equal numbers of forwards).
+
+    Mini-batches of 6 rows shuffle single rows (6 is not a multiple of G=4); group_spans checks that rows
+    given the same index share a prompt, so a wrong index fails the run.
+    """
+    import longact_pl.ops.policy_logprobs as lp
+
+    seen = []
+
+    def spy(*args, row_groups=None, **kwargs):
+        seen.append(row_groups)
+        return lp_grouped(*args, row_groups=row_groups, **kwargs)
+
+    lp_grouped = lp.grouped_completion_logprobs
+    monkeypatch.setattr(lp, "grouped_completion_logprobs", spy)
+    cfg = compose_train(tmp_path, PARITY, "module.ppo_epochs=1", "module.mini_batch_size=6",
+                        "module.micro_batch_size=3", "trainer.max_steps=3")  # fmt: skip
+    run(cfg, tmp_path)
+    assert seen and all(g is not None for g in seen)
+    # 8 rows per step: behaviour/old pass in order, then shuffled training micro-batches of 3 (last 2)
+    assert any(not torch.equal(g, g.sort().values) for g in seen)  # shuffled rows got their own groups
+
+
 def test_shared_prefix_training_matches_the_per_row_path(tmp_path):
     """train.shared_prefix changes how the prompt is computed, not the numbers (fp32, tiny Llama)."""
     runs = {}

@@ -204,8 +204,13 @@ class LongActModule(L.LightningModule):
     def _no_grad_logprobs(self, model: nn.Module, ro: RolloutBatch) -> torch.Tensor:
         width = ro.completion_mask.shape[1]
         rows = micro_batch_rows(self.micro_batch_size, ro.group_size, self.logprobs.shared_prefix)
-        pairs = zip(ro.input_ids.split(rows), ro.attention_mask.split(rows))
-        out = [self.logprobs(model, ids, am, width, self.rollout.temperature)[0] for ids, am in pairs]
+        out = [
+            self.logprobs(
+                model, ro.input_ids[micro], ro.attention_mask[micro], width, self.rollout.temperature,
+                row_groups=micro // ro.group_size,
+            )[0]
+            for micro in torch.arange(len(ro.input_ids)).split(rows)
+        ]  # fmt: skip
         return torch.cat(out)  # [N, C]
 
     def training_step(self, batch: list[dict], batch_idx: int) -> None:
@@ -306,7 +311,7 @@ class LongActModule(L.LightningModule):
         # saliency statistics hooks read stats_token_mask: the real tokens of each forward's input
         logp, entropy = self.logprobs(
             self.policy, ids, am, width, self.rollout.temperature, True,
-            token_mask_hook=lambda m: setattr(self, "stats_token_mask", m),
+            token_mask_hook=lambda m: setattr(self, "stats_token_mask", m), row_groups=micro // ro.group_size,
         )  # fmt: skip  # [m, C]
         old = ro.behaviour_logp[micro] if use_behaviour else logp.detach()  # [m, C]
         old = train_old[micro] if train_old is not None else old  # [m, C]

@@ -106,6 +106,32 @@ def test_auto_groups_handle_any_row_order(tiny):
         grouped_completion_logprobs(model, ids[:4], mask[:4], C, G)
 
 
+def test_row_groups_fix_the_spans_whatever_the_prompts(tiny):
+    model = tiny.model.eval()
+    ids, mask = _batch(model.config.vocab_size)
+    ids[G:], mask[G:] = ids[:G].clone(), mask[:G].clone()  # group 1 repeats group 0's prompt
+    assert group_spans(ids, mask, P, None) == [(0, 2 * G)]  # content-based runs merge the two groups
+    groups = torch.tensor([0, 0, 0, 1, 1, 1])
+    assert group_spans(ids, mask, P, None, row_groups=groups) == [(0, G), (G, 2 * G)]
+    assert group_spans(ids, mask, P, None, row_groups=torch.tensor([4, 4, 7, 7, 7, 2])) == [
+        (0, 2), (2, 5), (5, 6),
+    ]  # fmt: skip
+    calls = []
+    with torch.no_grad():
+        got = grouped_completion_logprobs(
+            model, ids, mask, C, None, token_mask_hook=calls.append, row_groups=groups
+        )[0]
+        want = completion_logprobs(model, ids, mask, C)[0]
+    torch.testing.assert_close(got * mask[:, -C:], want * mask[:, -C:], atol=1e-5, rtol=0)
+    assert sum(c is not None and c.shape[0] == 1 for c in calls) == 2  # one prompt pass per group
+    other = _batch(model.config.vocab_size, seed=1)[0]
+    ids[1, :P] = other[0, :P]
+    with pytest.raises(ValueError, match="same row_groups index"):
+        group_spans(ids, mask, P, None, row_groups=groups)
+    with pytest.raises(ValueError, match="shape"):
+        group_spans(ids, mask, P, None, row_groups=groups[:4])
+
+
 def test_token_mask_hook_counts_prompt_tokens_once(tiny):
     model = tiny.model.train()
     ids, mask = _batch(model.config.vocab_size)

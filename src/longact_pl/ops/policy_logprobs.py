@@ -65,6 +65,7 @@ class LogprobPass:
         temperature: float = 1.0,
         with_entropy: bool = False,
         token_mask_hook: TokenMaskHook | None = None,
+        row_groups: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Log-probs ``[n, C]`` (float32 on the shared path) and entropy ``[n, C]`` or ``None``.
 
@@ -78,6 +79,9 @@ class LogprobPass:
             with_entropy: Also return the per-token entropy.
             token_mask_hook: Called with the valid-token mask ``[b, t]`` of each forward's input before
                 it runs and with ``None`` after (saliency statistics count each real token once).
+            row_groups: ``[n]`` group index of each row. Given, the shared path runs one prompt pass per
+                run of equal indices, so the number of forwards never depends on the prompts' contents
+                (required under FSDP, where each forward is a collective). ``None``: runs of equal prompts.
         """
         if self.shared_prefix:
             try:
@@ -87,7 +91,8 @@ class LogprobPass:
         if self.shared_prefix:
             return through_root(model, functools.partial(
                 grouped_completion_logprobs, model, input_ids, attention_mask, completion_width, None,
-                temperature, with_entropy, self.chunk_size, token_mask_hook,
+                temperature, with_entropy, self.chunk_size, token_mask_hook=token_mask_hook,
+                row_groups=row_groups,
             ))  # fmt: skip
         ids, mask = trim_left_padding(input_ids, attention_mask)  # [n, P' + C]
         if token_mask_hook is not None:

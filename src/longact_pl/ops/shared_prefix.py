@@ -111,7 +111,11 @@ def _cache_through_checkpointing(decoder: nn.Module) -> Iterator[None]:
 
 
 def group_spans(
-    input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int, group_size: int | None
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    prompt_width: int,
+    group_size: int | None,
+    row_groups: torch.Tensor | None = None,
 ) -> list[tuple[int, int]]:
     """Row ranges ``[start, stop)`` whose rows share one prompt.
 
@@ -120,12 +124,25 @@ def group_spans(
         attention_mask: ``[N, P + C]``.
         prompt_width: P.
         group_size: G (``N`` must be a multiple); ``None`` finds runs of consecutive equal prompts.
+        row_groups: ``[N]`` group index of each row (overrides ``group_size``): spans are runs of equal
+            indices, so their number depends on the row layout only, never on the prompts' contents
+            (under FSDP every rank must run the same number of forwards, even if two groups hold the same
+            prompt).
 
     Raises:
-        ValueError: If ``N`` is not a multiple of G or the rows of a group have different prompts.
+        ValueError: If ``N`` is not a multiple of G or the rows of a span have different prompts.
     """
     n = input_ids.shape[0]
     prompt = torch.where(attention_mask[:, :prompt_width].bool(), input_ids[:, :prompt_width], -1)  # [N, P]
+    if row_groups is not None:
+        if row_groups.shape != (n,):
+            raise ValueError(f"row_groups must have shape [{n}], got {tuple(row_groups.shape)}")
+        new = (row_groups[1:] != row_groups[:-1]).tolist()  # [N - 1]
+        starts = [0] + [i + 1 for i, s in enumerate(new) if s]
+        spans = list(zip(starts, starts[1:] + [n]))
+        if any(not (prompt[a:b] == prompt[a]).all() for a, b in spans):
+            raise ValueError("rows with the same row_groups index must share the same prompt")
+        return spans
     if group_size is None:
         same = (prompt[1:] == prompt[:-1]).all(-1).tolist()  # [N - 1]
         starts = [0] + [i + 1 for i, s in enumerate(same) if not s]
@@ -153,6 +170,7 @@ def grouped_completion_logprobs(
     with_entropy: bool = False,
     chunk_size: int | None = None,
     token_mask_hook: TokenMaskHook | None = None,
+    row_groups: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token completion log-probs with the prompt of each group computed once.
 
@@ -172,6 +190,7 @@ def grouped_completion_logprobs(
         token_mask_hook: Called with the bool mask of real tokens aligned to the next forward's input
             (``[1, P_g]`` before a prompt pass, ``[G, C]`` before a completion pass) and with ``None`` after
             each forward, so statistics hooks count every prompt token once.
+        row_groups: ``[N]`` group index of each row; overrides ``group_size`` (see :func:`group_spans`).
 
     Returns:
         ``(logp [N, C] float32, entropy [N, C] or None)``.
@@ -185,7 +204,7 @@ def grouped_completion_logprobs(
     device = input_ids.device
     hidden = []
     with _cache_through_checkpointing(decoder):
-        for start, stop in group_spans(input_ids, attention_mask, width, group_size):
+        for start, stop in group_spans(input_ids, attention_mask, width, group_size, row_groups):
             rows = stop - start
             keep = attention_mask[start, :width].bool()  # [P]
             prompt = input_ids[start, :width][keep].unsqueeze(0)  # [1, P_g]
