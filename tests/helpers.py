@@ -37,6 +37,17 @@ class ParityReward:
         return [float(zlib.crc32(c.encode()) % 2) for c in completions]
 
 
+class HalfUniformReward:
+    """0 for every completion of a prompt whose first reference has an even CRC32 (a uniform group, which
+    DAPO's dynamic sampling drops), else :class:`ParityReward` (mixed groups)."""
+
+    def __call__(self, completions: list[str], references: list[list[str]], **meta) -> list[float]:
+        return [
+            float(zlib.crc32(refs[0].encode()) % 2 == 1 and zlib.crc32(c.encode()) % 2 == 1)
+            for c, refs in zip(completions, references)
+        ]
+
+
 def compose_train(output_dir: Path, *overrides: str, tiny: bool = True) -> DictConfig:
     """Compose ``conf/train.yaml`` as ``train.py`` would, with the run directory set to ``output_dir``."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

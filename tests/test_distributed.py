@@ -9,15 +9,13 @@ across ranks. So every rank must build the single-process mask, and the weights 
 the single-process weights up to float summation order.
 """
 
-from types import SimpleNamespace
+import csv
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from longact_pl.algos import DAPO
 from longact_pl.models.tiny import tiny_llama
-from longact_pl.strategies import check_data_parallel
 from tests.distributed_helpers import train_cli
 
 SEED = 42
@@ -47,12 +45,12 @@ COMMON = [
 ]
 
 
-def _train(run_dir, *overrides):
+def _train(run_dir, *overrides, base=tuple(COMMON)):
     probe = [
         "+callbacks.probe._target_=tests.distributed_helpers.RankProbe",
         f"+callbacks.probe.out_dir={run_dir / 'probe'}",
     ]
-    result = train_cli(run_dir, *COMMON, *probe, *overrides)
+    result = train_cli(run_dir, *base, *probe, *overrides)
     # the shared-prefix log-prob path ran on every rank (FSDP2 included), no per-row fallback
     assert "one row at a time" not in result.stdout + result.stderr
     return [torch.load(path) for path in sorted((run_dir / "probe").glob("rank*.pt"))]
@@ -93,10 +91,23 @@ def test_two_ranks_match_one_process(tmp_path, single, strategy):
     assert all(torch.equal(state["callbacks"]["SaliencyMask"]["masks"][k], m) for k, m in masks.items())
 
 
-def test_dynamic_sampling_is_refused_on_several_ranks():
-    module = SimpleNamespace(algorithm=DAPO(overlong_max_len=8, overlong_cache_len=4))
-    check_data_parallel(module, 1)
-    with pytest.raises(ValueError, match="algo.dynamic_sampling=false"):
-        check_data_parallel(module, 2)
-    module.algorithm.dynamic_sampling = False
-    check_data_parallel(module, 2)
+@pytest.mark.slow
+def test_dapo_dynamic_sampling_keeps_fsdp_ranks_in_lock_step(tmp_path):
+    """Ranks drop different groups and refill in extra rounds; generation and training stay collective.
+
+    Under FSDP generation and every forward are collectives: a rank generating one more round, or training
+    on more groups, than the other would hang the run (train_cli's timeout fails the test).
+    """
+    base = [o for o in COMMON if not o.startswith(("algo", "data.reward"))]
+    ranks = _train(
+        tmp_path, "strategy=fsdp", "trainer.devices=2", "data.batch_size=2", "algo=dapo",
+        "algo.dynamic_sampling=true", "algo.max_gen_rounds=3", "algo.overlong_penalty_coef=0",
+        "trainer.max_steps=3",
+        "data.reward._target_=tests.helpers.HalfUniformReward", base=base,
+    )  # fmt: skip
+    assert [r["step"] for r in ranks] == [3, 3]
+    assert all(torch.equal(t, ranks[1]["weights"][k]) for k, t in ranks[0]["weights"].items())
+    with open(tmp_path / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("train/gen_rounds")]
+    assert sum(float(r["train/dropped_groups"]) for r in rows) > 0
+    assert max(float(r["train/gen_rounds"]) for r in rows) > 1

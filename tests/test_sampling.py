@@ -30,3 +30,82 @@ def test_raising_reward_scores_zero_counts_and_keeps_first_input():
 def test_wrong_number_of_rewards_is_an_error():
     with pytest.raises(ValueError, match="returned 1 values for 2 completions"):
         score(lambda c, r, **m: [1.0], ["a", "b"], [{"references": ["a"]}], group_size=2)
+
+
+G = 2
+
+
+class _Engine:
+    """Completions ``"<prompt>-<j>"``: prompts below 100 get uniform rewards, the others mixed ones."""
+
+    group_size, temperature, max_new_tokens = G, 1.0, 1
+
+    def __init__(self) -> None:
+        self.rounds: list[list[int]] = []
+
+    def generate(self, policy, tokenizer, prompts, greedy=False, seed=0, max_new_tokens=None):
+        from longact_pl.rollout.types import RolloutBatch
+
+        self.rounds.append([p[0] for p in prompts])
+        n = len(prompts) * G
+        ids = torch.tensor([[p[0], j] for p in prompts for j in range(G)])  # [N, 2]
+        ones = torch.ones(n, 1, dtype=torch.long)
+        return RolloutBatch(
+            input_ids=ids, attention_mask=torch.ones_like(ids), completion_mask=ones,
+            behaviour_logp=torch.zeros(n, 1), completions=[f"{p[0]}-{j}" for p in prompts for j in range(G)],
+            prompt_width=1, group_size=G,
+        )  # fmt: skip
+
+
+def _mixed_reward(completions, references, **meta):
+    return [float(int(c.split("-")[0]) >= 100 and c.endswith("-0")) for c in completions]
+
+
+def _sample(engine, first: list[int], extra: list[list[int]], min_over_ranks=None):
+    from types import SimpleNamespace
+
+    from longact_pl.sampling import sample_and_score
+
+    def batches():
+        for b in extra:
+            yield [{"prompt_ids": [k], "references": []} for k in b]
+
+    return sample_and_score(
+        engine, None, SimpleNamespace(pad_token_id=0), _mixed_reward,
+        [{"prompt_ids": [k], "references": []} for k in first],
+        shape=lambda r, lengths: r, keep_groups=lambda r, g: r.view(-1, g).std(-1) > 0, max_rounds=3,
+        more_samples=batches, seed=0, min_over_ranks=min_over_ranks,
+    )  # fmt: skip
+
+
+def _groups(scored) -> list[int]:
+    return scored.batch.input_ids[::G, 0].tolist()
+
+
+def test_dynamic_sampling_refills_and_cuts_to_the_batch_size():
+    engine = _Engine()
+    scored = _sample(engine, [1, 101], [[102, 2], [103, 104]])
+    assert engine.rounds == [[1, 101], [102, 2]] and scored.rounds == 2 and scored.dropped_groups == 2
+    assert _groups(scored) == [101, 102]
+    assert scored.rewards.tolist() == [1.0, 0.0, 1.0, 0.0]
+
+
+def test_ranks_generate_in_lock_step_and_keep_the_same_number_of_groups():
+    calls = []
+    other = iter([0, 1, 1])  # another rank: not done after round 1, done after round 2, kept 1 group
+
+    def min_over_ranks(value: int) -> int:
+        calls.append(value)
+        return min(value, next(other))
+
+    engine = _Engine()
+    scored = _sample(engine, [101, 102], [[103, 104], [105, 106]], min_over_ranks)
+    # this rank was full after round 1 but generated round 2 with the other rank, then kept 1 group
+    assert engine.rounds == [[101, 102], [103, 104]] and calls == [1, 1, 2]
+    assert _groups(scored) == [101] and len(scored.rewards) == G
+
+
+def test_a_rank_with_no_group_makes_every_rank_skip():
+    other = iter([1, 0])  # the other rank is done and kept nothing
+    assert _sample(_Engine(), [101, 102], [], lambda v: min(v, next(other))) is None
+    assert _sample(_Engine(), [1, 2], [[3, 4], [5, 6]], lambda v: v) is None  # 3 rounds, all uniform

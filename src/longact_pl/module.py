@@ -178,7 +178,7 @@ class LongActModule(L.LightningModule):
         """Further prompt batches for dynamic sampling, from an independently shuffled loader."""
         dm = self.trainer.datamodule
         loader = (
-            dm.extra_dataloader(seed=self.seed + 1)
+            dm.extra_dataloader(seed=self.seed + 1 + self.global_rank)
             if hasattr(dm, "extra_dataloader")
             else dm.train_dataloader()
         )
@@ -195,7 +195,12 @@ class LongActModule(L.LightningModule):
             more_samples=self._more_samples,
             seed=self.seed * 1_000_003 + self.global_step * 101,
             errors=self.reward_errors,
+            min_over_ranks=self._min_over_ranks if self.trainer.world_size > 1 else None,
         )  # fmt: skip
+
+    def _min_over_ranks(self, value: int) -> int:
+        """Minimum over data-parallel ranks (dynamic sampling keeps the ranks in lock-step)."""
+        return int(self.trainer.strategy.reduce(torch.tensor(value, device=self.device), reduce_op="min"))
 
     def _ref_logprobs(self, ro: RolloutBatch) -> torch.Tensor | None:
         return self._no_grad_logprobs(self._ref.model, ro) if self._ref is not None else None  # [N, C]

@@ -109,8 +109,14 @@ def sample_and_score(
     more_samples: Callable[[], Iterator[list[dict]]] | None,
     seed: int,
     errors: RewardErrors | None = None,
+    min_over_ranks: Callable[[int], int] | None = None,
 ) -> ScoredRollout | None:
     """Generate and score; with ``keep_groups`` drop uniform groups and sample more prompts.
+
+    With several data-parallel ranks (``min_over_ranks`` given) the ranks stay in lock-step, because
+    generation and every later forward are collectives under FSDP: a rank keeps generating rounds while any
+    rank still needs groups (its surplus is cut), and every rank keeps the same number of groups, the
+    smallest any rank has (all ranks skip the step together when that is 0).
 
     Args:
         engine: Rollout engine.
@@ -124,10 +130,13 @@ def sample_and_score(
         more_samples: Factory of an iterator of further prompt batches for extra rounds.
         seed: Sampling seed of the first round; round r uses ``seed + r``.
         errors: Collects reward-function failures (see :func:`score`).
+        min_over_ranks: ``int -> int``, the minimum of a value over data-parallel ranks (a collective
+            every rank calls in the same order); ``None`` on a single process.
 
     Returns:
-        The scored rollouts, or ``None`` if dynamic sampling kept no group at all.
+        The scored rollouts, or ``None`` if dynamic sampling kept no group at all (on some rank).
     """
+    agree = min_over_ranks or (lambda value: value)
     group = engine.group_size
     want = len(samples)
     kept: list[RolloutBatch] = []
@@ -149,18 +158,20 @@ def sample_and_score(
         kept_rewards.append(shaped[rows])
         kept_raw.append(raw[rows])
         n_kept = sum(len(r) for r in kept_rewards) // group
-        if keep_groups is None or n_kept >= want or rounds >= max_rounds or more_samples is None:
+        done = keep_groups is None or n_kept >= want or rounds >= max_rounds or more_samples is None
+        if agree(int(done)):  # every rank is done
             break
         extra_iter = extra_iter or more_samples()
         batch_samples = next(extra_iter)
-    if sum(len(r) for r in kept_rewards) == 0:
+    size = agree(min(n_kept, want))  # groups every rank keeps
+    if size == 0:
         log.warning("dynamic sampling kept no group after %d rounds; skipping this step", rounds)
         return None
     batch = concat_rollouts([b for b in kept if len(b.completions)], tokenizer.pad_token_id)
     rewards, raw = torch.cat(kept_rewards), torch.cat(kept_raw)  # [N], [N]
-    if len(rewards) > want * group:  # extra rounds over-filled the batch: keep its size fixed
-        batch = batch.select_groups(torch.arange(len(rewards) // group) < want)
-        rewards, raw = rewards[: want * group], raw[: want * group]  # [B * G]
+    if n_kept > size:  # extra rounds over-filled the batch, or another rank kept fewer groups
+        batch = batch.select_groups(torch.arange(n_kept) < size)
+        rewards, raw = rewards[: size * group], raw[: size * group]  # [size * G]
     return ScoredRollout(
         batch=batch,
         rewards=rewards,

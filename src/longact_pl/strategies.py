@@ -43,21 +43,6 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
     return layers
 
 
-def check_data_parallel(module: pl.LightningModule, world_size: int) -> None:
-    """Refuse settings whose ranks would run different numbers of collectives.
-
-    Raises:
-        ValueError: With DAPO's dynamic sampling on more than one rank: ranks keep different numbers of
-            groups (and may skip a step), so their forward/backward counts differ and DDP/FSDP would hang.
-    """
-    if world_size > 1 and getattr(module.algorithm, "dynamic_sampling", False):
-        raise ValueError(
-            "algo.dynamic_sampling=true is not supported with more than one rank yet (ranks would keep "
-            "different numbers of groups and run different numbers of collectives); set "
-            "algo.dynamic_sampling=false"
-        )
-
-
 def shard_model(model: nn.Module, mesh, reshard_after_forward: bool = True) -> None:
     """``fully_shard`` every decoder layer, then the root (embeddings, final norm, LM head, tied or not).
 
@@ -96,7 +81,6 @@ class LongActDDP(DDPStrategy):
 
     def parallelize(self, module: pl.LightningModule) -> None:
         """Turn on activation checkpointing of the policy (DDP itself wraps the module later)."""
-        check_data_parallel(module, self.world_size)
         if self.activation_checkpointing:
             enable_activation_checkpointing(module.policy)
 
@@ -140,7 +124,6 @@ class LongActFSDP(ModelParallelStrategy):
 
     def parallelize(self, module: pl.LightningModule) -> None:
         """Shard the policy and the frozen reference model over the data-parallel mesh (once)."""
-        check_data_parallel(module, self.world_size)
         if isinstance(module.policy, FSDPModule):
             return
         if self.activation_checkpointing:
