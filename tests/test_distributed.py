@@ -111,3 +111,18 @@ def test_dapo_dynamic_sampling_keeps_fsdp_ranks_in_lock_step(tmp_path):
         rows = [r for r in csv.DictReader(f) if r.get("train/gen_rounds")]
     assert sum(float(r["train/dropped_groups"]) for r in rows) > 0
     assert max(float(r["train/gen_rounds"]) for r in rows) > 1
+
+
+@pytest.mark.slow
+def test_default_prefix_shared_rollouts_under_fsdp(tmp_path):
+    """``rollout=hf_shared`` (the default: one prefill per prompt, shared-prefix decoding) on 2 FSDP ranks."""
+    base = [o for o in COMMON if not o.startswith("rollout")]
+    ranks = _train(
+        tmp_path, "strategy=fsdp", "trainer.devices=2", "data.batch_size=2", "rollout=hf_shared",
+        "rollout.group_size=4", "rollout.max_new_tokens=8", base=base,
+    )  # fmt: skip
+    assert [r["step"] for r in ranks] == [2, 2]
+    start = dict(tiny_llama(seed=SEED).model.state_dict())
+    weights = ranks[0]["weights"]
+    assert all(torch.equal(t, ranks[1]["weights"][k]) for k, t in weights.items())
+    assert any(not torch.equal(t, start[k]) for k, t in weights.items())
