@@ -169,6 +169,7 @@ def test_one_grpo_step_on_smollm2(tmp_path):
     assert len(rows) == 1 and float(rows[0]["train/completion_len"]) > 0
     assert "val/acc" in metrics
     assert (tmp_path / "final" / "model.safetensors").stat().st_size > 100_000_000
+    assert not (tmp_path / "checkpoints" / "last.ckpt").exists()  # NO_CKPT: no 1.6 GB checkpoint
 
 
 def test_nonfinite_step_is_skipped_and_training_continues(tmp_path):
