@@ -18,9 +18,9 @@ from longact_pl.strategies import enable_activation_checkpointing, shard_model
 from tests.ops.test_shared_prefix import C, _assert_same, _batch, _naive, _run
 
 WORLD = 2
-# (shared_prefix, chunk_size, activation checkpointing): the shared path with a whole head and with
-# recomputed layers, and the per-row path with a chunked head
-CASES = [(True, None, False), (True, 4, True), (False, 5, False)]
+# (shared_prefix, chunk_size, activation checkpointing, reshard_after_forward): the shared path with a whole
+# head, with recomputed layers, and keeping gathered layers until backward; the per-row path, chunked head
+CASES = [(True, None, False, True), (True, 4, True, True), (True, 4, False, False), (False, 5, False, True)]
 
 
 def _sharded_run(model, lp: LogprobPass, ids, mask):
@@ -39,11 +39,11 @@ def _worker(rank: int, init_file: str, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
         results = []
-        for shared, chunk, ckpt in CASES:
+        for shared, chunk, ckpt, reshard in CASES:
             model = tiny_llama(seed=0).model.train()
             if ckpt:
                 enable_activation_checkpointing(model)
-            shard_model(model, init_device_mesh("cpu", (WORLD,)))
+            shard_model(model, init_device_mesh("cpu", (WORLD,)), reshard_after_forward=reshard)
             lp = LogprobPass(shared_prefix=shared, chunk_size=chunk)
             ids, mask = _batch(model.config.vocab_size)
             results.append((_sharded_run(model, lp, ids, mask), lp.shared_prefix, "forward" in vars(model)))
@@ -60,7 +60,7 @@ def test_fast_logprob_paths_under_fsdp2_match_the_unsharded_model(tmp_path):
     results = torch.load(out, weights_only=False)
     model = tiny_llama(seed=0).model.train()
     want = _run(model, _naive, *_batch(model.config.vocab_size))
-    for (shared, _, _), (got, still_shared, leftover_forward) in zip(CASES, results, strict=True):
+    for (shared, *_), (got, still_shared, leftover_forward) in zip(CASES, results, strict=True):
         assert still_shared == shared  # no fallback to the model's own per-row forward
         assert not leftover_forward  # the root's forward is the class's again
         _assert_same(got, want)
