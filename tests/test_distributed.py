@@ -111,6 +111,7 @@ def test_dapo_dynamic_sampling_keeps_fsdp_ranks_in_lock_step(tmp_path):
         rows = [r for r in csv.DictReader(f) if r.get("train/gen_rounds")]
     assert sum(float(r["train/dropped_groups"]) for r in rows) > 0
     assert max(float(r["train/gen_rounds"]) for r in rows) > 1
+    assert all(1 <= float(r["train/kept_groups"]) <= 2 for r in rows)  # at most data.batch_size per rank
 
 
 @pytest.mark.slow

@@ -245,6 +245,7 @@ class LongActModule(L.LightningModule):
             "train/truncated_prompts_total": float(self.truncated_total),
             "train/gen_rounds": float(scored.rounds),
             "train/dropped_groups": float(scored.dropped_groups),
+            "train/kept_groups": float(len(ro.completions) // group),  # trained on (equal on every rank)
             "train/reward_errors": float(self.reward_errors.count),
             "train/tokens_per_s": tokens / (time.perf_counter() - start),
             "train/lr": self.optimizers().param_groups[0]["lr"],
