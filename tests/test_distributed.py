@@ -127,3 +127,19 @@ def test_default_prefix_shared_rollouts_under_fsdp(tmp_path):
     weights = ranks[0]["weights"]
     assert all(torch.equal(t, ranks[1]["weights"][k]) for k, t in weights.items())
     assert any(not torch.equal(t, start[k]) for k, t in weights.items())
+
+
+@pytest.mark.slow
+def test_validation_set_not_divisible_by_the_ranks_under_fsdp(tmp_path):
+    """3 held-out prompts on 2 FSDP ranks: rank 1 generates a padding prompt (never scored), so both ranks
+    run 2 validation batches; otherwise rank 0's second generation would wait forever for rank 1."""
+    base = [o for o in COMMON if o not in ("+trainer.limit_val_batches=0", "validate_before_training=false")]
+    _train(
+        tmp_path, "strategy=fsdp", "trainer.devices=2", "data.batch_size=2", "trainer.max_steps=1",
+        "trainer.val_check_interval=1", "validate_before_training=true", "data.val.lengths=[256]",
+        "data.val.num_samples=3", "data.val_batch_size=1", base=base,
+    )  # fmt: skip
+    with open(tmp_path / "metrics.csv") as f:
+        accs = [float(r["val/acc"]) for r in csv.DictReader(f) if r.get("val/acc")]
+    assert len(accs) == 2  # before training and after the step
+    assert all(abs(a * 3 - round(a * 3)) < 1e-6 for a in accs)  # means over the 3 real prompts

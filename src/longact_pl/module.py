@@ -14,6 +14,7 @@ from torchmetrics import MeanMetric
 
 from longact_pl.algos.protocol import Algorithm
 from longact_pl.algos.tis import truncated_is_weights
+from longact_pl.data.dataset import drop_padding
 from longact_pl.eval.metrics import TaskLengthAccuracy
 from longact_pl.eval.scoring import evaluate_batch
 from longact_pl.gather import full_state_dict, is_sharded
@@ -347,11 +348,14 @@ class LongActModule(L.LightningModule):
             self.rollout, self.policy, self.tokenizer, batch, self.reward_fn,
             max_new_tokens=self.val_max_new_tokens, errors=self.reward_errors,
         )  # fmt: skip
+        batch, scores = drop_padding(batch, result.scores)  # a rank's padding sample (see WithPadding)
+        if not batch:
+            return
         if self.val_metric is not None:
             lengths = [int(s.get("target_length", -1)) for s in batch]
-            self.val_metric.update([s.get("task", "") for s in batch], lengths, result.scores)
+            self.val_metric.update([s.get("task", "") for s in batch], lengths, scores)
         else:
-            self.val_acc_all.update(result.scores)
+            self.val_acc_all.update(scores)
 
     def on_validation_epoch_end(self) -> None:
         """Log ``val/acc``, ``val/acc/<length>`` and ``val/acc/<task>/<length>`` (synced across ranks)."""

@@ -89,3 +89,24 @@ def test_errors(tokenizer):
         LongContextDataModule(
             train=GeneratedSource(task, 4, [256], seed=7), val=GeneratedSource(task, 4, [256], seed=7)
         )
+
+
+def test_val_shares_are_padded_to_equal_batch_counts_across_ranks(tokenizer):
+    import torch
+
+    from longact_pl.data.dataset import drop_padding
+
+    val = GeneratedSource(NeedleInAHaystack(num_keys=4), num_samples=5, lengths=[256], seed=1)
+    shares = []
+    for rank in (0, 1):
+        dm = make(tokenizer, val=val, val_batch_size=2)
+        dm._position = lambda rank=rank: (0, 0, rank, 2)
+        shares.append([[(r["index"], r.get("padding", False)) for r in b] for b in dm.val_dataloader()])
+    # 5 samples on 2 ranks: rank 1 gets one padding copy of its first sample, so both run 2 batches
+    assert shares == [
+        [[(0, False), (2, False)], [(4, False)]],
+        [[(1, False), (3, False)], [(1, True)]],
+    ]
+    records = [{"index": 1}, {"index": 1, "padding": True}]
+    kept, scores = drop_padding(records, torch.tensor([1.0, 0.5]))
+    assert kept == [{"index": 1}] and scores.tolist() == [1.0]

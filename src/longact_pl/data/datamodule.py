@@ -9,7 +9,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from longact_pl.data.dataset import PromptDataset, keep_list
+from longact_pl.data.dataset import PromptDataset, WithPadding, keep_list
 from longact_pl.data.order import ResumableOrder
 from longact_pl.data.sources import GeneratedSource
 from longact_pl.data.types import SampleSource
@@ -142,11 +142,13 @@ class LongContextDataModule(L.LightningDataModule):
         lengths = list(getattr(self.val, "lengths", None) or [0])
         order = sorted(range(len(self.val)), key=lambda i: (lengths[i % len(lengths)], i))
         _, _, rank, world = self._position()
-        order = order[rank::world]  # each rank scores its share; the metric sums across ranks
+        share = order[rank::world]  # each rank scores its share; the metric sums across ranks
+        missing = -(-len(order) // world) - len(share)  # 0 or 1: every rank runs as many batches
+        share += [len(order) + i for i in (share or order)[:missing]]  # padding: generated, not scored
         return DataLoader(
-            self._dataset(self.val),
+            WithPadding(self._dataset(self.val)),
             batch_size=self.val_batch_size,
-            sampler=order,
+            sampler=share,
             collate_fn=keep_list,
             num_workers=self.num_workers,
         )

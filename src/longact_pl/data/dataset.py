@@ -59,6 +59,31 @@ class PromptDataset(Dataset):
         }
 
 
+class WithPadding(Dataset):
+    """``data`` plus padding records: index ``len(data) + i`` is record ``i`` with ``"padding": True``.
+
+    Under FSDP every rank must run the same number of validation batches (each generation step is a
+    collective), so a rank whose share of the validation set is one sample short is topped up with a
+    padding record: generated like the others, never scored (:func:`drop_padding`).
+    """
+
+    def __init__(self, data: Dataset) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return 2 * len(self.data)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        n = len(self.data)
+        return self.data[index] if index < n else {**self.data[index - n], "padding": True}
+
+
+def drop_padding(records: list[dict[str, Any]], scores: Any) -> tuple[list[dict[str, Any]], Any]:
+    """The records that are not padding, and their scores (``[B]``, one per record)."""
+    keep = [i for i, r in enumerate(records) if not r.get("padding", False)]
+    return [records[i] for i in keep], scores[keep]
+
+
 def keep_list(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Collate function that keeps the batch as a list of records (prompts have different lengths)."""
     return batch
