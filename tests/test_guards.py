@@ -14,6 +14,20 @@ def test_guard_skips_nonfinite_and_counts_streaks():
     assert guard.state_dict() == {"consecutive": 2, "total": 3}
 
 
+def test_guard_skips_on_every_rank_when_one_rank_is_not_finite():
+    guard = NonFiniteGuard(max_consecutive=3)
+    other_rank_finite = [1, 0]
+    calls = []
+
+    def all_ranks(value: int) -> int:  # the minimum over this rank and a scripted other one
+        calls.append(value)
+        return min(value, other_rank_finite.pop(0))
+
+    assert guard.allow(1.0, torch.tensor(3.0), all_ranks)
+    assert not guard.allow(1.0, torch.tensor(3.0), all_ranks)  # finite here, not on the other rank
+    assert calls == [1, 1] and guard.state_dict() == {"consecutive": 1, "total": 1}
+
+
 def test_grad_norm_is_global_l2():
     a, b = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(1))
     a.grad, b.grad = torch.tensor([3.0, 0.0]), torch.tensor([4.0])

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torchmetrics import MeanMetric
 
+from longact_pl.algos.losses import masked_mean
 from longact_pl.algos.protocol import Algorithm
 from longact_pl.algos.tis import truncated_is_weights
 from longact_pl.data.dataset import drop_padding
@@ -33,10 +34,6 @@ class _Frozen:
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model.eval().requires_grad_(False)
-
-
-def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (x * mask).sum() / mask.sum().clamp(min=1)
 
 
 class LongActModule(L.LightningModule):
@@ -196,11 +193,13 @@ class LongActModule(L.LightningModule):
             more_samples=self._more_samples,
             seed=self.seed * 1_000_003 + self.global_step * 101,
             errors=self.reward_errors,
-            min_over_ranks=self._min_over_ranks if self.trainer.world_size > 1 else None,
+            min_over_ranks=self._min_over_ranks,
         )  # fmt: skip
 
     def _min_over_ranks(self, value: int) -> int:
-        """Minimum over data-parallel ranks (dynamic sampling keeps the ranks in lock-step)."""
+        """Minimum over data-parallel ranks, so they agree on extra rounds, batch size and skipped steps."""
+        if self.trainer.world_size == 1:
+            return value
         return int(self.trainer.strategy.reduce(torch.tensor(value, device=self.device), reduce_op="min"))
 
     def _ref_logprobs(self, ro: RolloutBatch) -> torch.Tensor | None:
@@ -283,7 +282,7 @@ class LongActModule(L.LightningModule):
                 micro_metrics += step_metrics
                 loss = sum(float(m["loss"]) for m in step_metrics)
                 norm = self.guard.grad_norm(self.policy.parameters())
-                if self.guard.allow(loss, norm):
+                if self.guard.allow(loss, norm, self._min_over_ranks):
                     norms.append(float(norm))
                     optimizer_step(opt, sched)  # also drops autocast's cached bf16 weights
                 else:
@@ -332,7 +331,7 @@ class LongActModule(L.LightningModule):
         )  # fmt: skip
         # DDP/FSDP average gradients over ranks while the counts are global: scale back to their sum
         self.manual_backward(loss * self.trainer.world_size)
-        return {"loss": loss.detach(), "entropy": _masked_mean(entropy, mask), **metrics, **tis_metrics}
+        return {"loss": loss.detach(), "entropy": masked_mean(entropy, mask), **metrics, **tis_metrics}
 
     def on_before_optimizer_step(self, optimizer) -> None:
         """Clip gradients; callbacks' hooks (gradient masking) have already run."""
