@@ -38,19 +38,19 @@ class NonFiniteGuard:
         return torch.linalg.vector_norm(torch.stack([n.float() for n in norms]))
 
     def allow(
-        self, loss_sum: float, norm: torch.Tensor, all_ranks: Callable[[int], int] | None = None
+        self, loss_sum: float, norm: torch.Tensor, min_over_ranks: Callable[[int], int] | None = None
     ) -> bool:
         """Record one step; ``True`` if it may update the weights.
 
         Args:
             loss_sum: This rank's loss of the step.
             norm: Gradient norm.
-            all_ranks: Minimum of an int over data-parallel ranks: the step runs only if it is finite on
+            min_over_ranks: Minimum of an int over data-parallel ranks: the step runs only if it is finite on
                 every rank, so ranks never disagree on skipping (or on stopping with a checkpoint).
         """
         finite = bool(torch.isfinite(norm)) and bool(torch.isfinite(torch.tensor(loss_sum)))
-        if all_ranks is not None:
-            finite = bool(all_ranks(int(finite)))
+        if min_over_ranks is not None:
+            finite = bool(min_over_ranks(int(finite)))
         if finite:
             self.consecutive = 0
             return True

@@ -209,13 +209,12 @@ class LongActModule(L.LightningModule):
     def _no_grad_logprobs(self, model: nn.Module, ro: RolloutBatch) -> torch.Tensor:
         width = ro.completion_mask.shape[1]
         rows = micro_batch_rows(self.micro_batch_size, ro.group_size, self.logprobs.shared_prefix)
+        groups = torch.arange(len(ro.input_ids)) // ro.group_size  # [N]
+        parts = zip(ro.input_ids.split(rows), ro.attention_mask.split(rows), groups.split(rows))
         out = [
-            self.logprobs(
-                model, ro.input_ids[micro], ro.attention_mask[micro], width, self.rollout.temperature,
-                row_groups=micro // ro.group_size,
-            )[0]
-            for micro in torch.arange(len(ro.input_ids)).split(rows)
-        ]  # fmt: skip
+            self.logprobs(model, ids, am, width, self.rollout.temperature, row_groups=g)[0]
+            for ids, am, g in parts
+        ]
         return torch.cat(out)  # [N, C]
 
     def training_step(self, batch: list[dict], batch_idx: int) -> None:

@@ -110,6 +110,12 @@ def _cache_through_checkpointing(decoder: nn.Module) -> Iterator[None]:
                 layer._can_checkpoint_with_cache = value
 
 
+def _runs(changes: torch.Tensor) -> list[tuple[int, int]]:
+    """Row ranges ``[start, stop)`` of ``N`` rows, a new range after each ``True`` of ``changes [N - 1]``."""
+    starts = [0] + [i + 1 for i, c in enumerate(changes.tolist()) if c]
+    return list(zip(starts, starts[1:] + [len(changes) + 1]))
+
+
 def group_spans(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
@@ -137,16 +143,12 @@ def group_spans(
     if row_groups is not None:
         if row_groups.shape != (n,):
             raise ValueError(f"row_groups must have shape [{n}], got {tuple(row_groups.shape)}")
-        new = (row_groups[1:] != row_groups[:-1]).tolist()  # [N - 1]
-        starts = [0] + [i + 1 for i, s in enumerate(new) if s]
-        spans = list(zip(starts, starts[1:] + [n]))
+        spans = _runs(row_groups[1:] != row_groups[:-1])  # [N - 1] changes
         if any(not (prompt[a:b] == prompt[a]).all() for a, b in spans):
             raise ValueError("rows with the same row_groups index must share the same prompt")
         return spans
     if group_size is None:
-        same = (prompt[1:] == prompt[:-1]).all(-1).tolist()  # [N - 1]
-        starts = [0] + [i + 1 for i, s in enumerate(same) if not s]
-        return list(zip(starts, starts[1:] + [n]))
+        return _runs((prompt[1:] != prompt[:-1]).any(-1))  # [N - 1] changes
     if group_size < 1 or n % group_size:
         raise ValueError(f"{n} rows are not whole groups of group_size={group_size}")
     groups = prompt.view(n // group_size, group_size, prompt_width)  # [B, G, P]
