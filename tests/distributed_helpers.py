@@ -11,7 +11,6 @@ batches of a step together are the single-process batch of that step (run with
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -27,12 +26,12 @@ from longact_pl.masking import SaliencyMask
 from longact_pl.rollout.hf import HFRollout
 from longact_pl.rollout.types import RolloutBatch, concat_rollouts
 from longact_pl.rollout.vllm import prompt_seed
-from tests.helpers import ROOT
+from tests.helpers import ROOT, child_env
 
 
 def train_cli(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
     """Run ``train.py`` in a subprocess (Lightning re-launches it once per extra rank); fail on an error."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = child_env()
     cmd = [sys.executable, "train.py", f"hydra.run.dir={run_dir}", *overrides]
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import zlib
 from pathlib import Path
 
@@ -28,6 +29,12 @@ TINY = [
 
 # For runs that do not test checkpointing: a SmolLM2 last.ckpt (policy + AdamW state) is 1.6 GB on disk.
 NO_CKPT = "callbacks.model_checkpoint.save_last=false"
+
+
+def child_env() -> dict[str, str]:
+    """Environment of a ``train.py`` subprocess: imports this checkout's ``src`` and ``tests`` (not whatever
+    ``longact_pl`` the interpreter has installed, e.g. another worktree's)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
 
 
 class ParityReward:
