@@ -106,11 +106,14 @@ class RankProbe(pl.Callback):
 
 
 class ShiftedRollout(HFRollout):
-    """HF rollouts with behaviour log-probs shifted by ``shift``: an engine off by a factor exp(shift)."""
+    """HF rollouts with behaviour log-probs shifted by ``shift``: an engine off by a factor exp(shift).
+
+    Accepts ``tis_cap`` like ``VLLMRollout`` (``rollout.tis_cap`` reaches the learner as ``module.tis_cap``).
+    """
 
     def __init__(self, shift: float = 0.0, tis_cap: float | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.shift, self.tis_cap = shift, tis_cap
+        self.shift = shift
 
     def generate(self, *args, **kwargs) -> RolloutBatch:
         ro = super().generate(*args, **kwargs)
