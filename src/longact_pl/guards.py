@@ -61,6 +61,14 @@ class NonFiniteGuard:
         """Too many non-finite steps in a row."""
         return self.consecutive >= self.max_consecutive
 
+    def error(self, checkpoint: object) -> NonFiniteError:
+        """The error that stops the run once :attr:`exhausted` (``checkpoint``: where the state was saved)."""
+        return NonFiniteError(
+            f"{self.consecutive} optimizer steps in a row had a non-finite loss or gradient; stopped and "
+            f"saved {checkpoint}. Lower module.lr, check the reward function, or raise "
+            "module.max_nonfinite_steps."
+        )
+
     def state_dict(self) -> dict[str, int]:
         """Counters, for checkpoints."""
         return {"consecutive": self.consecutive, "total": self.total}

@@ -15,13 +15,13 @@ from torchmetrics import MeanMetric
 from longact_pl.algos.protocol import Algorithm
 from longact_pl.data.dataset import drop_padding
 from longact_pl.distributed import StrategyOps
-from longact_pl.eval.metrics import TaskLengthAccuracy
+from longact_pl.eval.metrics import TaskLengthAccuracy, compute_accuracy, update_accuracy
 from longact_pl.eval.scoring import evaluate_batch
-from longact_pl.gather import full_state_dict, is_sharded
-from longact_pl.guards import NonFiniteError, NonFiniteGuard
+from longact_pl.gather import save_full_pretrained
+from longact_pl.guards import NonFiniteGuard
 from longact_pl.learner import Learner, OptimizerCalls
 from longact_pl.ops.policy_logprobs import LogprobPass
-from longact_pl.optim import adamw_with_warmup, optimizer_step
+from longact_pl.optim import adamw_with_warmup, check_optimizer_settings, optimizer_step
 from longact_pl.rollout.types import RolloutEngine
 from longact_pl.sampling import RewardErrors, RewardFn, ScoredRollout, sample_and_score
 from longact_pl.step_log import step_metrics
@@ -56,10 +56,10 @@ class LongActModule(L.LightningModule):
         betas: AdamW betas.
         warmup_steps: Linear learning-rate warm-up in optimizer steps.
         max_grad_norm: Clip the global gradient norm to this (0 = off).
-        ppo_epochs: Passes over one rollout batch.
+        ppo_epochs: Passes over one rollout batch (these four: see :class:`~longact_pl.learner.Learner`).
         mini_batch_size: Sequences per optimizer step (0 = the whole rollout batch).
-        micro_batch_size: Sequences per forward/backward; with ``shared_prefix`` and at least G, rounded
-            down to whole groups.
+        micro_batch_size: Sequences per forward/backward (whole groups with ``shared_prefix``).
+        tis_cap: Truncated importance sampling cap for an external sampler's mismatch (``None`` = off).
         shared_prefix: Run each group's prompt once in the log-prob passes (exact; falls back per row).
         logprob_chunk: Completion tokens per LM-head chunk (``None``: all at once).
         val_lengths: Target lengths of the validation set (accuracy is logged per task and length).
@@ -68,7 +68,6 @@ class LongActModule(L.LightningModule):
         seed: Base seed for sampling.
         export_dir: Where the trained policy is saved at the end (``None`` = not saved).
         max_nonfinite_steps: Consecutive non-finite steps (skipped) that stop the run with a checkpoint.
-        tis_cap: Truncated importance sampling cap for an external sampler's mismatch (``None`` = off).
     """
 
     def __init__(
@@ -97,16 +96,11 @@ class LongActModule(L.LightningModule):
         tis_cap: float | None = None,
     ) -> None:
         super().__init__()
-        if warmup_steps < 0:
-            raise ValueError(f"module.warmup_steps must be >= 0, got {warmup_steps}")
-        if lr <= 0:
-            raise ValueError(f"module.lr must be > 0, got {lr}")
+        check_optimizer_settings(lr, warmup_steps)
         self.automatic_optimization = False
         self.policy = policy.train()  # from_pretrained returns eval mode; rollouts switch to eval themselves
-        self.tokenizer = tokenizer
-        self.algorithm = algorithm
-        self.rollout = rollout
-        self.reward_fn = reward_fn
+        self.tokenizer, self.algorithm = tokenizer, algorithm
+        self.rollout, self.reward_fn = rollout, reward_fn
         self.lr, self.weight_decay, self.betas = lr, weight_decay, tuple(betas)
         self.warmup_steps, self.max_grad_norm = warmup_steps, max_grad_norm
         self.guard = NonFiniteGuard(max_nonfinite_steps)
@@ -114,8 +108,7 @@ class LongActModule(L.LightningModule):
             algorithm, LogprobPass(shared_prefix, logprob_chunk), self.guard, rollout.temperature,
             ppo_epochs, mini_batch_size, micro_batch_size, tis_cap,
         )  # fmt: skip
-        self.val_max_new_tokens = val_max_new_tokens
-        self.seed = seed
+        self.val_max_new_tokens, self.seed = val_max_new_tokens, seed
         self.export_dir = Path(export_dir) if export_dir else None
         self._ref = _Frozen(copy.deepcopy(policy)) if algorithm.kl_coef > 0 else None
         # Per task x length accuracy, summed across ranks; without task/length lists only the overall mean.
@@ -123,8 +116,7 @@ class LongActModule(L.LightningModule):
         self.val_acc_all = MeanMetric()
         # Set around policy training forwards so saliency hooks know which tokens are real.
         self.stats_token_mask: torch.Tensor | None = None
-        self.truncated_total = 0
-        self.reward_errors = RewardErrors()
+        self.truncated_total, self.reward_errors = 0, RewardErrors()
 
     @property
     def ref_model(self) -> nn.Module | None:
@@ -158,11 +150,8 @@ class LongActModule(L.LightningModule):
     def _more_samples(self):
         """Further prompt batches for dynamic sampling, from an independently shuffled loader."""
         dm = self.trainer.datamodule
-        loader = (
-            dm.extra_dataloader(seed=self.seed + 1 + self.global_rank)
-            if hasattr(dm, "extra_dataloader")
-            else dm.train_dataloader()
-        )
+        extra = getattr(dm, "extra_dataloader", None)
+        loader = extra(seed=self.seed + 1 + self.global_rank) if extra else dm.train_dataloader()
         while True:
             yield from loader
 
@@ -199,14 +188,8 @@ class LongActModule(L.LightningModule):
         logs = step_metrics(scored, truncated, self.truncated_total, self.reward_errors.count,
                             time.perf_counter() - start, lr, update)  # fmt: skip
         self.log_dict(logs, on_step=True, batch_size=len(batch))
-        self.log(
-            "reward",
-            logs["train/reward_mean"],
-            prog_bar=True,
-            on_step=True,
-            logger=False,
-            batch_size=len(batch),
-        )
+        reward = logs["train/reward_mean"]
+        self.log("reward", reward, prog_bar=True, on_step=True, logger=False, batch_size=len(batch))
 
     def _optimizer_calls(self) -> OptimizerCalls:
         """Lightning's backward and optimizer step (callbacks' hooks, clipping and precision plugins run)."""
@@ -227,11 +210,7 @@ class LongActModule(L.LightningModule):
         if self.guard.exhausted:
             path = Path(self.trainer.default_root_dir) / "checkpoints" / "nonfinite.ckpt"
             self.trainer.save_checkpoint(path)
-            raise NonFiniteError(
-                f"{self.guard.consecutive} optimizer steps in a row had a non-finite loss or gradient; "
-                f"stopped and saved {path}. Lower module.lr, check the reward function, or raise "
-                "module.max_nonfinite_steps."
-            )
+            raise self.guard.error(path)
 
     def on_before_optimizer_step(self, optimizer) -> None:
         """Clip gradients; callbacks' hooks (gradient masking) have already run."""
@@ -250,24 +229,14 @@ class LongActModule(L.LightningModule):
         batch, scores = drop_padding(batch, result.scores)  # a rank's padding sample (see WithPadding)
         if not batch:
             return
-        if self.val_metric is not None:
-            lengths = [int(s.get("target_length", -1)) for s in batch]
-            self.val_metric.update([s.get("task", "") for s in batch], lengths, scores)
-        else:
-            self.val_acc_all.update(scores)
+        update_accuracy(self.val_metric, self.val_acc_all, batch, scores)
 
     def on_validation_epoch_end(self) -> None:
         """Log ``val/acc``, ``val/acc/<length>`` and ``val/acc/<task>/<length>`` (synced across ranks)."""
-        if self.val_metric is not None:
-            values = {f"val/{k}": v.float() for k, v in self.val_metric.compute().items()}
-            self.val_metric.reset()
-        elif self.val_acc_all.update_called:
-            values = {"val/acc": self.val_acc_all.compute()}
-            self.val_acc_all.reset()
-        else:
-            return
-        self.log_dict(values)
-        self.log("val_acc", values["val/acc"], prog_bar=True, logger=False)
+        values = {f"val/{k}": v for k, v in compute_accuracy(self.val_metric, self.val_acc_all).items()}
+        if values:
+            self.log_dict(values)
+            self.log("val_acc", values["val/acc"], prog_bar=True, logger=False)
 
     # ------------------------------------------------------------ checkpoint
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -288,12 +257,5 @@ class LongActModule(L.LightningModule):
     # ----------------------------------------------------------------- export
     def on_train_end(self) -> None:
         """Save the trained policy and tokenizer with ``save_pretrained`` into ``export_dir``."""
-        if self.export_dir is None:
-            return
-        # FSDP: every rank takes part in gathering the full weights; rank 0 writes them
-        state = full_state_dict(self.policy) if is_sharded(self.policy) else None
-        if not self.trainer.is_global_zero:
-            return
-        self.export_dir.mkdir(parents=True, exist_ok=True)
-        self.policy.save_pretrained(self.export_dir, state_dict=state)
-        self.tokenizer.save_pretrained(self.export_dir)
+        if self.export_dir is not None:  # FSDP: every rank gathers the full weights, rank 0 writes them
+            save_full_pretrained(self.policy, self.tokenizer, self.export_dir, self.trainer.is_global_zero)
