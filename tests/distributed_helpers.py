@@ -80,11 +80,17 @@ class RankShardedData(LongContextDataModule):
 
 
 class RankProbe(pl.Callback):
-    """Save ``rank<r>.pt`` at the end of fit: full weights, LongAct masks, prompt indices per step."""
+    """Save ``rank<r>.pt`` at the end of fit: full weights, LongAct masks, prompt indices per step, and the
+    dtypes the first MLP's weight had in training forwards (FSDP2 gathers it in its ``param_dtype``)."""
 
     def __init__(self, out_dir: str) -> None:
         self.out_dir = Path(out_dir)
         self.prompts: list[list[int]] = []  # sample indices of each training batch
+        self.forward_dtypes: set[torch.dtype] = set()
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        mlp = pl_module.policy.model.layers[0].mlp.down_proj
+        mlp.register_forward_pre_hook(lambda module, args: self.forward_dtypes.add(module.weight.dtype))
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         self.prompts.append([int(s["index"]) for s in batch])
@@ -100,6 +106,7 @@ class RankProbe(pl.Callback):
                 "prompts": self.prompts,
                 "world_size": trainer.world_size,
                 "step": trainer.global_step,
+                "forward_dtypes": self.forward_dtypes,
             },
             self.out_dir / f"rank{trainer.global_rank}.pt",
         )

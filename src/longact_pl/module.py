@@ -22,6 +22,7 @@ from longact_pl.guards import NonFiniteGuard
 from longact_pl.learner import Learner, OptimizerCalls
 from longact_pl.ops.policy_logprobs import LogprobPass
 from longact_pl.optim import adamw_with_warmup, check_optimizer_settings, optimizer_step
+from longact_pl.precision import check_master_weights
 from longact_pl.rollout.types import RolloutEngine
 from longact_pl.sampling import RewardErrors, RewardFn, ScoredRollout, sample_and_score
 from longact_pl.step_log import step_metrics
@@ -68,6 +69,8 @@ class LongActModule(L.LightningModule):
         seed: Base seed for sampling.
         export_dir: Where the trained policy is saved at the end (``None`` = not saved).
         max_nonfinite_steps: Consecutive non-finite steps (skipped) that stop the run with a checkpoint.
+        allow_low_precision_weights: Train bf16/fp16 parameters (refused by default: AdamW keeps no fp32
+            copy, see ``longact_pl.precision``).
     """
 
     def __init__(
@@ -94,14 +97,17 @@ class LongActModule(L.LightningModule):
         export_dir: str | Path | None = None,
         max_nonfinite_steps: int = 3,
         tis_cap: float | None = None,
+        allow_low_precision_weights: bool = False,
     ) -> None:
         super().__init__()
+        check_master_weights(policy.parameters(), allow_low_precision_weights)  # before any file is written
         check_optimizer_settings(lr, warmup_steps)
         self.automatic_optimization = False
         self.policy = policy.train()  # from_pretrained returns eval mode; rollouts switch to eval themselves
         self.tokenizer, self.algorithm = tokenizer, algorithm
         self.rollout, self.reward_fn = rollout, reward_fn
         self.lr, self.weight_decay, self.betas = lr, weight_decay, tuple(betas)
+        self.allow_low_precision_weights = allow_low_precision_weights
         self.warmup_steps, self.max_grad_norm = warmup_steps, max_grad_norm
         self.guard = NonFiniteGuard(max_nonfinite_steps)
         self.learner = Learner(
@@ -141,8 +147,9 @@ class LongActModule(L.LightningModule):
         return StrategyOps(self.trainer.strategy)
 
     def configure_optimizers(self):
-        """AdamW over trainable parameters with a linear warm-up."""
+        """AdamW over trainable parameters with a linear warm-up (fp32 ones: see ``longact_pl.precision``)."""
         params = [p for p in self.policy.parameters() if p.requires_grad]
+        check_master_weights(params, self.allow_low_precision_weights)  # e.g. trainer.precision=bf16-true
         opt, sched = adamw_with_warmup(params, self.lr, self.betas, self.weight_decay, self.warmup_steps)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
