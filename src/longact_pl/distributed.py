@@ -1,22 +1,22 @@
 """The few collectives the RL step needs, behind one small interface (no Lightning in the callers).
 
-Sampling (dynamic-sampling rounds), the non-finite guard (skip a step on every rank) and the learner
-(global sequence/token counts, world-size scaling of the loss) agree across data-parallel ranks through a
-:class:`DistOps`. :class:`LocalOps` is the single-process case (and the fake in tests);
-:class:`StrategyOps` runs the collectives through a Lightning strategy (DDP or FSDP2).
+Sampling (dynamic-sampling rounds), the non-finite guard (skip a step on every rank), the learner
+(global sequence/token counts, world-size scaling of the loss) and validation's per-prompt records agree
+across data-parallel ranks through a :class:`DistOps`. :class:`LocalOps` is the single-process case (and
+the fake in tests); :class:`StrategyOps` runs the collectives through a Lightning strategy (DDP or FSDP2).
 
 Every method is a collective when ``world_size > 1``: every rank must call it, in the same order.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
 
 class DistOps(Protocol):
-    """Data-parallel collectives: the ranks' count, a sum and a minimum."""
+    """Data-parallel collectives: the ranks' count, a sum, a minimum and a gather of Python objects."""
 
     world_size: int
 
@@ -26,6 +26,10 @@ class DistOps(Protocol):
 
     def min(self, value: int) -> int:
         """Minimum of an int over ranks."""
+        ...
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj`` (picklable), in rank order, on every rank."""
         ...
 
 
@@ -41,6 +45,10 @@ class LocalOps:
     def min(self, value: int) -> int:
         """The value itself."""
         return value
+
+    def gather(self, obj: Any) -> list[Any]:
+        """``[obj]``."""
+        return [obj]
 
 
 class StrategyOps:
@@ -72,3 +80,11 @@ class StrategyOps:
         return int(
             self.strategy.reduce(torch.tensor(value, device=self.strategy.root_device), reduce_op="min")
         )
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj`` in rank order (``torch.distributed.all_gather_object``: small objects)."""
+        if self.world_size == 1:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        torch.distributed.all_gather_object(out, obj)
+        return out
