@@ -78,3 +78,20 @@ class RaisingReward:
         if any(zlib.crc32(c.encode()) % 3 == 0 for c in completions):
             raise ZeroDivisionError("bad completion")
         return ParityReward()(completions, references)
+
+
+class SigtermAt:
+    """A callback that sends this process SIGTERM once ``step`` optimizer steps are done (a pre-emption)."""
+
+    def __new__(cls, step: int):
+        import os
+        import signal
+
+        import lightning as L
+
+        class _Sigterm(L.Callback):
+            def on_train_batch_end(self, trainer, *args) -> None:
+                if trainer.global_step == step and not trainer.received_sigterm:
+                    os.kill(os.getpid(), signal.SIGTERM)
+
+        return _Sigterm()
