@@ -125,7 +125,7 @@ def test_a_resumed_run_continues_its_wandb_run(tmp_path, offline):
     assert len(files) >= 1 and len({f.stem for f in files}) == 1, files  # run-<id>.wandb: one id
     rewards = []
     for f in files:
-        for record in records(f):
+        for record in closed_records(f):
             if record.WhichOneof("record_type") == "history":
                 items = {
                     i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item
