@@ -122,7 +122,7 @@ def test_existing_run_is_not_overwritten(tmp_path):
 
 
 def _cli(run_dir, *overrides):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}  # this checkout
     cmd = [sys.executable, "train.py", "model=tiny_llama", f"hydra.run.dir={run_dir}", *overrides]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
@@ -212,7 +212,7 @@ def test_preemption_signal_writes_a_checkpoint(tmp_path, sig):
     import time
 
     run_dir = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}  # this checkout
     cmd = [sys.executable, "train.py", "model=tiny_llama", f"hydra.run.dir={run_dir}",
            "trainer.max_steps=1000", "trainer.val_check_interval=1000", "data.train.lengths=[256]",
            "rollout.max_new_tokens=4", "validate_before_training=false",
@@ -226,6 +226,8 @@ def test_preemption_signal_writes_a_checkpoint(tmp_path, sig):
     time.sleep(2)
     proc.send_signal(getattr(signal, sig))
     _, err = proc.communicate(timeout=240)
+    # SIGTERM: sigterm_exit_code (143), so SLURM and `&&` see a pre-empted run; Ctrl-C: Lightning's 1
+    assert proc.returncode == (143 if sig == "SIGTERM" else 1), err[-2000:]
     ckpts = list((run_dir / "checkpoints").glob("*.ckpt"))
     assert ckpts, err[-2000:]
     state = torch.load(ckpts[0], map_location="cpu", weights_only=True)
