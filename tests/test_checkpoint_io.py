@@ -13,7 +13,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from tests.helpers import ROOT, compose_train
+from tests.helpers import ROOT, child_env, compose_train
 
 
 def _checkpoint_io(tmp_path):
@@ -91,7 +91,7 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path):
     """)
     (tmp_path / "save.py").write_text(script)
     cmd = f"mount -t tmpfs -o size=256k tmpfs {folder} && exec {sys.executable} {tmp_path / 'save.py'}"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
+    env = child_env()
     done = subprocess.run(
         ["unshare", "-m", "sh", "-c", cmd], capture_output=True, text=True, env=env, cwd=ROOT
     )
