@@ -88,6 +88,13 @@ class RaisingReward:
         return ParityReward()(completions, references)
 
 
+class BrokenReward:
+    """Raises on every call (a reward server that is down)."""
+
+    def __call__(self, completions: list[str], references: list[list[str]], **meta) -> list[float]:
+        raise ConnectionError("reward server down")
+
+
 class SigtermAt:
     """A callback that sends this process SIGTERM once ``step`` optimizer steps are done (a pre-emption)."""
 
