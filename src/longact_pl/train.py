@@ -145,9 +145,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     except SIGTERMException:
         # Lightning's SystemExit has no code (exit 0): a pre-empted run must not look finished
         code = int(cfg.get("sigterm_exit_code", 143))
-        log.warning(
-            "stopped by SIGTERM at step %d (checkpoint written); exit code %d", trainer.global_step, code
-        )
+        last = run_dir / "checkpoints" / "last.ckpt"
+        resume = f"resume with ckpt_path={last}" if last.exists() else "no checkpoint was written"
+        log.warning("stopped by SIGTERM at step %d (%s); exit code %d", trainer.global_step, resume, code)
         raise SystemExit(code) from None
     final = {k: float(v) for k, v in trainer.callback_metrics.items()}
     for key in sorted(k for k in final if k.startswith("val/acc")):
