@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     parser.add_argument("--n-boot", type=int, default=10_000, help="bootstrap replicates of the paired CIs")
     args = parser.parse_args(argv)
+    if args.last_k < 1:
+        parser.error(f"--last-k must be >= 1 (steps averaged for the final reward), got {args.last_k}")
     if args.n_boot < 100:
         parser.error(f"--n-boot must be >= 100 bootstrap replicates, got {args.n_boot}")
     if not args.multirun_dir.is_dir():
