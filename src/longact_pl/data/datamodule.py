@@ -10,9 +10,9 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from longact_pl.data.concat import target_length
 from longact_pl.data.dataset import PromptDataset, WithPadding, keep_list
 from longact_pl.data.order import ResumableOrder
-from longact_pl.data.concat import target_length
 from longact_pl.data.sources import GeneratedSource, JsonlSource, overlap
 from longact_pl.data.types import SampleSource
 
