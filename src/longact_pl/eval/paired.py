@@ -20,6 +20,7 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
+from longact_pl.eval.val_records import read_scored_rows
 from longact_pl.stats import Interval, paired_ci
 
 PREDICTIONS = "predictions.jsonl"
@@ -41,18 +42,9 @@ def load_prompts(summary_path: Path) -> Prompts | None:
     if not path.is_file():
         return None
     prompts: dict[str, dict] = {}
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
-            if not isinstance(row, dict) or "id" not in row or "score" not in row:
-                raise ValueError(f"{path}:{lineno}: a prediction row needs 'id' and 'score'")
-            entry = prompts.setdefault(str(row["id"]), {"scores": [], "row": row})
-            entry["scores"].append(float(row["score"]))
+    for row in read_scored_rows(path, "a prediction row"):
+        entry = prompts.setdefault(str(row["id"]), {"scores": [], "row": row})
+        entry["scores"].append(float(row["score"]))
     return {
         i: {
             "score": sum(e["scores"]) / len(e["scores"]),

@@ -136,8 +136,12 @@ class ValRecords:
         return path
 
 
-def read_step(path: Path) -> list[dict[str, Any]]:
-    """Rows of one ``step_<k>.jsonl`` file.
+def read_scored_rows(path: Path, what: str = "a val_predictions row") -> list[dict[str, Any]]:
+    """The JSON objects of a JSONL file of per-prompt results (each with ``id`` and ``score``).
+
+    Args:
+        path: The file.
+        what: How the error names a row.
 
     Raises:
         ValueError: On a line that is not a JSON object with ``id`` and ``score``, naming file and line.
@@ -152,6 +156,11 @@ def read_step(path: Path) -> list[dict[str, Any]]:
             except json.JSONDecodeError as err:
                 raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
             if not isinstance(row, dict) or "id" not in row or "score" not in row:
-                raise ValueError(f"{path}:{lineno}: a val_predictions row needs 'id' and 'score'")
+                raise ValueError(f"{path}:{lineno}: {what} needs 'id' and 'score'")
             rows.append(row)
     return rows
+
+
+def read_step(path: Path) -> list[dict[str, Any]]:
+    """Rows of one ``step_<k>.jsonl`` file (see :func:`read_scored_rows`)."""
+    return read_scored_rows(path)

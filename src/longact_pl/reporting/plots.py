@@ -26,6 +26,14 @@ def _label(key: GroupKey, with_algo: bool = True) -> str:
     return f"{text} ({key.variant})" if key.variant else text
 
 
+def _save(fig, path: Path) -> Path:
+    """Write ``fig`` to ``path`` (PNG, 120 dpi), close it, return ``path``."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def band(curves: Sequence[Mapping[int, float]]) -> tuple[list[int], list[float], list[float]]:
     """Steps, mean and sample std over the curves that reach each step (std 0 where only one does)."""
     steps = sorted(set().union(*curves)) if curves else []
@@ -60,10 +68,7 @@ def plot_rewards(
     ax.set_title("Training reward (mean ± std over seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_accuracy_vs_length(
@@ -109,10 +114,7 @@ def plot_accuracy_vs_length(
         ax.set_title(algo)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_paired(rows: Sequence[PairedRow], path: Path) -> Path:
@@ -134,10 +136,7 @@ def plot_paired(rows: Sequence[PairedRow], path: Path) -> Path:
     ax.set_yticks(ys, [f"{r.label} [{r.scope}]" for r in rows], fontsize=8)
     ax.set_xlabel("paired difference in held-out accuracy (95% bootstrap CI over prompts and seeds)")
     ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_accuracy_by_step(accuracy: Mapping[GroupKey, Mapping[int, Mapping[str, float]]], path: Path) -> Path:
@@ -160,7 +159,4 @@ def plot_accuracy_by_step(accuracy: Mapping[GroupKey, Mapping[int, Mapping[str, 
         ax.set_ylabel("held-out accuracy")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
