@@ -72,3 +72,22 @@ def test_training_run_writes_one_row_per_heldout_prompt_per_validation(tmp_path)
         assert sum(r["score"] for r in rows) / 4 == pytest.approx(acc)
     # the same held-out prompts at every pass
     assert len({tuple(r["prompt_sha"] for r in read_step(f)) for f in files}) == 1
+
+
+def test_validating_before_training_leaves_the_training_bit_identical(tmp_path):
+    """Step 0 may be validated in one run of a multirun and lent to the others: it must not change training."""
+    from safetensors.torch import load_file
+
+    weights = {}
+    for flag in ("true", "false"):
+        run_dir = tmp_path / flag
+        cfg = compose_train(
+            run_dir, "data.reward._target_=tests.helpers.ParityReward", f"validate_before_training={flag}",
+            "callbacks.model_checkpoint.save_last=false",
+        )  # fmt: skip
+        run(cfg, run_dir)
+        weights[flag] = load_file(run_dir / "final" / "model.safetensors")
+    assert (tmp_path / "true" / "val_predictions" / "step_0.jsonl").is_file()
+    assert not (tmp_path / "false" / "val_predictions" / "step_0.jsonl").exists()
+    assert weights["true"].keys() == weights["false"].keys()
+    assert all(torch.equal(weights["true"][k], weights["false"][k]) for k in weights["true"])

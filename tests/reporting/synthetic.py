@@ -173,7 +173,9 @@ def build_paired_multirun(root: Path, skip_step0: tuple[str, int] | None = None)
     for masking in ("saliency", "random", "none"):
         for seed in (0, 1, 2):
             run_dir = root / f"{num}_grpo_{masking}_seed{seed}"
-            write_run(run_dir, config(run_dir, seed, masking), [0.5] * MAX_STEPS, final=(0.5, 0.5, 0.5))
+            cfg = config(run_dir, seed, masking)
+            cfg["validate_before_training"] = (masking, seed) != skip_step0  # does not split a cell
+            write_run(run_dir, cfg, [0.5] * MAX_STEPS, final=(0.5, 0.5, 0.5))
             _add_kl(run_dir)
             for step in PAIRED_STEPS:
                 if (masking, seed) == skip_step0 and step == 0:

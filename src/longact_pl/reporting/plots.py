@@ -134,7 +134,7 @@ def plot_paired(rows: Sequence[PairedRow], path: Path) -> Path:
         )
     ax.axvline(0.0, color="grey", ls="--", lw=1)
     ax.set_yticks(ys, [f"{r.label} [{r.scope}]" for r in rows], fontsize=8)
-    ax.set_xlabel("paired difference in held-out accuracy (95% bootstrap CI over prompts and seeds)")
+    ax.set_xlabel("paired difference in held-out score (95% bootstrap CI, prompts x seeds)")
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, path)
 
