@@ -47,13 +47,18 @@ class LogprobPass:
         shared_prefix: Compute each shared prompt once (exact); falls back to the per-row path, with one
             warning, where unsupported.
         chunk_size: Completion tokens per LM-head chunk (``None``: the head over all of them at once).
+        entropy_grad: Entropy returned with gradient where gradients are on (the entropy bonus); else a
+            detached metric (no extra backward work).
     """
 
-    def __init__(self, shared_prefix: bool = True, chunk_size: int | None = None) -> None:
+    def __init__(
+        self, shared_prefix: bool = True, chunk_size: int | None = None, entropy_grad: bool = False
+    ) -> None:
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"train.logprob_chunk must be >= 1 or null, got {chunk_size}")
         self.shared_prefix = shared_prefix
         self.chunk_size = chunk_size
+        self.entropy_grad = entropy_grad
         self._chunked_head = chunk_size is not None
 
     def __call__(
@@ -92,7 +97,7 @@ class LogprobPass:
             return through_root(model, functools.partial(
                 grouped_completion_logprobs, model, input_ids, attention_mask, completion_width, None,
                 temperature, with_entropy, self.chunk_size, token_mask_hook=token_mask_hook,
-                row_groups=row_groups,
+                row_groups=row_groups, entropy_grad=self.entropy_grad,
             ))  # fmt: skip
         ids, mask = trim_left_padding(input_ids, attention_mask)  # [n, P' + C]
         if token_mask_hook is not None:
@@ -113,9 +118,9 @@ class LogprobPass:
             else:
                 return through_root(model, functools.partial(
                     chunked_completion_logprobs, model, ids, mask, width, temperature, with_entropy,
-                    self.chunk_size,
+                    self.chunk_size, self.entropy_grad,
                 ))  # fmt: skip
-        return completion_logprobs(model, ids, mask, width, temperature, with_entropy)
+        return completion_logprobs(model, ids, mask, width, temperature, with_entropy, self.entropy_grad)
 
     def _fall_back(self, reason: str) -> None:
         log.warning("train.shared_prefix: %s; computing log-probs one row at a time", reason)

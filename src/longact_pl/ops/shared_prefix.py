@@ -173,6 +173,7 @@ def grouped_completion_logprobs(
     chunk_size: int | None = None,
     token_mask_hook: TokenMaskHook | None = None,
     row_groups: torch.Tensor | None = None,
+    entropy_grad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token completion log-probs with the prompt of each group computed once.
 
@@ -186,13 +187,14 @@ def grouped_completion_logprobs(
         group_size: G: rows ``g*G .. g*G+G-1`` share a prompt. ``None`` groups consecutive rows with equal
             prompts (any row order is then correct; sharing only happens within runs).
         temperature: Sampling temperature the completions were drawn at.
-        with_entropy: Also return the per-token entropy (no gradient).
+        with_entropy: Also return the per-token entropy (no gradient unless ``entropy_grad``).
         chunk_size: Tokens per LM-head chunk (see :func:`longact_pl.ops.chunked.head_logprobs`);
             ``None`` = one chunk.
         token_mask_hook: Called with the bool mask of real tokens aligned to the next forward's input
             (``[1, P_g]`` before a prompt pass, ``[G, C]`` before a completion pass) and with ``None`` after
             each forward, so statistics hooks count every prompt token once.
         row_groups: ``[N]`` group index of each row; overrides ``group_size`` (see :func:`group_spans`).
+        entropy_grad: The entropy keeps its gradient (entropy bonus).
 
     Returns:
         ``(logp [N, C] float32, entropy [N, C] or None)``.
@@ -240,4 +242,6 @@ def grouped_completion_logprobs(
                 _call_hook(token_mask_hook, None)
             hidden.append(torch.cat([last.expand(rows, -1, -1), out[:, :-1]], dim=1))  # [G, C, H]
     targets = input_ids[:, width:]  # [N, C]
-    return head_logprobs(torch.cat(hidden), weight, bias, targets, temperature, with_entropy, chunk_size)
+    return head_logprobs(
+        torch.cat(hidden), weight, bias, targets, temperature, with_entropy, chunk_size, entropy_grad
+    )
