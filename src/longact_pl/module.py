@@ -23,8 +23,10 @@ from longact_pl.guards import NonFiniteError, NonFiniteGuard
 from longact_pl.minibatch import micro_batch_rows, minibatch_indices
 from longact_pl.ops.policy_logprobs import LogprobPass
 from longact_pl.optim import adamw_with_warmup, optimizer_step
+from longact_pl.rewards.scoring import RewardErrors
+from longact_pl.rewards.types import RewardFn
 from longact_pl.rollout.types import RolloutBatch, RolloutEngine
-from longact_pl.sampling import RewardErrors, RewardFn, ScoredRollout, sample_and_score
+from longact_pl.sampling import ScoredRollout, sample_and_score
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +116,8 @@ class LongActModule(L.LightningModule):
             mini_batch_size,
             micro_batch_size,
         )
-        self.logprobs = LogprobPass(shared_prefix, logprob_chunk)
+        # the entropy bonus needs the training pass's entropy with its gradient
+        self.logprobs = LogprobPass(shared_prefix, logprob_chunk, entropy_grad=algorithm.entropy_coef > 0)
         self.val_max_new_tokens = val_max_new_tokens
         self.seed = seed
         self.export_dir = Path(export_dir) if export_dir else None
@@ -228,8 +231,10 @@ class LongActModule(L.LightningModule):
             return
         ro = scored.batch
         group = ro.group_size
-        advantages = self.algorithm.advantages(scored.rewards, group).to(self.device)  # [N]
         ref_logp = self._ref_logprobs(ro)  # [N, C] or None
+        # KL as a reward penalty (algo.kl_in_reward), measured at the sampler's log-probs
+        rewards = self.algorithm.kl_reward(scored.rewards, ro.behaviour_logp, ref_logp, ro.completion_mask)
+        advantages = self.algorithm.advantages(rewards, group).to(self.device)  # [N]
         metrics = self._optimise(ro, advantages, ref_logp)
         first = scored.first_round_rewards  # [N0]
         groups = first.view(-1, group)  # [B0, G]
@@ -326,11 +331,12 @@ class LongActModule(L.LightningModule):
             weights, tis_metrics = truncated_is_weights(old, ro.behaviour_logp[micro], mask, tis_cap)
         loss, metrics = self.algorithm.loss(
             logp, old, ref, advantages[micro], mask, num_seqs=num_seqs, num_tokens=num_tokens,
-            token_weights=weights,
+            token_weights=weights, entropy=entropy,
         )  # fmt: skip
         # DDP/FSDP average gradients over ranks while the counts are global: scale back to their sum
         self.manual_backward(loss * self.trainer.world_size)
-        return {"loss": loss.detach(), "entropy": masked_mean(entropy, mask), **metrics, **tis_metrics}
+        entropy = masked_mean(entropy.detach(), mask)
+        return {"loss": loss.detach(), "entropy": entropy, **metrics, **tis_metrics}
 
     def on_before_optimizer_step(self, optimizer) -> None:
         """Clip gradients; callbacks' hooks (gradient masking) have already run."""

@@ -15,9 +15,10 @@ import pytest
 import torch
 
 from longact_pl.ops.logprobs import completion_logprobs
+from longact_pl.ops.positions import position_ids_from_mask
 from longact_pl.rollout.hf import HFRollout
-from longact_pl.rollout.masks import position_ids_from_mask
-from longact_pl.rollout.vllm import VLLMRollout, eos_token_ids, prompt_seed
+from longact_pl.rollout.masks import eos_token_ids
+from longact_pl.rollout.vllm import VLLMRollout, prompt_seed
 from longact_pl.rollout.weight_sync import WeightSync
 from longact_pl.train import rollout_callbacks
 from tests.conftest import chat_ids
@@ -45,7 +46,7 @@ def test_batch_layout_from_engine_outputs(tiny):
     prompts = [[5, 6, 7], [8, 9]]
     samples = [_sample([11, eos], [-1.0, -2.0]), _sample([12, 13, 14], [-0.5, -0.25, -0.125]),
                _sample([eos], [-3.0]), _sample([15, 16], [-1.5, -0.75])]  # fmt: skip
-    ro = VLLMRollout._batch(prompts, samples, 2, tok, [eos])
+    ro = VLLMRollout.to_batch(prompts, samples, 2, tok, [eos])
     assert ro.input_ids.shape == (4, 3 + 3) and ro.prompt_width == 3 and ro.group_size == 2
     assert ro.attention_mask[2:, 0].sum() == 0  # the shorter prompt is left-padded
     assert ro.completion_mask.tolist() == [[1, 1, 0], [1, 1, 1], [1, 0, 0], [1, 1, 0]]  # up to and incl. EOS
@@ -60,11 +61,20 @@ def test_prompt_seed_depends_on_tokens_not_position():
 
 
 @pytest.mark.parametrize(
-    "field,value", [("group_size", 1), ("temperature", 0.0), ("tis_cap", 0.0), ("dtype", "fp8")]
-)
+    "field,value",
+    [("group_size", 1), ("temperature", 0.0), ("top_k", -1), ("dtype", "fp8"), ("weight_sync", "nccl"),
+     ("bucket_mb", 0), ("sleep_level", 3)],
+)  # fmt: skip
 def test_bad_values_name_the_field(field, value):
     with pytest.raises(ValueError, match=f"rollout.{field}"):
         VLLMRollout(**{field: value})
+
+
+def test_tis_cap_fails_naming_its_replacement():
+    with pytest.raises(
+        ValueError, match=r"rollout.tis_cap=2.0 was replaced .*correction=token_tis correction.high=2"
+    ):
+        VLLMRollout(tis_cap=2.0)
 
 
 def test_weight_sync_marks_stale_after_each_optimizer_step():
@@ -96,7 +106,7 @@ def smollm2():
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
     os.environ.setdefault("VLLM_CACHE_ROOT", str(tmp_path_factory.mktemp("vllm_cache")))
-    from longact_pl.rollout.vllm import shutdown_engines
+    from longact_pl.rollout.vllm_engine import shutdown_engines
 
     yield VLLMRollout(group_size=3, max_new_tokens=16)  # the conf/rollout/vllm.yaml engine settings
     shutdown_engines()
