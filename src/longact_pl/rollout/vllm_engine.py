@@ -88,12 +88,12 @@ class Engine:
             bucket_bytes: Bucket size for ``bucket``.
             sync_dir: Folder of the file for ``file`` (``None`` = the system temp dir).
         """
-        weights = iter_weights(policy, dtype)
+        weights = iter_weights(policy)
         if method == "file":
-            stats = push_file(self.llm.collective_rpc, weights, sync_dir)
+            stats = push_file(self.llm.collective_rpc, weights, dtype, sync_dir)
         else:
             largest = largest_tensor_bytes(policy, dtype)
-            stats = push_buckets(self.llm.collective_rpc, weights, self.workers, bucket_bytes, largest)
+            stats = push_buckets(self.llm.collective_rpc, weights, dtype, self.workers, bucket_bytes, largest)
         self.llm.reset_prefix_cache()
         return stats
 

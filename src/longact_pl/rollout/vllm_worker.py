@@ -9,9 +9,10 @@ Why not tensors as RPC arguments: they arrive as nested lists. ``model.load_weig
 the CPU backend's weight repacking; ``model_runner.reload_weights(weights_iterator=...)`` does the
 layer-wise reload (including repacking) for every backend, but it must see *all* weights in one call (a
 layer split across calls would be processed half-loaded). So the bucket stream is one call whose iterator
-pulls buckets from the trainer (``rollout/weight_push.py``) over a Unix socket: each bucket is a shared
-memory segment written by the trainer, announced by a JSON header, and acknowledged once its tensors have
-been consumed, after which the trainer overwrites it with the next one.
+pulls buckets from the trainer (``rollout/weight_push.py``) over a Unix socket: each bucket is written by
+the trainer into one shared-memory segment (a file in ``/dev/shm``, mapped by both processes), announced by a
+JSON header, and acknowledged once its tensors have been consumed, after which the trainer overwrites it
+with the next one.
 
 Tied embeddings: the checkpoint has no ``lm_head.weight`` then, so the reload leaves the LM head's kernel
 (on CPU a packed copy of the *old* embedding) in place. After each reload the head is tied to the new
@@ -25,7 +26,6 @@ import os
 import socket
 import struct
 from collections.abc import Iterator
-from multiprocessing import resource_tracker, shared_memory
 
 import torch
 from safetensors import safe_open
@@ -57,16 +57,14 @@ def _recv_exactly(conn: socket.socket, size: int) -> bytes:
     return b"".join(chunks)
 
 
-def attach_shared_memory(name: str) -> shared_memory.SharedMemory:
-    """Attach to the trainer's segment without adopting it: the trainer unlinks it, not this process."""
-    shm = shared_memory.SharedMemory(name=name)
-    resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
-    return shm
+def map_segment(path: str, size: int) -> Tensor:
+    """``uint8 [size]`` tensor mapped (shared) onto the segment file ``path``: both processes see it."""
+    return torch.from_file(path, shared=True, size=size, dtype=torch.uint8)
 
 
-def tensor_in(buf: memoryview, entry: dict) -> Tensor:
+def tensor_in(segment: Tensor, entry: dict) -> Tensor:
     """A view of one tensor described by a bucket entry ``{name, dtype, shape, offset, nbytes}``."""
-    raw = torch.frombuffer(buf, dtype=torch.uint8, count=entry["nbytes"], offset=entry["offset"])
+    raw = segment[entry["offset"] : entry["offset"] + entry["nbytes"]]  # [nbytes]
     return raw.view(getattr(torch, entry["dtype"])).view(entry["shape"])
 
 
@@ -76,22 +74,16 @@ def iter_stream(conn: socket.socket) -> Iterator[tuple[str, Tensor]]:
     Each tensor is copied out of the segment (one tensor at a time), because vLLM's layer-wise reload may
     hold a tensor until its layer's other weights arrive, possibly in the next bucket.
     """
-    shm: shared_memory.SharedMemory | None = None
-    try:
-        while True:
-            header = recv_message(conn)
-            if header.get("done"):
-                return
-            if shm is None or shm.name != header["shm"]:
-                if shm is not None:
-                    shm.close()
-                shm = attach_shared_memory(header["shm"])
-            for entry in header["tensors"]:
-                yield entry["name"], tensor_in(shm.buf, entry).clone()
-            send_message(conn, {"ack": len(header["tensors"])})
-    finally:
-        if shm is not None:
-            shm.close()
+    segment: Tensor | None = None  # the trainer's pages, read only here
+    while True:
+        header = recv_message(conn)
+        if header.get("done"):
+            return
+        if segment is None:
+            segment = map_segment(header["segment"], header["size"])
+        for entry in header["tensors"]:
+            yield entry["name"], tensor_in(segment, entry).clone()
+        send_message(conn, {"ack": len(header["tensors"])})
 
 
 def iter_safetensors(path: str) -> Iterator[tuple[str, Tensor]]:
