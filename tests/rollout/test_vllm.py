@@ -95,6 +95,40 @@ def test_weight_sync_marks_stale_after_each_optimizer_step():
     assert not engine._stale  # hooks removed
 
 
+class _FakeLLM:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def sleep(self, level: int) -> None:
+        self.calls.append(f"sleep{level}")
+
+    def wake_up(self) -> None:
+        self.calls.append("wake")
+
+
+@pytest.mark.parametrize("level", [0, 1, 2])
+def test_engine_sleeps_between_rollouts_only_when_asked(level):
+    from longact_pl.rollout.vllm_engine import Engine
+
+    llm = _FakeLLM()
+    engine = Engine(llm=llm, folder=None, sleep_level=level, owner=7)
+    engine.wake()  # awake already: nothing to do
+    engine.sleep()
+    engine.sleep()  # asleep already
+    engine.wake()
+    assert llm.calls == ([] if level == 0 else [f"sleep{level}", "wake"])
+    # level 2 drops the weights: the next rollout must push them again
+    assert engine.owner == (None if level == 2 else 7)
+
+
+@pytest.mark.skipif(not HAS_VLLM, reason="vllm is not installed (make install-vllm)")
+def test_sleep_is_gated_by_the_device():
+    """vLLM sleeps on CUDA/ROCm/XPU only; on this CPU an engine asked to sleep starts without sleep mode."""
+    from longact_pl.rollout.vllm_engine import sleep_supported
+
+    assert sleep_supported() == torch.cuda.is_available()
+
+
 # ----------------------------------------------------------------------------- real engine (vLLM)
 @pytest.fixture(scope="module")
 def smollm2():
@@ -108,7 +142,9 @@ def engine(tmp_path_factory):
     os.environ.setdefault("VLLM_CACHE_ROOT", str(tmp_path_factory.mktemp("vllm_cache")))
     from longact_pl.rollout.vllm_engine import shutdown_engines
 
-    yield VLLMRollout(group_size=3, max_new_tokens=16)  # the conf/rollout/vllm.yaml engine settings
+    # the conf/rollout/vllm.yaml engine settings, with 16 MiB buckets: every push of SmolLM2 (bf16, 270 MB)
+    # takes 5 buckets of a 54 MiB segment (its embedding, the largest tensor)
+    yield VLLMRollout(group_size=3, max_new_tokens=16, bucket_mb=16)
     shutdown_engines()
 
 
@@ -188,10 +224,78 @@ def test_weights_pushed_after_a_training_step(engine, smollm2):
     assert torch.equal(stale.input_ids, before.input_ids)  # not marked stale: still the old weights
     engine.mark_stale()
     after = engine.generate(policy, tok, prompt, greedy=True)
+    assert engine.last_push.buckets == 5 and engine.last_push.tensors == 272  # streamed, no file
     hf = HFRollout(max_new_tokens=16).generate(policy, tok, prompt, greedy=True)
     assert after.completions != before.completions
     assert after.completions == hf.completions and "Purple" in after.completions[0]
     _close(_teacher_forced(policy, after, 1.0), after.behaviour_logp, after.completion_mask)
+
+
+@vllm_engine
+def test_k3_mismatch_with_identical_weights_is_at_the_bf16_floor(engine, smollm2):
+    """Sampler (vLLM, bf16) and trainer (fp32, same weights) describe the same distribution.
+
+    Measured on this CPU (12 completions, ~270 tokens, T = 0.7): k3 KL(sampler || trainer) = 1.4e-3, mean
+    |log r| = 0.034, max 0.26. That is the floor of a bf16 engine: a bf16 weight or activation carries a
+    relative error of ~2^-9, so per-token log-probs differ by a few 1e-2 and k3 ~ E[(log r)^2] / 2 ~ 1e-3.
+    The same check with an fp32 engine measured k3 ~ 0 (mean |log r| 7e-6, max 4e-5): the temperature and the
+    (untruncated) softmax agree exactly, only bf16 rounding is left. A trainer at the wrong temperature
+    (1.0) measures k3 = 0.13, far above the 5e-3 threshold.
+    """
+    from longact_pl.algos.correction import RolloutCorrection
+
+    policy, tok = smollm2.model, smollm2.tokenizer
+    engine.mark_stale()  # an earlier test may have left another model's weights in the engine
+    ro = engine.generate(policy, tok, _prompts(tok), seed=3)
+    metrics = RolloutCorrection().metrics(
+        _teacher_forced(policy, ro, engine.temperature), ro.behaviour_logp, ro.completion_mask
+    )
+    assert float(metrics["k3_kl"]) < 5e-3 and float(metrics["log_ratio_abs_mean"]) < 0.1, metrics
+    wrong_temperature = RolloutCorrection().metrics(
+        _teacher_forced(policy, ro, 1.0), ro.behaviour_logp, ro.completion_mask
+    )
+    assert float(wrong_temperature["k3_kl"]) > 0.05
+
+
+def _peak_extra_bytes(fn) -> int:
+    """Peak increase of this process's resident memory (anonymous + shared pages) while ``fn`` runs."""
+    import threading
+    import time
+
+    def resident() -> int:
+        with open("/proc/self/status") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        return sum(int(fields[k].split()[0]) * 1024 for k in ("RssAnon", "RssShmem"))
+
+    base, peak, done = resident(), [0], threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], resident())
+            time.sleep(0.002)
+
+    thread = threading.Thread(target=watch)
+    thread.start()
+    try:
+        fn()
+    finally:
+        done.set()
+        thread.join()
+    return max(peak[0], resident()) - base
+
+
+@vllm_engine
+def test_push_peak_extra_memory_is_about_one_bucket(engine, smollm2):
+    """The trainer holds one bucket during a push, not the model: no cast copy, no file, no state dict."""
+    policy = smollm2.model
+    small = _peak_extra_bytes(lambda: engine.sync(policy))
+    model_bytes, segment = engine.last_push.bytes, engine.last_push.segment_bytes  # 270 MB; 54 MiB
+    assert engine.last_push.buckets == 5 and segment < model_bytes / 4
+    assert small < segment + 16 * 2**20, (small, segment)
+    # the same measurement sees a whole-model bucket: one 1 GiB bucket holds all 270 MB at once
+    whole = VLLMRollout(group_size=3, max_new_tokens=16, bucket_mb=1024)  # shares the engine
+    assert _peak_extra_bytes(lambda: whole.sync(policy)) > 0.9 * model_bytes
+    engine.mark_stale()  # the engine now holds `whole`'s push; the next test's rollout pushes again
 
 
 @vllm_engine
