@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from longact_pl.algos.correction import check_training_sampler
 from longact_pl.eval.metrics import source_task_names
 from longact_pl.rollout.weight_sync import WeightSync
 
@@ -75,6 +76,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     # Cheap components first: invalid values fail here, before loading a model or writing a file.
     algorithm = instantiate(cfg.algo)
     rollout = instantiate(cfg.rollout)
+    correction = instantiate(cfg.correction) if cfg.get("correction") else None
+    check_training_sampler(rollout, correction)  # sampler and trainer must describe one distribution
     callbacks = build_callbacks(cfg) + rollout_callbacks(rollout)
     loaded = instantiate(cfg.model)
     datamodule = instantiate(cfg.data, tokenizer=loaded.tokenizer)
@@ -84,6 +87,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         tokenizer=loaded.tokenizer,
         algorithm=algorithm,
         rollout=rollout,
+        correction=correction,
         reward_fn=datamodule.reward,
         val_tasks=source_task_names(datamodule.val) if datamodule.val is not None else [],
         export_dir=str(run_dir / "final"),

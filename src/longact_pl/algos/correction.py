@@ -25,6 +25,7 @@ is), ``seq_rejected_frac``; and the same per completion-length bucket, ``<name>/
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -52,11 +53,12 @@ class _Decision:
     rejected: torch.Tensor
 
 
-@dataclass(frozen=True)
 class RolloutCorrection:
     """Importance weights for an external sampler, and mismatch metrics (``correction.*`` in the config).
 
-    Attributes:
+    A plain class, not a dataclass: Hydra would turn a dataclass passed to ``instantiate`` into a config.
+
+    Args:
         level: ``token``, ``sequence`` (product of token ratios), ``geometric`` (their geometric mean), or
             ``None`` (no importance weights: only rejection, if set, and the metrics).
         mode: ``truncate`` (weight capped at ``high``) or ``mask`` (weight 0 outside ``[low, high]``).
@@ -65,50 +67,56 @@ class RolloutCorrection:
         reject_low: Reject a sequence with any token ratio below this (``None`` = no lower rejection).
         reject_high: Reject a sequence with any token ratio above this (``None`` = no upper rejection).
         length_buckets: Increasing completion-length edges (tokens) that split the metrics.
+
+    Raises:
+        ValueError: Naming the ``correction.<field>`` of a bad setting.
     """
 
-    level: str | None = None
-    mode: str = "truncate"
-    high: float = 2.0
-    low: float | None = None
-    reject_low: float | None = None
-    reject_high: float | None = None
-    length_buckets: tuple[int, ...] = (256, 2048)
-
-    def __post_init__(self) -> None:
-        """Validate; every error names its ``correction.<field>``."""
-        if self.level is not None and self.level not in LEVELS:
-            raise ValueError(f"correction.level must be one of {list(LEVELS)} or null, got {self.level!r}")
-        if self.mode not in MODES:
-            raise ValueError(f"correction.mode must be one of {list(MODES)}, got {self.mode!r}")
-        if not self.high > 0:
-            raise ValueError(f"correction.high must be > 0, got {self.high}")
-        if self.low is not None and self.mode == "truncate":
+    def __init__(
+        self,
+        level: str | None = None,
+        mode: str = "truncate",
+        high: float = 2.0,
+        low: float | None = None,
+        reject_low: float | None = None,
+        reject_high: float | None = None,
+        length_buckets: Sequence[int] = (256, 2048),
+    ) -> None:
+        if level is not None and level not in LEVELS:
+            raise ValueError(f"correction.level must be one of {list(LEVELS)} or null, got {level!r}")
+        if mode not in MODES:
+            raise ValueError(f"correction.mode must be one of {list(MODES)}, got {mode!r}")
+        if not high > 0:
+            raise ValueError(f"correction.high must be > 0, got {high}")
+        if low is not None and mode == "truncate":
             raise ValueError(
-                f"correction.low={self.low} has no effect with correction.mode=truncate (weights are only "
+                f"correction.low={low} has no effect with correction.mode=truncate (weights are only "
                 "capped above); set correction.mode=mask to drop tokens below it, or leave it null"
             )
-        if self.low is not None and not 0 < self.low <= self.high:
-            raise ValueError(f"correction.low must be in (0, correction.high={self.high}], got {self.low}")
-        for name in ("reject_low", "reject_high"):
-            value = getattr(self, name)
+        if low is not None and not 0 < low <= high:
+            raise ValueError(f"correction.low must be in (0, correction.high={high}], got {low}")
+        for name, value in (("reject_low", reject_low), ("reject_high", reject_high)):
             if value is not None and not value > 0:
                 raise ValueError(f"correction.{name} must be > 0 (or null = off), got {value}")
-        if (
-            self.reject_low is not None
-            and self.reject_high is not None
-            and self.reject_low > self.reject_high
-        ):
+        if reject_low is not None and reject_high is not None and reject_low > reject_high:
             raise ValueError(
-                f"correction.reject_low={self.reject_low} must be <= "
-                f"correction.reject_high={self.reject_high}"
+                f"correction.reject_low={reject_low} must be <= correction.reject_high={reject_high}"
             )
-        edges = list(self.length_buckets)
+        edges = [int(e) for e in length_buckets]
         if any(e < 1 for e in edges) or edges != sorted(set(edges)):
             raise ValueError(
                 f"correction.length_buckets must be increasing positive token counts, got {edges}"
             )
-        object.__setattr__(self, "length_buckets", tuple(int(e) for e in edges))
+        self.level, self.mode, self.high, self.low = level, mode, float(high), low
+        self.reject_low, self.reject_high = reject_low, reject_high
+        self.length_buckets = tuple(edges)
+
+    def __repr__(self) -> str:
+        """Readable summary for logs."""
+        return (
+            f"RolloutCorrection(level={self.level}, mode={self.mode}, low={self.low}, high={self.high}, "
+            f"reject=({self.reject_low}, {self.reject_high}), length_buckets={self.length_buckets})"
+        )
 
     @property
     def active(self) -> bool:
