@@ -126,7 +126,7 @@ class Learner:
     ``train/correction/*`` every step, whether a correction is on or not.
 
     Args:
-        algorithm: Loss (``loss(logp, old, ref, advantages, mask, num_seqs=, num_tokens=, token_weights=)``).
+        algorithm: Advantages (after ``kl_reward``) and the loss (token weights, entropy: see ``Algorithm``).
         logprobs: The log-prob pass (shared prompt, chunked head).
         guard: Decides whether an optimizer step runs (non-finite loss or gradient).
         temperature: Sampling temperature of the rollouts (log-probs are taken at it).

@@ -185,8 +185,14 @@ def test_shape_rewards():
         (lambda: preset("grpo", ratio_level="group"), r"algo\.ratio_level must be one of"),
         (lambda: preset("grpo", entropy_coef=-0.01), r"algo\.entropy_coef must be >= 0"),
         (lambda: preset("grpo", overlong_penalty_coef=1.0, overlong_max_len=None), r"algo\.overlong_max_len"),
+        (lambda: preset("grpo", overlong_penalty_coef=1.0, overlong_max_len=4), r"algo\.overlong_cache_len"),
     ],
 )
 def test_constructor_validation(build, match):
     with pytest.raises(ValueError, match=match):
         build()
+
+
+def test_the_overlong_window_is_only_checked_with_the_penalty_on():
+    # GRPO's preset carries DAPO's window (8 tokens) with coefficient 0: a 4-token budget is fine
+    assert preset("grpo", overlong_max_len=4).overlong_penalty_coef == 0.0

@@ -68,7 +68,7 @@ class GroupPolicyGradient:
         if max_gen_rounds < 1:
             raise ValueError(f"algo.max_gen_rounds must be >= 1, got {max_gen_rounds}")
         check_non_negative("overlong_penalty_coef", overlong_penalty_coef)
-        if overlong_penalty_coef > 0 or overlong_max_len is not None or overlong_cache_len is not None:
+        if overlong_penalty_coef > 0:  # the window only matters with the penalty on
             _check_overlong(overlong_max_len, overlong_cache_len)
         self.scale_by_std = scale_by_std
         self.dynamic_sampling = dynamic_sampling
