@@ -33,19 +33,15 @@ from longact_pl.masking.apply import RowFreezer
 from longact_pl.masking.builder import MaskBuilder
 from longact_pl.masking.calibrate import collect_stats
 from longact_pl.masking.export import write_masks
-from longact_pl.masking.metrics import jaccard, l1_share
+from longact_pl.masking.metrics import drift_metrics, l1_share, mean
 from longact_pl.masking.moments import warm_start_rows
 from longact_pl.masking.options import MaskingOptions
 from longact_pl.masking.rope import rope_pairs
 from longact_pl.masking.selection import Selector, TopK
 from longact_pl.masking.sharding import shard_prompts
-from longact_pl.masking.stats import ChannelStats, StatsCollector
+from longact_pl.masking.stats import ChannelStats, StatsCollector, sync_stats
 from longact_pl.masking.targets import find_targets, head_dim_of, qk_norms
 from longact_pl.masking.telemetry import GradShare, act_l1_mass, shares
-
-
-def _mean(values: Sequence[float]) -> float:
-    return sum(values) / max(len(values), 1)
 
 
 class SaliencyMask(pl.Callback):
@@ -179,7 +175,7 @@ class SaliencyMask(pl.Callback):
             **self.options.as_dict(),
             "kept_rows": sum(m["kept"] for m in modules.values()),
             "total_rows": sum(m["rows"] for m in modules.values()),
-            "l1_share": _mean(shares_) if shares_ else None,
+            "l1_share": mean(shares_) if shares_ else None,
             "rebuilt": self._rebuilt,
             "modules": modules,
             "history": list(self.history),
@@ -352,7 +348,7 @@ class SaliencyMask(pl.Callback):
         self._last_refresh = trainer.global_step
         shares_ = [l1_share(self._l1[k], m) for k, m in self._masks.items()]
         self.history = [
-            {"step": trainer.global_step, "jaccard": None, "l1_share": _mean(shares_), "entered": None}
+            {"step": trainer.global_step, "jaccard": None, "l1_share": mean(shares_), "entered": None}
         ]
 
     def _build(self, trainer: pl.Trainer) -> dict[str, Tensor]:
@@ -385,42 +381,22 @@ class SaliencyMask(pl.Callback):
         warm_start_rows(trainer.optimizers, entered, reduce)
         self._freezer.set_masks(builder.linears, self.masks)
         self._last_refresh = trainer.global_step
-        per_group: dict[str, tuple[list[float], list[float]]] = {}
-        for t in builder.targets:
-            jac, share = per_group.setdefault(t.group, ([], []))
-            jac.append(jaccard(old[t.name], self._masks[t.name]))
-            share.append(l1_share(self._l1[t.name], self._masks[t.name]))
-        metrics = {}
-        for group, (jac, share) in per_group.items():
-            metrics[f"mask/jaccard_{group}"] = _mean(jac)
-            metrics[f"mask/l1_share_{group}"] = _mean(share)
-        metrics["mask/jaccard"] = _mean([v for g in per_group.values() for v in g[0]])
-        metrics["mask/l1_share"] = _mean([v for g in per_group.values() for v in g[1]])
-        rows_in = sum(int((new & ~old[name]).sum()) for name, new in self._masks.items())
-        metrics["mask/entered_rows"] = float(rows_in)
+        metrics = drift_metrics(builder.targets, old, self._masks, self._l1)
         pl_module.log_dict(metrics, on_step=True, on_epoch=False)
         self.history.append(
             {
                 "step": trainer.global_step,
                 "jaccard": metrics["mask/jaccard"],
                 "l1_share": metrics["mask/l1_share"],
-                "entered": rows_in,
+                "entered": int(metrics["mask/entered_rows"]),
             }
         )
 
     @staticmethod
     def _sync(trainer: pl.Trainer, stats: dict[str, ChannelStats]) -> dict[str, ChannelStats]:
         """Sum (max for ``max_abs``) the statistics over ranks so every rank scores the same data."""
-        if trainer.world_size <= 1:
-            return stats
-        reduce = trainer.strategy.reduce
-        for s in stats.values():
-            s.l1 = reduce(s.l1, reduce_op="sum")
-            if s.scores:
-                s.sum_abs = reduce(s.sum_abs, reduce_op="sum")
-                s.sum_sq = reduce(s.sum_sq, reduce_op="sum")
-                s.max_abs = reduce(s.max_abs, reduce_op="max")
-            s.count = int(reduce(torch.tensor(float(s.count), device=s.l1.device), reduce_op="sum"))
+        if trainer.world_size > 1:
+            sync_stats(stats, trainer.strategy.reduce)
         return stats
 
     def _detach(self) -> None:

@@ -121,6 +121,22 @@ class ChannelStats:
         return (self.l1 / max(self.count, 1)).cpu()  # [C]
 
 
+def sync_stats(stats: Mapping[str, ChannelStats], reduce: Callable[..., Tensor]) -> None:
+    """Sum (max for ``max_abs``) statistics over data-parallel ranks, in place.
+
+    Args:
+        stats: Target name -> this rank's statistics (the same names on every rank).
+        reduce: ``reduce(tensor, reduce_op="sum" | "max")`` over ranks (a Lightning strategy's ``reduce``).
+    """
+    for s in stats.values():
+        s.l1 = reduce(s.l1, reduce_op="sum")
+        if s.scores:
+            s.sum_abs = reduce(s.sum_abs, reduce_op="sum")
+            s.sum_sq = reduce(s.sum_sq, reduce_op="sum")
+            s.max_abs = reduce(s.max_abs, reduce_op="max")
+        s.count = int(reduce(torch.tensor(float(s.count), device=s.l1.device), reduce_op="sum"))
+
+
 @dataclass(frozen=True, eq=False)
 class Probe:
     """Where a target's activations are read.
