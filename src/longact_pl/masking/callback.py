@@ -116,6 +116,7 @@ class SaliencyMask(pl.Callback):
         self._window: dict[str, ChannelStats] = {}
         self._grad = GradShare()
         self._premasked = False
+        self._device_masks: dict[str, Tensor] | None = None  # telemetry's copy of the masks
         self._warned_no_stats = False
 
     # ------------------------------------------------------------------ public API
@@ -246,10 +247,14 @@ class SaliencyMask(pl.Callback):
                 else:
                     self._window[name] = s
         if self.telemetry:
-            sums = torch.cat([self._grad.take(), act_l1_mass(stats, self._masks)])  # [4]
+            device = pl_module.device
+            if self._device_masks is None or next(iter(self._device_masks.values())).device != device:
+                self._device_masks = {k: m.to(device) for k, m in self._masks.items()}
+            act = act_l1_mass(stats, self._device_masks, device)  # [2]
+            sums = torch.cat([self._grad.take().to(device), act.to(device)])  # [4]
             if trainer.world_size > 1:
-                sums = trainer.strategy.reduce(sums.to(pl_module.device), reduce_op="sum").cpu()
-            pl_module.log_dict(shares(sums), on_step=True, on_epoch=False)
+                sums = trainer.strategy.reduce(sums, reduce_op="sum")
+            pl_module.log_dict(shares(sums.cpu()), on_step=True, on_epoch=False)
         if (
             self.options.refresh_every > 0
             and trainer.global_step - self._last_refresh >= self.options.refresh_every
@@ -374,6 +379,7 @@ class SaliencyMask(pl.Callback):
             self._scores[name] = ema * self._scores[name] + (1 - ema) * new_scores[name]
             self._l1[name] = ema * self._l1[name] + (1 - ema) * s.mean_l1()
         old, self._masks = self._masks, self._build(trainer)
+        self._device_masks = None
         reduce = None
         if trainer.world_size > 1:
             reduce = lambda t: trainer.strategy.reduce(t, reduce_op="sum")  # noqa: E731

@@ -48,23 +48,26 @@ class GradShare:
         """Count the last measurement (its optimizer step is running)."""
         if self._pending is not None:
             kept, total = self._pending
-            self._sums += torch.stack([kept.detach().cpu(), total.detach().cpu()])
+            sums = torch.stack([kept.detach(), total.detach()])  # [2], on the gradients' device: no sync
+            self._sums = self._sums.to(sums.device) + sums
             self._pending = None
 
     def take(self) -> Tensor:
-        """Return ``[kept, total]`` summed since the last call, and reset."""
+        """Return ``[kept, total]`` summed since the last call (on the gradients' device), and reset."""
         sums, self._sums = self._sums, torch.zeros(2)
         return sums  # [2]
 
 
-def act_l1_mass(stats: Mapping[str, ChannelStats], masks: Mapping[str, Tensor]) -> Tensor:
-    """``[kept, total]`` activation L1 mass over all targets of one batch's statistics."""
-    kept = total = 0.0
-    for name, s in stats.items():
-        l1 = s.l1.cpu()  # [rows]
-        kept += float(l1[masks[name]].sum())
-        total += float(l1.sum())
-    return torch.tensor([kept, total])  # [2]
+def act_l1_mass(stats: Mapping[str, ChannelStats], masks: Mapping[str, Tensor], device=None) -> Tensor:
+    """``[kept, total]`` activation L1 mass over all targets of one batch's statistics.
+
+    Args:
+        stats: Target name -> the batch's statistics (their ``l1`` per channel).
+        masks: Target name -> row mask, on the statistics' device (no host round trip per target).
+        device: Where the result lives when ``stats`` is empty.
+    """
+    parts = [torch.stack([s.l1[masks[name]].sum(), s.l1.sum()]) for name, s in stats.items()]  # [2] each
+    return torch.stack(parts).sum(0) if parts else torch.zeros(2, device=device)  # [2]
 
 
 def shares(sums: Tensor) -> dict[str, float]:
