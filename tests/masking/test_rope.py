@@ -132,3 +132,32 @@ def test_attention_tap_passes_through_and_restores_the_real_function():
     assert torch.equal(plain, tapped)
     assert ALL_ATTENTION_FUNCTIONS["sdpa"] is real and "sdpa" not in ALL_ATTENTION_FUNCTIONS._local_mapping
     assert {k: s.count for k, s in collector.stats.items()} == {t.name: 50 for t in targets}  # not `other`
+
+
+def test_post_rope_keys_count_only_the_new_tokens_of_a_cached_forward():
+    """Shared-prefix log-probs run completions against the prompt's cached keys: the key statistics must
+    count the completion tokens' keys (the newest positions), once, like the projection hooks do."""
+    from longact_pl.ops.shared_prefix import grouped_completion_logprobs
+
+    model = models.llama().train()
+    gen = torch.Generator().manual_seed(0)
+    g, p, c = 3, 12, 6
+    ids = torch.randint(10, models.VOCAB, (g, p + c), generator=gen)  # [G, P + C]
+    ids[:, :p] = ids[0, :p]
+    mask = torch.ones_like(ids)
+    mask[1, -2:] = 0  # a shorter completion
+    d = head_dim_of(model)
+    stats, current = {}, [None]
+    for at in ("proj", "post_rope"):
+        targets = find_targets(model, ("q_proj", "k_proj"), at)
+        units = {t.name: unit_index("rope_pair", t.rows, d, _pairs(model, targets)) for t in targets}
+        collector = StatsCollector({t.name: t.probe for t in targets}, gate=lambda: current[0], units=units)
+        collector.attach()
+        grouped_completion_logprobs(
+            model, ids, mask, c, g, token_mask_hook=lambda m: current.__setitem__(0, m)
+        )
+        collector.detach()
+        stats[at] = collector.stats
+    for key, before in stats["proj"].items():
+        assert before.count == stats["post_rope"][key].count == p + g * c - 2
+        torch.testing.assert_close(before.statistic("max_abs"), stats["post_rope"][key].statistic("max_abs"))
