@@ -112,25 +112,32 @@ def test_post_rope_statistics_match_a_hand_computed_rope(name):
         assert not torch.allclose(got, x.flatten(1).abs().mean(0), rtol=1e-3)  # RoPE did change them
 
 
-def test_attention_tap_passes_through_and_restores_the_real_function():
-    model = models.llama()
-    real = ALL_ATTENTION_FUNCTIONS["sdpa"]
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_attention_tap_passes_through_and_restores_the_real_function(implementation):
+    model, other = models.llama(), models.llama(seed=1)  # `other`: untapped, through the same function
+    for m in (model, other):
+        m.config._attn_implementation = implementation
+    real = ALL_ATTENTION_FUNCTIONS.get(implementation)  # None for eager: each model's own default
     ids = torch.tensor([PROMPTS[0]])  # [1, T]
     with torch.no_grad():
         plain = model(input_ids=ids).logits  # [1, T, V]
     targets = find_targets(model, ("q_proj", "k_proj"), "post_rope")
-    collector = StatsCollector(
-        {t.name: t.probe for t in targets}, gate=lambda: torch.ones_like(ids, dtype=torch.bool)
-    )
+    gate = torch.ones_like(ids, dtype=torch.bool)  # [1, T]
+    collector = StatsCollector({t.name: t.probe for t in targets}, gate=lambda: gate)
     collector.attach()
-    other = models.llama(seed=1)  # an untapped model through the same wrapped function
+    collector.attach()  # idempotent
     with torch.no_grad():
         tapped = model(input_ids=ids).logits
         other(input_ids=ids)
-    assert ALL_ATTENTION_FUNCTIONS["sdpa"] is not real
+    assert ALL_ATTENTION_FUNCTIONS.get(implementation) is not real
+    second = StatsCollector({t.name: t.probe for t in targets}, gate=lambda: gate)
+    second.attach()
     collector.detach()
+    assert ALL_ATTENTION_FUNCTIONS.get(implementation) is not real  # still tapped by `second`
+    second.detach()
     assert torch.equal(plain, tapped)
-    assert ALL_ATTENTION_FUNCTIONS["sdpa"] is real and "sdpa" not in ALL_ATTENTION_FUNCTIONS._local_mapping
+    assert ALL_ATTENTION_FUNCTIONS.get(implementation) is real
+    assert implementation not in ALL_ATTENTION_FUNCTIONS._local_mapping
     assert {k: s.count for k, s in collector.stats.items()} == {t.name: 50 for t in targets}  # not `other`
 
 
