@@ -20,7 +20,9 @@ from datetime import timedelta
 import lightning.pytorch as pl
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 from torch import nn
-from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+
+from longact_pl.precision import fsdp_mixed_precision
 
 
 def enable_activation_checkpointing(model: nn.Module) -> None:
@@ -43,15 +45,20 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
     return layers
 
 
-def shard_model(model: nn.Module, mesh, reshard_after_forward: bool = True) -> None:
+def shard_model(
+    model: nn.Module, mesh, reshard_after_forward: bool = True, mp_policy: MixedPrecisionPolicy | None = None
+) -> None:
     """``fully_shard`` every decoder layer, then the root (embeddings, final norm, LM head, tied or not).
 
-    Also marks the model FSDP-managed so Hugging Face ``generate`` keeps ranks in lock-step
+    ``mp_policy`` (``None``: FSDP2's default, no casting) sets the dtype parameters are gathered in and
+    gradients reduced in (:func:`longact_pl.precision.fsdp_mixed_precision`). Also marks the model
+    FSDP-managed so Hugging Face ``generate`` keeps ranks in lock-step
     (``synced_gpus``): a rank whose sequences all ended keeps running forwards until every rank is done.
     """
+    policy = mp_policy or MixedPrecisionPolicy()
     for layer in decoder_layers(model):
-        fully_shard(layer, mesh=mesh, reshard_after_forward=reshard_after_forward)
-    fully_shard(model, mesh=mesh, reshard_after_forward=reshard_after_forward)
+        fully_shard(layer, mesh=mesh, reshard_after_forward=reshard_after_forward, mp_policy=policy)
+    fully_shard(model, mesh=mesh, reshard_after_forward=reshard_after_forward, mp_policy=policy)
     model._is_fsdp_managed_module = True
 
 
@@ -87,6 +94,10 @@ class LongActDDP(DDPStrategy):
 
 class LongActFSDP(ModelParallelStrategy):
     """FSDP2 over all ranks (pure data parallel: every device of every node shards the model).
+
+    With ``trainer.precision=bf16-mixed`` the fp32 sharded parameters are all-gathered in bf16 and gradients
+    reduce-scattered in fp32 (:func:`longact_pl.precision.fsdp_mixed_precision`), on top of Lightning's
+    autocast; the frozen reference model is gathered in bf16 too.
 
     Args:
         activation_checkpointing: Recompute each decoder layer's activations in backward.
@@ -129,6 +140,7 @@ class LongActFSDP(ModelParallelStrategy):
         if self.activation_checkpointing:
             enable_activation_checkpointing(module.policy)
         mesh = self.device_mesh["data_parallel"]
+        mp_policy = fsdp_mixed_precision(self.precision_plugin.precision)
         for model in (module.policy, getattr(module, "ref_model", None)):
             if model is not None:
-                shard_model(model, mesh, self.reshard_after_forward)
+                shard_model(model, mesh, self.reshard_after_forward, mp_policy)
