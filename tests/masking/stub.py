@@ -105,3 +105,18 @@ def fit(module, data, callbacks, max_steps, ckpt_path=None, **kw) -> pl.Trainer:
     )
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     return trainer
+
+
+class NaNInFrozenRow(pl.Callback):
+    """Puts a NaN into the gradient of one frozen row of ``module`` in every backward (a ``_target_``)."""
+
+    def __init__(self, module: str = "model.layers.0.self_attn.q_proj") -> None:
+        self.module, self.row = module, None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.row is not None:
+            return
+        masks = next(c for c in trainer.callbacks if hasattr(c, "mask_gradients")).masks
+        self.row = int((~masks[self.module]).nonzero()[0])
+        weight = pl_module.policy.get_submodule(self.module).weight
+        weight.register_hook(lambda g: g.index_fill(0, torch.tensor([self.row]), float("nan")))

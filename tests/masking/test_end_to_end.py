@@ -110,3 +110,28 @@ def test_every_new_option_together_on_qwen3(tmp_path):
     with open(tmp_path / "metrics.csv") as f:
         rows = [r for r in csv.DictReader(f) if r.get("mask/grad_share_kept")]
     assert len(rows) == 2 and all(0 < float(r["mask/act_l1_share_kept"]) < 1 for r in rows)
+
+
+def test_a_nan_in_a_frozen_row_does_not_skip_the_step(tmp_path):
+    """The non-finite check and train/grad_norm see the gradient applied (masked); the pre-mask norm is
+    logged as train/grad_norm_pre_mask."""
+    import csv
+    import math
+
+    cfg = compose_train(
+        tmp_path, "masking=saliency", "masking.calib_samples=1", PARITY,
+        "+callbacks.nan._target_=tests.masking.stub.NaNInFrozenRow",
+    )  # fmt: skip
+    run(cfg, tmp_path)
+    with open(tmp_path / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("train/grad_norm")]
+    assert len(rows) == 2 and not any(float(r.get("train/nonfinite_steps") or 0) for r in rows)
+    assert all(
+        math.isfinite(float(r["train/grad_norm"])) and r["train/grad_norm_pre_mask"] == "nan" for r in rows
+    )
+    masks, final = read_masks(tmp_path / "final"), _final(tmp_path)
+    start = tiny_llama(seed=cfg.seed).model
+    for name, keep in masks.items():
+        before, after = start.get_submodule(name).weight, final.get_submodule(name).weight
+        assert torch.equal(after[~keep], before[~keep]) and not torch.equal(after[keep], before[keep])
+    assert all(torch.isfinite(p).all() for p in final.parameters())

@@ -7,11 +7,12 @@ Contract with the LightningModule (manual optimization):
   training forward and reset to ``None`` right after (refresh statistics and activation telemetry).
 * ``pl_module.export_dir``: a ``pathlib.Path`` (or ``None``) where the masks are written at the end of fit.
 * ``trainer.datamodule.calibration_prompts(n) -> list[list[int]]`` (or the same method on the module).
-* Optionally, the training loop calls :meth:`SaliencyMask.mask_gradients` after backward and before it checks
-  the gradient for non-finite values and measures its norm, so both see the gradient actually applied.
-  Otherwise the gradient is masked in ``on_before_optimizer_step``: inside ``LightningOptimizer.step()``
-  Lightning 2.6 runs the callbacks' ``on_before_optimizer_step`` first, then the module's (where it clips
-  gradients), then the torch update, so the clip norm sees the masked gradient either way.
+* Optionally ``pl_module.grad_transforms``: callables the training loop runs on the accumulated gradient
+  before it checks it for non-finite values and measures its norm; :meth:`SaliencyMask.mask_gradients` is
+  appended to it, so both see the gradient actually applied. Without it the gradient is masked in
+  ``on_before_optimizer_step``: inside ``LightningOptimizer.step()`` Lightning 2.6 runs the callbacks'
+  ``on_before_optimizer_step`` first, then the module's (where it clips gradients), then the torch update,
+  so the clip norm sees the masked gradient either way.
 
 Data parallel (DDP, FSDP2): each rank calibrates on its share of the prompts, the statistics are summed over
 ranks before top-k (so every rank builds the single-process mask, which is also broadcast from rank 0), the
@@ -41,7 +42,7 @@ from longact_pl.masking.selection import Selector, TopK
 from longact_pl.masking.sharding import shard_prompts
 from longact_pl.masking.stats import ChannelStats, StatsCollector, sync_stats
 from longact_pl.masking.targets import find_targets, head_dim_of, qk_norms
-from longact_pl.masking.telemetry import GradShare, act_l1_mass, shares
+from longact_pl.masking.telemetry import GradShare, shares
 
 
 class SaliencyMask(pl.Callback):
@@ -116,7 +117,7 @@ class SaliencyMask(pl.Callback):
         self._window: dict[str, ChannelStats] = {}
         self._grad = GradShare()
         self._premasked = False
-        self._device_masks: dict[str, Tensor] | None = None  # telemetry's copy of the masks
+        self._transforms: list | None = None  # the loop's gradient transforms this callback joined
         self._warned_no_stats = False
 
     # ------------------------------------------------------------------ public API
@@ -215,6 +216,10 @@ class SaliencyMask(pl.Callback):
             self._calibrate(trainer, pl_module)
         self._freezer.set_masks(builder.linears, self.masks)
         self._freezer.attach(trainer.optimizers)
+        transforms = getattr(pl_module, "grad_transforms", None)
+        if isinstance(transforms, list) and self.mask_gradients not in transforms:
+            transforms.append(self.mask_gradients)
+            self._transforms = transforms
         refresh = self.options.refresh_every > 0
         if refresh or self.telemetry:
             self._collector = StatsCollector(
@@ -247,11 +252,7 @@ class SaliencyMask(pl.Callback):
                 else:
                     self._window[name] = s
         if self.telemetry:
-            device = pl_module.device
-            if self._device_masks is None or next(iter(self._device_masks.values())).device != device:
-                self._device_masks = {k: m.to(device) for k, m in self._masks.items()}
-            act = act_l1_mass(stats, self._device_masks, device)  # [2]
-            sums = torch.cat([self._grad.take().to(device), act.to(device)])  # [4]
+            sums = self._grad.step_sums(stats, self._masks, pl_module.device)  # [4]
             if trainer.world_size > 1:
                 sums = trainer.strategy.reduce(sums, reduce_op="sum")
             pl_module.log_dict(shares(sums.cpu()), on_step=True, on_epoch=False)
@@ -379,7 +380,6 @@ class SaliencyMask(pl.Callback):
             self._scores[name] = ema * self._scores[name] + (1 - ema) * new_scores[name]
             self._l1[name] = ema * self._l1[name] + (1 - ema) * s.mean_l1()
         old, self._masks = self._masks, self._build(trainer)
-        self._device_masks = None
         reduce = None
         if trainer.world_size > 1:
             reduce = lambda t: trainer.strategy.reduce(t, reduce_op="sum")  # noqa: E731
@@ -407,5 +407,7 @@ class SaliencyMask(pl.Callback):
 
     def _detach(self) -> None:
         self._freezer.detach()
+        if self._transforms is not None and self.mask_gradients in self._transforms:
+            self._transforms.remove(self.mask_gradients)
         if self._collector is not None:
             self._collector.detach()

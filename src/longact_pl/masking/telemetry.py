@@ -37,6 +37,7 @@ class GradShare:
     def __init__(self) -> None:
         self._pending: tuple[Tensor, Tensor] | None = None
         self._sums = torch.zeros(2)  # [kept, total]
+        self._masks: tuple[Mapping[str, Tensor], dict[str, Tensor]] | None = None  # (masks, on device)
 
     def measure(self, params: list[nn.Parameter], mask: Callable[[], None]) -> None:
         """Run ``mask`` (zeroes frozen rows), measuring the squared norms before and after it."""
@@ -56,6 +57,19 @@ class GradShare:
         """Return ``[kept, total]`` summed since the last call (on the gradients' device), and reset."""
         sums, self._sums = self._sums, torch.zeros(2)
         return sums  # [2]
+
+    def step_sums(self, stats: Mapping[str, ChannelStats], masks: Mapping[str, Tensor], device) -> Tensor:
+        """``[grad kept, grad total, activation kept, activation total]`` of one training step, on ``device``.
+
+        Args:
+            stats: Target name -> the step's activation statistics.
+            masks: Target name -> row mask (copied to ``device`` once per new masks dict).
+            device: The module's device.
+        """
+        if self._masks is None or self._masks[0] is not masks:
+            self._masks = (masks, {k: m.to(device) for k, m in masks.items()})
+        act = act_l1_mass(stats, self._masks[1], device)  # [2]
+        return torch.cat([self.take().to(device), act.to(device)])  # [4]
 
 
 def act_l1_mass(stats: Mapping[str, ChannelStats], masks: Mapping[str, Tensor], device=None) -> Tensor:
