@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096])
     p.add_argument("--samples", type=int, default=4, help="prompts per length")
     p.add_argument("--ratio", type=float, default=0.3)
-    p.add_argument("--measure-at", default="proj", choices=["proj", "norm"])
+    p.add_argument("--measure-at", default="proj", choices=["proj", "norm", "post_rope"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--run", type=Path, default=None, help="training run dir with final/mask_summary.json")
