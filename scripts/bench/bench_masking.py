@@ -12,7 +12,8 @@ machine noise hits both alike. The masked arm uses exactly the callback's optimi
     python scripts/bench/bench_masking.py --new-stats      # + telemetry, refresh stats, rope_pair, post_rope
     python scripts/bench/bench_masking.py --model smollm2 --seq 512 --steps 10
 
-On a shared CPU, pass ``--threads 1`` and more ``--steps``: other processes make timings noisy.
+On a shared CPU, pass ``--threads 1 --clock cpu`` and more ``--steps``: other processes make wall-clock
+timings noisy, while the thread's CPU time counts only this process's own work.
 
 Prints ``masking_overhead ratio=<a/b> a=<s/step saliency> b=<s/step none>`` (median step times).
 """
@@ -87,9 +88,9 @@ class MaskedPath:
             self.logged = torch.cat([self.grad.take(), act_l1_mass(stats, self.masks)])  # [4]
 
 
-def step(model, opt, ids, attn, path: MaskedPath | None) -> float:
+def step(model, opt, ids, attn, path: MaskedPath | None, clock=time.perf_counter) -> float:
     sync(ids.device)
-    t0 = time.perf_counter()
+    t0 = clock()
     if path is not None:
         path.gate[0] = attn.bool()
     logits = model(input_ids=ids, attention_mask=attn, use_cache=False).logits  # [B, T, V]
@@ -105,7 +106,7 @@ def step(model, opt, ids, attn, path: MaskedPath | None) -> float:
     if path is not None:
         path.after_step()
     sync(ids.device)
-    return time.perf_counter() - t0
+    return clock() - t0
 
 
 def main(argv: list[str] | None = None) -> float:
@@ -124,6 +125,7 @@ def main(argv: list[str] | None = None) -> float:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu | cuda")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    p.add_argument("--clock", default="wall", choices=["wall", "cpu"], help="cpu: this thread's CPU time")
     args = p.parse_args(argv)
 
     if args.threads > 0:
@@ -137,20 +139,23 @@ def main(argv: list[str] | None = None) -> float:
 
     if args.new_stats:
         args.telemetry, args.refresh, args.unit, args.measure_at = True, True, "rope_pair", "post_rope"
-    masked, dense = base, copy.deepcopy(base)
+    masked, dense = copy.deepcopy(base), copy.deepcopy(base)  # same construction for both arms
     path = MaskedPath(masked, ids, args)
     opt_m = torch.optim.AdamW(masked.parameters(), lr=1e-4, weight_decay=0.1)
     opt_d = torch.optim.AdamW(dense.parameters(), lr=1e-4, weight_decay=0.1)
     path.freezer.attach([opt_m])
 
+    if args.clock == "cpu" and (args.device != "cpu" or args.threads != 1):
+        raise ValueError("--clock cpu measures one CPU thread: use it with --device cpu --threads 1")
+    clock = time.thread_time if args.clock == "cpu" else time.perf_counter
     times_m, times_d = [], []
     for i in range(args.warmup + args.steps):
         if i % 2:  # alternate which arm goes first so order effects cancel
-            b = step(dense, opt_d, ids, attn, None)
-            a = step(masked, opt_m, ids, attn, path)
+            b = step(dense, opt_d, ids, attn, None, clock)
+            a = step(masked, opt_m, ids, attn, path, clock)
         else:
-            a = step(masked, opt_m, ids, attn, path)
-            b = step(dense, opt_d, ids, attn, None)
+            a = step(masked, opt_m, ids, attn, path, clock)
+            b = step(dense, opt_d, ids, attn, None, clock)
         if i >= args.warmup:
             times_m.append(a)
             times_d.append(b)
