@@ -1,5 +1,6 @@
 """Refresh: rows entering the mask do not take oversized first Adam steps."""
 
+import pytest
 import torch
 
 import longact_pl.masking.callback as callback
@@ -29,6 +30,7 @@ def _first_update_ratio():
     return float(entering.max() / stayed.median())
 
 
+@pytest.mark.slow  # 2 x 101 optimizer steps of a tiny model (~8 s)
 def test_entering_rows_first_update_is_within_1_5x_of_trained_rows(monkeypatch):
     assert _first_update_ratio() <= 1.5
     # without the warm start the same rows take updates several times a trained row's
