@@ -163,7 +163,8 @@ class StatsCollector:
     measured tensor's batch and (new) token dims (so generation steps with a KV cache, or forwards of other
     shapes, never count), and only the tokens where the mask is True. Outputs with more than 3 dims (Qwen3
     ``q_norm`` gives ``[B, T, H, D]``) are flattened to ``[B, T, H*D]``; attention inputs ``[B, H, T, D]`` to
-    ``[B, T, H*D]`` (keys: only the ``T`` newest positions, not the cached ones).
+    ``[B, T, H*D]`` (keys: only the ``T`` newest positions, not the cached ones). The valid positions are
+    found once per gate mask object (a new mask per forward; it must not be changed in place).
     """
 
     def __init__(
@@ -187,6 +188,8 @@ class StatsCollector:
         self.scores = scores
         self.stats: dict[str, ChannelStats] = {}
         self._handles: list = []
+        self._mask: Tensor | None = None  # the gate mask of the current forward, and its valid positions
+        self._where: tuple[Tensor, Tensor, Tensor] | None = None  # (flat, batch, time): once per forward
 
     @property
     def attached(self) -> bool:
@@ -226,7 +229,16 @@ class StatsCollector:
         mask = self.gate()
         if mask is None or x.dim() < 3 or tuple(x.shape[:2]) != tuple(mask.shape):
             return
-        x = x.detach()[mask.to(device=x.device, dtype=torch.bool)].flatten(1)  # [N, C_all]
+        if self._mask is not mask or self._where is None or self._where[0].device != x.device:
+            self._mask = mask  # (held, so its id cannot be reused while it is compared)
+            valid = mask.to(device=x.device, dtype=torch.bool)  # [B, T]
+            self._where = (valid.flatten().nonzero().flatten(), *valid.nonzero(as_tuple=True))  # [N] each
+        # gather the valid tokens with the cached indices: one device sync per forward, not one per hook
+        flat, batch, time = self._where
+        if x.is_contiguous():
+            x = x.detach().view(-1, *x.shape[2:]).index_select(0, flat).flatten(1)  # [N, C_all]
+        else:  # attention inputs, transposed
+            x = x.detach()[batch, time].flatten(1)  # [N, C_all]
         columns = self.probes[key].columns
         if columns is not None:
             x = x.index_select(1, columns.to(x.device))  # [N, C]
