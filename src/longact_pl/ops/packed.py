@@ -253,10 +253,14 @@ def packed_completion_logprobs(
         past_key_values=Cache(layers=layers),
     )  # [1, T, H]
     lasts = torch.cat([last[0] for _, last in prompts])  # [S, H]
+    tie = zero_tie([hidden, lasts])
+    if real_tokens == 0:  # only lock-step dummies
+        logp = torch.zeros(rows, width, device=targets.device)  # [0, C]
+        return logp + tie, (torch.zeros_like(logp) if with_entropy else None)
     weight, bias = lm_head_of(model)
     logp, entropy = head_logprobs(
         layout.predictors(hidden, lasts)[:real_tokens].unsqueeze(0), weight, bias,
         layout.input_ids[:, :real_tokens], temperature, with_entropy, chunk_size,
     )  # [1, T_r]  # fmt: skip
-    out = layout.scatter(logp[0], rows, width) + zero_tie([hidden, lasts])  # [N, C]
+    out = layout.scatter(logp[0], rows, width) + tie  # [N, C]
     return out, (layout.scatter(entropy[0], rows, width) if entropy is not None else None)
