@@ -26,6 +26,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 BENCHES = {
     "prefix": "bench_prefix.py",
+    "packing": "bench_packing.py",
     "logprobs": "bench_logprobs.py",
     "generate": "bench_generate.py",
     "peer": "bench_peer.py",
