@@ -11,6 +11,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from longact_pl.rollout.hf_shared import SharedPrefixHFRollout
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 
@@ -127,3 +129,13 @@ class FakeOps:
         self.max_calls.append(tensor.clone())
         other = next(self._maxes, None)
         return tensor if other is None else torch.maximum(tensor, torch.as_tensor(other))
+
+
+class VLLMStandIn(SharedPrefixHFRollout):
+    """``rollout=hf_shared`` taking ``rollout=vllm``'s settings (the engine ones ignored): presets on CPU."""
+
+    def __init__(
+        self, tis_cap=None, dtype=None, max_model_len=None, kv_cache_gib=None, gpu_memory_utilization=None,
+        enforce_eager=None, sync_dir=None, engine_kwargs=None, **kwargs,
+    ) -> None:  # fmt: skip
+        super().__init__(**kwargs)
