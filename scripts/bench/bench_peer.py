@@ -145,6 +145,13 @@ def run_trl(args, folder: str, data: list) -> tuple[list[float], dict[str, float
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
         return match(texts, references)
 
+    if not args.trl_score_all:
+        # TRL's fused LM head scores only completion positions where Triton runs (GPUs), but every prompt
+        # position elsewhere (CPU): here ~(P + C) / C times the head work. Score as on GPUs.
+        import trl.trainer.utils as trl_utils
+
+        trl_utils._use_triton = lambda device: True  # the kernel module's own check still picks torch tiles
+
     stamps: list[float] = []
     phases = Phases()
 
@@ -249,6 +256,11 @@ def main(argv: list[str] | None = None) -> list[str]:
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--ckpt", action="store_true", help="gradient checkpointing on both sides")
     p.add_argument("--arms", default="ours,ours_naive,trl")
+    p.add_argument(
+        "--trl-score-all",
+        action="store_true",
+        help="keep TRL's CPU behaviour: its LM head over every prompt position (on GPUs: completions only)",
+    )
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--arm", help=argparse.SUPPRESS)
     p.add_argument("--folder", help=argparse.SUPPRESS)
@@ -299,7 +311,8 @@ def main(argv: list[str] | None = None) -> list[str]:
             )
     print(
         f"# model={args.model} P~{args.prompt} B={args.prompts} G={args.group} C={args.new} "
-        f"steps={args.steps} ckpt={args.ckpt} bf16_autocast=True beta={BETA} T={TEMPERATURE}",
+        f"steps={args.steps} ckpt={args.ckpt} bf16_autocast=True beta={BETA} T={TEMPERATURE} "
+        f"trl_lm_head={'all positions (its CPU path)' if args.trl_score_all else 'completions (GPU path)'}",
         flush=True,
     )
     lines = []

@@ -11,18 +11,10 @@ from longact_pl.ops.logprobs import completion_logprobs
 from longact_pl.ops.packed import PackedCompletions
 from longact_pl.ops.policy_logprobs import LogprobPass
 from longact_pl.ops.shared_prefix import grouped_completion_logprobs
-from tests.ops.test_shared_prefix import _assert_same
+from tests.ops.test_shared_prefix import _assert_same, _one_thread  # noqa: F401 (autouse: one thread)
 
 P, C = 10, 7
 LENGTHS = [[7, 1, 3], [2, 7, 5]]  # completion lengths per group: 1-token and full-width rows mixed
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _batch(vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
