@@ -9,7 +9,8 @@ Each arm runs in its own subprocess on a copy of the same weights (saved once to
   clipping;
 * ``ours_naive``: the same loop with ``HFRollout`` + ``LogprobPass(shared_prefix=False)`` (``rollout=hf
   train.shared_prefix=false``);
-* ``trl``: ``trl.GRPOTrainer`` (``pip install --no-deps trl==1.16.0`` + ``datasets``, see the report).
+* ``trl``: ``trl.GRPOTrainer`` (``pip install --no-deps trl==1.16.0`` + ``datasets`` and its missing
+  dependencies, e.g. ``pip install --no-deps datasets==5.2.0 pandas==3.1.1 pyarrow==26.0.1 multiprocess``).
 
 Matched settings (both sides): B prompts x G completions per optimizer step (TRL: per_device_train_batch_size
 = G, gradient_accumulation_steps = B, so one generation per step and one group per micro-batch, like ours);
@@ -19,8 +20,13 @@ KL coef (TRL ``beta``) 0.04 with a frozen reference model; clip eps 0.2/0.2; gro
 batch (``num_iterations=1``, on-policy ratio); AdamW lr 1e-6, betas (0.9, 0.999), weight decay 0, constant
 lr, no warm-up; max grad norm 1.0; fp32 weights with bf16 autocast (TRL ``bf16=True``); gradient checkpointing
 off (``--ckpt`` turns it on for both); dropout off; the reward is RULER ``string_match_all`` on the same
-needle-in-a-haystack prompts (chat-templated identically), fed in the same order, no shuffling.
-Per-step time = median over steps after the first (the first is warm-up for both).
+needle-in-a-haystack prompts (chat-templated identically), fed in the same order, no shuffling. The LM head
+scores completion positions only on both sides: TRL's fused head does so where Triton runs (GPUs) but scores
+every prompt position too on CPU, ~(P + C) / C times the head work; the bench gives TRL its GPU path
+(``--trl-score-all`` keeps its CPU path: that setting alone made the quick figure 14.5x).
+Per-step time = median over steps after the first (the first is warm-up for both). Each arm also prints its
+median seconds per phase (generation, reference / old log-prob passes, training forward, backward, optimizer
+step; the rest is "other") and its peak RSS increase during training.
 
     python scripts/bench/bench_peer.py            # SmolLM2, P~1024, B=2, G=4, C=32, 4 steps
     python scripts/bench/bench_peer.py --quick    # small random Llama, P~512, B=2, G=4, C=16, 3 steps
