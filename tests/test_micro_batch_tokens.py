@@ -1,14 +1,20 @@
 """Token-budget micro-batches: groups kept whole, the fixed-size gradient, and ranks kept in lock-step."""
 
+import csv
+
 import pytest
 import torch
+from hydra.errors import InstantiationException
 
 from longact_pl.algos.grpo import GRPO
 from longact_pl.learner import TrainBatch
 from longact_pl.minibatch import TokenMicroBatches, check_token_budget
+from longact_pl.models.hf import load_hf
 from longact_pl.rollout.types import RolloutBatch
-from tests.helpers import FakeOps
+from longact_pl.train import run
+from tests.helpers import FakeOps, compose_train
 from tests.test_learner import _learner, _update
+from tests.test_train import PARITY
 
 P, C = 6, 8
 # three groups of 3 rows: real prompt lengths 6, 4, 5; mixed completion lengths (one at the whole width)
@@ -103,3 +109,45 @@ def test_ranks_agree_on_micro_batches_and_spans(tiny):
     rec, metrics = _update(learner, model, TrainBatch(ro, torch.linspace(-1.0, 1.0, 9)), dist)
     assert len(rec.losses) == 4 and float(rec.losses[-1]) == 0.0 and len(rec.grads) == 1
     assert "train/loss" in metrics
+
+
+def test_a_packed_token_budget_run_trains_like_the_padded_row_run(tmp_path):
+    """fp32 tiny Llama, 2 steps with LongAct statistics: packed completions in micro-batches of 420 tokens
+    (one group each) against padded completions in micro-batches of 4 rows (the default path)."""
+    runs = {}
+    for name, overrides in {
+        "packed": ["train.pack_completions=true", "module.micro_batch_tokens=420"],
+        "padded": ["train.pack_completions=false", "module.micro_batch_size=4"],
+    }.items():
+        d = tmp_path / name
+        cfg = compose_train(
+            d, PARITY, "data.max_prompt_tokens=400", "masking=saliency", "masking.calib_samples=1",
+            "masking.refresh_every=1", *overrides,
+        )  # fmt: skip
+        run(cfg, d)
+        with open(d / "metrics.csv") as f:
+            rows = [r for r in csv.DictReader(f) if r.get("train/reward_mean")]
+        runs[name] = (rows, load_hf(str(d / "final"), dtype="float32").model)
+    (rows_a, model_a), (rows_b, model_b) = runs["packed"], runs["padded"]
+    assert len(rows_a) == len(rows_b) == 2
+    for a, b in zip(rows_a, rows_b):
+        assert a["train/reward_mean"] == b["train/reward_mean"]
+        for key in ("train/loss", "train/entropy", "train/kl", "train/grad_norm"):
+            assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-4, abs=1e-7), key
+    for (name, p), q in zip(model_a.named_parameters(), model_b.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-5, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["module.micro_batch_tokens=100"], r"module.micro_batch_tokens=100 is smaller than one prompt"),
+        (["module.micro_batch_tokens=-4"], "module.micro_batch_tokens must be >= 1"),
+        (["train.pack_completions=true", "train.shared_prefix=false"], "needs train.shared_prefix=true"),
+        (["train.pack_completions=maybe"], "train.pack_completions must be true, false or auto"),
+    ],
+)
+def test_bad_settings_fail_before_anything_is_written(tmp_path, overrides, message):
+    with pytest.raises((ValueError, InstantiationException), match=message):
+        run(compose_train(tmp_path, *overrides), tmp_path)
+    assert not any(tmp_path.iterdir())
