@@ -37,7 +37,7 @@ def _run(model, fn, ids, mask):
     model.zero_grad(set_to_none=True)
     comp = mask[:, -C:].float()
     logp, ent = fn(model, ids, mask)
-    weights = torch.linspace(-1.0, 2.0, ids.shape[0])[:, None]
+    weights = torch.linspace(-1.0, 2.0, ids.shape[0], device=ids.device)[:, None]
     (logp * weights * comp).sum().backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     return logp.detach() * comp, ent * comp, grads
@@ -197,3 +197,15 @@ def test_models_that_cannot_pack(caplog):
         LogprobPass(shared_prefix=False, pack_completions=True)
     with pytest.raises(ValueError, match="train.pack_completions must be"):
         LogprobPass(pack_completions="yes")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("build", [tiny_llama, tiny_qwen3], ids=["llama", "qwen3"])
+def test_packed_equals_naive_on_cuda(build):
+    """The same exactness on CUDA SDPA kernels (fp32), where the packed mask takes the masked kernels."""
+    model = build(seed=0).model.train().cuda()
+    ids, mask = (t.cuda() for t in _batch(model.config.vocab_size))
+    packed = _run(model, _grouped(True), ids, mask)
+    want = _run(model, _naive, ids, mask)
+    _assert_same(packed, want)

@@ -246,7 +246,7 @@ def packed_completion_logprobs(
     hidden = hooked_forward(
         decoder,
         hook,
-        (torch.arange(layout.num_tokens) < real_tokens).unsqueeze(0),  # [1, T]
+        (torch.arange(layout.num_tokens, device=targets.device) < real_tokens).unsqueeze(0),  # [1, T]
         input_ids=layout.input_ids,
         attention_mask=layout.attention_mask(model, torch.float32),
         position_ids=layout.position_ids,
