@@ -3,10 +3,10 @@
 Each arm runs in its own subprocess on a copy of the same weights (saved once to a temporary folder):
 
 * ``ours``: the components ``LongActModule`` runs by default: ``SharedPrefixHFRollout``
-  (``rollout=hf_shared``) + ``LogprobPass(shared_prefix=True)`` (policy and reference,
-  ``train.shared_prefix=true``) + ``GRPO`` loss, in a plain loop shaped like ``LongActModule.training_step``
-  (the whole step in one bf16 autocast region, as Lightning's ``bf16-mixed`` does), AdamW, global-norm
-  clipping;
+  (``rollout=hf_shared``) + ``LogprobPass(shared_prefix=True, pack_completions="auto")`` (policy and
+  reference, ``train.shared_prefix=true``, ``train.pack_completions=auto``) + ``GRPO`` loss, in a plain
+  loop shaped like ``LongActModule.training_step`` (the whole step in one bf16 autocast region, as
+  Lightning's ``bf16-mixed`` does), AdamW, global-norm clipping;
 * ``ours_naive``: the same loop with ``HFRollout`` + ``LogprobPass(shared_prefix=False)`` (``rollout=hf
   train.shared_prefix=false``);
 * ``trl``: ``trl.GRPOTrainer`` (``pip install --no-deps trl==1.16.0`` + ``datasets`` and its missing
@@ -87,7 +87,7 @@ def run_ours(args, folder: str, data: list, shared: bool) -> tuple[list[float], 
     algo = GRPO(eps_low=EPS, eps_high=EPS, kl_coef=BETA, aggregation="seq_mean_token_mean")
     reward, group = StringMatchAll(), args.group
 
-    logprob_pass = LogprobPass(shared_prefix=shared, chunk_size=1024)  # the module's defaults
+    logprob_pass = LogprobPass(shared, 1024, "auto" if shared else False)  # the module's defaults
 
     def logprobs(model, ids, am, width, entropy=False):
         return logprob_pass(model, ids, am, width, TEMPERATURE, entropy)
