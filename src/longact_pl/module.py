@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -144,6 +145,8 @@ class LongActModule(L.LightningModule):
         self.val_acc_all = MeanMetric()
         # Set around policy training forwards so saliency hooks know which tokens are real.
         self.stats_token_mask: torch.Tensor | None = None
+        # Run on the accumulated gradient before the non-finite check (SaliencyMask registers its masking).
+        self.grad_transforms: list[Callable[[], None]] = []
         self.truncated_total, self.reward_errors = 0, RewardErrors()
 
     @property
@@ -231,7 +234,13 @@ class LongActModule(L.LightningModule):
             step=lambda: optimizer_step(opt, sched),  # also drops autocast's cached bf16 weights
             zero_grad=lambda: opt.zero_grad(set_to_none=True),
             skip=self._on_nonfinite_step,
+            transform_grads=self._transform_grads if self.grad_transforms else None,
         )
+
+    def _transform_grads(self) -> None:
+        """Apply the registered gradient transforms (LongAct's row masking) in order."""
+        for transform in self.grad_transforms:
+            transform()
 
     def _save_stop_checkpoint(self, name: str) -> Path:
         """Write ``checkpoints/<name>`` before a safety stop (every rank calls it: ranks agree to stop)."""

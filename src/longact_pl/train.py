@@ -81,6 +81,17 @@ def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
     return callbacks
 
 
+def check_callbacks(callbacks: list[L.Callback], model) -> None:
+    """Let callbacks whose options depend on the model check it (``SaliencyMask.check_model``).
+
+    Called right after the model is loaded, so a bad combination fails before the run directory is written.
+    """
+    for callback in callbacks:
+        check = getattr(callback, "check_model", None)
+        if callable(check):
+            check(model)
+
+
 def rollout_callbacks(rollout) -> list[L.Callback]:
     """``WeightSync`` for engines that hold their own copy of the weights (they have ``mark_stale``)."""
     return [WeightSync(rollout)] if callable(getattr(rollout, "mark_stale", None)) else []
@@ -114,6 +125,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     # Cheap components first: invalid values fail here, before loading a model or writing a file.
     algorithm, rollout, callbacks = build_light(cfg)
     loaded = instantiate(cfg.model)
+    check_callbacks(callbacks, loaded.model)
     datamodule = instantiate(cfg.data, tokenizer=loaded.tokenizer)
     module = instantiate(
         cfg.module,
