@@ -168,4 +168,4 @@ class VLLMStandIn(HFRollout):
         enforce_eager=None, weight_sync=None, bucket_mb=None, sync_dir=None, sleep_level=None,
         engine_kwargs=None, **kwargs,
     ) -> None:  # fmt: skip
-        super().__init__(prefill_once=True, **kwargs)
+        super().__init__(**{"prefill_once": True, **kwargs})
