@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU smoke checks for a GPU machine: the tests marked `gpu`, then short FSDP runs on the embedded SmolLM2
-# (HF rollouts, and vLLM rollouts when vLLM is installed). Prints one line per check:
+# (HF rollouts, and vLLM rollouts when vLLM is installed), and vLLM sleep/wake. Prints one line per check:
 #   PASS name | FAIL name (log) | SKIP name (reason)
 # and exits non-zero if a check failed. Without a CUDA device every check is skipped (exit 0).
 #
@@ -11,7 +11,7 @@ PY="${PYTHON:-.venv/bin/python}"
 LOG="${LOG_DIR:-$(mktemp -d -t longact-gpu-check-XXXX)}"
 mkdir -p "$LOG"
 STATUS=0
-CHECKS="gpu-tests fsdp-smollm2 fsdp-smollm2-vllm"
+CHECKS="gpu-tests fsdp-smollm2 fsdp-smollm2-vllm vllm-sleep"
 
 GPUS="$("$PY" -c 'import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)' 2>/dev/null || echo 0)"
 if [ "$GPUS" = "0" ]; then
@@ -48,9 +48,18 @@ RUN=(train.py model=hf "model.name_or_path=$FOLDER" model.dtype=float32 strategy
      rollout.max_new_tokens=32 validate_before_training=false)
 check fsdp-smollm2 "$PY" "${RUN[@]}" "hydra.run.dir=$LOG/fsdp-smollm2"
 if "$PY" -c 'import vllm' >/dev/null 2>&1; then
-    check fsdp-smollm2-vllm "$PY" "${RUN[@]}" rollout=vllm rollout.tis_cap=2.0 rollout.kv_cache_gib=4 \
+    check fsdp-smollm2-vllm "$PY" "${RUN[@]}" rollout=vllm correction=token_tis rollout.kv_cache_gib=4 \
         "hydra.run.dir=$LOG/fsdp-smollm2-vllm"
 else
     echo "SKIP fsdp-smollm2-vllm (vllm not installed: make install-vllm)"
 fi
+
+# --- vLLM sleep / wake (issue 14, rollout.sleep_level) begin
+# the colocated engine frees its GPU memory between rollouts and samples the same after waking (levels 1, 2)
+if "$PY" -c 'import vllm' >/dev/null 2>&1; then
+    check vllm-sleep "$PY" scripts/check_vllm_sleep.py
+else
+    echo "SKIP vllm-sleep (vllm not installed: make install-vllm)"
+fi
+# --- vLLM sleep / wake end
 exit $STATUS

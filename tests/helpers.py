@@ -7,8 +7,11 @@ import zlib
 from collections.abc import Iterable
 from pathlib import Path
 
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
+
+from longact_pl.rollout.hf import HFRollout
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -115,18 +118,24 @@ class SigtermAt:
 class FakeOps:
     """A ``DistOps`` for unit tests: this rank plus scripted other ranks, no processes.
 
-    ``min(value)`` returns ``min(value, next(other_mins))`` (the value itself once the script ends) and
-    ``sum(tensor)`` returns ``tensor + next(other_sums)`` (the tensor itself once it ends); every call's
-    input is recorded.
+    ``min(value)`` returns ``min(value, next(other_mins))`` (the value itself once the script ends),
+    ``sum(tensor)`` returns ``tensor + next(other_sums)`` (the tensor itself once it ends) and ``max(tensor)``
+    the elementwise maximum with ``next(other_maxes)`` (the tensor itself once it ends); every call's input
+    is recorded.
     """
 
     def __init__(
-        self, world_size: int = 1, other_mins: Iterable[int] = (), other_sums: Iterable = ()
+        self,
+        world_size: int = 1,
+        other_mins: Iterable[int] = (),
+        other_sums: Iterable = (),
+        other_maxes: Iterable = (),
     ) -> None:
         self.world_size = world_size
-        self._mins, self._sums = iter(other_mins), iter(other_sums)
+        self._mins, self._sums, self._maxes = iter(other_mins), iter(other_sums), iter(other_maxes)
         self.min_calls: list[int] = []
         self.sum_calls: list = []
+        self.max_calls: list = []
 
     def min(self, value: int) -> int:
         """Minimum of this rank's value and the next scripted one."""
@@ -138,3 +147,25 @@ class FakeOps:
         self.sum_calls.append(tensor.clone())
         other = next(self._sums, None)
         return tensor if other is None else tensor + other
+
+    def max(self, tensor):
+        """Elementwise maximum of this rank's tensor and the next scripted one."""
+        self.max_calls.append(tensor.clone())
+        other = next(self._maxes, None)
+        return tensor if other is None else torch.maximum(tensor, torch.as_tensor(other))
+
+
+class VLLMStandIn(HFRollout):
+    """``rollout=hf_shared`` taking ``rollout=vllm``'s settings (the engine ones ignored): presets on CPU.
+
+    It stands in for an external sampler, so the presets' rollout correction applies (its ratios are 1).
+    """
+
+    external = True
+
+    def __init__(
+        self, tis_cap=None, dtype=None, max_model_len=None, kv_cache_gib=None, gpu_memory_utilization=None,
+        enforce_eager=None, weight_sync=None, bucket_mb=None, sync_dir=None, sleep_level=None,
+        engine_kwargs=None, **kwargs,
+    ) -> None:  # fmt: skip
+        super().__init__(**{"prefill_once": True, **kwargs})

@@ -12,5 +12,6 @@ def test_gpu_check_skips_cleanly_without_cuda(tmp_path):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert lines == [
-        f"SKIP {name} (no CUDA device)" for name in ("gpu-tests", "fsdp-smollm2", "fsdp-smollm2-vllm")
+        f"SKIP {name} (no CUDA device)"
+        for name in ("gpu-tests", "fsdp-smollm2", "fsdp-smollm2-vllm", "vllm-sleep")
     ]

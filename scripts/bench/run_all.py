@@ -1,7 +1,8 @@
 """Run the quick mode of every long-context benchmark and write ``bench/results.md``.
 
 Each benchmark runs in its own subprocess (fresh allocator, no shared state); their figure lines
-(``name ratio=<x> a=<ours> b=<baseline>``) are collected with a description of the machine.
+(``name ratio=<x> a=<ours> b=<baseline>``) are collected with a description of the machine, followed by
+``bench/notes.md`` (what the figures mean, written by hand).
 
     python scripts/bench/run_all.py                 # quick modes (a few minutes on 2 cores)
     python scripts/bench/run_all.py --full          # full sizes (tens of minutes)
@@ -26,6 +27,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 BENCHES = {
     "prefix": "bench_prefix.py",
+    "packing": "bench_packing.py",
     "logprobs": "bench_logprobs.py",
     "generate": "bench_generate.py",
     "peer": "bench_peer.py",
@@ -100,6 +102,9 @@ def main(argv: list[str] | None = None) -> Path:
         body += [f"## {key} ({BENCHES[key]}, {seconds:.0f} s)", "", "```", *comments, *figures]
         body += [f"ERROR {error}"] if error else []
         body += ["```", ""]
+    notes = ROOT / "bench" / "notes.md"  # hand-written reading of the figures, kept across runs
+    if notes.is_file():
+        body += [notes.read_text()]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(body))

@@ -1,9 +1,10 @@
 """The few collectives the RL step needs, behind one small interface (no Lightning in the callers).
 
 Sampling (dynamic-sampling rounds), the non-finite guard (skip a step on every rank), the learner
-(global sequence/token counts, world-size scaling of the loss) and validation's per-prompt records agree
-across data-parallel ranks through a :class:`DistOps`. :class:`LocalOps` is the single-process case (and
-the fake in tests); :class:`StrategyOps` runs the collectives through a Lightning strategy (DDP or FSDP2).
+(global sequence/token counts, world-size scaling of the loss, how many micro-batches and forwards each
+rank runs) and validation's per-prompt records agree across data-parallel ranks through a
+:class:`DistOps`. :class:`LocalOps` is the single-process case (and the fake in tests);
+:class:`StrategyOps` runs the collectives through a Lightning strategy (DDP or FSDP2).
 
 Every method is a collective when ``world_size > 1``: every rank must call it, in the same order.
 """
@@ -16,7 +17,7 @@ import torch
 
 
 class DistOps(Protocol):
-    """Data-parallel collectives: the ranks' count, a sum, a minimum and a gather of Python objects."""
+    """Data-parallel collectives: the ranks' count, a sum, a minimum, a maximum and a gather of objects."""
 
     world_size: int
 
@@ -26,6 +27,10 @@ class DistOps(Protocol):
 
     def min(self, value: int) -> int:
         """Minimum of an int over ranks."""
+        ...
+
+    def max(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Elementwise maximum of ``tensor`` over ranks (same shape and device as the input)."""
         ...
 
     def gather(self, obj: Any) -> list[Any]:
@@ -45,6 +50,10 @@ class LocalOps:
     def min(self, value: int) -> int:
         """The value itself."""
         return value
+
+    def max(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The tensor itself."""
+        return tensor
 
     def gather(self, obj: Any) -> list[Any]:
         """``[obj]``."""
@@ -80,6 +89,12 @@ class StrategyOps:
         return int(
             self.strategy.reduce(torch.tensor(value, device=self.strategy.root_device), reduce_op="min")
         )
+
+    def max(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Elementwise maximum over ranks, computed on the strategy's device, returned on the input's."""
+        if self.world_size == 1:
+            return tensor
+        return self.strategy.reduce(tensor.to(self.strategy.root_device), reduce_op="max").to(tensor.device)
 
     def gather(self, obj: Any) -> list[Any]:
         """Every rank's ``obj`` in rank order (``torch.distributed.all_gather_object``: small objects)."""

@@ -18,14 +18,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from longact_pl.algos.correction import RolloutCorrection
 from longact_pl.algos.losses import masked_mean
 from longact_pl.algos.protocol import Algorithm
-from longact_pl.algos.tis import truncated_is_weights
-from longact_pl.distributed import DistOps
+from longact_pl.distributed import DistOps, LocalOps
 from longact_pl.guards import NonFiniteGuard
-from longact_pl.minibatch import micro_batch_rows, minibatch_indices
+from longact_pl.minibatch import TokenMicroBatches, micro_batch_rows, minibatch_indices
 from longact_pl.ops.policy_logprobs import LogprobPass
 from longact_pl.ops.shared_prefix import TokenMaskHook
 from longact_pl.rollout.types import RolloutBatch
@@ -42,8 +43,9 @@ class TrainBatch:
         rollouts: ``[N, ...]`` rollouts; rows ``g*G .. g*G + G - 1`` share a prompt.
         advantages: ``[N]`` per-sequence advantages.
         ref_logp: ``[N, C]`` reference-model log-probs (``None``: no KL term).
-        old_logp: ``[N, C]`` trainer log-probs before this step's updates, for the ratio and the TIS weights
-            when an external engine sampled and the step takes several optimizer steps (else ``None``).
+        old_logp: ``[N, C]`` trainer log-probs before this step's updates, when an external engine sampled
+            and the step takes several optimizer steps (else ``None``: the one pass's ``logp.detach()`` are
+            those); they feed the rollout correction and its metrics, and the ratio when a correction is on.
     """
 
     rollouts: RolloutBatch
@@ -61,12 +63,15 @@ class OptimizerCalls:
         step: One optimizer (and learning-rate schedule) step; ``on_before_optimizer_step`` hooks run in it.
         zero_grad: Drop the gradients (after every mini-batch, stepped or skipped).
         skip: Called instead of ``step`` when the guard rejects a step (non-finite loss or gradient).
+        transform_grads: Applied to the accumulated gradient before the guard checks and measures it (LongAct
+            zeroes the frozen rows here), so the guard and ``train/grad_norm`` see the gradient applied.
     """
 
     backward: Callable[[torch.Tensor], None]
     step: Callable[[], None]
     zero_grad: Callable[[], None]
     skip: Callable[[], None]
+    transform_grads: Callable[[], None] | None = None
 
 
 class RowMicroBatches:
@@ -88,6 +93,8 @@ class RowMicroBatches:
 
 def take(tensor: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """``tensor[rows]``, as a view (no copy) when ``rows`` is one ascending run ``a, a + 1, ..., b``."""
+    if len(rows) == 0:
+        return tensor[:0]
     start, n = int(rows[0]), len(rows)
     if int(rows[-1]) - start + 1 == n and bool((rows.diff() == 1).all()):
         return tensor[start : start + n]
@@ -107,8 +114,9 @@ class Learner:
     """Policy-gradient updates from one batch of rollouts.
 
     Per step, :meth:`prepare` runs the no-grad passes (reference log-probs; trainer log-probs before the
-    update for TIS) and :meth:`update` runs ``ppo_epochs`` passes over mini-batches of ``mini_batch_size``
-    rows, one optimizer step each, whose gradient accumulates over micro-batches.
+    update for an external sampler) and computes the advantages, and :meth:`update` runs ``ppo_epochs``
+    passes over mini-batches of ``mini_batch_size`` rows, one optimizer step each, whose gradient accumulates
+    over micro-batches.
 
     Normalisation: each micro-batch's loss is divided by the mini-batch's sequence and token counts summed
     over ranks (:func:`global_counts`) and multiplied by the world size before backward, because DDP and
@@ -116,19 +124,26 @@ class Learner:
     on the union of the ranks' mini-batches, for every loss aggregation (DAPO's token mean too).
 
     Old log-probs: one pass over one mini-batch is on-policy and uses ``logp.detach()`` (ratio exactly 1);
-    several epochs or mini-batches use the rollouts' behaviour log-probs, or with ``tis_cap`` the trainer's
-    own log-probs before the update (the sampling engine's then only enter the TIS weights).
+    several epochs or mini-batches use the rollouts' behaviour log-probs, or with an active rollout correction
+    the trainer's own log-probs before the update (the sampling engine's then only enter its weights).
+
+    Rollout correction (external samplers, ``external=True``): each token's policy loss is weighted by
+    ``correction.weights(trainer_old, sampler)``, and the mismatch metrics of the whole batch are logged as
+    ``train/correction/*`` every step, whether a correction is on or not.
 
     Args:
-        algorithm: Loss (``loss(logp, old, ref, advantages, mask, num_seqs=, num_tokens=, token_weights=)``).
+        algorithm: Advantages (after ``kl_reward``) and the loss (token weights, entropy: see ``Algorithm``).
         logprobs: The log-prob pass (shared prompt, chunked head).
         guard: Decides whether an optimizer step runs (non-finite loss or gradient).
         temperature: Sampling temperature of the rollouts (log-probs are taken at it).
         ppo_epochs: Passes over one rollout batch.
         mini_batch_size: Rows per optimizer step (0 = the whole rollout batch).
         micro_batch_size: Rows per forward/backward (see :class:`RowMicroBatches`).
-        tis_cap: Truncated importance sampling cap: each token's policy loss is weighted by
-            ``min(exp(logp_train_old - logp_behaviour), tis_cap)`` (``None`` = off; for external samplers).
+        micro_batch_tokens: Token budget per forward/backward instead of a row count
+            (:class:`~longact_pl.minibatch.TokenMicroBatches`; ``None``: ``micro_batch_size`` rows).
+        correction: Importance weights for the sampler's mismatch (``None``: none, metrics only).
+        external: The rollouts come from an external sampler (vLLM): log the mismatch metrics, allow a
+            correction.
         micro_batches: How rows are cut into micro-batches (default :class:`RowMicroBatches`).
     """
 
@@ -141,19 +156,24 @@ class Learner:
         ppo_epochs: int = 1,
         mini_batch_size: int = 0,
         micro_batch_size: int = 4,
-        tis_cap: float | None = None,
+        correction: RolloutCorrection | None = None,
+        external: bool = False,
         micro_batches: MicroBatcher | None = None,
+        micro_batch_tokens: int | None = None,
     ) -> None:
         if ppo_epochs < 1:
             raise ValueError(f"module.ppo_epochs must be >= 1, got {ppo_epochs}")
         if mini_batch_size < 0:
             raise ValueError(f"module.mini_batch_size must be >= 0, got {mini_batch_size}")
-        if tis_cap is not None and tis_cap <= 0:
-            raise ValueError(f"module.tis_cap (rollout.tis_cap) must be > 0 (or null = off), got {tis_cap}")
+        if correction is not None and correction.active and not external:
+            raise ValueError(f"correction.level={correction.level}: a correction needs an external sampler")
         self.algorithm, self.logprobs, self.guard = algorithm, logprobs, guard
         self.temperature = temperature
         self.ppo_epochs, self.mini_batch_size = ppo_epochs, mini_batch_size
-        self.tis_cap = tis_cap
+        self.correction = correction or RolloutCorrection()  # the default only measures
+        self.external = external
+        if micro_batches is None and micro_batch_tokens is not None:
+            micro_batches = TokenMicroBatches(micro_batch_tokens, packed=lambda: logprobs.pack)
         self.micro_batches: MicroBatcher = micro_batches or RowMicroBatches(micro_batch_size)
 
     def uses_behaviour(self, num_rows: int) -> bool:
@@ -168,27 +188,61 @@ class Learner:
         rows: torch.Tensor,
         with_entropy: bool = False,
         token_mask_hook: TokenMaskHook | None = None,
+        pad_spans: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Completion log-probs ``[r, C]`` (and entropy ``[r, C]`` or ``None``) of ``rows`` under a model."""
-        return self.logprobs(
-            model, take(rollouts.input_ids, rows), take(rollouts.attention_mask, rows),
-            rollouts.completion_mask.shape[1], self.temperature, with_entropy,
-            token_mask_hook=token_mask_hook, row_groups=rows // rollouts.group_size,
-        )  # fmt: skip
+        """Completion log-probs ``[r, C]`` (and entropy ``[r, C]`` or ``None``) of ``rows`` under a model.
+
+        Completions are cut to the rows' last real column (exact: later columns are padding in every row)
+        and the results padded back to C with zeros. ``pad_spans``: lock-step dummies (see
+        :meth:`LogprobPass.__call__ <longact_pl.ops.policy_logprobs.LogprobPass.__call__>`).
+        """
+        width, full = rollouts.prompt_width, rollouts.completion_mask.shape[1]
+        mask = take(rollouts.attention_mask, rows)  # [r, P + C]
+        used = mask[:, width:].any(0).nonzero()  # real completion columns
+        keep = int(used[-1]) + 1 if len(used) else 1
+        logp, entropy = self.logprobs(
+            model, take(rollouts.input_ids, rows)[:, : width + keep], mask[:, : width + keep], keep,
+            self.temperature, with_entropy, token_mask_hook=token_mask_hook,
+            row_groups=rows // rollouts.group_size, pad_spans=pad_spans,
+        )  # [r, keep]  # fmt: skip
+        pad = (0, full - keep)
+        return F.pad(logp, pad), (F.pad(entropy, pad) if entropy is not None else None)  # [r, C]
+
+    def plan(
+        self, rows: torch.Tensor, rollouts: RolloutBatch, dist: DistOps
+    ) -> list[tuple[torch.Tensor, int]]:
+        """Micro-batches of ``rows`` with the lock-step dummies each needs: ``[(rows [r], pad_spans)]``.
+
+        Under DDP/FSDP every forward and backward is a collective, but token budgets give ranks different
+        numbers of micro-batches, and spans per micro-batch. The ranks agree (one ``dist.max``) on the most
+        spans of each micro-batch index; a rank with fewer pads that micro-batch with dummy spans, and a
+        rank with fewer micro-batches runs empty ones (``rows`` of length 0) of dummies only.
+        """
+        parts = self.micro_batches(rows, rollouts, self.logprobs.shared_prefix)
+        if dist.world_size == 1:
+            return [(part, 0) for part in parts]
+        spans = torch.zeros(len(rows), dtype=torch.long)  # [m]: a micro-batch holds >= 1 row
+        spans[: len(parts)] = torch.tensor([self.logprobs.passes(p // rollouts.group_size) for p in parts])
+        agreed = dist.max(spans)  # [m] (every rank has m rows: the same mini-batch size)
+        parts += [rows[:0]] * (int((agreed > 0).sum()) - len(parts))
+        return [(part, int(agreed[i] - spans[i])) for i, part in enumerate(parts)]
 
     @torch.no_grad()
-    def no_grad_logprobs(self, model: nn.Module, rollouts: RolloutBatch) -> torch.Tensor:
+    def no_grad_logprobs(
+        self, model: nn.Module, rollouts: RolloutBatch, dist: DistOps | None = None
+    ) -> torch.Tensor:
         """Log-probs ``[N, C]`` of every row, micro-batch by micro-batch, without a graph."""
         rows = torch.arange(rollouts.completion_mask.shape[0])  # [N]
-        parts = self.micro_batches(rows, rollouts, self.logprobs.shared_prefix)
-        return torch.cat([self.logprobs_of(model, rollouts, part)[0] for part in parts])  # [N, C]
+        parts = self.plan(rows, rollouts, dist or LocalOps())
+        return torch.cat([self.logprobs_of(model, rollouts, part, pad_spans=pad)[0] for part, pad in parts])
 
     def prepare(
         self,
         policy: nn.Module,
         reference: nn.Module | None,
         rollouts: RolloutBatch,
-        advantages: torch.Tensor,
+        rewards: torch.Tensor,
+        dist: DistOps | None = None,
     ) -> TrainBatch:
         """Run the no-grad passes a step needs (each a collective under FSDP: every rank runs them).
 
@@ -196,12 +250,20 @@ class Learner:
             policy: The policy, before this step's updates.
             reference: The frozen reference model (``None``: no KL term, no pass).
             rollouts: ``[N, ...]``.
-            advantages: ``[N]``.
+            rewards: ``[N]`` shaped rewards; the advantages are computed here, after the KL penalty when the
+                algorithm puts it in the reward (it needs the reference log-probs).
+            dist: Data-parallel collectives (ranks agree on their micro-batches; ``None``: one process).
         """
-        ref_logp = self.no_grad_logprobs(reference, rollouts) if reference is not None else None  # [N, C]
+        ref_logp = None
+        if reference is not None:
+            ref_logp = self.no_grad_logprobs(reference, rollouts, dist)  # [N, C]
         old_logp = None
-        if self.tis_cap is not None and self.uses_behaviour(rollouts.completion_mask.shape[0]):
-            old_logp = self.no_grad_logprobs(policy, rollouts)  # [N, C]
+        if self.external and self.uses_behaviour(rollouts.completion_mask.shape[0]):
+            old_logp = self.no_grad_logprobs(policy, rollouts, dist)  # [N, C]
+        rewards = self.algorithm.kl_reward(
+            rewards, rollouts.behaviour_logp, ref_logp, rollouts.completion_mask
+        )
+        advantages = self.algorithm.advantages(rewards, rollouts.group_size)  # [N]
         return TrainBatch(rollouts, advantages, ref_logp, old_logp)
 
     # ------------------------------------------------------------------ update
@@ -214,8 +276,11 @@ class Learner:
         num_seqs: torch.Tensor,
         num_tokens: torch.Tensor,
         token_mask_hook: TokenMaskHook | None = None,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        pad_spans: int = 0,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         """Loss of one micro-batch (normalised by the mini-batch's global counts) and its metrics.
+
+        Also returns the trainer's log-probs of the rows before this step's updates (``[m, C]``, detached).
 
         Args:
             policy: The policy (with gradients).
@@ -225,22 +290,24 @@ class Learner:
             num_seqs: Sequences of the mini-batch over all ranks.
             num_tokens: Valid completion tokens of the mini-batch over all ranks.
             token_mask_hook: Told the valid tokens of each forward's input (saliency statistics).
+            pad_spans: Lock-step dummies (see :meth:`plan`).
         """
         ro = batch.rollouts
         mask = ro.completion_mask[rows].float()  # [m, C]
-        logp, entropy = self.logprobs_of(policy, ro, rows, True, token_mask_hook)  # [m, C], [m, C]
-        behaviour = ro.behaviour_logp[rows]  # [m, C]
-        old = behaviour if use_behaviour else logp.detach()  # [m, C]
-        old = batch.old_logp[rows] if batch.old_logp is not None else old  # [m, C]
+        logp, entropy = self.logprobs_of(policy, ro, rows, True, token_mask_hook, pad_spans)  # [m, C]
+        behaviour = ro.behaviour_logp[rows].to(logp.device)  # [m, C]
+        train_old = batch.old_logp[rows] if batch.old_logp is not None else logp.detach()  # [m, C]
+        old = logp.detach()  # [m, C]: one on-policy pass
+        if use_behaviour:  # a correction compares with the trainer's own old log-probs (decoupled)
+            old = train_old if self.correction.active else behaviour  # [m, C]
         ref = batch.ref_logp[rows] if batch.ref_logp is not None else None  # [m, C]
-        weights, tis_metrics = None, {}
-        if self.tis_cap is not None:  # [m, C] token weights min(pi_train_old / pi_engine, cap)
-            weights, tis_metrics = truncated_is_weights(old, behaviour, mask, self.tis_cap)
+        weights = self.correction.weights(train_old, behaviour, mask) if self.external else None  # [m, C]
         loss, metrics = self.algorithm.loss(
             logp, old, ref, batch.advantages[rows], mask, num_seqs=num_seqs, num_tokens=num_tokens,
-            token_weights=weights,
+            token_weights=weights, entropy=entropy,
         )  # fmt: skip
-        return loss, {"loss": loss.detach(), "entropy": masked_mean(entropy, mask), **metrics, **tis_metrics}
+        metrics = {"loss": loss.detach(), "entropy": masked_mean(entropy.detach(), mask), **metrics}
+        return loss, metrics, train_old
 
     def update(
         self,
@@ -263,32 +330,50 @@ class Learner:
 
         Returns:
             ``train/<metric>`` means over micro-batches, and ``train/grad_norm`` (mean over the steps taken,
-            before LongAct masking and clipping).
+            of the gradient applied: after ``transform_grads``, before clipping); with ``transform_grads``
+            also ``train/grad_norm_pre_mask`` (the same steps, before it); with an external sampler
+            ``train/correction/<metric>`` of the whole batch (see
+            :class:`~longact_pl.algos.correction.RolloutCorrection`).
         """
         ro = batch.rollouts
         n = ro.completion_mask.shape[0]
         use_behaviour = self.uses_behaviour(n)
         whole_groups = self.logprobs.shared_prefix
+        # one on-policy pass: the trainer's pre-update log-probs are the pass's own, gathered for the metrics
+        train_old = batch.old_logp
+        if self.external and train_old is None:
+            train_old = torch.zeros_like(ro.behaviour_logp, dtype=torch.float32)  # [N, C]
         micro_metrics: list[dict[str, torch.Tensor]] = []
         norms: list[float] = []
+        pre_norms: list[float] = []
         for _ in range(self.ppo_epochs):
             for idx in minibatch_indices(
                 n, self.mini_batch_size or n, ro.group_size, generator, whole_groups
             ):
                 num_seqs, num_tokens = global_counts(len(idx), ro.completion_mask[idx].sum(), dist)
                 step_metrics = []
-                for rows in self.micro_batches(idx, ro, whole_groups):
-                    loss, metrics = self.micro_loss(
-                        policy, batch, rows, use_behaviour, num_seqs, num_tokens, token_mask_hook
+                for rows, pad in self.plan(idx, ro, dist):
+                    if len(rows) == 0:  # lock-step: another rank has more micro-batches
+                        optim.backward(self.logprobs_of(policy, ro, rows, pad_spans=pad)[0].sum())  # 0
+                        continue
+                    loss, metrics, old = self.micro_loss(
+                        policy, batch, rows, use_behaviour, num_seqs, num_tokens, token_mask_hook, pad
                     )
+                    if batch.old_logp is None and train_old is not None:
+                        train_old[rows] = old.to(train_old.device, train_old.dtype)
                     # DDP/FSDP average gradients over ranks while the counts are global: scale to their sum
                     optim.backward(loss * dist.world_size)
                     step_metrics.append(metrics)
                 micro_metrics += step_metrics
                 loss_sum = sum(float(m["loss"]) for m in step_metrics)
-                norm = self.guard.grad_norm(policy.parameters())
+                pre_norm = None
+                if optim.transform_grads is not None:
+                    pre_norm = self.guard.grad_norm(policy.parameters())
+                    optim.transform_grads()
+                norm = self.guard.grad_norm(policy.parameters())  # of the gradient that is applied
                 if self.guard.allow(loss_sum, norm, dist):
                     norms.append(float(norm))
+                    pre_norms += [float(pre_norm)] if pre_norm is not None else []
                     optim.step()
                 else:
                     optim.skip()
@@ -296,5 +381,12 @@ class Learner:
         keys = micro_metrics[0].keys() if micro_metrics else ()
         out = {f"train/{k}": sum(float(m[k]) for m in micro_metrics) / len(micro_metrics) for k in keys}
         if norms:
-            out["train/grad_norm"] = sum(norms) / len(norms)  # before LongAct masking and clipping
+            out["train/grad_norm"] = sum(norms) / len(norms)  # after LongAct masking, before clipping
+        if pre_norms:
+            out["train/grad_norm_pre_mask"] = sum(pre_norms) / len(pre_norms)
+        if self.external:
+            measured = self.correction.metrics(
+                train_old, ro.behaviour_logp.to(train_old.device), ro.completion_mask
+            )
+            out.update({f"train/correction/{k}": float(v) for k, v in measured.items()})
         return out

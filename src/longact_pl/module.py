@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 from torchmetrics import MeanMetric
 
+from longact_pl.algos.correction import RolloutCorrection, check_training_sampler
 from longact_pl.algos.protocol import Algorithm
 from longact_pl.data.dataset import drop_padding
 from longact_pl.distributed import StrategyOps
@@ -21,11 +23,14 @@ from longact_pl.eval.val_records import ValRecords
 from longact_pl.gather import save_full_pretrained
 from longact_pl.guards import NonFiniteGuard, StreakGuard, reward_function_error, skipped_steps_error
 from longact_pl.learner import Learner, OptimizerCalls
+from longact_pl.minibatch import check_token_budget
 from longact_pl.ops.policy_logprobs import LogprobPass
 from longact_pl.optim import adamw_with_warmup, check_optimizer_settings, optimizer_step
 from longact_pl.precision import check_master_weights
+from longact_pl.rewards.scoring import RewardErrors
+from longact_pl.rewards.types import RewardFn
 from longact_pl.rollout.types import RolloutEngine
-from longact_pl.sampling import RewardErrors, RewardFn, ScoredRollout, sample_and_score
+from longact_pl.sampling import ScoredRollout, sample_and_score
 from longact_pl.step_log import format_step, step_metrics
 
 log = logging.getLogger(__name__)
@@ -61,9 +66,15 @@ class LongActModule(L.LightningModule):
         ppo_epochs: Passes over one rollout batch (these four: see :class:`~longact_pl.learner.Learner`).
         mini_batch_size: Sequences per optimizer step (0 = the whole rollout batch).
         micro_batch_size: Sequences per forward/backward (whole groups with ``shared_prefix``).
-        tis_cap: Truncated importance sampling cap for an external sampler's mismatch (``None`` = off).
+        micro_batch_tokens: Tokens per forward/backward instead (``None``: ``micro_batch_size`` rows); groups
+            stay whole, a group over the budget is split by completions.
+        max_prompt_tokens: Longest prompt of the run (``data.max_prompt_tokens``), to check the budget.
+        correction: Rollout correction for an external sampler's mismatch (``None`` = none; its metrics
+            are logged whenever the rollout engine is external).
         shared_prefix: Run each group's prompt once in the log-prob passes (exact; falls back per row).
         logprob_chunk: Completion tokens per LM-head chunk (``None``: all at once).
+        pack_completions: Pack each micro-batch's completions in one row without padding (``"auto"``: where
+            the model's attention allows it; ``True``: required; ``False``: padded).
         val_lengths: Target lengths of the validation set (accuracy is logged per task and length).
         val_tasks: Task names of the validation set (empty: only the overall accuracy is logged).
         val_max_new_tokens: Greedy budget at validation (``None`` = the rollout's).
@@ -95,8 +106,11 @@ class LongActModule(L.LightningModule):
         ppo_epochs: int = 1,
         mini_batch_size: int = 0,
         micro_batch_size: int = 4,
+        micro_batch_tokens: int | None = None,
+        max_prompt_tokens: int | None = None,
         shared_prefix: bool = True,
         logprob_chunk: int | None = 1024,
+        pack_completions: bool | str = False,
         val_lengths: list[int] | tuple[int, ...] = (),
         val_tasks: list[str] | tuple[str, ...] = (),
         val_max_new_tokens: int | None = None,
@@ -106,12 +120,13 @@ class LongActModule(L.LightningModule):
         max_nonfinite_steps: int = 3,
         max_skipped_steps: int = 10,
         max_reward_failure_steps: int = 3,
-        tis_cap: float | None = None,
+        correction: RolloutCorrection | None = None,
         allow_low_precision_weights: bool = False,
     ) -> None:
         super().__init__()
         check_master_weights(policy.parameters(), allow_low_precision_weights)  # before any file is written
         check_optimizer_settings(lr, warmup_steps)
+        check_training_sampler(rollout, correction)
         self.automatic_optimization = False
         self.policy = policy.train()  # from_pretrained returns eval mode; rollouts switch to eval themselves
         self.tokenizer, self.algorithm = tokenizer, algorithm
@@ -123,9 +138,17 @@ class LongActModule(L.LightningModule):
         self.skip_guard = StreakGuard(max_skipped_steps, "module.max_skipped_steps")
         self.reward_guard = StreakGuard(max_reward_failure_steps, "module.max_reward_failure_steps")
         self._reward_streak_first: tuple[str, Exception] | None = None
+        if micro_batch_tokens is not None:
+            check_token_budget(micro_batch_tokens, max_prompt_tokens, rollout.max_new_tokens)
+        # the entropy bonus needs the training pass's entropy with its gradient
+        logprobs = LogprobPass(
+            shared_prefix, logprob_chunk, pack_completions, entropy_grad=algorithm.entropy_coef > 0
+        )
+        logprobs.check_model(policy)  # a model that cannot pack, with packing required, fails here
         self.learner = Learner(
-            algorithm, LogprobPass(shared_prefix, logprob_chunk), self.guard, rollout.temperature,
-            ppo_epochs, mini_batch_size, micro_batch_size, tis_cap,
+            algorithm, logprobs, self.guard, rollout.temperature, ppo_epochs, mini_batch_size,
+            micro_batch_size, correction, external=getattr(rollout, "external", False),
+            micro_batch_tokens=micro_batch_tokens,
         )  # fmt: skip
         self.val_max_new_tokens, self.seed = val_max_new_tokens, seed
         self.export_dir = Path(export_dir) if export_dir else None
@@ -136,6 +159,8 @@ class LongActModule(L.LightningModule):
         self.val_records = ValRecords(predictions_dir)
         # Set around policy training forwards so saliency hooks know which tokens are real.
         self.stats_token_mask: torch.Tensor | None = None
+        # Run on the accumulated gradient before the non-finite check (SaliencyMask registers its masking).
+        self.grad_transforms: list[Callable[[], None]] = []
         self.truncated_total, self.reward_errors = 0, RewardErrors()
 
     @property
@@ -200,8 +225,8 @@ class LongActModule(L.LightningModule):
         if self.skip_guard.record(scored is None, self.dist):  # every rank skips together (sampling agrees)
             self._on_skipped_step()
             return
-        advantages = self.algorithm.advantages(scored.rewards, scored.batch.group_size).to(self.device)  # [N]
-        train_batch = self.learner.prepare(self.policy, self.ref_model, scored.batch, advantages)
+        rewards = scored.rewards.to(self.device)  # [N]; advantages in prepare (after a KL reward penalty)
+        train_batch = self.learner.prepare(self.policy, self.ref_model, scored.batch, rewards, self.dist)
         update = self.learner.update(
             self.policy, train_batch, self._optimizer_calls(), self.dist,
             generator=torch.Generator().manual_seed(self.seed + self.global_step),
@@ -223,7 +248,13 @@ class LongActModule(L.LightningModule):
             step=lambda: optimizer_step(opt, sched),  # also drops autocast's cached bf16 weights
             zero_grad=lambda: opt.zero_grad(set_to_none=True),
             skip=self._on_nonfinite_step,
+            transform_grads=self._transform_grads if self.grad_transforms else None,
         )
+
+    def _transform_grads(self) -> None:
+        """Apply the registered gradient transforms (LongAct's row masking) in order."""
+        for transform in self.grad_transforms:
+            transform()
 
     def _save_stop_checkpoint(self, name: str) -> Path:
         """Write ``checkpoints/<name>`` before a safety stop (every rank calls it: ranks agree to stop)."""
