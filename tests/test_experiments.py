@@ -10,8 +10,8 @@ PRESETS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 PAPER = {"paper_qwen3_8b_dapo": ("dapo", 16), "paper_qwen3_4b_grpo": ("grpo", 8)}
 # keys every preset must leave resolvable (the run needs them before anything is loaded)
 REQUIRED = ["algo._target_", "rollout.group_size", "rollout.max_new_tokens", "module.lr", "trainer.max_steps",
-            "trainer.val_check_interval", "data.batch_size", "data.train.lengths", "data.val.lengths",
-            "data.val.num_samples", "model._target_", "seed"]  # fmt: skip
+            "trainer.val_check_interval", "data.batch_size", "data.train.lengths", "data.val._target_",
+            "module.val_lengths", "model._target_", "seed"]  # fmt: skip
 
 
 def _compose(tmp_path, name, *overrides):
@@ -88,3 +88,28 @@ def test_cpu_preset_masking_stays_overridable(tmp_path, masking, selector):
         assert "_target_" not in cfg.masking and dict(cfg.masking) == {}
     else:
         assert cfg.masking.selector._target_.endswith(f".{selector}")
+
+
+def test_cpu_v2_preset_has_headroom_an_untrained_family_and_paired_arms(tmp_path):
+    cfg = _compose(tmp_path, "cpu_longact_v2")
+    assert cfg.model._target_ == "longact_pl.models.smollm2.load_smollm2" and cfg.trainer.accelerator == "cpu"
+    assert cfg.masking.selector._target_.endswith(".TopK")
+    fitting, general = cfg.data.val.sources
+    # A: the trained family at the trained length, >= 64 unseen prompts
+    assert fitting.task == cfg.data.train.task and cfg.data.train.task.num_keys == 8
+    assert fitting.num_samples >= 64 and fitting.lengths == cfg.data.train.lengths
+    # B: another task, longer than anything trained on
+    assert general.task != cfg.data.train.task and min(general.lengths) > max(cfg.data.train.lengths)
+    assert cfg.data.max_prompt_tokens > max(general.lengths)  # nothing is truncated
+    # fixed held-out seeds, never a training seed; the training order follows the run's seed
+    assert {fitting.seed, general.seed}.isdisjoint({0, 1, 2}) and cfg.data.train.seed == cfg.seed
+    assert cfg.data.seed == cfg.seed and cfg.masking.seed == cfg.seed
+    assert list(cfg.module.val_lengths) == sorted({*fitting.lengths, *general.lengths})
+    # the end is validated in every run, step 0 only in the dense seed-0 run (the report lends it to the others)
+    assert cfg.trainer.max_steps % cfg.trainer.val_check_interval == 0
+    step0 = {(m, s): _compose(tmp_path, "cpu_longact_v2", f"masking={m}", f"seed={s}").validate_before_training
+             for m in ("saliency", "random", "none") for s in (0, 1)}  # fmt: skip
+    assert [k for k, v in step0.items() if v] == [("none", 0)]
+    random = _compose(tmp_path, "cpu_longact_v2", "masking=random")
+    assert random.masking.selector._target_.endswith(".RandomK") and random.masking.ratio == cfg.masking.ratio
+    assert "_target_" not in _compose(tmp_path, "cpu_longact_v2", "masking=none").masking

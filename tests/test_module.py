@@ -3,6 +3,7 @@ from types import SimpleNamespace
 import torch
 from torchmetrics import MeanMetric
 
+from longact_pl.eval.val_records import ValRecords
 from longact_pl.module import LongActModule
 from longact_pl.rollout.types import RolloutBatch
 
@@ -26,7 +27,7 @@ def test_validation_ignores_a_ranks_padding_record():
     module = SimpleNamespace(
         rollout=_EchoEngine(), policy=None, tokenizer=None, val_max_new_tokens=4, reward_errors=None,
         reward_fn=lambda completions, refs, **meta: [float(c in r) for c, r in zip(completions, refs)],
-        val_metric=None, val_acc_all=MeanMetric(),
+        val_metric=None, val_acc_all=MeanMetric(), val_records=ValRecords(None), global_step=0,
     )  # fmt: skip
     right = {"prompt_ids": [1], "references": ["1"], "task": "t"}
     wrong = {"prompt_ids": [2], "references": ["9"], "task": "t"}

@@ -1,8 +1,8 @@
 """The few collectives the RL step needs, behind one small interface (no Lightning in the callers).
 
-Sampling (dynamic-sampling rounds), the non-finite guard (skip a step on every rank) and the learner
+Sampling (dynamic-sampling rounds), the non-finite guard (skip a step on every rank), the learner
 (global sequence/token counts, world-size scaling of the loss, how many micro-batches and forwards each
-rank runs) agree across data-parallel ranks through a
+rank runs) and validation's per-prompt records agree across data-parallel ranks through a
 :class:`DistOps`. :class:`LocalOps` is the single-process case (and the fake in tests);
 :class:`StrategyOps` runs the collectives through a Lightning strategy (DDP or FSDP2).
 
@@ -11,13 +11,13 @@ Every method is a collective when ``world_size > 1``: every rank must call it, i
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
 
 class DistOps(Protocol):
-    """Data-parallel collectives: the ranks' count, a sum, a minimum and a maximum."""
+    """Data-parallel collectives: the ranks' count, a sum, a minimum, a maximum and a gather of objects."""
 
     world_size: int
 
@@ -31,6 +31,10 @@ class DistOps(Protocol):
 
     def max(self, tensor: torch.Tensor) -> torch.Tensor:
         """Elementwise maximum of ``tensor`` over ranks (same shape and device as the input)."""
+        ...
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj`` (picklable), in rank order, on every rank."""
         ...
 
 
@@ -50,6 +54,10 @@ class LocalOps:
     def max(self, tensor: torch.Tensor) -> torch.Tensor:
         """The tensor itself."""
         return tensor
+
+    def gather(self, obj: Any) -> list[Any]:
+        """``[obj]``."""
+        return [obj]
 
 
 class StrategyOps:
@@ -87,3 +95,11 @@ class StrategyOps:
         if self.world_size == 1:
             return tensor
         return self.strategy.reduce(tensor.to(self.strategy.root_device), reduce_op="max").to(tensor.device)
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj`` in rank order (``torch.distributed.all_gather_object``: small objects)."""
+        if self.world_size == 1:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        torch.distributed.all_gather_object(out, obj)
+        return out

@@ -19,6 +19,7 @@ from longact_pl.data.dataset import drop_padding
 from longact_pl.distributed import StrategyOps
 from longact_pl.eval.metrics import TaskLengthAccuracy, compute_accuracy, update_accuracy
 from longact_pl.eval.scoring import evaluate_batch
+from longact_pl.eval.val_records import ValRecords
 from longact_pl.gather import save_full_pretrained
 from longact_pl.guards import NonFiniteGuard, StreakGuard, reward_function_error, skipped_steps_error
 from longact_pl.learner import Learner, OptimizerCalls
@@ -79,6 +80,8 @@ class LongActModule(L.LightningModule):
         val_max_new_tokens: Greedy budget at validation (``None`` = the rollout's).
         seed: Base seed for sampling.
         export_dir: Where the trained policy is saved at the end (``None`` = not saved).
+        predictions_dir: Where each validation pass writes one row per held-out prompt,
+            ``step_<k>.jsonl`` (``None`` = not written; see ``longact_pl.eval.val_records``).
         max_nonfinite_steps: Consecutive non-finite steps (skipped) that stop the run with a checkpoint.
         max_skipped_steps: Consecutive RL steps skipped by dynamic sampling (no group kept) that stop the run
             with a checkpoint.
@@ -113,6 +116,7 @@ class LongActModule(L.LightningModule):
         val_max_new_tokens: int | None = None,
         seed: int = 0,
         export_dir: str | Path | None = None,
+        predictions_dir: str | Path | None = None,
         max_nonfinite_steps: int = 3,
         max_skipped_steps: int = 10,
         max_reward_failure_steps: int = 3,
@@ -152,6 +156,7 @@ class LongActModule(L.LightningModule):
         # Per task x length accuracy, summed across ranks; without task/length lists only the overall mean.
         self.val_metric = TaskLengthAccuracy(val_tasks, val_lengths) if val_tasks and val_lengths else None
         self.val_acc_all = MeanMetric()
+        self.val_records = ValRecords(predictions_dir)
         # Set around policy training forwards so saliency hooks know which tokens are real.
         self.stats_token_mask: torch.Tensor | None = None
         # Run on the accumulated gradient before the non-finite check (SaliencyMask registers its masking).
@@ -305,13 +310,18 @@ class LongActModule(L.LightningModule):
             self.rollout, self.policy, self.tokenizer, batch, self.reward_fn,
             max_new_tokens=self.val_max_new_tokens, errors=self.reward_errors,
         )  # fmt: skip
+        self.val_records.add(self.global_step, batch, result.completions, result.scores)  # skips padding
         batch, scores = drop_padding(batch, result.scores)  # a rank's padding sample (see WithPadding)
         if not batch:
             return
         update_accuracy(self.val_metric, self.val_acc_all, batch, scores)
 
     def on_validation_epoch_end(self) -> None:
-        """Log ``val/acc``, ``val/acc/<length>`` and ``val/acc/<task>/<length>`` (synced across ranks)."""
+        """Log ``val/acc``, ``val/acc/<length>`` and ``val/acc/<task>/<length>``; write per-prompt rows.
+
+        Accuracies are synced across ranks; the rows are gathered and written by rank 0.
+        """
+        self.val_records.write(self.global_step, self.dist.gather, self.trainer.is_global_zero)
         values = {f"val/{k}": v for k, v in compute_accuracy(self.val_metric, self.val_acc_all).items()}
         if values:
             self.log_dict(values)

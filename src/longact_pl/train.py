@@ -25,7 +25,7 @@ from longact_pl.rollout.weight_sync import WeightSync
 
 log = logging.getLogger(__name__)
 
-_RUN_MARKERS = ("metrics.csv", "final", "checkpoints", "config.yaml")
+_RUN_MARKERS = ("metrics.csv", "final", "checkpoints", "config.yaml", "val_predictions")
 
 # Checkpoints after the optimizer step are what we want; the run directory is checked by check_run_dir.
 warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimization.*")
@@ -144,6 +144,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         reward_fn=datamodule.reward,
         val_tasks=source_task_names(datamodule.val) if datamodule.val is not None else [],
         export_dir=str(run_dir / "final"),
+        predictions_dir=str(run_dir / "val_predictions"),
     )
     loggers = build_loggers(cfg)
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

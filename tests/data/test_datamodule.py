@@ -110,3 +110,31 @@ def test_val_shares_are_padded_to_equal_batch_counts_across_ranks(tokenizer):
     records = [{"index": 1}, {"index": 1, "padding": True}]
     kept, scores = drop_padding(records, torch.tensor([1.0, 0.5]))
     assert kept == [{"index": 1}] and scores.tolist() == [1.0]
+
+
+def test_two_heldout_families_in_one_concatenated_source(tokenizer):
+    from longact_pl.data.concat import ConcatSource
+    from longact_pl.data.haystack import EssayHaystack
+    from longact_pl.eval.metrics import source_task_names
+
+    multikey = GeneratedSource(NeedleInAHaystack(num_keys=4), num_samples=3, lengths=[384], seed=1234)
+    multivalue = GeneratedSource(
+        NeedleInAHaystack(num_values=4, haystack=EssayHaystack()), num_samples=2, lengths=[256], seed=4321
+    )
+    val = ConcatSource([multikey, multivalue])
+    dm = make(tokenizer, val=val)  # the tokenizer reaches both parts
+    assert len(val) == 5 and [val.target_length(i) for i in range(5)] == [384, 384, 384, 256, 256]
+    assert val[3].prompt == multivalue[0].prompt and val[2].prompt == multikey[2].prompt
+    assert source_task_names(val) == ["niah_multikey", "niah_multivalue"]
+    # grouped by length (shortest first), index = position in the concatenation (stable prompt ids)
+    batches = [[(r["index"], r["task"], r["target_length"]) for r in b] for b in dm.val_dataloader()]
+    assert batches == [
+        [(3, "niah_multivalue", 256), (4, "niah_multivalue", 256), (0, "niah_multikey", 384)],
+        [(1, "niah_multikey", 384), (2, "niah_multikey", 384)],
+    ]
+    with pytest.raises(IndexError):
+        val[5]
+    with pytest.raises(ValueError, match="a data.val.sources seed are both 4321"):
+        make(tokenizer, train=GeneratedSource(NeedleInAHaystack(), 4, [256], seed=4321), val=val)
+    with pytest.raises(ValueError, match="at least one source"):
+        ConcatSource([])

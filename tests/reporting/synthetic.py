@@ -127,3 +127,73 @@ def build_multirun(root: Path) -> Path:
     write_run(d(5, "none", 1), config(d(5, "none", 1), 1, "none"), [1.0, 1.0], finished=False)
     d(6, "none", 2).mkdir()
     return root
+
+
+# The paired multirun: 40 held-out prompts, 24 of one trained family and 16 of a never-trained one.
+PAIRED_SCOPES = [("niah_multikey", 2048)] * 24 + [("qa_synthetic", 4096)] * 16
+PAIRED_STEPS = (0, 2, 4)
+
+
+def write_predictions(run_dir: Path, step: int, scores: list[float], sha_salt: str = "") -> Path:
+    """``val_predictions/step_<step>.jsonl`` with one row per :data:`PAIRED_SCOPES` prompt."""
+    folder = run_dir / "val_predictions"
+    folder.mkdir(exist_ok=True)
+    path = folder / f"step_{step}.jsonl"
+    with path.open("w") as f:
+        for index, ((task, length), score) in enumerate(zip(PAIRED_SCOPES, scores, strict=True)):
+            row = {"id": f"{task}/{length}/{index}", "index": index, "task": task, "target_length": length,
+                   "prompt_sha": f"sha{index}{sha_salt}", "step": step, "score": score}  # fmt: skip
+            f.write(json.dumps(row) + "\n")
+    return path
+
+
+def paired_scores(masking: str, seed: int, step: int) -> list[float]:
+    """Known per-prompt scores: a shared start; at later steps a seed-dependent base pattern in which
+    prompts 0-8 (niah) score 0 0 0 0 0 0 1 1 1 under none, all 1 under saliency, 1 1 1 0 0 0 0 0 0 under
+    random.
+
+    So at steps 2 and 4 (every seed): saliency - none = 6/40 (niah 6/24, qa 0), random - none = 0 (+3 and
+    -3 prompts), saliency - random = 6/40; step 0 is identical in every run.
+    """
+    if step == 0:
+        return [float(p % 3 == 0) for p in range(len(PAIRED_SCOPES))]
+    scores = [float((p * 7 + seed * 3 + step) % 5 < 2) for p in range(len(PAIRED_SCOPES))]
+    forced = {"none": "000000111", "saliency": "111111111", "random": "111000000"}[masking]
+    return [float(c) for c in forced] + scores[9:]
+
+
+def build_paired_multirun(root: Path, skip_step0: tuple[str, int] | None = None) -> Path:
+    """``masking=saliency,random,none seed=0,1,2``, 4 steps, eval at 0, 2, 4, per-prompt records.
+
+    ``train/kl`` is ``0.01 * (step + 1)`` in every run. ``skip_step0=(masking, seed)``: that run has no
+    step-0 file (as with ``validate_before_training=false``).
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    num = 0
+    for masking in ("saliency", "random", "none"):
+        for seed in (0, 1, 2):
+            run_dir = root / f"{num}_grpo_{masking}_seed{seed}"
+            cfg = config(run_dir, seed, masking)
+            cfg["validate_before_training"] = (masking, seed) != skip_step0  # does not split a cell
+            write_run(run_dir, cfg, [0.5] * MAX_STEPS, final=(0.5, 0.5, 0.5))
+            _add_kl(run_dir)
+            for step in PAIRED_STEPS:
+                if (masking, seed) == skip_step0 and step == 0:
+                    continue
+                write_predictions(run_dir, step, paired_scores(masking, seed, step))
+            num += 1
+    return root
+
+
+def _add_kl(run_dir: Path) -> None:
+    """Rewrite metrics.csv with ``train/kl = 0.01 * (step + 1)`` on every training row."""
+    path = run_dir / "metrics.csv"
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        if row.get("train/reward_mean"):
+            row["train/kl"] = 0.01 * (int(row["step"]) + 1)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[*COLUMNS, "train/kl"])
+        writer.writeheader()
+        writer.writerows(rows)

@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from longact_pl.data.concat import target_length
 from longact_pl.data.dataset import PromptDataset, WithPadding, keep_list
 from longact_pl.data.order import ResumableOrder
 from longact_pl.data.sources import GeneratedSource, JsonlSource, overlap
@@ -19,6 +20,13 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
+
+
+def generated_parts(source: SampleSource | None) -> list[GeneratedSource]:
+    """The generated sources in ``source``: itself, or the generated parts of a concatenation."""
+    if isinstance(source, GeneratedSource):
+        return [source]
+    return [p for part in getattr(source, "sources", []) for p in generated_parts(part)]
 
 
 class LongContextDataModule(L.LightningDataModule):
@@ -67,10 +75,11 @@ class LongContextDataModule(L.LightningDataModule):
         super().__init__()
         if batch_size < 1 or val_batch_size < 1:
             raise ValueError("LongContextDataModule: batch_size and val_batch_size must be >= 1")
-        if isinstance(train, GeneratedSource) and isinstance(val, GeneratedSource) and train.seed == val.seed:
+        if isinstance(train, GeneratedSource) and train.seed in [v.seed for v in generated_parts(val)]:
+            where = "data.val.seed" if isinstance(val, GeneratedSource) else "a data.val.sources seed"
             raise ValueError(
-                f"data.train.seed and data.val.seed are both {train.seed}; validation would repeat training "
-                "samples, give data.val.seed a different value"
+                f"data.train.seed and {where} are both {train.seed}; validation would repeat training "
+                "samples, give the held-out source a different seed"
             )
         files = isinstance(train, JsonlSource) and isinstance(val, JsonlSource)
         if files and (shared := overlap(train, val)):
@@ -102,8 +111,9 @@ class LongContextDataModule(L.LightningDataModule):
     def tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:
         self._tokenizer = tokenizer
         for source in (self.train, self.val, self.calib_source):
-            if isinstance(source, GeneratedSource):
-                source.set_tokenizer(tokenizer)
+            setter = getattr(source, "set_tokenizer", None)  # generated sources (and concatenations of them)
+            if callable(setter):
+                setter(tokenizer)
 
     def _dataset(self, source: SampleSource) -> PromptDataset:
         if self._tokenizer is None:
@@ -151,8 +161,7 @@ class LongContextDataModule(L.LightningDataModule):
         """
         if self.val is None:
             return []
-        lengths = list(getattr(self.val, "lengths", None) or [0])
-        order = sorted(range(len(self.val)), key=lambda i: (lengths[i % len(lengths)], i))
+        order = sorted(range(len(self.val)), key=lambda i: (target_length(self.val, i), i))
         _, _, rank, world = self._position()
         share = order[rank::world]  # each rank scores its share; the metric sums across ranks
         missing = -(-len(order) // world) - len(share)  # 0 or 1: every rank runs as many batches

@@ -62,13 +62,16 @@ class GeneratedSource:
     def __len__(self) -> int:
         return self.num_samples
 
+    def target_length(self, index: int) -> int:
+        """The target length of item ``index`` (known without generating it)."""
+        return self.lengths[index % len(self.lengths)]
+
     def __getitem__(self, index: int) -> Sample:
         if not 0 <= index < self.num_samples:
             raise IndexError(f"index {index} out of range for {self.num_samples} samples")
         if self.tokenizer is None:
             raise RuntimeError("GeneratedSource has no tokenizer; call set_tokenizer() (the DataModule does)")
-        length = self.lengths[index % len(self.lengths)]
-        return self.task.generate(length, derive_seed(self.seed, index), self.tokenizer)
+        return self.task.generate(self.target_length(index), derive_seed(self.seed, index), self.tokenizer)
 
 
 def _fail(path: Path, line: int, field: str, problem: str) -> ValueError:

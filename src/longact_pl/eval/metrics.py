@@ -166,12 +166,18 @@ def source_task_names(source) -> list[str]:
     """Task names a sample source can yield: from its task (generated sources) or from its samples (files).
 
     Args:
-        source: A :class:`~longact_pl.data.sources.GeneratedSource` (``.task``) or any indexable source.
+        source: A :class:`~longact_pl.data.sources.GeneratedSource` (``.task``), a concatenation of sources
+            (``.sources``) or any indexable source.
     """
     task = getattr(source, "task", None)
     if task is not None:
         return task_names(task)
     names: list[str] = []
+    parts = getattr(source, "sources", None)
+    if parts:  # a concatenation (longact_pl.data.concat.ConcatSource)
+        for part in parts:
+            names += [n for n in source_task_names(part) if n not in names]
+        return names
     for i in range(len(source)):
         if source[i].task not in names:
             names.append(source[i].task)

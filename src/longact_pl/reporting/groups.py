@@ -77,8 +77,12 @@ def flatten(node: Any, prefix: str = "") -> dict[str, str]:
     return {prefix[:-1]: str(node)}
 
 
-# Config sections that never change a run's numbers (where and how often it logs and checkpoints)
-BOOKKEEPING = ("logger.", "callbacks.model_checkpoint.", "callbacks.step_log.")
+# Config sections that never change a run's numbers (where and how often it logs and checkpoints, and whether
+# it validates before training: greedy, no_grad, no random draw, so the training is the same either way)
+BOOKKEEPING = (
+    "logger.", "callbacks.model_checkpoint.", "callbacks.step_log.", "validate_before_training",
+    "validate_at_step0.",
+)  # fmt: skip
 
 
 def _comparable(config: Mapping[str, Any]) -> dict[str, str]:

@@ -1,4 +1,8 @@
-"""PNG charts of an ablation: reward curves (mean +- std over seeds) and accuracy vs prompt length."""
+"""PNG charts of an ablation: reward curves, accuracy vs prompt length, paired differences, accuracy by step.
+
+Reward curves show mean +- std over seeds; the last two (``--paired``) show paired differences with their
+CIs and held-out accuracy per eval point.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +17,21 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from longact_pl.reporting.collect import RunRecord  # noqa: E402
 from longact_pl.reporting.groups import GroupKey, stat  # noqa: E402
+from longact_pl.reporting.paired import PairedRow  # noqa: E402
 from longact_pl.reporting.summary import RunSummary  # noqa: E402
 
 
 def _label(key: GroupKey, with_algo: bool = True) -> str:
     text = f"{key.algo} / {key.masking}" if with_algo else key.masking
     return f"{text} ({key.variant})" if key.variant else text
+
+
+def _save(fig, path: Path) -> Path:
+    """Write ``fig`` to ``path`` (PNG, 120 dpi), close it, return ``path``."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def band(curves: Sequence[Mapping[int, float]]) -> tuple[list[int], list[float], list[float]]:
@@ -55,10 +68,7 @@ def plot_rewards(
     ax.set_title("Training reward (mean ± std over seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_accuracy_vs_length(
@@ -104,7 +114,49 @@ def plot_accuracy_vs_length(
         ax.set_title(algo)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
+
+
+def plot_paired(rows: Sequence[PairedRow], path: Path) -> Path:
+    """Forest plot: one horizontal 95% CI per paired row (comparison x scope), a line at 0.
+
+    Args:
+        rows: Paired rows (their ``label``, ``scope`` and ``interval``).
+        path: Output PNG.
+    """
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.35 * len(rows)))
+    ys = list(range(len(rows)))[::-1]
+    for y, row in zip(ys, rows):
+        ci = row.interval
+        color = "tab:red" if ci.excludes_zero else "tab:blue"
+        ax.errorbar(
+            [ci.mean], [y], xerr=[[ci.mean - ci.lo], [ci.hi - ci.mean]], fmt="o", color=color, capsize=3
+        )
+    ax.axvline(0.0, color="grey", ls="--", lw=1)
+    ax.set_yticks(ys, [f"{r.label} [{r.scope}]" for r in rows], fontsize=8)
+    ax.set_xlabel("paired difference in held-out score (95% bootstrap CI, prompts x seeds)")
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_accuracy_by_step(accuracy: Mapping[GroupKey, Mapping[int, Mapping[str, float]]], path: Path) -> Path:
+    """Held-out accuracy per eval point: one panel per scope (``all``, each task@length), a line per cell.
+
+    Args:
+        accuracy: ``{cell: {step: {scope: mean score}}}`` (see ``reporting.paired.accuracy_by_step``).
+        path: Output PNG.
+    """
+    scopes = sorted(
+        {s for acc in accuracy.values() for per in acc.values() for s in per}, key=lambda s: s != "all"
+    )
+    fig, axes = plt.subplots(1, len(scopes), figsize=(5 * len(scopes), 4), squeeze=False)
+    for ax, scope in zip(axes[0], scopes):
+        for key, acc in accuracy.items():
+            steps = [k for k in sorted(acc) if scope in acc[k]]
+            ax.plot(steps, [acc[k][scope] for k in steps], marker="o", label=_label(key))
+        ax.set_title(scope)
+        ax.set_xlabel("step")
+        ax.set_ylabel("held-out accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, path)

@@ -18,6 +18,7 @@ class RunSummary:
 
     Attributes:
         final_reward: Mean ``train/reward_mean`` over the last ``k`` training steps.
+        final_kl: Mean ``train/kl`` (to the reference) over the last ``k`` training steps that logged it.
         val_start: ``val/acc`` of the validation before training (step 0).
         val_final: ``val/acc`` of the last validation.
         acc_by_length: Last validation's accuracy per prompt length (``val/acc/<len>`` or ``val/acc_<len>``).
@@ -27,6 +28,7 @@ class RunSummary:
     """
 
     final_reward: float | None
+    final_kl: float | None
     val_start: float | None
     val_final: float | None
     acc_by_length: dict[int, float]
@@ -90,9 +92,13 @@ def summarize(run: RunRecord, last_k: int = 5) -> RunSummary:
     for row in train_rows(run.rows):
         curve[int(row.get("step", len(curve)))] = row["train/reward_mean"]
     tail = [curve[s] for s in sorted(curve)[-last_k:]] if last_k > 0 else []
+    kls = (
+        [row["train/kl"] for row in train_rows(run.rows) if "train/kl" in row][-last_k:] if last_k > 0 else []
+    )
     start, end = validation_before_training(run.rows), last_validation(run.rows)
     return RunSummary(
         final_reward=sum(tail) / len(tail) if tail else None,
+        final_kl=sum(kls) / len(kls) if kls else None,
         val_start=start["val/acc"] if start else None,
         val_final=end["val/acc"] if end else None,
         acc_by_length=by_length(end) if end else {},

@@ -20,6 +20,14 @@ def fmt(s: Stat | None, runs: int, digits: int = 3, signed: bool = False) -> str
     return text + (f" (n={s.n})" if s.n != runs else "")
 
 
+def fmt_sci(s: Stat | None, runs: int) -> str:
+    """``mean ± std`` in scientific notation (KL values span orders of magnitude)."""
+    if s is None:
+        return "-"
+    text = f"{s.mean:.2e}" + (f" ± {s.std:.1e}" if s.std is not None else "")
+    return text + (f" (n={s.n})" if s.n != runs else "")
+
+
 def _delta(s: RunSummary) -> float | None:
     """Final minus step-0 validation accuracy of one run (paired: the seed's own baseline)."""
     return None if s.val_start is None or s.val_final is None else s.val_final - s.val_start
@@ -42,7 +50,9 @@ def results_table(
     lengths = sorted({n for runs in groups.values() for r in runs for n in summaries[r.path].acc_by_length})
     with_variant = any(key.extra for key in groups)
     with_ruler = any(summaries[r.path].ruler is not None for runs in groups.values() for r in runs)
+    with_kl = any(summaries[r.path].final_kl is not None for runs in groups.values() for r in runs)
     head = ["algo", "masking", *(["variant"] if with_variant else []), "seeds", f"reward (last {last_k})"]
+    head += [f"KL (last {last_k})"] if with_kl else []
     head += [
         "val/acc step 0",
         "val/acc final",
@@ -57,7 +67,9 @@ def results_table(
         n = len(runs)
         cells = [key.algo, key.masking, *([key.variant] if with_variant else [])]
         cells.append(f"{n} ({', '.join(sorted((_seed(r) for r in runs), key=_seed_order))})")
-        cells += [fmt(stat(s.final_reward for s in ss), n), fmt(stat(s.val_start for s in ss), n)]
+        cells.append(fmt(stat(s.final_reward for s in ss), n))
+        cells += [fmt_sci(stat(s.final_kl for s in ss), n)] if with_kl else []
+        cells.append(fmt(stat(s.val_start for s in ss), n))
         cells.append(fmt(stat(s.val_final for s in ss), n))
         cells.append(fmt(stat(_delta(s) for s in ss), n, signed=True))
         cells += [fmt(stat(s.acc_by_length.get(length) for s in ss), n) for length in lengths]
@@ -94,6 +106,7 @@ def report_markdown(
     never_started: Sequence[MissingJob],
     plots: Sequence[Path],
     last_k: int,
+    extra: Sequence[str] = (),
 ) -> str:
     """The whole ``report.md``.
 
@@ -105,6 +118,7 @@ def report_markdown(
         never_started: Sweep jobs without a folder.
         plots: PNGs to link, relative to the report.
         last_k: Steps averaged for the final reward.
+        extra: Markdown lines placed after the results table (the ``--paired`` section).
     """
     complete = sum(len(v) for v in groups.values())
     lines = [
@@ -112,14 +126,16 @@ def report_markdown(
         "",
         f"{complete} complete runs, {len(incomplete)} incomplete, {len(never_started)} never started. "
         "Cells are mean ± sample std (n - 1) over the complete runs of a cell (seeds); `(n=k)` marks a value "
-        f"only k of them logged. Reward: mean `train/reward_mean` of the last {last_k} steps. Accuracy: "
-        "greedy validation, step 0 (before training) and the last validation, Δ their per-run difference; "
+        f"only k of them logged. Reward: mean `train/reward_mean` of the last {last_k} steps (KL: "
+        "`train/kl`, to the reference, likewise). Accuracy: greedy validation, step 0 (before training) "
+        "and the last validation, Δ their per-run difference; "
         "`acc@<len>` per prompt length (last validation).",
         "",
         "## Results",
         "",
         *(results_table(groups, summaries, last_k) if groups else ["No complete run."]),
         "",
+        *extra,
         *missing_section(root, incomplete, never_started),
         "",
     ]
