@@ -1,0 +1,150 @@
+"""Ulysses sequence parallelism on 2 CPU ranks (gloo) against one process.
+
+Each rank holds half of every sequence; log-probs, entropy and every parameter gradient (summed over the two
+ranks, as FSDP2's reduce-scatter does) must equal the single-process paths on the whole sequences.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from longact_pl.models.tiny import tiny_llama, tiny_qwen3
+from longact_pl.ops.chunked import chunked_completion_logprobs
+from longact_pl.ops.sequence_parallel import (
+    SPGroup,
+    enable_ulysses,
+    kv_repeats,
+    sp_completion_logprobs,
+    sp_grouped_completion_logprobs,
+)
+from longact_pl.ops.shared_prefix import grouped_completion_logprobs
+
+WORLD = 2
+G = 3
+BUILDERS = {"llama": tiny_llama, "qwen3": tiny_qwen3}
+# (model, kv heads, attention, shared prompt, gradient checkpointing, head chunk, P, C): odd prompt and
+# completion lengths exercise the padding of the last shard; 1 KV head for 2 ranks the repeat path
+CASES = [
+    ("llama", 2, "sdpa", True, False, None, 13, 6),
+    ("qwen3", 2, "sdpa", True, True, 4, 13, 7),
+    ("llama", 1, "sdpa", True, True, None, 12, 5),
+    ("qwen3", 1, "eager", True, False, 3, 11, 6),
+    ("llama", 2, "sdpa", False, True, 5, 13, 6),
+    ("qwen3", 1, "sdpa", False, False, None, 12, 7),
+    ("llama", 1, "eager", False, True, None, 11, 5),
+]
+
+
+def _batch(vocab: int, prompt: int, completion: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """2 groups of G rows sharing a prompt; group 1 has 4 left-pad tokens; row r of a group ends r early."""
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(10, vocab, (2 * G, prompt + completion), generator=gen)
+    mask = torch.ones_like(ids)
+    for b in range(2):
+        rows = slice(b * G, (b + 1) * G)
+        ids[rows, :prompt] = ids[b * G, :prompt]
+        ids[rows, : 4 * b], mask[rows, : 4 * b] = 0, 0
+        for r in range(1, G):
+            ids[b * G + r, -r:], mask[b * G + r, -r:] = 0, 0
+    return ids, mask
+
+
+def _model(case):
+    name, kv, attn, _, ckpt, *_ = case
+    model = BUILDERS[name](kv_heads=kv, seed=0, gradient_checkpointing=ckpt).model.train()
+    model.config._attn_implementation = attn
+    return model
+
+
+def _run(case, fn, sp: SPGroup | None = None):
+    """Log-probs, entropy, real-token count seen by the hook and every gradient of a weighted loss."""
+    model = _model(case)
+    *_, prompt, completion = case
+    ids, mask = _batch(model.config.vocab_size, prompt, completion)
+    seen = []
+    logp, ent = fn(model, ids, mask, completion, temperature=0.7, with_entropy=True,
+                   token_mask_hook=lambda m: seen.append(0 if m is None else int(m.sum())))  # fmt: skip
+    comp = mask[:, -completion:].float()
+    weights = torch.linspace(-1.0, 2.0, ids.shape[0])[:, None]  # distinct per-row "advantages"
+    (logp * weights * comp).sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    tokens = torch.tensor(float(sum(seen)))
+    if sp is not None:  # what FSDP2's reduce-scatter does: the sum of the ranks' partial gradients
+        for g in [*grads.values(), tokens]:
+            dist.all_reduce(g)
+    return logp.detach() * comp, ent * comp, grads, int(tokens)
+
+
+def _single(case):
+    _, _, _, shared, _, chunk, *_ = case
+    if shared:
+        fn = functools.partial(grouped_completion_logprobs, group_size=G, chunk_size=chunk)
+        return _run(case, lambda m, i, a, c, **kw: fn(m, i, a, c, **kw))
+    return _run(case, lambda m, i, a, c, token_mask_hook, **kw: _with_hook(
+        token_mask_hook, a, functools.partial(chunked_completion_logprobs, m, i, a, c, chunk_size=chunk, **kw)
+    ))  # fmt: skip
+
+
+def _with_hook(hook, mask, fn):
+    hook(mask.bool())
+    try:
+        return fn()
+    finally:
+        hook(None)
+
+
+def _parallel(case, sp: SPGroup):
+    _, _, _, shared, _, chunk, *_ = case
+    model_fn = sp_grouped_completion_logprobs if shared else sp_completion_logprobs
+    extra = {"group_size": G} if shared else {}
+
+    def fn(model, ids, mask, width, **kw):
+        enable_ulysses(model, sp.size)
+        return model_fn(model, ids, mask, width, sp, chunk_size=chunk, **extra, **kw)
+
+    return _run(case, fn, sp)
+
+
+def _worker(rank: int, init_file: str, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        sp = SPGroup.of(dist.group.WORLD)
+        results = [_parallel(case, sp) for case in CASES]
+        if rank == 0:
+            torch.save(results, out)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def parallel_results(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sp")
+    mp.spawn(_worker, args=(str(tmp / "init"), str(tmp / "rank0.pt")), nprocs=WORLD, join=True)
+    return torch.load(tmp / "rank0.pt", weights_only=False)
+
+
+@pytest.mark.parametrize("index", range(len(CASES)), ids=["-".join(map(str, c[:6])) for c in CASES])
+def test_two_ranks_equal_one_process(parallel_results, index):
+    torch.set_num_threads(1)
+    got, want = parallel_results[index], _single(CASES[index])
+    torch.testing.assert_close(got[0], want[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got[1], want[1], atol=1e-4, rtol=1e-5)
+    assert got[2].keys() == want[2].keys() and len(want[2]) > 0
+    for name, g in want[2].items():
+        scale = g.abs().max().clamp(min=1e-8)
+        torch.testing.assert_close(got[2][name] / scale, g / scale, atol=1e-5, rtol=0, msg=name)
+    assert got[3] == want[3]  # statistics hooks count every real token once over the group
+
+
+def test_kv_repeats_and_head_errors():
+    assert kv_repeats(32, 8, 4) == 1 and kv_repeats(32, 8, 16) == 2 and kv_repeats(4, 1, 2) == 2
+    with pytest.raises(ValueError, match=r"sequence_parallel_size=3 must divide .* heads \(4\)"):
+        kv_repeats(4, 2, 3)
+    with pytest.raises(ValueError, match="sequence_parallel_size=4 and num_key_value_heads=6"):
+        kv_repeats(24, 6, 4)
