@@ -129,6 +129,7 @@ def parallel_results(tmp_path_factory):
     return torch.load(tmp / "rank0.pt", weights_only=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index", range(len(CASES)), ids=["-".join(map(str, c[:6])) for c in CASES])
 def test_two_ranks_equal_one_process(parallel_results, index):
     torch.set_num_threads(1)
