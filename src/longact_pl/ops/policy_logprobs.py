@@ -12,6 +12,9 @@ computed:
 
 Both fast paths call the model's parts rather than ``model(...)``; under FSDP2 they run inside the root's
 forward hooks (:func:`longact_pl.ops.fsdp_root.through_root`), so sharded models take them too.
+
+With a sequence-parallel group (``sequence_parallel``, set by ``LongActFSDP``), both paths run split along
+the sequence over the group (:mod:`longact_pl.ops.sequence_parallel`), with the same numbers.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from torch import nn
 from longact_pl.ops.chunked import chunked_completion_logprobs, lm_head_of
 from longact_pl.ops.fsdp_root import through_root
 from longact_pl.ops.logprobs import completion_logprobs
+from longact_pl.ops.sequence_parallel import SPGroup, sp_completion_logprobs, sp_grouped_completion_logprobs
 from longact_pl.ops.shared_prefix import (
     TokenMaskHook,
     check_shared_prefix,
@@ -47,6 +51,10 @@ class LogprobPass:
         shared_prefix: Compute each shared prompt once (exact); falls back to the per-row path, with one
             warning, where unsupported.
         chunk_size: Completion tokens per LM-head chunk (``None``: the head over all of them at once).
+
+    Attributes:
+        sequence_parallel: The sequence-parallel group whose ranks split every sequence (``None``: off); the
+            model must be switched to Ulysses attention (``enable_ulysses``).
     """
 
     def __init__(self, shared_prefix: bool = True, chunk_size: int | None = None) -> None:
@@ -55,6 +63,7 @@ class LogprobPass:
         self.shared_prefix = shared_prefix
         self.chunk_size = chunk_size
         self._chunked_head = chunk_size is not None
+        self.sequence_parallel: SPGroup | None = None
 
     def __call__(
         self,
@@ -88,6 +97,12 @@ class LogprobPass:
                 check_shared_prefix(model)
             except NotImplementedError as err:
                 self._fall_back(str(err))
+        sp = self.sequence_parallel
+        if self.shared_prefix and sp is not None:
+            return through_root(model, functools.partial(
+                sp_grouped_completion_logprobs, model, input_ids, attention_mask, completion_width, sp,
+                temperature, with_entropy, self.chunk_size, token_mask_hook, row_groups,
+            ))  # fmt: skip
         if self.shared_prefix:
             return through_root(model, functools.partial(
                 grouped_completion_logprobs, model, input_ids, attention_mask, completion_width, None,
@@ -95,6 +110,11 @@ class LogprobPass:
                 row_groups=row_groups,
             ))  # fmt: skip
         ids, mask = trim_left_padding(input_ids, attention_mask)  # [n, P' + C]
+        if sp is not None:
+            return through_root(model, functools.partial(
+                sp_completion_logprobs, model, ids, mask, completion_width, sp, temperature, with_entropy,
+                self.chunk_size, token_mask_hook,
+            ))  # fmt: skip
         if token_mask_hook is not None:
             token_mask_hook(mask.bool())
         try:
