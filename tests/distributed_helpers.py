@@ -11,7 +11,6 @@ batches of a step together are the single-process batch of that step (run with
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -27,12 +26,12 @@ from longact_pl.masking import SaliencyMask
 from longact_pl.rollout.hf import HFRollout
 from longact_pl.rollout.types import RolloutBatch, concat_rollouts
 from longact_pl.rollout.vllm import prompt_seed
-from tests.helpers import ROOT
+from tests.helpers import ROOT, child_env
 
 
 def train_cli(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
     """Run ``train.py`` in a subprocess (Lightning re-launches it once per extra rank); fail on an error."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = child_env()
     cmd = [sys.executable, "train.py", f"hydra.run.dir={run_dir}", *overrides]
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
@@ -81,11 +80,17 @@ class RankShardedData(LongContextDataModule):
 
 
 class RankProbe(pl.Callback):
-    """Save ``rank<r>.pt`` at the end of fit: full weights, LongAct masks, prompt indices per step."""
+    """Save ``rank<r>.pt`` at the end of fit: full weights, LongAct masks, prompt indices per step, and the
+    dtypes the first MLP's weight had in training forwards (FSDP2 gathers it in its ``param_dtype``)."""
 
     def __init__(self, out_dir: str) -> None:
         self.out_dir = Path(out_dir)
         self.prompts: list[list[int]] = []  # sample indices of each training batch
+        self.forward_dtypes: set[torch.dtype] = set()
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        mlp = pl_module.policy.model.layers[0].mlp.down_proj
+        mlp.register_forward_pre_hook(lambda module, args: self.forward_dtypes.add(module.weight.dtype))
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         self.prompts.append([int(s["index"]) for s in batch])
@@ -101,17 +106,21 @@ class RankProbe(pl.Callback):
                 "prompts": self.prompts,
                 "world_size": trainer.world_size,
                 "step": trainer.global_step,
+                "forward_dtypes": self.forward_dtypes,
             },
             self.out_dir / f"rank{trainer.global_rank}.pt",
         )
 
 
 class ShiftedRollout(HFRollout):
-    """HF rollouts with behaviour log-probs shifted by ``shift``: an engine off by a factor exp(shift)."""
+    """HF rollouts with behaviour log-probs shifted by ``shift``: an engine off by a factor exp(shift).
+
+    Accepts ``tis_cap`` like ``VLLMRollout`` (``rollout.tis_cap`` reaches the learner as ``module.tis_cap``).
+    """
 
     def __init__(self, shift: float = 0.0, tis_cap: float | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.shift, self.tis_cap = shift, tis_cap
+        self.shift = shift
 
     def generate(self, *args, **kwargs) -> RolloutBatch:
         ro = super().generate(*args, **kwargs)

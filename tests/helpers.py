@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import zlib
+from collections.abc import Iterable
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -28,6 +30,12 @@ TINY = [
 
 # For runs that do not test checkpointing: a SmolLM2 last.ckpt (policy + AdamW state) is 1.6 GB on disk.
 NO_CKPT = "callbacks.model_checkpoint.save_last=false"
+
+
+def child_env() -> dict[str, str]:
+    """Environment of a ``train.py`` subprocess: imports this checkout's ``src`` and ``tests`` (not whatever
+    ``longact_pl`` the interpreter has installed, e.g. another worktree's)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
 
 
 class ParityReward:
@@ -78,3 +86,31 @@ class RaisingReward:
         if any(zlib.crc32(c.encode()) % 3 == 0 for c in completions):
             raise ZeroDivisionError("bad completion")
         return ParityReward()(completions, references)
+
+
+class FakeOps:
+    """A ``DistOps`` for unit tests: this rank plus scripted other ranks, no processes.
+
+    ``min(value)`` returns ``min(value, next(other_mins))`` (the value itself once the script ends) and
+    ``sum(tensor)`` returns ``tensor + next(other_sums)`` (the tensor itself once it ends); every call's
+    input is recorded.
+    """
+
+    def __init__(
+        self, world_size: int = 1, other_mins: Iterable[int] = (), other_sums: Iterable = ()
+    ) -> None:
+        self.world_size = world_size
+        self._mins, self._sums = iter(other_mins), iter(other_sums)
+        self.min_calls: list[int] = []
+        self.sum_calls: list = []
+
+    def min(self, value: int) -> int:
+        """Minimum of this rank's value and the next scripted one."""
+        self.min_calls.append(value)
+        return min(value, next(self._mins, value))
+
+    def sum(self, tensor):
+        """This rank's tensor plus the next scripted one."""
+        self.sum_calls.append(tensor.clone())
+        other = next(self._sums, None)
+        return tensor if other is None else tensor + other

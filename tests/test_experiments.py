@@ -45,7 +45,7 @@ def test_preset_composes_and_resolves(tmp_path, name):
 def test_paper_presets(tmp_path, name):
     algo, group = PAPER[name]
     cfg = _compose(tmp_path, name, "model.name_or_path=Qwen/Qwen3-8B")
-    assert cfg.model._target_ == "longact_pl.models.hf.load_hf" and cfg.model.dtype == "bfloat16"
+    assert cfg.model._target_ == "longact_pl.models.hf.load_hf" and cfg.model.dtype == "float32"
     assert cfg.model.gradient_checkpointing is True
     assert cfg.algo._target_.endswith(f".{algo}")
     assert cfg.masking._target_ == "longact_pl.masking.SaliencyMask"

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from longact_pl.guards import NonFiniteGuard
+from tests.helpers import FakeOps
 
 
 def test_guard_skips_nonfinite_and_counts_streaks():
@@ -16,16 +17,11 @@ def test_guard_skips_nonfinite_and_counts_streaks():
 
 def test_guard_skips_on_every_rank_when_one_rank_is_not_finite():
     guard = NonFiniteGuard(max_consecutive=3)
-    other_rank_finite = [1, 0]
-    calls = []
-
-    def all_ranks(value: int) -> int:  # the minimum over this rank and a scripted other one
-        calls.append(value)
-        return min(value, other_rank_finite.pop(0))
+    all_ranks = FakeOps(world_size=2, other_mins=[1, 0])  # this rank and a scripted other one
 
     assert guard.allow(1.0, torch.tensor(3.0), all_ranks)
     assert not guard.allow(1.0, torch.tensor(3.0), all_ranks)  # finite here, not on the other rank
-    assert calls == [1, 1] and guard.state_dict() == {"consecutive": 1, "total": 1}
+    assert all_ranks.min_calls == [1, 1] and guard.state_dict() == {"consecutive": 1, "total": 1}
 
 
 def test_grad_norm_is_global_l2():

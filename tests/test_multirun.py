@@ -1,7 +1,6 @@
 """``python train.py -m ...``: a folder per job (config, metrics, final model) and a report over them."""
 
 import csv
-import os
 import subprocess
 import sys
 
@@ -10,7 +9,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
 from longact_pl.reporting import build_report
-from tests.helpers import CONF, ROOT, TINY
+from tests.helpers import CONF, ROOT, TINY, child_env
 
 PARITY = "data.reward._target_=tests.helpers.ParityReward"
 
@@ -36,7 +35,7 @@ def test_two_by_two_multirun_then_report(tmp_path):
     sweep = tmp_path / "sweep"
     cmd = [sys.executable, "train.py", "-m", "algo=grpo,dapo", "masking=saliency,none",
            f"hydra.sweep.dir={sweep}", *TINY, PARITY, "validate_before_training=true"]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = child_env()
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-4000:]

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from longact_pl.sampling import RewardErrors, score
+from tests.helpers import FakeOps
 
 
 def _reward(completions, references, **meta):
@@ -61,7 +62,7 @@ def _mixed_reward(completions, references, **meta):
     return [float(int(c.split("-")[0]) >= 100 and c.endswith("-0")) for c in completions]
 
 
-def _sample(engine, first: list[int], extra: list[list[int]], min_over_ranks=None):
+def _sample(engine, first: list[int], extra: list[list[int]], dist=None):
     from types import SimpleNamespace
 
     from longact_pl.sampling import sample_and_score
@@ -74,7 +75,7 @@ def _sample(engine, first: list[int], extra: list[list[int]], min_over_ranks=Non
         engine, None, SimpleNamespace(pad_token_id=0), _mixed_reward,
         [{"prompt_ids": [k], "references": []} for k in first],
         shape=lambda r, lengths: r, keep_groups=lambda r, g: r.view(-1, g).std(-1) > 0, max_rounds=3,
-        more_samples=batches, seed=0, min_over_ranks=min_over_ranks,
+        more_samples=batches, seed=0, dist=dist,
     )  # fmt: skip
 
 
@@ -91,21 +92,18 @@ def test_dynamic_sampling_refills_and_cuts_to_the_batch_size():
 
 
 def test_ranks_generate_in_lock_step_and_keep_the_same_number_of_groups():
-    calls = []
-    other = iter([0, 1, 1])  # another rank: not done after round 1, done after round 2, kept 1 group
-
-    def min_over_ranks(value: int) -> int:
-        calls.append(value)
-        return min(value, next(other))
-
+    # another rank: not done after round 1, done after round 2, kept 1 group
+    dist = FakeOps(world_size=2, other_mins=[0, 1, 1])
     engine = _Engine()
-    scored = _sample(engine, [101, 102], [[103, 104], [105, 106]], min_over_ranks)
+    scored = _sample(engine, [101, 102], [[103, 104], [105, 106]], dist)
     # this rank was full after round 1 but generated round 2 with the other rank, then kept 1 group
-    assert engine.rounds == [[101, 102], [103, 104]] and calls == [1, 1, 2]
+    assert engine.rounds == [[101, 102], [103, 104]] and dist.min_calls == [1, 1, 2]
     assert _groups(scored) == [101] and len(scored.rewards) == G
 
 
 def test_a_rank_with_no_group_makes_every_rank_skip():
-    other = iter([1, 0])  # the other rank is done and kept nothing
-    assert _sample(_Engine(), [101, 102], [], lambda v: min(v, next(other))) is None
-    assert _sample(_Engine(), [1, 2], [[3, 4], [5, 6]], lambda v: v) is None  # 3 rounds, all uniform
+    other = FakeOps(world_size=2, other_mins=[1, 0])  # the other rank is done and kept nothing
+    assert _sample(_Engine(), [101, 102], [], other) is None
+    assert (
+        _sample(_Engine(), [1, 2], [[3, 4], [5, 6]], FakeOps(world_size=2)) is None
+    )  # 3 rounds, all uniform

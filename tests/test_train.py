@@ -1,5 +1,4 @@
 import csv
-import os
 import subprocess
 import sys
 
@@ -9,7 +8,7 @@ import torch
 from longact_pl.models.hf import load_hf
 from longact_pl.models.tiny import tiny_llama
 from longact_pl.train import check_run_dir, run
-from tests.helpers import NO_CKPT, ROOT, compose_train
+from tests.helpers import NO_CKPT, ROOT, child_env, compose_train
 
 PARITY = "data.reward._target_=tests.helpers.ParityReward"
 
@@ -122,7 +121,7 @@ def test_existing_run_is_not_overwritten(tmp_path):
 
 
 def _cli(run_dir, *overrides):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = child_env()
     cmd = [sys.executable, "train.py", "model=tiny_llama", f"hydra.run.dir={run_dir}", *overrides]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
@@ -212,7 +211,7 @@ def test_preemption_signal_writes_a_checkpoint(tmp_path, sig):
     import time
 
     run_dir = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = child_env()
     cmd = [sys.executable, "train.py", "model=tiny_llama", f"hydra.run.dir={run_dir}",
            "trainer.max_steps=1000", "trainer.val_check_interval=1000", "data.train.lengths=[256]",
            "rollout.max_new_tokens=4", "validate_before_training=false",

@@ -1,11 +1,14 @@
 """``logger=wandb`` offline: run files in the run directory, the resolved config and LongAct metrics logged.
 
 The offline ``.wandb`` file is a LevelDB-style log of ``wandb_internal_pb2.Record`` protobufs; :func:`records`
-reads it the way ``wandb sync`` does, so the checks see exactly what a sync would upload.
+reads it the way ``wandb sync`` does, so the checks see exactly what a sync would upload. Since wandb 0.2x
+the file is written by a separate service process that may still be flushing when ``wandb.finish()``
+returns, so :func:`logged` waits for the run's closing ``exit`` record (``wandb sync`` needs it too).
 """
 
 import csv
 import json
+import time
 
 import pytest
 import yaml
@@ -25,6 +28,8 @@ def records(path):
     from wandb.proto import wandb_internal_pb2 as pb
 
     data = path.read_bytes()
+    if len(data) < HEADER:  # the service has not written the header yet
+        return
     assert data[:4] == b":W&B", "not a W&B transaction log"
     pos, chunk = HEADER, b""  # the file header (magic, version) fills the first 7 bytes of block 0
     while pos + HEADER <= len(data):
@@ -32,6 +37,8 @@ def records(path):
             pos += BLOCK - pos % BLOCK
             continue
         length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        if pos + HEADER + length > len(data):  # a record still being written
+            return
         chunk += data[pos + HEADER : pos + HEADER + length]
         pos += HEADER + length
         if kind in (1, 4):  # FULL or LAST fragment
@@ -41,14 +48,25 @@ def records(path):
             chunk = b""
 
 
+def closed_records(path, timeout=60.0):
+    """The records of a finished offline run, once its ``exit`` record is on disk (waits ``timeout`` s)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = list(records(path))
+        if any(r.WhichOneof("record_type") == "exit" for r in found):
+            return found
+        assert time.monotonic() < deadline, f"{path} has no exit record after {timeout} s: run not closed"
+        time.sleep(0.2)
+
+
 def logged(run_dir):
     """(config, history rows) of the run's single offline W&B run."""
     runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, runs
     files = list(runs[0].glob("run-*.wandb"))
-    assert len(files) == 1 and files[0].stat().st_size > 0
+    assert len(files) == 1
     config, history = {}, []
-    for record in records(files[0]):
+    for record in closed_records(files[0]):
         kind = record.WhichOneof("record_type")
         if kind == "config":
             config.update({item.key: json.loads(item.value_json) for item in record.config.update})

@@ -1,7 +1,7 @@
 """Train-step time of shared-prefix group log-probs vs the naive per-row forward.
 
 One "train step" here is forward + backward of a GRPO-shaped loss (masked mean of ``logp * advantage``)
-over B groups of G completions that share a P-token prompt, as ``LongActModule._micro_step`` does it:
+over B groups of G completions that share a P-token prompt, as ``Learner.micro_loss`` does it:
 
 * naive (b): ``completion_logprobs`` on micro-batches of ``--micro`` full rows, gradients accumulated;
 * ours (a): ``grouped_completion_logprobs``, one micro-batch per group (the prompt runs once per group).

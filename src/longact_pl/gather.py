@@ -8,6 +8,8 @@ device plus the CPU copy being built; under FSDP2 every rank must call these fun
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import Tensor, nn
 from torch.distributed.tensor import DTensor
@@ -51,3 +53,16 @@ def full_state_dict(
             full = full.to(dtype)
         seen[id(t)] = out[name] = full.to(device).contiguous()
     return out
+
+
+def save_full_pretrained(model: nn.Module, tokenizer, out_dir: Path, write: bool = True) -> None:
+    """``save_pretrained`` of the full model and its tokenizer into ``out_dir``.
+
+    Under FSDP2 every rank must call it (the weights are gathered); only ranks with ``write`` write.
+    """
+    state = full_state_dict(model) if is_sharded(model) else None
+    if not write:
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, state_dict=state)
+    tokenizer.save_pretrained(out_dir)

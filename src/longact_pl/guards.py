@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
+
+from longact_pl.distributed import DistOps
 
 
 class NonFiniteError(RuntimeError):
@@ -37,20 +37,18 @@ class NonFiniteGuard:
         norms = torch._foreach_norm(grads)  # one scalar per tensor
         return torch.linalg.vector_norm(torch.stack([n.float() for n in norms]))
 
-    def allow(
-        self, loss_sum: float, norm: torch.Tensor, min_over_ranks: Callable[[int], int] | None = None
-    ) -> bool:
+    def allow(self, loss_sum: float, norm: torch.Tensor, dist: DistOps | None = None) -> bool:
         """Record one step; ``True`` if it may update the weights.
 
         Args:
             loss_sum: This rank's loss of the step.
             norm: Gradient norm.
-            min_over_ranks: Minimum of an int over data-parallel ranks: the step runs only if it is finite on
-                every rank, so ranks never disagree on skipping (or on stopping with a checkpoint).
+            dist: Data-parallel collectives: the step runs only if it is finite on every rank, so ranks never
+                disagree on skipping (or on stopping with a checkpoint). ``None``: a single process.
         """
         finite = bool(torch.isfinite(norm)) and bool(torch.isfinite(torch.tensor(loss_sum)))
-        if min_over_ranks is not None:
-            finite = bool(min_over_ranks(int(finite)))
+        if dist is not None:
+            finite = bool(dist.min(int(finite)))
         if finite:
             self.consecutive = 0
             return True
@@ -62,6 +60,14 @@ class NonFiniteGuard:
     def exhausted(self) -> bool:
         """Too many non-finite steps in a row."""
         return self.consecutive >= self.max_consecutive
+
+    def error(self, checkpoint: object) -> NonFiniteError:
+        """The error that stops the run once :attr:`exhausted` (``checkpoint``: where the state was saved)."""
+        return NonFiniteError(
+            f"{self.consecutive} optimizer steps in a row had a non-finite loss or gradient; stopped and "
+            f"saved {checkpoint}. Lower module.lr, check the reward function, or raise "
+            "module.max_nonfinite_steps."
+        )
 
     def state_dict(self) -> dict[str, int]:
         """Counters, for checkpoints."""

@@ -12,19 +12,20 @@ import torch
 from torch import nn
 from torchmetrics import MeanMetric
 
-from longact_pl.algos.losses import masked_mean
 from longact_pl.algos.protocol import Algorithm
-from longact_pl.algos.tis import truncated_is_weights
 from longact_pl.data.dataset import drop_padding
-from longact_pl.eval.metrics import TaskLengthAccuracy
+from longact_pl.distributed import StrategyOps
+from longact_pl.eval.metrics import TaskLengthAccuracy, compute_accuracy, update_accuracy
 from longact_pl.eval.scoring import evaluate_batch
-from longact_pl.gather import full_state_dict, is_sharded
-from longact_pl.guards import NonFiniteError, NonFiniteGuard
-from longact_pl.minibatch import micro_batch_rows, minibatch_indices
+from longact_pl.gather import save_full_pretrained
+from longact_pl.guards import NonFiniteGuard
+from longact_pl.learner import Learner, OptimizerCalls
 from longact_pl.ops.policy_logprobs import LogprobPass
-from longact_pl.optim import adamw_with_warmup, optimizer_step
-from longact_pl.rollout.types import RolloutBatch, RolloutEngine
+from longact_pl.optim import adamw_with_warmup, check_optimizer_settings, optimizer_step
+from longact_pl.precision import check_master_weights
+from longact_pl.rollout.types import RolloutEngine
 from longact_pl.sampling import RewardErrors, RewardFn, ScoredRollout, sample_and_score
+from longact_pl.step_log import step_metrics
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +40,11 @@ class _Frozen:
 class LongActModule(L.LightningModule):
     """GRPO-family RL on a Hugging Face causal LM.
 
-    A training step is: rollout -> rewards -> advantages -> ``ppo_epochs`` passes over mini-batches of
-    the rollouts, each mini-batch split into micro-batches whose gradients accumulate into one
-    optimizer step. Optimisation is manual; gradient clipping happens in :meth:`on_before_optimizer_step`,
-    after callbacks (e.g. ``SaliencyMask``) have masked the gradient.
+    Lightning wiring around :class:`~longact_pl.learner.Learner`: a training step is rollout -> rewards ->
+    advantages -> ``Learner.prepare`` (no-grad passes) -> ``Learner.update`` (``ppo_epochs`` passes over
+    mini-batches, each split into micro-batches whose gradients accumulate into one optimizer step).
+    Optimisation is manual; backward and the optimizer step are Lightning's, and gradient clipping happens in
+    :meth:`on_before_optimizer_step`, after callbacks (e.g. ``SaliencyMask``) have masked the gradient.
 
     Args:
         policy: The causal LM to train.
@@ -55,10 +57,10 @@ class LongActModule(L.LightningModule):
         betas: AdamW betas.
         warmup_steps: Linear learning-rate warm-up in optimizer steps.
         max_grad_norm: Clip the global gradient norm to this (0 = off).
-        ppo_epochs: Passes over one rollout batch.
+        ppo_epochs: Passes over one rollout batch (these four: see :class:`~longact_pl.learner.Learner`).
         mini_batch_size: Sequences per optimizer step (0 = the whole rollout batch).
-        micro_batch_size: Sequences per forward/backward; with ``shared_prefix`` and at least G, rounded
-            down to whole groups.
+        micro_batch_size: Sequences per forward/backward (whole groups with ``shared_prefix``).
+        tis_cap: Truncated importance sampling cap for an external sampler's mismatch (``None`` = off).
         shared_prefix: Run each group's prompt once in the log-prob passes (exact; falls back per row).
         logprob_chunk: Completion tokens per LM-head chunk (``None``: all at once).
         val_lengths: Target lengths of the validation set (accuracy is logged per task and length).
@@ -67,6 +69,8 @@ class LongActModule(L.LightningModule):
         seed: Base seed for sampling.
         export_dir: Where the trained policy is saved at the end (``None`` = not saved).
         max_nonfinite_steps: Consecutive non-finite steps (skipped) that stop the run with a checkpoint.
+        allow_low_precision_weights: Train bf16/fp16 parameters (refused by default: AdamW keeps no fp32
+            copy, see ``longact_pl.precision``).
     """
 
     def __init__(
@@ -92,31 +96,25 @@ class LongActModule(L.LightningModule):
         seed: int = 0,
         export_dir: str | Path | None = None,
         max_nonfinite_steps: int = 3,
+        tis_cap: float | None = None,
+        allow_low_precision_weights: bool = False,
     ) -> None:
         super().__init__()
-        limits = {"ppo_epochs": (ppo_epochs, 1), "micro_batch_size": (micro_batch_size, 1),
-                  "mini_batch_size": (mini_batch_size, 0), "warmup_steps": (warmup_steps, 0)}  # fmt: skip
-        for name, (value, low) in limits.items():
-            if value < low:
-                raise ValueError(f"module.{name} must be >= {low}, got {value}")
-        if lr <= 0:
-            raise ValueError(f"module.lr must be > 0, got {lr}")
+        check_master_weights(policy.parameters(), allow_low_precision_weights)  # before any file is written
+        check_optimizer_settings(lr, warmup_steps)
         self.automatic_optimization = False
         self.policy = policy.train()  # from_pretrained returns eval mode; rollouts switch to eval themselves
-        self.tokenizer = tokenizer
-        self.algorithm = algorithm
-        self.rollout = rollout
-        self.reward_fn = reward_fn
+        self.tokenizer, self.algorithm = tokenizer, algorithm
+        self.rollout, self.reward_fn = rollout, reward_fn
         self.lr, self.weight_decay, self.betas = lr, weight_decay, tuple(betas)
+        self.allow_low_precision_weights = allow_low_precision_weights
         self.warmup_steps, self.max_grad_norm = warmup_steps, max_grad_norm
-        self.ppo_epochs, self.mini_batch_size, self.micro_batch_size = (
-            ppo_epochs,
-            mini_batch_size,
-            micro_batch_size,
-        )
-        self.logprobs = LogprobPass(shared_prefix, logprob_chunk)
-        self.val_max_new_tokens = val_max_new_tokens
-        self.seed = seed
+        self.guard = NonFiniteGuard(max_nonfinite_steps)
+        self.learner = Learner(
+            algorithm, LogprobPass(shared_prefix, logprob_chunk), self.guard, rollout.temperature,
+            ppo_epochs, mini_batch_size, micro_batch_size, tis_cap,
+        )  # fmt: skip
+        self.val_max_new_tokens, self.seed = val_max_new_tokens, seed
         self.export_dir = Path(export_dir) if export_dir else None
         self._ref = _Frozen(copy.deepcopy(policy)) if algorithm.kl_coef > 0 else None
         # Per task x length accuracy, summed across ranks; without task/length lists only the overall mean.
@@ -124,9 +122,7 @@ class LongActModule(L.LightningModule):
         self.val_acc_all = MeanMetric()
         # Set around policy training forwards so saliency hooks know which tokens are real.
         self.stats_token_mask: torch.Tensor | None = None
-        self.truncated_total = 0
-        self.guard = NonFiniteGuard(max_nonfinite_steps)
-        self.reward_errors = RewardErrors()
+        self.truncated_total, self.reward_errors = 0, RewardErrors()
 
     @property
     def ref_model(self) -> nn.Module | None:
@@ -139,35 +135,21 @@ class LongActModule(L.LightningModule):
         if self._ref is not None:
             self._ref.model.to(self.device)
 
-    # --- scale-out (DDP/FSDP, vLLM) begin
     def configure_model(self) -> None:
         """Let a ``longact_pl.strategies`` strategy shard the policy and the frozen reference (else no-op)."""
         parallelize = getattr(self.trainer.strategy, "parallelize", None)
         if callable(parallelize):
             parallelize(self)
 
-    def _global_counts(self, num_seqs: int, num_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sequences and valid tokens of this mini-batch, summed over data-parallel ranks.
-
-        Every rank normalises its loss by these global counts and multiplies it by the world size (in
-        ``_micro_step``), because DDP and FSDP average gradients over ranks: the update then equals one
-        process training on the union of the ranks' batches, for every aggregation (DAPO's token mean too).
-        """
-        counts = torch.stack([torch.tensor(float(num_seqs)), num_tokens.detach().float().cpu()])  # [2]
-        if self.trainer.world_size > 1:
-            counts = self.trainer.strategy.reduce(counts.to(self.device), reduce_op="sum").cpu()  # [2]
-        return counts[0], counts[1]
-
-    @torch.no_grad()
-    def _policy_logprobs(self, ro: RolloutBatch) -> torch.Tensor:
-        """Trainer log-probs of the rollouts before any update of this step (TIS with several passes)."""
-        return self._no_grad_logprobs(self.policy, ro)  # [N, C]
-
-    # --- scale-out end
+    @property
+    def dist(self) -> StrategyOps:
+        """Data-parallel collectives through the trainer's strategy (shared by sampling, guard, learner)."""
+        return StrategyOps(self.trainer.strategy)
 
     def configure_optimizers(self):
-        """AdamW over trainable parameters with a linear warm-up."""
+        """AdamW over trainable parameters with a linear warm-up (fp32 ones: see ``longact_pl.precision``)."""
         params = [p for p in self.policy.parameters() if p.requires_grad]
+        check_master_weights(params, self.allow_low_precision_weights)  # e.g. trainer.precision=bf16-true
         opt, sched = adamw_with_warmup(params, self.lr, self.betas, self.weight_decay, self.warmup_steps)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
@@ -175,11 +157,8 @@ class LongActModule(L.LightningModule):
     def _more_samples(self):
         """Further prompt batches for dynamic sampling, from an independently shuffled loader."""
         dm = self.trainer.datamodule
-        loader = (
-            dm.extra_dataloader(seed=self.seed + 1 + self.global_rank)
-            if hasattr(dm, "extra_dataloader")
-            else dm.train_dataloader()
-        )
+        extra = getattr(dm, "extra_dataloader", None)
+        loader = extra(seed=self.seed + 1 + self.global_rank) if extra else dm.train_dataloader()
         while True:
             yield from loader
 
@@ -193,32 +172,11 @@ class LongActModule(L.LightningModule):
             more_samples=self._more_samples,
             seed=self.seed * 1_000_003 + self.global_step * 101,
             errors=self.reward_errors,
-            min_over_ranks=self._min_over_ranks,
+            dist=self.dist,
         )  # fmt: skip
 
-    def _min_over_ranks(self, value: int) -> int:
-        """Minimum over data-parallel ranks, so they agree on extra rounds, batch size and skipped steps."""
-        if self.trainer.world_size == 1:
-            return value
-        return int(self.trainer.strategy.reduce(torch.tensor(value, device=self.device), reduce_op="min"))
-
-    def _ref_logprobs(self, ro: RolloutBatch) -> torch.Tensor | None:
-        return self._no_grad_logprobs(self._ref.model, ro) if self._ref is not None else None  # [N, C]
-
-    @torch.no_grad()
-    def _no_grad_logprobs(self, model: nn.Module, ro: RolloutBatch) -> torch.Tensor:
-        width = ro.completion_mask.shape[1]
-        rows = micro_batch_rows(self.micro_batch_size, ro.group_size, self.logprobs.shared_prefix)
-        groups = torch.arange(len(ro.input_ids)) // ro.group_size  # [N]
-        parts = zip(ro.input_ids.split(rows), ro.attention_mask.split(rows), groups.split(rows))
-        out = [
-            self.logprobs(model, ids, am, width, self.rollout.temperature, row_groups=g)[0]
-            for ids, am, g in parts
-        ]
-        return torch.cat(out)  # [N, C]
-
     def training_step(self, batch: list[dict], batch_idx: int) -> None:
-        """One RL step: sample, score, and optimise (manual optimisation)."""
+        """One RL step: sample, score, and optimise (manual optimisation, through the learner)."""
         start = time.perf_counter()
         truncated = sum(int(s.get("truncated", False)) for s in batch)
         self.truncated_total += truncated
@@ -226,72 +184,29 @@ class LongActModule(L.LightningModule):
         if scored is None:
             self.log("train/skipped_steps", 1.0, on_step=True, reduce_fx="sum")
             return
-        ro = scored.batch
-        group = ro.group_size
-        advantages = self.algorithm.advantages(scored.rewards, group).to(self.device)  # [N]
-        ref_logp = self._ref_logprobs(ro)  # [N, C] or None
-        metrics = self._optimise(ro, advantages, ref_logp)
-        first = scored.first_round_rewards  # [N0]
-        groups = first.view(-1, group)  # [B0, G]
-        tokens = int(ro.attention_mask.sum())
-        logs = {
-            "train/reward_mean": first.mean(),
-            "train/reward_std": first.std(unbiased=False),
-            "train/accuracy": (first >= 1.0).float().mean(),
-            "train/zero_std_groups": (groups.std(-1, unbiased=False) == 0).float().mean(),
-            "train/completion_len": ro.completion_lengths.float().mean(),
-            "train/truncated_prompts": float(truncated),
-            "train/truncated_prompts_total": float(self.truncated_total),
-            "train/gen_rounds": float(scored.rounds),
-            "train/dropped_groups": float(scored.dropped_groups),
-            "train/kept_groups": float(len(ro.completions) // group),  # trained on (equal on every rank)
-            "train/reward_errors": float(self.reward_errors.count),
-            "train/tokens_per_s": tokens / (time.perf_counter() - start),
-            "train/lr": self.optimizers().param_groups[0]["lr"],
-            **metrics,
-        }
-        self.log_dict({k: float(v) for k, v in logs.items()}, on_step=True, batch_size=len(batch))
-        self.log(
-            "reward", float(first.mean()), prog_bar=True, on_step=True, logger=False, batch_size=len(batch)
-        )
+        advantages = self.algorithm.advantages(scored.rewards, scored.batch.group_size).to(self.device)  # [N]
+        train_batch = self.learner.prepare(self.policy, self.ref_model, scored.batch, advantages)
+        update = self.learner.update(
+            self.policy, train_batch, self._optimizer_calls(), self.dist,
+            generator=torch.Generator().manual_seed(self.seed + self.global_step),
+            token_mask_hook=lambda m: setattr(self, "stats_token_mask", m),  # read by saliency statistics
+        )  # fmt: skip
+        lr = self.optimizers().param_groups[0]["lr"]
+        logs = step_metrics(scored, truncated, self.truncated_total, self.reward_errors.count,
+                            time.perf_counter() - start, lr, update)  # fmt: skip
+        self.log_dict(logs, on_step=True, batch_size=len(batch))
+        reward = logs["train/reward_mean"]
+        self.log("reward", reward, prog_bar=True, on_step=True, logger=False, batch_size=len(batch))
 
-    def _optimise(self, ro: RolloutBatch, advantages: torch.Tensor, ref_logp: torch.Tensor | None) -> dict:
-        n, width = ro.completion_mask.shape
-        mini = self.mini_batch_size or n
-        # One pass over one mini-batch is on-policy: old_logp = logp.detach() makes the ratio exactly 1.
-        use_behaviour = self.ppo_epochs > 1 or mini < n
-        # external sampler with TIS over several passes: trainer log-probs before the updates (ratio and TIS)
-        tis_cap = getattr(self.rollout, "tis_cap", None)
-        train_old = self._policy_logprobs(ro) if tis_cap is not None and use_behaviour else None  # [N, C]
+    def _optimizer_calls(self) -> OptimizerCalls:
+        """Lightning's backward and optimizer step (callbacks' hooks, clipping and precision plugins run)."""
         opt, sched = self.optimizers(), self.lr_schedulers()
-        gen = torch.Generator().manual_seed(self.seed + self.global_step)
-        micro_metrics: list[dict] = []
-        norms: list[float] = []
-        whole_groups = self.logprobs.shared_prefix
-        micro_rows = micro_batch_rows(self.micro_batch_size, ro.group_size, whole_groups)
-        for _ in range(self.ppo_epochs):
-            for idx in minibatch_indices(n, mini, ro.group_size, gen, whole_groups):
-                num_seqs, num_tokens = self._global_counts(len(idx), ro.completion_mask[idx].sum())
-                step_metrics = [
-                    self._micro_step(
-                        ro, micro, width, advantages, ref_logp, use_behaviour, num_seqs, num_tokens, train_old
-                    )
-                    for micro in idx.split(micro_rows)
-                ]
-                micro_metrics += step_metrics
-                loss = sum(float(m["loss"]) for m in step_metrics)
-                norm = self.guard.grad_norm(self.policy.parameters())
-                if self.guard.allow(loss, norm, self._min_over_ranks):
-                    norms.append(float(norm))
-                    optimizer_step(opt, sched)  # also drops autocast's cached bf16 weights
-                else:
-                    self._on_nonfinite_step()
-                opt.zero_grad(set_to_none=True)
-        keys = micro_metrics[0].keys() if micro_metrics else ()
-        out = {f"train/{k}": sum(float(m[k]) for m in micro_metrics) / len(micro_metrics) for k in keys}
-        if norms:
-            out["train/grad_norm"] = sum(norms) / len(norms)  # before LongAct masking and clipping
-        return out
+        return OptimizerCalls(
+            backward=self.manual_backward,
+            step=lambda: optimizer_step(opt, sched),  # also drops autocast's cached bf16 weights
+            zero_grad=lambda: opt.zero_grad(set_to_none=True),
+            skip=self._on_nonfinite_step,
+        )
 
     def _on_nonfinite_step(self) -> None:
         """Skip the update; after ``max_nonfinite_steps`` in a row write a checkpoint and stop."""
@@ -302,35 +217,7 @@ class LongActModule(L.LightningModule):
         if self.guard.exhausted:
             path = Path(self.trainer.default_root_dir) / "checkpoints" / "nonfinite.ckpt"
             self.trainer.save_checkpoint(path)
-            raise NonFiniteError(
-                f"{self.guard.consecutive} optimizer steps in a row had a non-finite loss or gradient; "
-                f"stopped and saved {path}. Lower module.lr, check the reward function, or raise "
-                "module.max_nonfinite_steps."
-            )
-
-    def _micro_step(
-        self, ro, micro, width, advantages, ref_logp, use_behaviour, num_seqs, num_tokens, train_old=None
-    ) -> dict:
-        ids, am = ro.input_ids[micro], ro.attention_mask[micro]  # [m, P + C]
-        mask = ro.completion_mask[micro].float()  # [m, C]
-        # saliency statistics hooks read stats_token_mask: the real tokens of each forward's input
-        logp, entropy = self.logprobs(
-            self.policy, ids, am, width, self.rollout.temperature, True,
-            token_mask_hook=lambda m: setattr(self, "stats_token_mask", m), row_groups=micro // ro.group_size,
-        )  # fmt: skip  # [m, C]
-        old = ro.behaviour_logp[micro] if use_behaviour else logp.detach()  # [m, C]
-        old = train_old[micro] if train_old is not None else old  # [m, C]
-        ref = ref_logp[micro] if ref_logp is not None else None  # [m, C]
-        weights, tis_metrics, tis_cap = None, {}, getattr(self.rollout, "tis_cap", None)
-        if tis_cap is not None:  # external sampler: [m, C] token weights min(pi_train_old / pi_engine, cap)
-            weights, tis_metrics = truncated_is_weights(old, ro.behaviour_logp[micro], mask, tis_cap)
-        loss, metrics = self.algorithm.loss(
-            logp, old, ref, advantages[micro], mask, num_seqs=num_seqs, num_tokens=num_tokens,
-            token_weights=weights,
-        )  # fmt: skip
-        # DDP/FSDP average gradients over ranks while the counts are global: scale back to their sum
-        self.manual_backward(loss * self.trainer.world_size)
-        return {"loss": loss.detach(), "entropy": masked_mean(entropy, mask), **metrics, **tis_metrics}
+            raise self.guard.error(path)
 
     def on_before_optimizer_step(self, optimizer) -> None:
         """Clip gradients; callbacks' hooks (gradient masking) have already run."""
@@ -349,24 +236,14 @@ class LongActModule(L.LightningModule):
         batch, scores = drop_padding(batch, result.scores)  # a rank's padding sample (see WithPadding)
         if not batch:
             return
-        if self.val_metric is not None:
-            lengths = [int(s.get("target_length", -1)) for s in batch]
-            self.val_metric.update([s.get("task", "") for s in batch], lengths, scores)
-        else:
-            self.val_acc_all.update(scores)
+        update_accuracy(self.val_metric, self.val_acc_all, batch, scores)
 
     def on_validation_epoch_end(self) -> None:
         """Log ``val/acc``, ``val/acc/<length>`` and ``val/acc/<task>/<length>`` (synced across ranks)."""
-        if self.val_metric is not None:
-            values = {f"val/{k}": v.float() for k, v in self.val_metric.compute().items()}
-            self.val_metric.reset()
-        elif self.val_acc_all.update_called:
-            values = {"val/acc": self.val_acc_all.compute()}
-            self.val_acc_all.reset()
-        else:
-            return
-        self.log_dict(values)
-        self.log("val_acc", values["val/acc"], prog_bar=True, logger=False)
+        values = {f"val/{k}": v for k, v in compute_accuracy(self.val_metric, self.val_acc_all).items()}
+        if values:
+            self.log_dict(values)
+            self.log("val_acc", values["val/acc"], prog_bar=True, logger=False)
 
     # ------------------------------------------------------------ checkpoint
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -387,12 +264,5 @@ class LongActModule(L.LightningModule):
     # ----------------------------------------------------------------- export
     def on_train_end(self) -> None:
         """Save the trained policy and tokenizer with ``save_pretrained`` into ``export_dir``."""
-        if self.export_dir is None:
-            return
-        # FSDP: every rank takes part in gathering the full weights; rank 0 writes them
-        state = full_state_dict(self.policy) if is_sharded(self.policy) else None
-        if not self.trainer.is_global_zero:
-            return
-        self.export_dir.mkdir(parents=True, exist_ok=True)
-        self.policy.save_pretrained(self.export_dir, state_dict=state)
-        self.tokenizer.save_pretrained(self.export_dir)
+        if self.export_dir is not None:  # FSDP: every rank gathers the full weights, rank 0 writes them
+            save_full_pretrained(self.policy, self.tokenizer, self.export_dir, self.trainer.is_global_zero)

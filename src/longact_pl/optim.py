@@ -7,6 +7,14 @@ from collections.abc import Iterable
 import torch
 
 
+def check_optimizer_settings(lr: float, warmup_steps: int) -> None:
+    """Raise ``ValueError`` naming ``module.lr`` / ``module.warmup_steps`` for values out of range."""
+    if warmup_steps < 0:
+        raise ValueError(f"module.warmup_steps must be >= 0, got {warmup_steps}")
+    if lr <= 0:
+        raise ValueError(f"module.lr must be > 0, got {lr}")
+
+
 def adamw_with_warmup(
     params: Iterable[torch.nn.Parameter],
     lr: float,

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from longact_pl.distributed import DistOps, LocalOps
 from longact_pl.rollout.types import RolloutBatch, RolloutEngine, concat_rollouts
 
 log = logging.getLogger(__name__)
@@ -109,11 +110,11 @@ def sample_and_score(
     more_samples: Callable[[], Iterator[list[dict]]] | None,
     seed: int,
     errors: RewardErrors | None = None,
-    min_over_ranks: Callable[[int], int] | None = None,
+    dist: DistOps | None = None,
 ) -> ScoredRollout | None:
     """Generate and score; with ``keep_groups`` drop uniform groups and sample more prompts.
 
-    With several data-parallel ranks (``min_over_ranks`` given) the ranks stay in lock-step, because
+    With several data-parallel ranks (``dist.world_size > 1``) the ranks stay in lock-step, because
     generation and every later forward are collectives under FSDP: a rank keeps generating rounds while any
     rank still needs groups (its surplus is cut), and every rank keeps the same number of groups, the
     smallest any rank has (all ranks skip the step together when that is 0).
@@ -130,13 +131,13 @@ def sample_and_score(
         more_samples: Factory of an iterator of further prompt batches for extra rounds.
         seed: Sampling seed of the first round; round r uses ``seed + r``.
         errors: Collects reward-function failures (see :func:`score`).
-        min_over_ranks: ``int -> int``, the minimum of a value over data-parallel ranks (a collective
-            every rank calls in the same order); ``None`` on a single process.
+        dist: Data-parallel collectives (``dist.min`` is called by every rank in the same order); ``None``
+            on a single process.
 
     Returns:
         The scored rollouts, or ``None`` if dynamic sampling kept no group at all (on some rank).
     """
-    agree = min_over_ranks or (lambda value: value)
+    agree = (dist or LocalOps()).min
     group = engine.group_size
     want = len(samples)
     kept: list[RolloutBatch] = []

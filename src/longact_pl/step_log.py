@@ -8,6 +8,8 @@ from typing import Any
 import lightning as L
 import torch
 
+from longact_pl.sampling import ScoredRollout
+
 log = logging.getLogger("longact_pl")
 
 # (logged metric, label, format) in the order printed
@@ -19,6 +21,48 @@ FIELDS = (
     ("train/completion_len", "len", "{:.1f}"),
     ("train/tokens_per_s", "tok/s", "{:.0f}"),
 )
+
+
+def step_metrics(
+    scored: ScoredRollout,
+    truncated: int,
+    truncated_total: int,
+    reward_errors: int,
+    seconds: float,
+    lr: float,
+    update: dict[str, float],
+) -> dict[str, float]:
+    """The ``train/*`` metrics of one RL step (what :func:`format_step` prints a selection of).
+
+    Args:
+        scored: The step's scored rollouts (rewards of the first round are the reward curve).
+        truncated: Prompts of this step that were middle-truncated to fit.
+        truncated_total: Such prompts since the start of the run.
+        reward_errors: Completions whose reward function raised, since the start of the run.
+        seconds: Wall time of the step so far (for ``train/tokens_per_s``).
+        lr: The optimizer's current learning rate.
+        update: The learner's metrics (``train/loss``, ``train/grad_norm``, ...).
+    """
+    ro, group = scored.batch, scored.batch.group_size
+    first = scored.first_round_rewards  # [N0]
+    groups = first.view(-1, group)  # [B0, G]
+    logs = {
+        "train/reward_mean": first.mean(),
+        "train/reward_std": first.std(unbiased=False),
+        "train/accuracy": (first >= 1.0).float().mean(),
+        "train/zero_std_groups": (groups.std(-1, unbiased=False) == 0).float().mean(),
+        "train/completion_len": ro.completion_lengths.float().mean(),
+        "train/truncated_prompts": float(truncated),
+        "train/truncated_prompts_total": float(truncated_total),
+        "train/gen_rounds": float(scored.rounds),
+        "train/dropped_groups": float(scored.dropped_groups),
+        "train/kept_groups": float(len(ro.completions) // group),  # trained on (equal on every rank)
+        "train/reward_errors": float(reward_errors),
+        "train/tokens_per_s": int(ro.attention_mask.sum()) / seconds,
+        "train/lr": lr,
+        **update,
+    }
+    return {k: float(v) for k, v in logs.items()}
 
 
 def format_step(step: int, max_steps: int, metrics: dict[str, Any]) -> str:

@@ -26,11 +26,12 @@ import lightning.pytorch as pl
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, ParallelStrategy
 from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 from longact_pl.ops.chunked import lm_head_of
 from longact_pl.ops.sequence_parallel import SPGroup, check_heads, enable_ulysses
 from longact_pl.ops.shared_prefix import full_attention_only
+from longact_pl.precision import fsdp_mixed_precision
 
 SP_FIELD = "trainer.strategy.sequence_parallel_size"
 
@@ -55,15 +56,20 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
     return layers
 
 
-def shard_model(model: nn.Module, mesh, reshard_after_forward: bool = True) -> None:
+def shard_model(
+    model: nn.Module, mesh, reshard_after_forward: bool = True, mp_policy: MixedPrecisionPolicy | None = None
+) -> None:
     """``fully_shard`` every decoder layer, then the root (embeddings, final norm, LM head, tied or not).
 
-    Also marks the model FSDP-managed so Hugging Face ``generate`` keeps ranks in lock-step
+    ``mp_policy`` (``None``: FSDP2's default, no casting) sets the dtype parameters are gathered in and
+    gradients reduced in (:func:`longact_pl.precision.fsdp_mixed_precision`). Also marks the model
+    FSDP-managed so Hugging Face ``generate`` keeps ranks in lock-step
     (``synced_gpus``): a rank whose sequences all ended keeps running forwards until every rank is done.
     """
+    policy = mp_policy or MixedPrecisionPolicy()
     for layer in decoder_layers(model):
-        fully_shard(layer, mesh=mesh, reshard_after_forward=reshard_after_forward)
-    fully_shard(model, mesh=mesh, reshard_after_forward=reshard_after_forward)
+        fully_shard(layer, mesh=mesh, reshard_after_forward=reshard_after_forward, mp_policy=policy)
+    fully_shard(model, mesh=mesh, reshard_after_forward=reshard_after_forward, mp_policy=policy)
     model._is_fsdp_managed_module = True
 
 
@@ -106,6 +112,10 @@ class LongActDDP(DDPStrategy):
 
 class LongActFSDP(ModelParallelStrategy):
     """FSDP2 over all ranks (every device of every node shards the model), optionally sequence parallel.
+
+    With ``trainer.precision=bf16-mixed`` the fp32 sharded parameters are all-gathered in bf16 and gradients
+    reduce-scattered in fp32 (:func:`longact_pl.precision.fsdp_mixed_precision`), on top of Lightning's
+    autocast; the frozen reference model is gathered in bf16 too.
 
     Args:
         activation_checkpointing: Recompute each decoder layer's activations in backward.
@@ -201,10 +211,11 @@ class LongActFSDP(ModelParallelStrategy):
             enable_activation_checkpointing(module.policy)
         mesh = self.device_mesh
         mesh = mesh["data_parallel"] if self.sequence_parallel_size == 1 else mesh._flatten("fsdp")
+        mp_policy = fsdp_mixed_precision(self.precision_plugin.precision)
         for model in (module.policy, getattr(module, "ref_model", None)):
             if model is not None:
                 if self.sequence_parallel_size > 1:
                     enable_ulysses(model, self.sequence_parallel_size)
-                shard_model(model, mesh, self.reshard_after_forward)
+                shard_model(model, mesh, self.reshard_after_forward, mp_policy)
         if self.sequence_parallel is not None:
-            module.logprobs.sequence_parallel = self.sequence_parallel
+            module.learner.logprobs.sequence_parallel = self.sequence_parallel

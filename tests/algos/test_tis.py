@@ -33,3 +33,10 @@ def test_module_weights_the_loss_by_the_engine_mismatch(tmp_path, shift, ratio, 
     # on-policy pass: the trainer's old log-probs are the behaviour ones before the shift
     assert float(row["train/tis_ratio_mean"]) == pytest.approx(ratio, rel=1e-3)
     assert float(row["train/tis_capped_frac"]) == capped
+
+
+def test_rollout_tis_cap_is_the_learners_setting(tmp_path):
+    """``rollout.tis_cap`` (the vLLM engine's config) reaches the learner as ``module.tis_cap``."""
+    assert compose_train(tmp_path, "rollout=vllm", "rollout.tis_cap=2.0").module.tis_cap == 2.0
+    assert compose_train(tmp_path, "rollout=vllm").module.tis_cap is None
+    assert compose_train(tmp_path).module.tis_cap is None  # HF rollouts have no such field

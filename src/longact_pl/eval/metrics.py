@@ -10,7 +10,7 @@ import bisect
 from collections.abc import Sequence
 
 import torch
-from torchmetrics import Metric
+from torchmetrics import MeanMetric, Metric
 
 
 class TaskLengthAccuracy(Metric):
@@ -121,6 +121,30 @@ class TaskLengthAccuracy(Metric):
         if per_length:
             out["acc"] = torch.stack(per_length).mean()
         return out
+
+
+def update_accuracy(
+    per_task: TaskLengthAccuracy | None, overall: MeanMetric, samples: Sequence[dict], scores: torch.Tensor
+) -> None:
+    """Add held-out scores ``[N]``: per task and ``target_length`` with ``per_task``, else overall."""
+    if per_task is not None:
+        lengths = [int(s.get("target_length", -1)) for s in samples]
+        per_task.update([s.get("task", "") for s in samples], lengths, scores)
+    else:
+        overall.update(scores)
+
+
+def compute_accuracy(per_task: TaskLengthAccuracy | None, overall: MeanMetric) -> dict[str, torch.Tensor]:
+    """``acc`` (and per task/length keys) of what :func:`update_accuracy` added, then reset (``{}``: none)."""
+    if per_task is not None:
+        values = {k: v.float() for k, v in per_task.compute().items()}
+        per_task.reset()
+    elif overall.update_called:
+        values = {"acc": overall.compute()}
+        overall.reset()
+    else:
+        values = {}
+    return values
 
 
 def task_names(task) -> list[str]:

@@ -9,7 +9,7 @@ from longact_pl.models.types import LoadedModel, finish, resolve_dtype
 
 def load_hf(
     name_or_path: str,
-    dtype: str = "bfloat16",
+    dtype: str = "float32",
     attn_implementation: str = "sdpa",
     gradient_checkpointing: bool = False,
     trust_remote_code: bool = False,
@@ -20,7 +20,7 @@ def load_hf(
 
     Args:
         name_or_path: A local folder or a hub id (``Qwen/Qwen3-8B``).
-        dtype: Parameter dtype name.
+        dtype: Parameter dtype name (float32 to train: see ``longact_pl.precision``).
         attn_implementation: ``sdpa``, ``eager`` or ``flash_attention_2``.
         gradient_checkpointing: Recompute activations in backward.
         trust_remote_code: Run code shipped with the checkpoint (off by default; only for sources you trust).

@@ -11,8 +11,9 @@ and the workers reload it in place (``rollout/vllm_worker.py``), then the prefix
 
 Behaviour log-probs are vLLM's ``processed_logprobs`` of the sampled tokens: ``log_softmax(logits / T)``
 like the HF engine and the trainer (with ``top_p < 1`` or ``top_k > 0`` they are renormalised over the
-kept tokens). Engine numerics (bf16, other kernels) differ from the trainer's; ``tis_cap`` turns on
-truncated importance sampling in the module to correct for it.
+kept tokens). Engine numerics (bf16, other kernels) differ from the trainer's; ``rollout.tis_cap`` turns
+on truncated importance sampling in the learner to correct for it (the config interpolates it into
+``module.tis_cap``; the engine only checks it).
 
 Engines are shared within a process by configuration (``shutdown_engines()`` stops them): two rollout
 objects for the same architecture reuse one engine, and each pushes its own weights before using it.
@@ -112,8 +113,9 @@ class VLLMRollout:
         temperature: Sampling temperature (> 0).
         top_p: Nucleus sampling mass in (0, 1].
         top_k: Top-k filter (0 = off).
-        tis_cap: Truncated importance sampling cap for the rollout/train mismatch: the module weights each
-            token's policy loss by ``min(exp(logp_train_old - logp_vllm), tis_cap)`` (``None`` = off).
+        tis_cap: Truncated importance sampling cap for the rollout/train mismatch (``None`` = off). Only
+            checked here, so a bad value fails before a model loads; the learner applies it (it reaches
+            ``module.tis_cap`` through the config, see ``longact_pl.learner.Learner``).
         dtype: Engine weight dtype (``bfloat16``, ``float16`` or ``float32``).
         max_model_len: Longest prompt + completion (``None`` = the model's maximum).
         kv_cache_gib: KV-cache size in GiB (``None`` = vLLM's default: ``gpu_memory_utilization`` on GPU).
@@ -146,7 +148,6 @@ class VLLMRollout:
         resolve_dtype(dtype, "rollout.dtype")
         self.group_size, self.max_new_tokens = group_size, max_new_tokens
         self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
-        self.tis_cap = tis_cap
         self.dtype = dtype
         self.engine_args: dict[str, Any] = {
             "dtype": dtype,

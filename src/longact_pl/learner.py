@@ -1,0 +1,300 @@
+"""The RL update of one step, outside Lightning: no-grad log-prob passes, then epochs x mini x micro-batches.
+
+:class:`Learner` holds the rules of the update: which old log-probs the ratio uses, how the loss is normalised
+across micro-batches and data-parallel ranks, when an optimizer step is skipped. What belongs to the
+training framework comes in as arguments: the collectives (:class:`~longact_pl.distributed.DistOps`), and
+backward and the optimizer step (:class:`OptimizerCalls`; in ``LongActModule`` Lightning's
+``manual_backward`` and ``LightningOptimizer.step``, so gradient-masking callbacks, clipping and precision
+plugins run as they would in any Lightning module).
+
+Two places are meant to be replaced by longer-context variants: how rows are cut into micro-batches
+(:attr:`Learner.micro_batches`, any :data:`MicroBatcher`) and the log-prob pass (:meth:`Learner.logprobs_of`,
+the only caller of the model).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from longact_pl.algos.losses import masked_mean
+from longact_pl.algos.protocol import Algorithm
+from longact_pl.algos.tis import truncated_is_weights
+from longact_pl.distributed import DistOps
+from longact_pl.guards import NonFiniteGuard
+from longact_pl.minibatch import micro_batch_rows, minibatch_indices
+from longact_pl.ops.policy_logprobs import LogprobPass
+from longact_pl.ops.shared_prefix import TokenMaskHook
+from longact_pl.rollout.types import RolloutBatch
+
+# (row indices [m] of one mini-batch or pass, the rollouts, whole_groups) -> row indices of each micro-batch
+MicroBatcher = Callable[[torch.Tensor, RolloutBatch, bool], list[torch.Tensor]]
+
+
+@dataclass
+class TrainBatch:
+    """What one RL step trains on.
+
+    Attributes:
+        rollouts: ``[N, ...]`` rollouts; rows ``g*G .. g*G + G - 1`` share a prompt.
+        advantages: ``[N]`` per-sequence advantages.
+        ref_logp: ``[N, C]`` reference-model log-probs (``None``: no KL term).
+        old_logp: ``[N, C]`` trainer log-probs before this step's updates, for the ratio and the TIS weights
+            when an external engine sampled and the step takes several optimizer steps (else ``None``).
+    """
+
+    rollouts: RolloutBatch
+    advantages: torch.Tensor
+    ref_logp: torch.Tensor | None = None
+    old_logp: torch.Tensor | None = None
+
+
+@dataclass
+class OptimizerCalls:
+    """How the learner drives the optimizer (the framework's calls, so its hooks and plugins run).
+
+    Attributes:
+        backward: Backward of a scalar loss (``LightningModule.manual_backward``).
+        step: One optimizer (and learning-rate schedule) step; ``on_before_optimizer_step`` hooks run in it.
+        zero_grad: Drop the gradients (after every mini-batch, stepped or skipped).
+        skip: Called instead of ``step`` when the guard rejects a step (non-finite loss or gradient).
+    """
+
+    backward: Callable[[torch.Tensor], None]
+    step: Callable[[], None]
+    zero_grad: Callable[[], None]
+    skip: Callable[[], None]
+
+
+class RowMicroBatches:
+    """Micro-batches of ``micro_batch_size`` rows; with ``whole_groups`` and at least G rows, whole groups.
+
+    Args:
+        micro_batch_size: Rows per forward/backward.
+    """
+
+    def __init__(self, micro_batch_size: int) -> None:
+        if micro_batch_size < 1:
+            raise ValueError(f"module.micro_batch_size must be >= 1, got {micro_batch_size}")
+        self.micro_batch_size = micro_batch_size
+
+    def __call__(self, rows: torch.Tensor, rollouts: RolloutBatch, whole_groups: bool) -> list[torch.Tensor]:
+        """Consecutive runs of ``rows`` (``[m] -> [r], [r], ...``; see :func:`micro_batch_rows`)."""
+        return list(rows.split(micro_batch_rows(self.micro_batch_size, rollouts.group_size, whole_groups)))
+
+
+def take(tensor: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``tensor[rows]``, as a view (no copy) when ``rows`` is one ascending run ``a, a + 1, ..., b``."""
+    start, n = int(rows[0]), len(rows)
+    if int(rows[-1]) - start + 1 == n and bool((rows.diff() == 1).all()):
+        return tensor[start : start + n]
+    return tensor[rows]
+
+
+def global_counts(
+    num_seqs: int, num_tokens: torch.Tensor, dist: DistOps
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequences and valid tokens of one mini-batch, summed over data-parallel ranks (``[]``, ``[]``)."""
+    counts = torch.stack([torch.tensor(float(num_seqs)), num_tokens.detach().float().cpu()])  # [2]
+    counts = dist.sum(counts)  # [2]
+    return counts[0], counts[1]
+
+
+class Learner:
+    """Policy-gradient updates from one batch of rollouts.
+
+    Per step, :meth:`prepare` runs the no-grad passes (reference log-probs; trainer log-probs before the
+    update for TIS) and :meth:`update` runs ``ppo_epochs`` passes over mini-batches of ``mini_batch_size``
+    rows, one optimizer step each, whose gradient accumulates over micro-batches.
+
+    Normalisation: each micro-batch's loss is divided by the mini-batch's sequence and token counts summed
+    over ranks (:func:`global_counts`) and multiplied by the world size before backward, because DDP and
+    FSDP average gradients over ranks. The summed micro-batch gradients then equal one process training
+    on the union of the ranks' mini-batches, for every loss aggregation (DAPO's token mean too).
+
+    Old log-probs: one pass over one mini-batch is on-policy and uses ``logp.detach()`` (ratio exactly 1);
+    several epochs or mini-batches use the rollouts' behaviour log-probs, or with ``tis_cap`` the trainer's
+    own log-probs before the update (the sampling engine's then only enter the TIS weights).
+
+    Args:
+        algorithm: Loss (``loss(logp, old, ref, advantages, mask, num_seqs=, num_tokens=, token_weights=)``).
+        logprobs: The log-prob pass (shared prompt, chunked head).
+        guard: Decides whether an optimizer step runs (non-finite loss or gradient).
+        temperature: Sampling temperature of the rollouts (log-probs are taken at it).
+        ppo_epochs: Passes over one rollout batch.
+        mini_batch_size: Rows per optimizer step (0 = the whole rollout batch).
+        micro_batch_size: Rows per forward/backward (see :class:`RowMicroBatches`).
+        tis_cap: Truncated importance sampling cap: each token's policy loss is weighted by
+            ``min(exp(logp_train_old - logp_behaviour), tis_cap)`` (``None`` = off; for external samplers).
+        micro_batches: How rows are cut into micro-batches (default :class:`RowMicroBatches`).
+    """
+
+    def __init__(
+        self,
+        algorithm: Algorithm,
+        logprobs: LogprobPass,
+        guard: NonFiniteGuard,
+        temperature: float = 1.0,
+        ppo_epochs: int = 1,
+        mini_batch_size: int = 0,
+        micro_batch_size: int = 4,
+        tis_cap: float | None = None,
+        micro_batches: MicroBatcher | None = None,
+    ) -> None:
+        if ppo_epochs < 1:
+            raise ValueError(f"module.ppo_epochs must be >= 1, got {ppo_epochs}")
+        if mini_batch_size < 0:
+            raise ValueError(f"module.mini_batch_size must be >= 0, got {mini_batch_size}")
+        if tis_cap is not None and tis_cap <= 0:
+            raise ValueError(f"module.tis_cap (rollout.tis_cap) must be > 0 (or null = off), got {tis_cap}")
+        self.algorithm, self.logprobs, self.guard = algorithm, logprobs, guard
+        self.temperature = temperature
+        self.ppo_epochs, self.mini_batch_size = ppo_epochs, mini_batch_size
+        self.tis_cap = tis_cap
+        self.micro_batches: MicroBatcher = micro_batches or RowMicroBatches(micro_batch_size)
+
+    def uses_behaviour(self, num_rows: int) -> bool:
+        """Whether the ratio needs stored old log-probs: more than one optimizer step per rollout batch."""
+        return self.ppo_epochs > 1 or (self.mini_batch_size or num_rows) < num_rows
+
+    # ------------------------------------------------------------------ log-probs
+    def logprobs_of(
+        self,
+        model: nn.Module,
+        rollouts: RolloutBatch,
+        rows: torch.Tensor,
+        with_entropy: bool = False,
+        token_mask_hook: TokenMaskHook | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Completion log-probs ``[r, C]`` (and entropy ``[r, C]`` or ``None``) of ``rows`` under a model."""
+        return self.logprobs(
+            model, take(rollouts.input_ids, rows), take(rollouts.attention_mask, rows),
+            rollouts.completion_mask.shape[1], self.temperature, with_entropy,
+            token_mask_hook=token_mask_hook, row_groups=rows // rollouts.group_size,
+        )  # fmt: skip
+
+    @torch.no_grad()
+    def no_grad_logprobs(self, model: nn.Module, rollouts: RolloutBatch) -> torch.Tensor:
+        """Log-probs ``[N, C]`` of every row, micro-batch by micro-batch, without a graph."""
+        rows = torch.arange(rollouts.completion_mask.shape[0])  # [N]
+        parts = self.micro_batches(rows, rollouts, self.logprobs.shared_prefix)
+        return torch.cat([self.logprobs_of(model, rollouts, part)[0] for part in parts])  # [N, C]
+
+    def prepare(
+        self,
+        policy: nn.Module,
+        reference: nn.Module | None,
+        rollouts: RolloutBatch,
+        advantages: torch.Tensor,
+    ) -> TrainBatch:
+        """Run the no-grad passes a step needs (each a collective under FSDP: every rank runs them).
+
+        Args:
+            policy: The policy, before this step's updates.
+            reference: The frozen reference model (``None``: no KL term, no pass).
+            rollouts: ``[N, ...]``.
+            advantages: ``[N]``.
+        """
+        ref_logp = self.no_grad_logprobs(reference, rollouts) if reference is not None else None  # [N, C]
+        old_logp = None
+        if self.tis_cap is not None and self.uses_behaviour(rollouts.completion_mask.shape[0]):
+            old_logp = self.no_grad_logprobs(policy, rollouts)  # [N, C]
+        return TrainBatch(rollouts, advantages, ref_logp, old_logp)
+
+    # ------------------------------------------------------------------ update
+    def micro_loss(
+        self,
+        policy: nn.Module,
+        batch: TrainBatch,
+        rows: torch.Tensor,
+        use_behaviour: bool,
+        num_seqs: torch.Tensor,
+        num_tokens: torch.Tensor,
+        token_mask_hook: TokenMaskHook | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Loss of one micro-batch (normalised by the mini-batch's global counts) and its metrics.
+
+        Args:
+            policy: The policy (with gradients).
+            batch: The step's batch.
+            rows: ``[m]`` row indices of the micro-batch.
+            use_behaviour: Take the old log-probs from the batch (else ``logp.detach()``: ratio 1).
+            num_seqs: Sequences of the mini-batch over all ranks.
+            num_tokens: Valid completion tokens of the mini-batch over all ranks.
+            token_mask_hook: Told the valid tokens of each forward's input (saliency statistics).
+        """
+        ro = batch.rollouts
+        mask = ro.completion_mask[rows].float()  # [m, C]
+        logp, entropy = self.logprobs_of(policy, ro, rows, True, token_mask_hook)  # [m, C], [m, C]
+        behaviour = ro.behaviour_logp[rows]  # [m, C]
+        old = behaviour if use_behaviour else logp.detach()  # [m, C]
+        old = batch.old_logp[rows] if batch.old_logp is not None else old  # [m, C]
+        ref = batch.ref_logp[rows] if batch.ref_logp is not None else None  # [m, C]
+        weights, tis_metrics = None, {}
+        if self.tis_cap is not None:  # [m, C] token weights min(pi_train_old / pi_engine, cap)
+            weights, tis_metrics = truncated_is_weights(old, behaviour, mask, self.tis_cap)
+        loss, metrics = self.algorithm.loss(
+            logp, old, ref, batch.advantages[rows], mask, num_seqs=num_seqs, num_tokens=num_tokens,
+            token_weights=weights,
+        )  # fmt: skip
+        return loss, {"loss": loss.detach(), "entropy": masked_mean(entropy, mask), **metrics, **tis_metrics}
+
+    def update(
+        self,
+        policy: nn.Module,
+        batch: TrainBatch,
+        optim: OptimizerCalls,
+        dist: DistOps,
+        generator: torch.Generator,
+        token_mask_hook: TokenMaskHook | None = None,
+    ) -> dict[str, float]:
+        """``ppo_epochs`` x mini-batches optimizer steps, each accumulating its micro-batches' gradients.
+
+        Args:
+            policy: The policy being trained (its parameters' gradients feed the guard).
+            batch: From :meth:`prepare`.
+            optim: Backward and optimizer calls.
+            dist: Data-parallel collectives (global counts, world-size scaling, agreeing on skips).
+            generator: Shuffles the mini-batches.
+            token_mask_hook: See :meth:`micro_loss`.
+
+        Returns:
+            ``train/<metric>`` means over micro-batches, and ``train/grad_norm`` (mean over the steps taken,
+            before LongAct masking and clipping).
+        """
+        ro = batch.rollouts
+        n = ro.completion_mask.shape[0]
+        use_behaviour = self.uses_behaviour(n)
+        whole_groups = self.logprobs.shared_prefix
+        micro_metrics: list[dict[str, torch.Tensor]] = []
+        norms: list[float] = []
+        for _ in range(self.ppo_epochs):
+            for idx in minibatch_indices(
+                n, self.mini_batch_size or n, ro.group_size, generator, whole_groups
+            ):
+                num_seqs, num_tokens = global_counts(len(idx), ro.completion_mask[idx].sum(), dist)
+                step_metrics = []
+                for rows in self.micro_batches(idx, ro, whole_groups):
+                    loss, metrics = self.micro_loss(
+                        policy, batch, rows, use_behaviour, num_seqs, num_tokens, token_mask_hook
+                    )
+                    # DDP/FSDP average gradients over ranks while the counts are global: scale to their sum
+                    optim.backward(loss * dist.world_size)
+                    step_metrics.append(metrics)
+                micro_metrics += step_metrics
+                loss_sum = sum(float(m["loss"]) for m in step_metrics)
+                norm = self.guard.grad_norm(policy.parameters())
+                if self.guard.allow(loss_sum, norm, dist):
+                    norms.append(float(norm))
+                    optim.step()
+                else:
+                    optim.skip()
+                optim.zero_grad()
+        keys = micro_metrics[0].keys() if micro_metrics else ()
+        out = {f"train/{k}": sum(float(m[k]) for m in micro_metrics) / len(micro_metrics) for k in keys}
+        if norms:
+            out["train/grad_norm"] = sum(norms) / len(norms)  # before LongAct masking and clipping
+        return out

@@ -1,0 +1,217 @@
+"""The learner's rules on a tiny model, with fake data-parallel collectives (no processes, no Lightning)."""
+
+import copy
+
+import pytest
+import torch
+
+from longact_pl.algos.grpo import GRPO
+from longact_pl.distributed import LocalOps
+from longact_pl.guards import NonFiniteGuard
+from longact_pl.learner import Learner, OptimizerCalls, TrainBatch, take
+from longact_pl.ops.logprobs import completion_logprobs
+from longact_pl.ops.policy_logprobs import LogprobPass
+from longact_pl.rollout.types import RolloutBatch
+from tests.helpers import FakeOps
+
+G, P, C, T = 2, 6, 5, 0.7
+LENGTHS = [5, 2, 4, 1]  # completion lengths: a mixed batch
+ADVANTAGES = torch.tensor([1.0, -0.5, 0.3, -0.8])  # [N]
+
+
+def _rollouts(vocab: int) -> RolloutBatch:
+    """2 groups of 2 rows; group 1's prompt has 2 padding tokens; completions of mixed lengths."""
+    gen = torch.Generator().manual_seed(0)
+    n = len(LENGTHS)
+    prompts = torch.randint(3, vocab, (n // G, P), generator=gen).repeat_interleave(G, 0)  # [N, P]
+    prompt_mask = torch.ones(n, P, dtype=torch.long)  # [N, P]
+    prompt_mask[G:, :2] = 0
+    completion_mask = (torch.arange(C)[None] < torch.tensor(LENGTHS)[:, None]).long()  # [N, C]
+    completions = torch.randint(3, vocab, (n, C), generator=gen) * completion_mask  # [N, C]
+    return RolloutBatch(
+        input_ids=torch.cat([prompts * prompt_mask, completions], 1),
+        attention_mask=torch.cat([prompt_mask, completion_mask], 1),
+        completion_mask=completion_mask,
+        behaviour_logp=-torch.rand(n, C, generator=gen) * 3 * completion_mask,  # not the policy's: ratio != 1
+        completions=[""] * n,
+        prompt_width=P,
+        group_size=G,
+    )
+
+
+class _Recorder:
+    """``OptimizerCalls`` that record instead of stepping (``sgd_lr``: take a plain SGD step)."""
+
+    def __init__(self, model, sgd_lr: float = 0.0) -> None:
+        self.model, self.sgd_lr = model, sgd_lr
+        self.losses, self.grads, self.skips, self.zeroed = [], [], 0, 0
+
+    def calls(self) -> OptimizerCalls:
+        return OptimizerCalls(self._backward, self._step, self._zero_grad, self._skip)
+
+    def _backward(self, loss):
+        self.losses.append(loss.detach())
+        loss.backward()
+
+    def _step(self):
+        self.grads.append({n: p.grad.clone() for n, p in self.model.named_parameters()})
+        with torch.no_grad():
+            for p in self.model.parameters():
+                p -= self.sgd_lr * p.grad
+
+    def _zero_grad(self):
+        self.zeroed += 1
+        self.model.zero_grad(set_to_none=True)
+
+    def _skip(self):
+        self.skips += 1
+
+
+class _SpyLoss(GRPO):
+    """GRPO that records what the learner passes to its loss."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.calls = []
+
+    def loss(self, logp, old_logp, ref_logp, advantages, mask, **kwargs):
+        self.calls.append({"logp": logp.detach().clone(), "old": old_logp.clone(), **kwargs})
+        return super().loss(logp, old_logp, ref_logp, advantages, mask, **kwargs)
+
+
+def _learner(algorithm, **kwargs) -> Learner:
+    return Learner(
+        algorithm, LogprobPass(shared_prefix=True, chunk_size=None), NonFiniteGuard(3), T, **kwargs
+    )
+
+
+def _update(learner, model, batch, dist=None, sgd_lr=0.0):
+    rec = _Recorder(model, sgd_lr)
+    metrics = learner.update(model, batch, rec.calls(), dist or LocalOps(), torch.Generator().manual_seed(0))
+    return rec, metrics
+
+
+@pytest.mark.parametrize("aggregation", ["seq_mean_token_mean", "token_mean"])
+def test_micro_batches_add_up_to_the_whole_mini_batch(tiny, aggregation):
+    """Loss sum and gradient of 4 one-row micro-batches equal one 4-row micro-batch (with the KL term)."""
+    model = tiny.model.train()
+    ro = _rollouts(model.config.vocab_size)
+    algo = GRPO(kl_coef=0.5, aggregation=aggregation)
+    policy_logp = _learner(algo).no_grad_logprobs(model, ro)  # [N, C]
+    ref = policy_logp + 0.2 * torch.randn(policy_logp.shape, generator=torch.Generator().manual_seed(1))
+    batch = TrainBatch(ro, ADVANTAGES, ref_logp=ref * ro.completion_mask)  # [N, C] near the policy
+    whole, _ = _update(_learner(algo, micro_batch_size=4), model, batch)
+    micro, _ = _update(_learner(algo, micro_batch_size=1), model, batch)
+    assert len(whole.losses) == 1 and len(micro.losses) == 4 and len(micro.grads) == 1
+    torch.testing.assert_close(sum(micro.losses), whole.losses[0], rtol=1e-5, atol=1e-7)
+    for name, grad in whole.grads[0].items():
+        scale = float(grad.abs().max())  # summation order differs: errors relative to the largest entry
+        torch.testing.assert_close(micro.grads[0][name], grad, rtol=1e-4, atol=1e-5 * scale, msg=name)
+    assert max(g.abs().max() for g in whole.grads[0].values()) > 1e-3  # a real gradient
+
+
+def test_update_equals_a_hand_written_step(tiny):
+    """One on-policy step over micro-batches = the loss of the whole batch by the naive log-prob path."""
+    model = tiny.model.train()
+    naive = copy.deepcopy(model)
+    ro = _rollouts(model.config.vocab_size)
+    rec, _ = _update(
+        _learner(GRPO(kl_coef=0.0), micro_batch_size=2), model, TrainBatch(ro, ADVANTAGES), sgd_lr=1.0
+    )
+    logp, _ = completion_logprobs(naive, ro.input_ids, ro.attention_mask, C, T)  # [N, C]
+    loss, _ = GRPO(kl_coef=0.0).loss(logp, logp.detach(), None, ADVANTAGES, ro.completion_mask.float())
+    loss.backward()
+    torch.testing.assert_close(sum(rec.losses), loss.detach(), rtol=1e-5, atol=1e-7)
+    for name, param in naive.named_parameters():
+        torch.testing.assert_close(rec.grads[0][name], param.grad, rtol=1e-4, atol=1e-7, msg=name)
+        # the recorder's SGD step (lr 1) moved the learner's weights by exactly the naive gradient
+        torch.testing.assert_close(dict(model.named_parameters())[name], param - param.grad, msg=name)
+
+
+def test_one_pass_over_one_mini_batch_is_on_policy(tiny):
+    """``old = logp.detach()``: the ratio is exactly 1 however far the behaviour log-probs are."""
+    model = tiny.model.train()
+    algo = _SpyLoss(kl_coef=0.0)
+    _, metrics = _update(
+        _learner(algo, micro_batch_size=2), model, TrainBatch(_rollouts(model.config.vocab_size), ADVANTAGES)
+    )
+    assert len(algo.calls) == 2 and all(torch.equal(c["old"], c["logp"]) for c in algo.calls)
+    assert metrics["train/ratio_mean"] == 1.0 and metrics["train/clip_frac_low"] == 0.0
+
+
+@pytest.mark.parametrize(("epochs", "mini", "steps"), [(2, 0, 2), (1, 2, 2), (2, 2, 4)])
+def test_several_optimizer_steps_use_the_behaviour_logprobs(tiny, epochs, mini, steps):
+    model = tiny.model.train()
+    ro = _rollouts(model.config.vocab_size)
+    algo = _SpyLoss(kl_coef=0.0)
+    learner = _learner(algo, ppo_epochs=epochs, mini_batch_size=mini, micro_batch_size=4)
+    rec, metrics = _update(learner, model, TrainBatch(ro, ADVANTAGES), sgd_lr=1e-3)
+    assert len(rec.grads) == steps and rec.zeroed == steps
+    for call in algo.calls:  # every row of old is a behaviour row (the policy's own would give ratio 1)
+        assert all(any(torch.equal(row, b) for b in ro.behaviour_logp) for row in call["old"])
+    assert abs(metrics["train/ratio_mean"] - 1.0) > 0.1
+
+
+def test_tis_with_several_passes_uses_the_trainers_old_logprobs(tiny):
+    """External sampler + TIS: ``prepare`` takes the trainer's log-probs; the engine's only weight tokens."""
+    model = tiny.model.train()
+    ro = _rollouts(model.config.vocab_size)
+    algo = _SpyLoss(kl_coef=0.0)
+    learner = _learner(algo, ppo_epochs=2, micro_batch_size=4, tis_cap=2.0)
+    batch = learner.prepare(model, None, ro, ADVANTAGES)
+    assert batch.ref_logp is None
+    want, _ = completion_logprobs(model, ro.input_ids, ro.attention_mask, C, T)  # [N, C]
+    mask = ro.completion_mask.bool()
+    torch.testing.assert_close(batch.old_logp[mask], want.detach()[mask])
+    _update(learner, model, batch, sgd_lr=1e-3)
+    for call in algo.calls:  # both epochs: the same pre-update trainer log-probs
+        assert torch.equal(call["old"], batch.old_logp)
+        weights = (batch.old_logp - ro.behaviour_logp).exp().clamp(max=2.0)  # [N, C]
+        torch.testing.assert_close(call["token_weights"][mask], weights[mask])
+    # one on-policy pass needs no extra forward: old = logp.detach(), weighted against the engine
+    assert _learner(algo, tis_cap=2.0).prepare(model, None, ro, ADVANTAGES).old_logp is None
+
+
+def test_counts_are_global_through_the_ops_sum(tiny):
+    """Token mean over 2 ranks: this rank's loss is divided by both ranks' tokens, then scaled by 2."""
+    model = tiny.model.train()
+    ro = _rollouts(model.config.vocab_size)
+    batch = TrainBatch(ro, ADVANTAGES)
+    algo = GRPO(kl_coef=0.0, aggregation="token_mean")
+    local, _ = _update(_learner(algo), model, batch)
+    other = torch.tensor([4.0, 9.0])  # the other rank's sequences and tokens
+    dist = FakeOps(world_size=2, other_sums=[other])
+    ranked, _ = _update(_learner(algo), model, batch, dist)
+    tokens = float(ro.completion_mask.sum())
+    assert dist.sum_calls[0].tolist() == [4.0, tokens]
+    # backward sees the loss times the world size, normalised by the global token count
+    torch.testing.assert_close(ranked.losses[0], local.losses[0] * 2 * tokens / (tokens + 9.0))
+
+
+def test_a_step_that_is_not_finite_on_some_rank_is_skipped(tiny):
+    model = tiny.model.train()
+    batch = TrainBatch(_rollouts(model.config.vocab_size), ADVANTAGES)
+    dist = FakeOps(world_size=2, other_mins=[0])  # finite here, not on the other rank
+    rec, metrics = _update(_learner(GRPO(kl_coef=0.0)), model, batch, dist)
+    assert dist.min_calls == [1] and rec.skips == 1 and rec.grads == [] and rec.zeroed == 1
+    assert "train/grad_norm" not in metrics
+    nan = TrainBatch(batch.rollouts, torch.full_like(ADVANTAGES, float("nan")))
+    rec, _ = _update(_learner(GRPO(kl_coef=0.0)), model, nan)
+    assert rec.skips == 1 and rec.grads == []
+
+
+def test_take_is_a_view_for_a_run_of_rows():
+    t = torch.arange(12).view(4, 3)
+    run = take(t, torch.tensor([1, 2]))
+    assert run.data_ptr() == t[1].data_ptr() and torch.equal(run, t[1:3])
+    assert torch.equal(take(t, torch.tensor([2, 0])), t[[2, 0]])
+
+
+@pytest.mark.parametrize(
+    ("field", "kwargs"),
+    [("ppo_epochs", {"ppo_epochs": 0}), ("mini_batch_size", {"mini_batch_size": -1}),
+     ("micro_batch_size", {"micro_batch_size": 0}), ("tis_cap", {"tis_cap": 0.0})],
+)  # fmt: skip
+def test_bad_settings_name_the_field(field, kwargs):
+    with pytest.raises(ValueError, match=f"module.{field}"):
+        _learner(GRPO(), **kwargs)
