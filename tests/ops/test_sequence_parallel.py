@@ -12,31 +12,30 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.distributed.device_mesh import init_device_mesh
 
 from longact_pl.models.tiny import tiny_llama, tiny_qwen3
 from longact_pl.ops.chunked import chunked_completion_logprobs
-from longact_pl.ops.sequence_parallel import (
-    SPGroup,
-    enable_ulysses,
-    kv_repeats,
-    sp_completion_logprobs,
-    sp_grouped_completion_logprobs,
-)
+from longact_pl.ops.policy_logprobs import LogprobPass
+from longact_pl.ops.sequence_parallel import SPGroup, enable_ulysses, kv_repeats
 from longact_pl.ops.shared_prefix import grouped_completion_logprobs
+from longact_pl.strategies import shard_model
 
 WORLD = 2
 G = 3
 BUILDERS = {"llama": tiny_llama, "qwen3": tiny_qwen3}
-# (model, kv heads, attention, shared prompt, gradient checkpointing, head chunk, P, C): odd prompt and
-# completion lengths exercise the padding of the last shard; 1 KV head for 2 ranks the repeat path
+# (model, kv heads, attention, shared prompt, gradient checkpointing, head chunk, P, C, FSDP2): odd prompt
+# and completion lengths exercise the padding of the last shard; 1 KV head for 2 ranks the repeat path
 CASES = [
-    ("llama", 2, "sdpa", True, False, None, 13, 6),
-    ("qwen3", 2, "sdpa", True, True, 4, 13, 7),
-    ("llama", 1, "sdpa", True, True, None, 12, 5),
-    ("qwen3", 1, "eager", True, False, 3, 11, 6),
-    ("llama", 2, "sdpa", False, True, 5, 13, 6),
-    ("qwen3", 1, "sdpa", False, False, None, 12, 7),
-    ("llama", 1, "eager", False, True, None, 11, 5),
+    ("llama", 2, "sdpa", True, False, None, 13, 6, False),
+    ("qwen3", 2, "sdpa", True, True, 4, 13, 7, False),
+    ("llama", 1, "sdpa", True, True, None, 12, 5, False),
+    ("qwen3", 1, "eager", True, False, 3, 11, 6, False),
+    ("llama", 2, "sdpa", False, True, 5, 13, 6, False),
+    ("qwen3", 1, "sdpa", False, False, None, 12, 7, False),
+    ("llama", 1, "eager", False, True, None, 11, 5, False),
+    ("qwen3", 2, "sdpa", True, True, 4, 12, 7, True),
+    ("llama", 1, "sdpa", False, True, 3, 13, 6, True),
 ]
 
 
@@ -61,10 +60,12 @@ def _model(case):
     return model
 
 
-def _run(case, fn, sp: SPGroup | None = None):
+def _run(case, fn, sp: SPGroup | None = None, prepare=None):
     """Log-probs, entropy, real-token count seen by the hook and every gradient of a weighted loss."""
     model = _model(case)
-    *_, prompt, completion = case
+    if prepare is not None:
+        prepare(model)
+    *_, prompt, completion, fsdp = case
     ids, mask = _batch(model.config.vocab_size, prompt, completion)
     seen = []
     logp, ent = fn(model, ids, mask, completion, temperature=0.7, with_entropy=True,
@@ -72,11 +73,16 @@ def _run(case, fn, sp: SPGroup | None = None):
     comp = mask[:, -completion:].float()
     weights = torch.linspace(-1.0, 2.0, ids.shape[0])[:, None]  # distinct per-row "advantages"
     (logp * weights * comp).sum().backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     tokens = torch.tensor(float(sum(seen)))
-    if sp is not None:  # what FSDP2's reduce-scatter does: the sum of the ranks' partial gradients
-        for g in [*grads.values(), tokens]:
-            dist.all_reduce(g)
+    if fsdp and sp is not None:  # FSDP2 reduce-scattered the mean of the ranks' partial gradients
+        grads = {n: p.grad.full_tensor() * WORLD for n, p in model.named_parameters() if p.grad is not None}
+    else:
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        if sp is not None:  # what FSDP2's reduce-scatter does: the sum of the ranks' partial gradients
+            for g in grads.values():
+                dist.all_reduce(g)
+    if sp is not None:
+        dist.all_reduce(tokens)
     return logp.detach() * comp, ent * comp, grads, int(tokens)
 
 
@@ -99,15 +105,20 @@ def _with_hook(hook, mask, fn):
 
 
 def _parallel(case, sp: SPGroup):
-    _, _, _, shared, _, chunk, *_ = case
-    model_fn = sp_grouped_completion_logprobs if shared else sp_completion_logprobs
-    extra = {"group_size": G} if shared else {}
+    """Through the trainer's ``LogprobPass`` with its sequence-parallel group (as ``LongActFSDP`` sets)."""
+    _, _, _, shared, _, chunk, *_, fsdp = case
+    lp = LogprobPass(shared_prefix=shared, chunk_size=chunk)
+    lp.sequence_parallel = sp
+
+    def prepare(model):
+        enable_ulysses(model, sp.size)
+        if fsdp:
+            shard_model(model, init_device_mesh("cpu", (WORLD,)))
 
     def fn(model, ids, mask, width, **kw):
-        enable_ulysses(model, sp.size)
-        return model_fn(model, ids, mask, width, sp, chunk_size=chunk, **extra, **kw)
+        return lp(model, ids, mask, width, **kw)
 
-    return _run(case, fn, sp)
+    return _run(case, fn, sp, prepare)
 
 
 def _worker(rank: int, init_file: str, out: str) -> None:
@@ -130,7 +141,7 @@ def parallel_results(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("index", range(len(CASES)), ids=["-".join(map(str, c[:6])) for c in CASES])
+@pytest.mark.parametrize("index", range(len(CASES)), ids=["-".join(map(str, c[:6] + c[-1:])) for c in CASES])
 def test_two_ranks_equal_one_process(parallel_results, index):
     torch.set_num_threads(1)
     got, want = parallel_results[index], _single(CASES[index])

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -37,9 +36,11 @@ PREFIX = "ulysses_"
 _FIELD = "trainer.strategy.sequence_parallel_size"  # the config field named in errors
 
 
-@dataclass
 class KVRecord:
     """The prompt's key/values of every layer in the head-split layout ``[1, h_kv / N, P, d]``.
+
+    A plain class on purpose (as :class:`UlyssesCall`): FSDP2 maps its forward arguments through dataclasses,
+    dicts and lists, copying them, and the attention layers must all write into this one object.
 
     Attributes:
         keep: P, the real prompt length (positions past it are sequence-parallel padding, dropped).
@@ -48,12 +49,12 @@ class KVRecord:
             of the prompt pass in backward does not keep a second copy.
     """
 
-    keep: int
-    layers: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
-    open: bool = True
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self.layers: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.open = True
 
 
-@dataclass
 class UlyssesCall:
     """What one sequence-parallel forward tells every attention layer (the ``ulysses`` keyword argument).
 
@@ -66,11 +67,16 @@ class UlyssesCall:
         prefix: Completion pass: the prompt's head-split key/values, prepended to every row's.
     """
 
-    sp: SPGroup
-    mask: torch.Tensor | None
-    position_ids: torch.Tensor | None = None
-    record: KVRecord | None = None
-    prefix: KVRecord | None = None
+    def __init__(
+        self,
+        sp: SPGroup,
+        mask: torch.Tensor | None,
+        position_ids: torch.Tensor | None = None,
+        record: KVRecord | None = None,
+        prefix: KVRecord | None = None,
+    ) -> None:
+        self.sp, self.mask, self.position_ids = sp, mask, position_ids
+        self.record, self.prefix = record, prefix
 
 
 def kv_repeats(num_heads: int, num_kv_heads: int, size: int) -> int:
