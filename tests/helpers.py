@@ -92,15 +92,20 @@ class FakeOps:
     """A ``DistOps`` for unit tests: this rank plus scripted other ranks, no processes.
 
     ``min(value)`` returns ``min(value, next(other_mins))`` (the value itself once the script ends) and
-    ``sum(tensor)`` returns ``tensor + next(other_sums)`` (the tensor itself once it ends); every call's
-    input is recorded.
+    ``sum(tensor)`` returns ``tensor + next(other_sums)`` (the tensor itself once it ends) and
+    ``share(value)`` returns ``next(shares)`` (the first rank of a sequence-parallel group's value; ``value``
+    itself once the script ends); every min and sum call's input is recorded.
     """
 
     def __init__(
-        self, world_size: int = 1, other_mins: Iterable[int] = (), other_sums: Iterable = ()
+        self,
+        world_size: int = 1,
+        other_mins: Iterable[int] = (),
+        other_sums: Iterable = (),
+        shares: Iterable = (),
     ) -> None:
         self.world_size = world_size
-        self._mins, self._sums = iter(other_mins), iter(other_sums)
+        self._mins, self._sums, self._shares = iter(other_mins), iter(other_sums), iter(shares)
         self.min_calls: list[int] = []
         self.sum_calls: list = []
 
@@ -114,3 +119,7 @@ class FakeOps:
         self.sum_calls.append(tensor.clone())
         other = next(self._sums, None)
         return tensor if other is None else tensor + other
+
+    def share(self, value):
+        """The next scripted value (another rank is first in the group), else the value itself."""
+        return next(self._shares, value)

@@ -32,6 +32,8 @@ BENCHES = {
     "sequence_parallel": "bench_sequence_parallel.py",
 }
 FIGURE = re.compile(r"^\S+ ratio=\S+ a=\S+ b=\S+$")
+# Written by hand from scripts/gpu_check.sh on a GPU machine; kept when the CPU benchmarks are rewritten.
+GPU_SECTION = "## GPU acceptance"
 
 
 def machine() -> list[str]:
@@ -106,6 +108,9 @@ def main(argv: list[str] | None = None) -> Path:
         body += [f"ERROR {error}"] if error else []
         body += ["```", ""]
     out = Path(args.out)
+    previous = out.read_text() if out.is_file() else ""
+    if GPU_SECTION in previous:
+        body += previous[previous.index(GPU_SECTION) :].splitlines()
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(body))
     print(f"wrote {out}", flush=True)

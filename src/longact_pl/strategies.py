@@ -14,8 +14,9 @@ same way, so it costs ``1 / world_size`` of a full copy per rank; its forward al
 
 Sequence parallelism (``LongActFSDP(sequence_parallel_size=N)``): the ranks form a 2-D mesh
 ``(data_parallel, sequence_parallel)``; FSDP2 shards over all of it (the flattened mesh), the N ranks of a
-sequence-parallel group get the same prompts (Lightning's sampler reads the ``data_parallel`` dimension) and
-split every sequence of the log-prob passes between them (Ulysses, ``longact_pl.ops.sequence_parallel``).
+sequence-parallel group get the same prompts (samplers deal by data-parallel rank,
+``distributed.data_parallel_rank``) and the same rollouts (``DistOps.share``), and split every sequence of
+the log-prob passes between them (Ulysses, ``longact_pl.ops.sequence_parallel``).
 """
 
 from __future__ import annotations
@@ -175,7 +176,7 @@ class LongActFSDP(ModelParallelStrategy):
         """A ``(data_parallel, sequence_parallel)`` mesh over every process (no tensor parallelism).
 
         What ``ModelParallelStrategy.setup_environment`` does, with the second dimension named for what it
-        holds; Lightning's sampler shards the data over ``data_parallel`` only, so a sequence-parallel group
+        holds; ``distributed_sampler_kwargs`` count ``data_parallel`` ranks only, so a sequence-parallel group
         sees the same prompts.
         """
         world = self.num_nodes * self.num_processes

@@ -7,6 +7,7 @@ ranks, as FSDP2's reduce-scatter does) must equal the single-process paths on th
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from longact_pl.models.tiny import tiny_llama, tiny_qwen3
 from longact_pl.ops.chunked import chunked_completion_logprobs
 from longact_pl.ops.policy_logprobs import LogprobPass
 from longact_pl.ops.sequence_parallel import SPGroup, enable_ulysses, kv_repeats
+from longact_pl.ops.sequence_parallel.comm import from_first_rank
 from longact_pl.ops.shared_prefix import grouped_completion_logprobs
 from longact_pl.strategies import shard_model
 
@@ -121,14 +123,22 @@ def _parallel(case, sp: SPGroup):
     return _run(case, fn, sp, prepare)
 
 
+@dataclass
+class _Box:
+    tensor: torch.Tensor
+    texts: list[str]
+
+
 def _worker(rank: int, init_file: str, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
         sp = SPGroup.of(dist.group.WORLD)
         results = [_parallel(case, sp) for case in CASES]
-        if rank == 0:
-            torch.save(results, out)
+        mine = _Box(torch.full((2,), float(rank)), [f"rank {rank}"])
+        shared = from_first_rank(mine, sp, "cpu")  # what DistOps.share does with a round of rollouts
+        if rank == 1:  # the other rank's results are equal by construction (summed over the group)
+            torch.save({"results": results, "shared": (shared.tensor, shared.texts)}, out)
     finally:
         dist.destroy_process_group()
 
@@ -136,15 +146,21 @@ def _worker(rank: int, init_file: str, out: str) -> None:
 @pytest.fixture(scope="module")
 def parallel_results(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sp")
-    mp.spawn(_worker, args=(str(tmp / "init"), str(tmp / "rank0.pt")), nprocs=WORLD, join=True)
-    return torch.load(tmp / "rank0.pt", weights_only=False)
+    mp.spawn(_worker, args=(str(tmp / "init"), str(tmp / "rank1.pt")), nprocs=WORLD, join=True)
+    return torch.load(tmp / "rank1.pt", weights_only=False)
+
+
+@pytest.mark.slow
+def test_from_first_rank_gives_every_rank_the_first_ranks_value(parallel_results):
+    tensor, texts = parallel_results["shared"]  # rank 1's, after the broadcast
+    assert torch.equal(tensor, torch.zeros(2)) and texts == ["rank 0"]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("index", range(len(CASES)), ids=["-".join(map(str, c[:6] + c[-1:])) for c in CASES])
 def test_two_ranks_equal_one_process(parallel_results, index):
     torch.set_num_threads(1)
-    got, want = parallel_results[index], _single(CASES[index])
+    got, want = parallel_results["results"][index], _single(CASES[index])
     torch.testing.assert_close(got[0], want[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got[1], want[1], atol=1e-4, rtol=1e-5)
     assert got[2].keys() == want[2].keys() and len(want[2]) > 0

@@ -13,11 +13,15 @@ A sequence-parallel (SP) group is ``N`` ranks that hold the same rows, each ``1/
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -103,3 +107,30 @@ def sum_over_group(x: torch.Tensor, sp: SPGroup) -> torch.Tensor:
     out = x.detach().clone()
     dist.all_reduce(out, group=sp.group)
     return out
+
+
+def map_tensors(obj: T, fn: Callable[[torch.Tensor], torch.Tensor]) -> T:
+    """``obj`` with ``fn`` applied to every tensor inside it (tensors, dataclasses, tuples, lists, dicts)."""
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.replace(
+            obj, **{f.name: map_tensors(getattr(obj, f.name), fn) for f in dataclasses.fields(obj) if f.init}
+        )
+    if isinstance(obj, tuple | list):
+        return type(obj)(map_tensors(x, fn) for x in obj)
+    if isinstance(obj, dict):
+        return {k: map_tensors(v, fn) for k, v in obj.items()}
+    return obj
+
+
+def from_first_rank(value: T, sp: SPGroup, device: torch.device | str) -> T:
+    """``value`` as the group's first rank holds it, its tensors on ``device``.
+
+    Every rank of the group calls this; the other ranks' own values are replaced.
+    """
+    if sp.size == 1:
+        return value
+    box = [map_tensors(value, lambda t: t.detach().cpu())]
+    dist.broadcast_object_list(box, group_src=0, group=sp.group)
+    return map_tensors(box[0], lambda t: t.to(device))
