@@ -133,6 +133,7 @@ def main(argv: list[str] | None = None) -> list[str]:
             capture_output=True,
             text=True,
             check=True,
+            env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"},
         )
         res[size] = json.loads(out.stdout.strip().splitlines()[-1])
     print(

@@ -58,10 +58,11 @@ def _all_to_all(x: torch.Tensor, group: Any, size: int, scatter_dim: int, gather
     """Chunk ``i`` of ``x`` (along ``scatter_dim``) goes to rank ``i``; arrivals join along ``gather_dim``."""
     if x.shape[scatter_dim] % size:
         raise ValueError(f"cannot split dim {scatter_dim} of size {x.shape[scatter_dim]} over {size} ranks")
-    send = torch.stack(x.chunk(size, dim=scatter_dim)).contiguous()  # [N, *chunk]
+    # [N, *chunk]; no copy where the chunks already lie in order (one row: the prompt pass)
+    send = x.unflatten(scatter_dim, (size, -1)).movedim(scatter_dim, 0).contiguous()
     recv = torch.empty_like(send)  # [N, *chunk]: recv[i] came from rank i
     dist.all_to_all_single(recv, send, group=group)
-    return torch.cat(recv.unbind(0), dim=gather_dim)
+    return recv.movedim(0, gather_dim).flatten(gather_dim, gather_dim + 1)  # cat of recv[i] along gather_dim
 
 
 class _AllToAll(torch.autograd.Function):
