@@ -15,6 +15,8 @@ from longact_pl.ops.sequence_parallel import SPGroup
 from longact_pl.train import run
 from tests.distributed_helpers import train_cli
 from tests.helpers import compose_train
+from tests.test_distributed import COMMON as DISTRIBUTED
+from tests.test_distributed import SEED
 
 SP = "trainer.strategy.sequence_parallel_size"
 
@@ -55,32 +57,14 @@ def test_data_parallel_rank_and_sums_count_a_sequence_parallel_group_once():
     assert StrategyOps(strategy).world_size == 4  # the loss scale: FSDP averages over every rank
 
 
-SEED = 42
+# test_distributed's setting (tiny Llama, GRPO with DAPO's token mean, LongAct masks, per-prompt rollouts) on
+# the datamodule's own sampler (prompts dealt by data-parallel rank), masks rebuilt after every step
 COMMON = [
-    "model=tiny_llama",
-    f"seed={SEED}",
+    *(o for o in DISTRIBUTED if not o.startswith(("data._target_", "trainer.use_distributed_sampler"))),
     "strategy=fsdp",
-    "trainer.accelerator=cpu",
-    "trainer.precision=32-true",
-    "trainer.max_steps=2",
-    "+trainer.limit_val_batches=0",
-    "validate_before_training=false",
     "data.batch_size=1",
-    "data.train.lengths=[256]",
-    "data.reward._target_=tests.helpers.ParityReward",
-    "rollout=hf",
-    "rollout._target_=tests.distributed_helpers.PerPromptRollout",
-    "rollout.group_size=4",
-    "rollout.max_new_tokens=8",
-    "algo=grpo",
-    "algo.aggregation=token_mean",
-    "masking=saliency",
-    "masking.ratio=0.5",
-    "masking.calib_samples=4",
     "masking.refresh_every=1",
     "masking.ema=0.5",
-    "module.lr=1e-3",
-    "module.micro_batch_size=4",
     "callbacks.model_checkpoint.save_last=false",
 ]
 
