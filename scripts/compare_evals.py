@@ -79,8 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     if len(names) != len(args.summaries):
         parser.error(f"--names gives {len(names)} names for {len(args.summaries)} summaries; one per summary")
     summaries = [load(p) for p in args.summaries]
-    if len({s.get("benchmark") for s in summaries}) > 1:
-        print("warning: the summaries come from different benchmarks", file=sys.stderr)
+    benchmarks = {str(s.get("benchmark")): p for s, p in zip(summaries, args.summaries)}
+    if len(benchmarks) > 1:  # a RULER score and a LongBench v2 accuracy are not the same metric
+        mixed = ", ".join(f"{b} ({p})" for b, p in benchmarks.items())
+        parser.error(f"the summaries come from different benchmarks: {mixed}; compare one benchmark at once")
     markdown, headline, table = compare(summaries, names)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "comparison.md").write_text(markdown)

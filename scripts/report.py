@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: MULTIRUN_DIR/report)")
     parser.add_argument("--last-k", type=int, default=5, help="training steps averaged for the final reward")
     args = parser.parse_args(argv)
+    if args.last_k < 1:
+        parser.error(f"--last-k must be >= 1 (steps averaged for the final reward), got {args.last_k}")
     if not args.multirun_dir.is_dir():
         parser.error(f"{args.multirun_dir}: not a directory")
     try:

@@ -6,12 +6,16 @@ Example:
 
 Writes into ``--out``: ``heatmap_q_proj.png`` / ``heatmap_k_proj.png`` (log10 mean |act| per layer x channel),
 ``mask.png`` (the top-``ratio`` mask), ``concentration.png`` (L1 share of the top-``ratio`` channels per
-layer, per prompt length), ``drift.png`` (with ``--run``) and ``summary.md``.
+layer, per prompt length), ``short_vs_long.png`` (the observation LongAct starts from: channel concentration
+on the shortest vs the longest prompts of the same task), with ``--run`` also ``drift.png`` (mask drift) and
+``telemetry.png`` (per-step ``mask/grad_share_kept`` and ``mask/act_l1_share_kept`` from ``metrics.csv``,
+against ``ratio``), and ``summary.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import random
 from pathlib import Path
@@ -131,13 +135,82 @@ def plot_drift(out: Path, history: list[dict]) -> str:
     return "drift.png"
 
 
+def plot_short_vs_long(
+    out: Path,
+    short: dict[str, list[torch.Tensor]],
+    long: dict[str, list[torch.Tensor]],
+    lengths,
+    ratio: float,
+) -> str:
+    """Channel concentration of the same task at the shortest and the longest length (one figure).
+
+    Left: L1 share of the top-``ratio`` channels per layer. Right: channels sorted by mean |activation|,
+    each layer normalised by its largest channel, averaged over layers.
+    """
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
+    for values, length, color in ((short, lengths[0], "tab:blue"), (long, lengths[-1], "tab:red")):
+        for g, style in zip(GROUPS, ("-", "--")):
+            left.plot(
+                [top_share(v, ratio) for v in values[g]],
+                style,
+                color=color,
+                marker="o",
+                label=f"{g} @ {length}",
+            )
+            profile = torch.stack(
+                [v.sort(descending=True).values / v.max().clamp_min(1e-12) for v in values[g]]
+            )
+            right.plot(profile.mean(0).numpy(), style, color=color, label=f"{g} @ {length}")
+    left.axhline(ratio, color="grey", lw=0.8, label="uniform")
+    left.set(xlabel="layer", ylabel=f"L1 share of top {ratio:.0%} channels", ylim=(0, 1))
+    left.xaxis.set_major_locator(MaxNLocator(integer=True))
+    right.set(xlabel="channel rank", ylabel="mean |act| / largest (mean over layers)", yscale="log")
+    left.legend(fontsize=7)
+    right.legend(fontsize=7)
+    fig.suptitle(f"short ({lengths[0]} tok) vs long ({lengths[-1]} tok) prompts of the same task")
+    fig.tight_layout()
+    fig.savefig(out / "short_vs_long.png", dpi=110)
+    plt.close(fig)
+    return "short_vs_long.png"
+
+
+TELEMETRY = ("mask/grad_share_kept", "mask/act_l1_share_kept")
+
+
+def read_telemetry(metrics_csv: Path) -> dict[str, list[tuple[int, float]]]:
+    """Per-step telemetry columns of a run's ``metrics.csv`` (empty when absent)."""
+    series: dict[str, list[tuple[int, float]]] = {k: [] for k in TELEMETRY}
+    if not metrics_csv.is_file():
+        return series
+    with metrics_csv.open() as f:
+        for row in csv.DictReader(f):
+            for key in TELEMETRY:
+                if row.get(key):
+                    series[key].append((int(float(row.get("step") or 0)), float(row[key])))
+    return series
+
+
+def plot_telemetry(out: Path, series: dict[str, list[tuple[int, float]]], ratio: float) -> str:
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for key, marker in zip(TELEMETRY, ("o", "s")):
+        if series[key]:
+            ax.plot(*zip(*series[key]), marker=marker, label=key.removeprefix("mask/"))
+    ax.axhline(ratio, color="grey", lw=0.8, label=f"ratio {ratio} (a random mask)")
+    ax.set(xlabel="step", ylabel="share in kept rows", ylim=(0, 1.05), title="does saliency matter?")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "telemetry.png", dpi=110)
+    plt.close(fig)
+    return "telemetry.png"
+
+
 def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2", help="smollm2 | tiny_llama | tiny_qwen3 | HF folder")
     p.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096])
     p.add_argument("--samples", type=int, default=4, help="prompts per length")
     p.add_argument("--ratio", type=float, default=0.3)
-    p.add_argument("--measure-at", default="proj", choices=["proj", "norm"])
+    p.add_argument("--measure-at", default="proj", choices=["proj", "norm", "post_rope"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--run", type=Path, default=None, help="training run dir with final/mask_summary.json")
@@ -152,6 +225,7 @@ def main(argv: list[str] | None = None) -> Path:
     groups = {g: [t.name for t in targets if t.group == g] for g in GROUPS}
 
     conc: dict[int, dict[str, list[float]]] = {}
+    per_length: dict[int, dict[str, list[torch.Tensor]]] = {}
     masks_by_len: dict[int, dict[str, torch.Tensor]] = {}
     totals: dict[str, dict[str, torch.Tensor]] = {"mean_abs": {}, "max_abs": {}}
     source = ""
@@ -164,12 +238,17 @@ def main(argv: list[str] | None = None) -> Path:
             peak = s.statistic("max_abs")  # [C]
             totals["max_abs"][k] = torch.maximum(totals["max_abs"].get(k, peak), peak)  # [C]
         conc[length] = {g: [top_share(mean_abs[n], args.ratio) for n in groups[g]] for g in GROUPS}
+        per_length[length] = {g: [mean_abs[n] for n in groups[g]] for g in GROUPS}
         masks_by_len[length] = build_masks(mean_abs, groups, TopK(), args.ratio)
 
     masks = build_masks(totals["mean_abs"], groups, TopK(), args.ratio)
     masks_max = build_masks(totals["max_abs"], groups, TopK(), args.ratio)
     files = plot_heatmaps(args.out, per_group(targets, totals["mean_abs"]), per_group(targets, masks))
     files.append(plot_concentration(args.out, conc, args.ratio))
+    lengths = sorted(per_length)
+    files.append(
+        plot_short_vs_long(args.out, per_length[lengths[0]], per_length[lengths[-1]], lengths, args.ratio)
+    )
 
     lines = [
         f"# Saliency report: `{args.model}`",
@@ -223,6 +302,21 @@ def main(argv: list[str] | None = None) -> Path:
                 jac = "-" if h.get("jaccard") is None else f"{h['jaccard']:.3f}"
                 lines.append(f"| {h['step']} | {jac} | {h['l1_share']:.3f} |")
             lines.append("")
+        series = read_telemetry(args.run / "metrics.csv")
+        if any(series.values()):
+            ratio = summary.get("ratio", args.ratio) if summary_path is not None else args.ratio
+            files.append(plot_telemetry(args.out, series, ratio))
+            lines += [
+                "## Telemetry (per training step)",
+                "",
+                "| metric | first | last | mean |",
+                "|---|---|---|---|",
+            ]
+            for key, values in series.items():
+                if values:
+                    vals = [v for _, v in values]
+                    lines.append(f"| {key} | {vals[0]:.3f} | {vals[-1]:.3f} | {sum(vals) / len(vals):.3f} |")
+            lines += ["", f"A random mask keeps about {ratio} of each; the gap is what saliency adds.", ""]
     lines += ["## Figures", ""] + [f"![{f}]({f})" for f in files]
     (args.out / "summary.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out / 'summary.md'} and {len(files)} figures")

@@ -88,6 +88,30 @@ class RaisingReward:
         return ParityReward()(completions, references)
 
 
+class BrokenReward:
+    """Raises on every call (a reward server that is down)."""
+
+    def __call__(self, completions: list[str], references: list[list[str]], **meta) -> list[float]:
+        raise ConnectionError("reward server down")
+
+
+class SigtermAt:
+    """A callback that sends this process SIGTERM once ``step`` optimizer steps are done (a pre-emption)."""
+
+    def __new__(cls, step: int):
+        import os
+        import signal
+
+        import lightning as L
+
+        class _Sigterm(L.Callback):
+            def on_train_batch_end(self, trainer, *args) -> None:
+                if trainer.global_step == step and not trainer.received_sigterm:
+                    os.kill(os.getpid(), signal.SIGTERM)
+
+        return _Sigterm()
+
+
 class FakeOps:
     """A ``DistOps`` for unit tests: this rank plus scripted other ranks, no processes.
 

@@ -200,6 +200,43 @@ def test_a_step_that_is_not_finite_on_some_rank_is_skipped(tiny):
     assert rec.skips == 1 and rec.grads == []
 
 
+def test_the_guard_and_grad_norm_see_the_transformed_gradient(tiny):
+    """``transform_grads`` (LongAct zeroing frozen rows) runs before the guard.
+
+    A NaN only in a zeroed row does not skip the step; ``train/grad_norm`` is the applied gradient's norm and
+    ``train/grad_norm_pre_mask`` the one before the transform.
+    """
+    model = tiny.model.train()
+    batch = TrainBatch(_rollouts(model.config.vocab_size), ADVANTAGES)
+    name = "model.layers.0.self_attn.q_proj.weight"
+    weight = model.get_parameter(name)
+
+    def run(transform):
+        rec = _Recorder(model)
+        calls = rec.calls()
+        calls.transform_grads = transform
+        return rec, _learner(GRPO(kl_coef=0.0)).update(model, batch, calls, LocalOps(), torch.Generator())
+
+    def zero_row_3():
+        weight.grad[3] = 0.0
+
+    _, dense = _update(_learner(GRPO(kl_coef=0.0)), model, batch)
+    rec, masked = run(zero_row_3)
+    assert "train/grad_norm_pre_mask" not in dense
+    assert masked["train/grad_norm_pre_mask"] == pytest.approx(dense["train/grad_norm"], rel=1e-5)
+    applied = torch.linalg.vector_norm(torch.stack([g.norm() for g in rec.grads[0].values()]))
+    assert masked["train/grad_norm"] == pytest.approx(float(applied), rel=1e-5)
+    assert masked["train/grad_norm"] < dense["train/grad_norm"]
+    # a NaN in row 3 of the gradient: skipped when the guard looks before masking, taken when after
+    handle = weight.register_hook(lambda g: g.index_fill(0, torch.tensor([3]), float("nan")))
+    skipped, _ = run(lambda: None)
+    rec, nan = run(zero_row_3)
+    handle.remove()
+    assert skipped.skips == 1 and rec.skips == 0 and torch.equal(rec.grads[0][name][3], torch.zeros(64))
+    assert nan["train/grad_norm"] == pytest.approx(masked["train/grad_norm"], rel=1e-5)
+    assert nan["train/grad_norm_pre_mask"] != nan["train/grad_norm_pre_mask"]  # NaN, logged as such
+
+
 def test_take_is_a_view_for_a_run_of_rows():
     t = torch.arange(12).view(4, 3)
     run = take(t, torch.tensor([1, 2]))

@@ -28,6 +28,26 @@ def test_raising_reward_scores_zero_counts_and_keeps_first_input():
         score(_reward, ["boom"], samples[:1], group_size=1)
 
 
+def test_reward_errors_tell_whether_every_call_of_a_step_failed():
+    samples = [{"references": ["7"], "task": "a"}]
+    errors = RewardErrors()
+    score(_reward, ["7", "boom"], samples, group_size=2, errors=errors)
+    assert (errors.step_scored, errors.step_failed, errors.step_all_failed) == (2, 1, False)
+    score(_reward, ["boom 3", "boom 4"], samples, group_size=2, errors=errors)  # a second round, all failing
+    assert (errors.step_scored, errors.step_failed, errors.step_all_failed) == (4, 3, False)
+    assert "boom'" in errors.step_first[0] and isinstance(errors.step_first[1], KeyError)
+    errors.new_step()
+    assert (errors.step_scored, errors.step_failed, errors.step_all_failed, errors.step_first) == (
+        0,
+        0,
+        False,
+        None,
+    )
+    score(_reward, ["boom 5", "boom 6"], samples, group_size=2, errors=errors)
+    assert errors.step_all_failed and "boom 5" in errors.step_first[0]
+    assert errors.count == 5 and "'boom'" in errors.first  # the run's first failure is kept
+
+
 def test_wrong_number_of_rewards_is_an_error():
     with pytest.raises(ValueError, match="returned 1 values for 2 completions"):
         score(lambda c, r, **m: [1.0], ["a", "b"], [{"references": ["a"]}], group_size=2)

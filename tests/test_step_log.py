@@ -39,3 +39,11 @@ def test_a_skipped_step_is_not_printed_twice(caplog):
         cb.on_train_batch_end(trainer, None, None, None, 0)
         cb.on_train_batch_end(trainer, None, None, None, 1)
     assert [r.getMessage() for r in caplog.records] == ["step 3/16 reward 0.500"]
+
+
+def test_the_step_line_counts_skipped_steps_once_there_are_some():
+    assert (
+        format_step(3, 16, {"train/reward_mean": 0.5, "train/skipped_steps_total": 0.0})
+        == "step 3/16 reward 0.500"
+    )
+    assert format_step(3, 16, {"train/skipped_steps_total": 4.0}) == "step 3/16 skipped 4"

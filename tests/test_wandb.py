@@ -112,3 +112,23 @@ def test_each_run_of_a_process_gets_its_own_wandb_run(tmp_path, offline):
         run(compose_train(tmp_path / name, "logger=wandb", PARITY, "trainer.max_steps=1"), tmp_path / name)
     wandb.finish()
     assert logged(tmp_path / "a")[0]["seed"] == logged(tmp_path / "b")[0]["seed"] == 42
+
+
+def test_a_resumed_run_continues_its_wandb_run(tmp_path, offline):
+    common = ["logger=wandb", PARITY, "callbacks.model_checkpoint.every_n_train_steps=1"]
+    run(compose_train(tmp_path, *common, "trainer.max_steps=1"), tmp_path)
+    wandb.finish()
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    run(compose_train(tmp_path, *common, "trainer.max_steps=2", f"ckpt_path={ckpt}"), tmp_path)
+    wandb.finish()
+    files = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) >= 1 and len({f.stem for f in files}) == 1, files  # run-<id>.wandb: one id
+    rewards = []
+    for f in files:
+        for record in closed_records(f):
+            if record.WhichOneof("record_type") == "history":
+                items = {
+                    i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item
+                }
+                rewards += [items["train/reward_mean"]] if "train/reward_mean" in items else []
+    assert len(rewards) == 2  # step 1 before the resume, step 2 after it, in the same run

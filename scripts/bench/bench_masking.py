@@ -2,13 +2,18 @@
 
 Both arms train copies of the same model on the same batch with the same seed, interleaved step by step so
 machine noise hits both alike. The masked arm uses exactly the callback's optimizer-step path: the
-``RowFreezer`` step pre/post hooks on the torch optimizer plus ``mask_grads()`` before the step (and, with
-``--refresh``, the ``StatsCollector`` forward hooks that gather refresh statistics).
+``RowFreezer`` step pre/post hooks on the torch optimizer plus the gradient masking before the step; with
+``--telemetry`` the kept-share measurement around it and the per-batch activation L1 hooks, with
+``--refresh`` the statistics hooks that gather refresh statistics (``--unit``, ``--measure-at`` choose which:
+``--unit rope_pair --measure-at post_rope`` hooks the attention function and scores pair magnitudes).
+``--new-stats`` turns all of them on.
 
     python scripts/bench/bench_masking.py                  # tiny Llama
+    python scripts/bench/bench_masking.py --new-stats      # + telemetry, refresh stats, rope_pair, post_rope
     python scripts/bench/bench_masking.py --model smollm2 --seq 512 --steps 10
 
-On a shared CPU, pass ``--threads 1`` and more ``--steps``: other processes make timings noisy.
+On a shared CPU, pass ``--threads 1 --clock cpu`` and more ``--steps``: other processes make wall-clock
+timings noisy, while the thread's CPU time counts only this process's own work.
 
 Prints ``masking_overhead ratio=<a/b> a=<s/step saliency> b=<s/step none>`` (median step times).
 """
@@ -23,11 +28,11 @@ import time
 import torch
 import torch.nn.functional as F
 
+from longact_pl.masking import SaliencyMask
 from longact_pl.masking.apply import RowFreezer
 from longact_pl.masking.calibrate import collect_stats
-from longact_pl.masking.selection import TopK, build_masks
 from longact_pl.masking.stats import StatsCollector
-from longact_pl.masking.targets import find_targets
+from longact_pl.masking.telemetry import GradShare, act_l1_mass
 
 
 def load(name: str) -> torch.nn.Module:
@@ -45,21 +50,63 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def step(model, opt, ids, attn, freezer: RowFreezer | None, gate: list) -> float:
+class MaskedPath:
+    """The callback's per-step work on the masked arm (freezer, telemetry, statistics hooks)."""
+
+    def __init__(self, model, ids, args) -> None:
+        cb = SaliencyMask(
+            ratio=args.ratio, unit=args.unit, measure_at=args.measure_at,
+            refresh_every=1 if args.refresh else 0, telemetry=args.telemetry,
+        )  # fmt: skip
+        builder = cb.check_model(model)
+        stats = collect_stats(model, builder.targets, [ids[0].tolist()], units=builder.stats_units())
+        self.masks = builder.build(builder.scores(stats))
+        self.freezer = RowFreezer()
+        self.freezer.set_masks(builder.linears, builder.module_masks(self.masks))
+        self.params = [p for lin in builder.linears.values() for p in lin.parameters()]
+        self.telemetry, self.grad, self.gate = args.telemetry, GradShare(), [None]
+        self.collector = None
+        if args.refresh or args.telemetry:
+            self.collector = StatsCollector(
+                {t.name: t.probe for t in builder.targets}, gate=lambda: self.gate[0],
+                units=builder.stats_units() if args.refresh else None, scores=args.refresh,
+            )  # fmt: skip
+            self.collector.attach()
+
+    def before_step(self) -> None:
+        """``on_before_optimizer_step``: mask (and measure) the gradient."""
+        if self.telemetry:
+            self.grad.measure(self.params, self.freezer.mask_grads)
+            self.grad.commit()
+        else:
+            self.freezer.mask_grads()
+
+    def after_step(self) -> None:
+        """``on_train_batch_end``: the step's telemetry from the batch statistics."""
+        stats = self.collector.reset() if self.collector is not None else {}
+        if self.telemetry:
+            self.logged = torch.cat([self.grad.take(), act_l1_mass(stats, self.masks)])  # [4]
+
+
+def step(model, opt, ids, attn, path: MaskedPath | None, clock=time.perf_counter) -> float:
     sync(ids.device)
-    t0 = time.perf_counter()
-    gate[0] = attn.bool()
+    t0 = clock()
+    if path is not None:
+        path.gate[0] = attn.bool()
     logits = model(input_ids=ids, attention_mask=attn, use_cache=False).logits  # [B, T, V]
-    gate[0] = None
+    if path is not None:
+        path.gate[0] = None
     loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
     loss.backward()
-    if freezer is not None:
-        freezer.mask_grads()  # the callback's on_before_optimizer_step
+    if path is not None:
+        path.before_step()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()  # snapshot/restore hooks run around the update
     opt.zero_grad(set_to_none=True)
+    if path is not None:
+        path.after_step()
     sync(ids.device)
-    return time.perf_counter() - t0
+    return clock() - t0
 
 
 def main(argv: list[str] | None = None) -> float:
@@ -71,9 +118,14 @@ def main(argv: list[str] | None = None) -> float:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--ratio", type=float, default=0.3)
     p.add_argument("--refresh", action="store_true", help="also run the refresh statistics hooks")
+    p.add_argument("--telemetry", action="store_true", help="also measure the grad/activation kept shares")
+    p.add_argument("--unit", default="channel", help="channel | rope_pair | head")
+    p.add_argument("--measure-at", default="proj", help="proj | norm | post_rope")
+    p.add_argument("--new-stats", action="store_true", help="= --telemetry --refresh rope_pair post_rope")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu | cuda")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    p.add_argument("--clock", default="wall", choices=["wall", "cpu"], help="cpu: this thread's CPU time")
     args = p.parse_args(argv)
 
     if args.threads > 0:
@@ -85,31 +137,25 @@ def main(argv: list[str] | None = None) -> float:
     ids = torch.randint(0, vocab, (args.batch, args.seq), device=device)  # [B, T]
     attn = torch.ones_like(ids)  # [B, T]
 
-    masked, dense = base, copy.deepcopy(base)
-    targets = find_targets(masked, ("q_proj", "k_proj"))
-    stats = collect_stats(masked, targets, [ids[0].tolist()])
-    groups: dict[str, list[str]] = {}
-    for t in targets:
-        groups.setdefault(t.group, []).append(t.name)
-    masks = build_masks({k: s.statistic("mean_abs") for k, s in stats.items()}, groups, TopK(), args.ratio)
-
+    if args.new_stats:
+        args.telemetry, args.refresh, args.unit, args.measure_at = True, True, "rope_pair", "post_rope"
+    masked, dense = copy.deepcopy(base), copy.deepcopy(base)  # same construction for both arms
+    path = MaskedPath(masked, ids, args)
     opt_m = torch.optim.AdamW(masked.parameters(), lr=1e-4, weight_decay=0.1)
     opt_d = torch.optim.AdamW(dense.parameters(), lr=1e-4, weight_decay=0.1)
-    freezer = RowFreezer()
-    freezer.set_masks({t.name: t.linear for t in targets}, masks)
-    freezer.attach([opt_m])
-    gate: list = [None]
-    if args.refresh:
-        StatsCollector({t.name: t.measured for t in targets}, gate=lambda: gate[0]).attach()
+    path.freezer.attach([opt_m])
 
+    if args.clock == "cpu" and (args.device != "cpu" or args.threads != 1):
+        raise ValueError("--clock cpu measures one CPU thread: use it with --device cpu --threads 1")
+    clock = time.thread_time if args.clock == "cpu" else time.perf_counter
     times_m, times_d = [], []
     for i in range(args.warmup + args.steps):
         if i % 2:  # alternate which arm goes first so order effects cancel
-            b = step(dense, opt_d, ids, attn, None, [None])
-            a = step(masked, opt_m, ids, attn, freezer, gate)
+            b = step(dense, opt_d, ids, attn, None, clock)
+            a = step(masked, opt_m, ids, attn, path, clock)
         else:
-            a = step(masked, opt_m, ids, attn, freezer, gate)
-            b = step(dense, opt_d, ids, attn, None, [None])
+            a = step(masked, opt_m, ids, attn, path, clock)
+            b = step(dense, opt_d, ids, attn, None, clock)
         if i >= args.warmup:
             times_m.append(a)
             times_d.append(b)

@@ -61,12 +61,15 @@ class OptimizerCalls:
         step: One optimizer (and learning-rate schedule) step; ``on_before_optimizer_step`` hooks run in it.
         zero_grad: Drop the gradients (after every mini-batch, stepped or skipped).
         skip: Called instead of ``step`` when the guard rejects a step (non-finite loss or gradient).
+        transform_grads: Applied to the accumulated gradient before the guard checks and measures it (LongAct
+            zeroes the frozen rows here), so the guard and ``train/grad_norm`` see the gradient applied.
     """
 
     backward: Callable[[torch.Tensor], None]
     step: Callable[[], None]
     zero_grad: Callable[[], None]
     skip: Callable[[], None]
+    transform_grads: Callable[[], None] | None = None
 
 
 class RowMicroBatches:
@@ -263,7 +266,8 @@ class Learner:
 
         Returns:
             ``train/<metric>`` means over micro-batches, and ``train/grad_norm`` (mean over the steps taken,
-            before LongAct masking and clipping).
+            of the gradient applied: after ``transform_grads``, before clipping); with ``transform_grads``
+            also ``train/grad_norm_pre_mask`` (the same steps, before it).
         """
         ro = batch.rollouts
         n = ro.completion_mask.shape[0]
@@ -271,6 +275,7 @@ class Learner:
         whole_groups = self.logprobs.shared_prefix
         micro_metrics: list[dict[str, torch.Tensor]] = []
         norms: list[float] = []
+        pre_norms: list[float] = []
         for _ in range(self.ppo_epochs):
             for idx in minibatch_indices(
                 n, self.mini_batch_size or n, ro.group_size, generator, whole_groups
@@ -286,9 +291,14 @@ class Learner:
                     step_metrics.append(metrics)
                 micro_metrics += step_metrics
                 loss_sum = sum(float(m["loss"]) for m in step_metrics)
-                norm = self.guard.grad_norm(policy.parameters())
+                pre_norm = None
+                if optim.transform_grads is not None:
+                    pre_norm = self.guard.grad_norm(policy.parameters())
+                    optim.transform_grads()
+                norm = self.guard.grad_norm(policy.parameters())  # of the gradient that is applied
                 if self.guard.allow(loss_sum, norm, dist):
                     norms.append(float(norm))
+                    pre_norms += [float(pre_norm)] if pre_norm is not None else []
                     optim.step()
                 else:
                     optim.skip()
@@ -296,5 +306,7 @@ class Learner:
         keys = micro_metrics[0].keys() if micro_metrics else ()
         out = {f"train/{k}": sum(float(m[k]) for m in micro_metrics) / len(micro_metrics) for k in keys}
         if norms:
-            out["train/grad_norm"] = sum(norms) / len(norms)  # before LongAct masking and clipping
+            out["train/grad_norm"] = sum(norms) / len(norms)  # after LongAct masking, before clipping
+        if pre_norms:
+            out["train/grad_norm_pre_mask"] = sum(pre_norms) / len(pre_norms)
         return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -18,14 +19,14 @@ from longact_pl.distributed import StrategyOps, data_parallel_rank
 from longact_pl.eval.metrics import TaskLengthAccuracy, compute_accuracy, update_accuracy
 from longact_pl.eval.scoring import evaluate_batch
 from longact_pl.gather import save_full_pretrained
-from longact_pl.guards import NonFiniteGuard
+from longact_pl.guards import NonFiniteGuard, StreakGuard, reward_function_error, skipped_steps_error
 from longact_pl.learner import Learner, OptimizerCalls
 from longact_pl.ops.policy_logprobs import LogprobPass
 from longact_pl.optim import adamw_with_warmup, check_optimizer_settings, optimizer_step
 from longact_pl.precision import check_master_weights
 from longact_pl.rollout.types import RolloutEngine
 from longact_pl.sampling import RewardErrors, RewardFn, ScoredRollout, sample_and_score
-from longact_pl.step_log import step_metrics
+from longact_pl.step_log import format_step, step_metrics
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,10 @@ class LongActModule(L.LightningModule):
         seed: Base seed for sampling.
         export_dir: Where the trained policy is saved at the end (``None`` = not saved).
         max_nonfinite_steps: Consecutive non-finite steps (skipped) that stop the run with a checkpoint.
+        max_skipped_steps: Consecutive RL steps skipped by dynamic sampling (no group kept) that stop the run
+            with a checkpoint.
+        max_reward_failure_steps: Consecutive RL steps whose every reward call raised that stop the run with
+            a checkpoint and the first exception.
         allow_low_precision_weights: Train bf16/fp16 parameters (refused by default: AdamW keeps no fp32
             copy, see ``longact_pl.precision``).
     """
@@ -96,6 +101,8 @@ class LongActModule(L.LightningModule):
         seed: int = 0,
         export_dir: str | Path | None = None,
         max_nonfinite_steps: int = 3,
+        max_skipped_steps: int = 10,
+        max_reward_failure_steps: int = 3,
         tis_cap: float | None = None,
         allow_low_precision_weights: bool = False,
     ) -> None:
@@ -110,6 +117,9 @@ class LongActModule(L.LightningModule):
         self.allow_low_precision_weights = allow_low_precision_weights
         self.warmup_steps, self.max_grad_norm = warmup_steps, max_grad_norm
         self.guard = NonFiniteGuard(max_nonfinite_steps)
+        self.skip_guard = StreakGuard(max_skipped_steps, "module.max_skipped_steps")
+        self.reward_guard = StreakGuard(max_reward_failure_steps, "module.max_reward_failure_steps")
+        self._reward_streak_first: tuple[str, Exception] | None = None
         self.learner = Learner(
             algorithm, LogprobPass(shared_prefix, logprob_chunk), self.guard, rollout.temperature,
             ppo_epochs, mini_batch_size, micro_batch_size, tis_cap,
@@ -122,6 +132,8 @@ class LongActModule(L.LightningModule):
         self.val_acc_all = MeanMetric()
         # Set around policy training forwards so saliency hooks know which tokens are real.
         self.stats_token_mask: torch.Tensor | None = None
+        # Run on the accumulated gradient before the non-finite check (SaliencyMask registers its masking).
+        self.grad_transforms: list[Callable[[], None]] = []
         self.truncated_total, self.reward_errors = 0, RewardErrors()
 
     @property
@@ -181,9 +193,11 @@ class LongActModule(L.LightningModule):
         start = time.perf_counter()
         truncated = sum(int(s.get("truncated", False)) for s in batch)
         self.truncated_total += truncated
+        self.reward_errors.new_step()
         scored = self._sample(batch)
-        if scored is None:
-            self.log("train/skipped_steps", 1.0, on_step=True, reduce_fx="sum")
+        self._check_reward_failures()
+        if self.skip_guard.record(scored is None, self.dist):  # every rank skips together (sampling agrees)
+            self._on_skipped_step()
             return
         advantages = self.algorithm.advantages(scored.rewards, scored.batch.group_size).to(self.device)  # [N]
         train_batch = self.learner.prepare(self.policy, self.ref_model, scored.batch, advantages)
@@ -195,6 +209,7 @@ class LongActModule(L.LightningModule):
         lr = self.optimizers().param_groups[0]["lr"]
         logs = step_metrics(scored, truncated, self.truncated_total, self.reward_errors.count,
                             time.perf_counter() - start, lr, update)  # fmt: skip
+        logs["train/skipped_steps_total"] = float(self.skip_guard.total)
         self.log_dict(logs, on_step=True, batch_size=len(batch))
         reward = logs["train/reward_mean"]
         self.log("reward", reward, prog_bar=True, on_step=True, logger=False, batch_size=len(batch))
@@ -207,7 +222,19 @@ class LongActModule(L.LightningModule):
             step=lambda: optimizer_step(opt, sched),  # also drops autocast's cached bf16 weights
             zero_grad=lambda: opt.zero_grad(set_to_none=True),
             skip=self._on_nonfinite_step,
+            transform_grads=self._transform_grads if self.grad_transforms else None,
         )
+
+    def _transform_grads(self) -> None:
+        """Apply the registered gradient transforms (LongAct's row masking) in order."""
+        for transform in self.grad_transforms:
+            transform()
+
+    def _save_stop_checkpoint(self, name: str) -> Path:
+        """Write ``checkpoints/<name>`` before a safety stop (every rank calls it: ranks agree to stop)."""
+        path = Path(self.trainer.default_root_dir) / "checkpoints" / name
+        self.trainer.save_checkpoint(path)
+        return path
 
     def _on_nonfinite_step(self) -> None:
         """Skip the update; after ``max_nonfinite_steps`` in a row write a checkpoint and stop."""
@@ -216,9 +243,32 @@ class LongActModule(L.LightningModule):
             "non-finite loss or gradient: optimizer step skipped (%d in a row)", self.guard.consecutive
         )
         if self.guard.exhausted:
-            path = Path(self.trainer.default_root_dir) / "checkpoints" / "nonfinite.ckpt"
-            self.trainer.save_checkpoint(path)
-            raise self.guard.error(path)
+            raise self.guard.error(self._save_stop_checkpoint("nonfinite.ckpt"))
+
+    def _on_skipped_step(self) -> None:
+        """Log and print the skip; after ``max_skipped_steps`` in a row write a checkpoint and stop."""
+        self.log("train/skipped_steps", 1.0, on_step=True, reduce_fx="sum")
+        self.log("train/skipped_steps_total", float(self.skip_guard.total), on_step=True)
+        if self.trainer.is_global_zero:  # a line of the step log (longact_pl.step_log prints the others)
+            log.info(
+                "%s skipped: dynamic sampling kept no group with mixed rewards (%d in a row, %d in total)",
+                format_step(self.global_step, self.trainer.max_steps, {}), self.skip_guard.consecutive,
+                self.skip_guard.total,
+            )  # fmt: skip
+        if self.skip_guard.exhausted:
+            rounds = getattr(self.algorithm, "max_gen_rounds", 1)
+            raise skipped_steps_error(self.skip_guard, rounds, self._save_stop_checkpoint("skipped.ckpt"))
+
+    def _check_reward_failures(self) -> None:
+        """Count a step whose every reward call raised (on every rank); too many in a row: stop."""
+        if not self.reward_guard.record(self.reward_errors.step_all_failed, self.dist):
+            return
+        if self.reward_guard.consecutive == 1:  # the streak starts: keep its first error (and traceback)
+            self._reward_streak_first = self.reward_errors.step_first
+        if self.reward_guard.exhausted:  # (a run resumed mid-streak: this step's first error)
+            text, err = self._reward_streak_first or self.reward_errors.step_first
+            path = self._save_stop_checkpoint("reward_errors.ckpt")
+            raise reward_function_error(self.reward_guard, text, path) from err
 
     def on_before_optimizer_step(self, optimizer) -> None:
         """Clip gradients; callbacks' hooks (gradient masking) have already run."""
@@ -247,12 +297,16 @@ class LongActModule(L.LightningModule):
             self.log("val_acc", values["val/acc"], prog_bar=True, logger=False)
 
     # ------------------------------------------------------------ checkpoint
+    def _streaks(self) -> dict[str, StreakGuard]:
+        """The safety-stop counters by checkpoint prefix."""
+        return {"guard": self.guard, "skipped": self.skip_guard, "reward_failed": self.reward_guard}
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Run counters that must survive a resume (the reference model is never saved)."""
         checkpoint["longact_counters"] = {
             "truncated_total": self.truncated_total,
             "reward_errors": self.reward_errors.count,
-            **{f"guard_{k}": v for k, v in self.guard.state_dict().items()},
+            **{f"{n}_{k}": v for n, g in self._streaks().items() for k, v in g.state_dict().items()},
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -260,7 +314,8 @@ class LongActModule(L.LightningModule):
         state = checkpoint.get("longact_counters", {})
         self.truncated_total = int(state.get("truncated_total", 0))
         self.reward_errors.count = int(state.get("reward_errors", 0))
-        self.guard.load_state_dict({k: int(state.get(f"guard_{k}", 0)) for k in ("consecutive", "total")})
+        for name, guard in self._streaks().items():
+            guard.load_state_dict({k: int(state.get(f"{name}_{k}", 0)) for k in ("consecutive", "total")})
 
     # ----------------------------------------------------------------- export
     def on_train_end(self) -> None:

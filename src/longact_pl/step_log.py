@@ -20,7 +20,10 @@ FIELDS = (
     ("train/entropy", "entropy", "{:.3f}"),
     ("train/completion_len", "len", "{:.1f}"),
     ("train/tokens_per_s", "tok/s", "{:.0f}"),
+    ("train/skipped_steps_total", "skipped", "{:.0f}"),
 )
+# counts printed only once they are non-zero
+HIDE_ZERO = {"train/skipped_steps_total"}
 
 
 def step_metrics(
@@ -70,7 +73,7 @@ def format_step(step: int, max_steps: int, metrics: dict[str, Any]) -> str:
     parts = [f"step {step}/{max_steps}" if max_steps > 0 else f"step {step}"]
     for key, label, fmt in FIELDS:
         value = metrics.get(key)
-        if value is not None:
+        if value is not None and not (key in HIDE_ZERO and float(value) == 0):
             parts.append(f"{label} {fmt.format(float(value))}")
     return " ".join(parts)
 

@@ -12,10 +12,14 @@ from pathlib import Path
 
 import lightning as L
 from hydra.utils import instantiate
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from longact_pl.checkpoints.resume import check_checkpoint
+from longact_pl.config_check import check_types
 from longact_pl.eval.metrics import source_task_names
+from longact_pl.loggers import ResumableLogger
 from longact_pl.rollout.weight_sync import WeightSync
 
 log = logging.getLogger(__name__)
@@ -24,7 +28,6 @@ _RUN_MARKERS = ("metrics.csv", "final", "checkpoints", "config.yaml")
 
 # Checkpoints after the optimizer step are what we want; the run directory is checked by check_run_dir.
 warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimization.*")
-warnings.filterwarnings("ignore", message=".*Experiment logs directory .* exists and is not empty.*")
 warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
 
 
@@ -42,12 +45,51 @@ def check_run_dir(run_dir: Path, resuming: bool) -> None:
         )
 
 
+def check_trainer(trainer: DictConfig) -> None:
+    """Refuse step limits that would train nothing or never stop.
+
+    Raises:
+        ValueError: Naming ``trainer.max_steps``.
+    """
+    steps, epochs = trainer.get("max_steps", -1), trainer.get("max_epochs")
+    unbounded = epochs is None or epochs < 0
+    if steps == 0 or steps < -1 or (steps == -1 and unbounded):
+        raise ValueError(
+            f"trainer.max_steps must be >= 1 (RL steps to train), got {steps}"
+            + (" with trainer.max_epochs unbounded" if steps == -1 else "")
+        )
+
+
+def check_config(cfg: DictConfig) -> int | None:
+    """Everything checkable before a component is built or the run directory touched.
+
+    Checks the types of every component's fields, the step limit and the checkpoint to resume from.
+
+    Returns:
+        The ``global_step`` of ``cfg.ckpt_path`` (``None`` for a new run).
+    """
+    check_types(cfg)
+    check_trainer(cfg.trainer)
+    return check_checkpoint(cfg.ckpt_path) if cfg.get("ckpt_path") is not None else None
+
+
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
     """Instantiate ``cfg.callbacks.*`` and the masking callback (``masking=none`` adds nothing)."""
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
     if cfg.get("masking") and "_target_" in cfg.masking:
         callbacks.append(instantiate(cfg.masking))
     return callbacks
+
+
+def check_callbacks(callbacks: list[L.Callback], model) -> None:
+    """Let callbacks whose options depend on the model check it (``SaliencyMask.check_model``).
+
+    Called right after the model is loaded, so a bad combination fails before the run directory is written.
+    """
+    for callback in callbacks:
+        check = getattr(callback, "check_model", None)
+        if callable(check):
+            check(model)
 
 
 def rollout_callbacks(rollout) -> list[L.Callback]:
@@ -60,6 +102,13 @@ def build_loggers(cfg: DictConfig) -> list:
     return [instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
 
 
+def build_light(cfg: DictConfig) -> tuple:
+    """The components that load nothing: ``(algorithm, rollout engine, callbacks)``."""
+    algorithm = instantiate(cfg.algo)
+    rollout = instantiate(cfg.rollout)
+    return algorithm, rollout, build_callbacks(cfg) + rollout_callbacks(rollout)
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     """Train as configured; return the final logged metrics.
 
@@ -69,14 +118,14 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     """
     # DDP/FSDP on one node: Lightning re-runs this script for ranks > 0 in the same run directory
     main_process = rank_zero_only.rank == 0
+    resume_step = check_config(cfg)
     if main_process:
-        check_run_dir(run_dir, resuming=cfg.get("ckpt_path") is not None)
+        check_run_dir(run_dir, resuming=resume_step is not None)
     L.seed_everything(cfg.seed, workers=True)
     # Cheap components first: invalid values fail here, before loading a model or writing a file.
-    algorithm = instantiate(cfg.algo)
-    rollout = instantiate(cfg.rollout)
-    callbacks = build_callbacks(cfg) + rollout_callbacks(rollout)
+    algorithm, rollout, callbacks = build_light(cfg)
     loaded = instantiate(cfg.model)
+    check_callbacks(callbacks, loaded.model)
     datamodule = instantiate(cfg.data, tokenizer=loaded.tokenizer)
     module = instantiate(
         cfg.module,
@@ -97,14 +146,24 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     for lg in loggers:
+        if resume_step is not None and isinstance(lg, ResumableLogger):
+            lg.resume(resume_step)  # keep the history before the checkpoint, drop what is logged again
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     before = {}
-    if cfg.get("validate_before_training") and cfg.get("ckpt_path") is None:
-        before = {
-            f"{k}@step0": float(v) for k, v in trainer.validate(module, datamodule=datamodule)[0].items()
-        }
-    # Checkpoints are read as plain tensors and containers: no code in a checkpoint ever runs.
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    try:
+        if cfg.get("validate_before_training") and resume_step is None:
+            before = {
+                f"{k}@step0": float(v) for k, v in trainer.validate(module, datamodule=datamodule)[0].items()
+            }
+        # Checkpoints are read as plain tensors and containers: no code in a checkpoint ever runs.
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    except SIGTERMException:
+        # Lightning's SystemExit has no code (exit 0): a pre-empted run must not look finished
+        code = int(cfg.get("sigterm_exit_code", 143))
+        last = run_dir / "checkpoints" / "last.ckpt"
+        resume = f"resume with ckpt_path={last}" if last.exists() else "no checkpoint was written"
+        log.warning("stopped by SIGTERM at step %d (%s); exit code %d", trainer.global_step, resume, code)
+        raise SystemExit(code) from None
     final = {k: float(v) for k, v in trainer.callback_metrics.items()}
     for key in sorted(k for k in final if k.startswith("val/acc")):
         start = before.get(f"{key}@step0")

@@ -1,8 +1,11 @@
 """The conf/data/*.yaml files instantiate into working DataModules."""
 
+import json
+import logging
 from pathlib import Path
 
 import pytest
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
@@ -41,6 +44,39 @@ def test_jsonl_requires_path():
     cfg = load("jsonl")
     with pytest.raises(MissingMandatoryValue):
         instantiate(cfg.data)
+
+
+def _jsonl(tmp_path, name, prompts):
+    path = tmp_path / name
+    path.write_text("".join(json.dumps({"prompt": p, "answer": "a"}) + "\n" for p in prompts))
+    return str(path)
+
+
+def test_jsonl_train_and_val_paths_as_the_readme_writes_them(tmp_path, tokenizer):
+    """``data=jsonl data.train.path=train.jsonl data.val.path=val.jsonl`` (and no val without the path)."""
+    cfg = load("jsonl")
+    cfg.data.train.path = _jsonl(tmp_path, "train.jsonl", ["t1", "t2"])
+    assert instantiate(cfg.data, tokenizer=tokenizer).val is None
+    cfg.data.val.path = _jsonl(tmp_path, "val.jsonl", ["v1"])
+    dm = instantiate(cfg.data, tokenizer=tokenizer)
+    assert [s.prompt for s in dm.val] == ["v1"] and [s.prompt for s in dm.train] == ["t1", "t2"]
+
+
+def test_missing_validation_file_names_data_val_path(tmp_path):
+    cfg = load("jsonl")
+    cfg.data.train.path = _jsonl(tmp_path, "train.jsonl", ["t1"])
+    cfg.data.val.path = str(tmp_path / "nope.jsonl")
+    with pytest.raises(InstantiationException, match=r"nope.jsonl does not exist; set data.val.path"):
+        instantiate(cfg.data)
+
+
+def test_validation_file_overlapping_the_training_file_is_reported(tmp_path, caplog):
+    cfg = load("jsonl")
+    cfg.data.train.path = _jsonl(tmp_path, "train.jsonl", ["a", "b", "c"])
+    cfg.data.val.path = _jsonl(tmp_path, "val.jsonl", ["b", "c", "d", "e"])
+    with caplog.at_level(logging.WARNING):
+        instantiate(cfg.data)
+    assert "2 of the 4 prompts of data.val" in caplog.text and "train.jsonl" in caplog.text
 
 
 def test_ruler_mix_makes_every_task(tokenizer):

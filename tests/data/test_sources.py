@@ -99,3 +99,17 @@ def test_jsonl_missing_or_empty_file(tmp_path):
         JsonlSource(str(tmp_path / "nope.jsonl"))
     with pytest.raises(ValueError, match="no samples"):
         JsonlSource(str(write(tmp_path, [""])))
+
+
+def test_jsonl_non_utf8_bytes_name_file_and_line(tmp_path):
+    path = tmp_path / "latin.jsonl"
+    good = json.dumps({"prompt": "ok", "answer": "ok"}).encode()
+    path.write_bytes(good + b"\n" + '{"prompt": "caf\u00e9", "answer": "x"}\n'.encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin.jsonl:2: field '<encoding>': byte 0xe9 .* is not UTF-8"):
+        JsonlSource(str(path))
+
+
+def test_jsonl_accepts_a_utf8_byte_order_mark(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"prompt": "caf\u00e9?", "answer": "y"}).encode() + b"\n")
+    assert JsonlSource(str(path))[0].prompt == "caf\u00e9?"

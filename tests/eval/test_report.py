@@ -79,3 +79,18 @@ def test_compare_evals_table_with_deltas_and_chart(tmp_path):
     assert (out / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     bad = subprocess.run([*cmd, "--names", "one"], capture_output=True, text=True)
     assert bad.returncode != 0 and "one per summary" in bad.stderr
+
+
+def test_compare_evals_refuses_mixed_benchmarks(tmp_path):
+    paths = []
+    for name, bench in (("ruler", "ruler"), ("lb", "longbench_v2")):
+        (tmp_path / name).mkdir()
+        summary = {"benchmark": bench, "scores": {"overall": 50.0}, "headline": ["overall"]}
+        (tmp_path / name / "summary.json").write_text(json.dumps(summary))
+        paths.append(str(tmp_path / name / "summary.json"))
+    out = tmp_path / "cmp"
+    cmd = [sys.executable, str(ROOT / "scripts" / "compare_evals.py"), *paths, "--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode != 0
+    assert "different benchmarks" in done.stderr and "ruler" in done.stderr and "longbench_v2" in done.stderr
+    assert not out.exists()

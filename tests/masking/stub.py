@@ -13,7 +13,16 @@ from torch.utils.data import DataLoader, TensorDataset
 class StubModule(pl.LightningModule):
     """Manual optimization: micro-batch forwards + manual_backward, clip in on_before_optimizer_step, step."""
 
-    def __init__(self, policy, lr=1e-2, weight_decay=0.1, micro=2, clip=1.0, export_dir: Path | None = None):
+    def __init__(
+        self,
+        policy,
+        lr=1e-2,
+        weight_decay=0.1,
+        micro=2,
+        clip=1.0,
+        export_dir: Path | None = None,
+        record_from=0,
+    ):
         super().__init__()
         self.automatic_optimization = False
         self.policy = policy
@@ -21,6 +30,7 @@ class StubModule(pl.LightningModule):
         self.stats_token_mask = None
         self.export_dir = export_dir
         self.steps: list[dict] = []  # per optimizer step: grads/weights seen by the module, and the mask
+        self.record_from = record_from  # first optimizer step (0-based) recorded in `steps`
 
     def training_step(self, batch, batch_idx):
         ids, attn = batch  # [B, T], [B, T]
@@ -37,6 +47,9 @@ class StubModule(pl.LightningModule):
         opt.zero_grad()
 
     def on_before_optimizer_step(self, optimizer):
+        self.clip_gradients(optimizer, gradient_clip_val=self.clip, gradient_clip_algorithm="norm")
+        if self.global_step < self.record_from:
+            return
         cb = next(c for c in self.trainer.callbacks if hasattr(c, "masks"))
         self.steps.append(
             {
@@ -45,9 +58,10 @@ class StubModule(pl.LightningModule):
                 "before": {n: p.detach().clone() for n, p in self.policy.named_parameters()},
             }
         )
-        self.clip_gradients(optimizer, gradient_clip_val=self.clip, gradient_clip_algorithm="norm")
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
+        if self.global_step <= self.record_from:
+            return
         self.steps[-1]["after"] = {n: p.detach().clone() for n, p in self.policy.named_parameters()}
 
     def configure_optimizers(self):
@@ -72,7 +86,8 @@ class StubData(pl.LightningDataModule):
     def calibration_prompts(self, n: int) -> list[list[int]]:
         self.calls += 1
         g = torch.Generator().manual_seed(1)
-        return [torch.randint(1000, self.vocab, (self.calib_len,), generator=g).tolist() for _ in range(n)]
+        low = min(1000, self.vocab // 2)  # another token range than training
+        return [torch.randint(low, self.vocab, (self.calib_len,), generator=g).tolist() for _ in range(n)]
 
 
 def fit(module, data, callbacks, max_steps, ckpt_path=None, **kw) -> pl.Trainer:
@@ -90,3 +105,18 @@ def fit(module, data, callbacks, max_steps, ckpt_path=None, **kw) -> pl.Trainer:
     )
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     return trainer
+
+
+class NaNInFrozenRow(pl.Callback):
+    """Puts a NaN into the gradient of one frozen row of ``module`` in every backward (a ``_target_``)."""
+
+    def __init__(self, module: str = "model.layers.0.self_attn.q_proj") -> None:
+        self.module, self.row = module, None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.row is not None:
+            return
+        masks = next(c for c in trainer.callbacks if hasattr(c, "mask_gradients")).masks
+        self.row = int((~masks[self.module]).nonzero()[0])
+        weight = pl_module.policy.get_submodule(self.module).weight
+        weight.register_hook(lambda g: g.index_fill(0, torch.tensor([self.row]), float("nan")))

@@ -5,6 +5,8 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from longact_pl.masking import BottomK, RandomK, SaliencyMask, TopK
+from longact_pl.train import run
+from tests.helpers import compose_train
 
 CONF = str(Path(__file__).resolve().parents[2] / "conf")
 
@@ -28,3 +30,29 @@ def test_options_instantiate_the_callback_with_their_selector(configs, name, sel
     assert isinstance(cb, SaliencyMask) and type(cb.selector) is selector
     assert cb.targets == ("q_proj", "k_proj") and cb.ratio == 0.3 and cb.seed == 5
     assert isinstance(cb.targets, tuple)
+
+
+def test_new_options_reach_the_callback(configs):
+    cb = instantiate(configs["saliency"].masking)
+    assert (cb.pairing, cb.norms, cb.measure_at, cb.rebuild_masks, cb.telemetry) == (
+        "independent", "dense", "proj", False, True,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["masking.unit=rope_pair", "model._target_=tests.masking.models.tiny_opt"],
+            r"masking.unit=rope_pair",
+        ),
+        (["masking.pairing=joint", "masking.targets=[q_proj]"], r"masking.pairing=joint"),
+        (["masking.norms=frozen"], r"masking.norms=frozen: LlamaForCausalLM has no"),
+        (["masking.measure_at=post_rope", "masking.targets=[gate_proj]"], r"masking.measure_at=post_rope"),
+    ],
+)
+def test_bad_combinations_fail_before_anything_is_written(tmp_path, overrides, message):
+    cfg = compose_train(tmp_path / "run", "masking=saliency", *overrides)
+    with pytest.raises(Exception, match=message):
+        run(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -82,3 +82,56 @@ def test_one_grpo_step_with_longact_on_smollm2(tmp_path):
     before, after = start.get_submodule(name).weight, final.get_submodule(name).weight
     assert torch.equal(after[~keep], before[~keep])
     assert not torch.equal(after[keep], before[keep])
+
+
+def test_every_new_option_together_on_qwen3(tmp_path):
+    """rope_pair scored after q_norm + RoPE, joint Q-K units, frozen q/k norms, refresh, telemetry: GRPO."""
+    import csv
+
+    from longact_pl.models.tiny import tiny_qwen3
+
+    cfg = compose_train(
+        tmp_path, "model=tiny_qwen3", "masking=saliency", "masking.calib_samples=1", "masking.unit=rope_pair",
+        "masking.measure_at=post_rope", "masking.pairing=joint", "masking.norms=frozen",
+        "masking.refresh_every=1", PARITY,
+    )  # fmt: skip
+    run(cfg, tmp_path)
+    masks, summary = read_masks(tmp_path / "final"), read_summary(tmp_path / "final")
+    start, final = tiny_qwen3(seed=cfg.seed).model, _final(tmp_path)
+    for name, keep in masks.items():
+        before, after = start.get_submodule(name).weight, final.get_submodule(name).weight
+        assert torch.equal(after[~keep], before[~keep]) and not torch.equal(after[keep], before[keep])
+    q, k = (masks[f"model.layers.1.self_attn.{p}_proj"].view(-1, 16) for p in ("q", "k"))  # [heads, D]
+    assert torch.equal(q, k.repeat_interleave(2, 0)) and torch.equal(k[:, :8], k[:, 8:])  # joint, pairs
+    for norm in ("q_norm", "k_norm"):
+        w = f"model.layers.0.self_attn.{norm}.weight"
+        assert torch.equal(final.get_parameter(w), start.get_parameter(w))
+    assert summary["measure_at"] == "post_rope" and [h["step"] for h in summary["history"]] == [0, 1, 2]
+    with open(tmp_path / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("mask/grad_share_kept")]
+    assert len(rows) == 2 and all(0 < float(r["mask/act_l1_share_kept"]) < 1 for r in rows)
+
+
+def test_a_nan_in_a_frozen_row_does_not_skip_the_step(tmp_path):
+    """The non-finite check and train/grad_norm see the gradient applied (masked); the pre-mask norm is
+    logged as train/grad_norm_pre_mask."""
+    import csv
+    import math
+
+    cfg = compose_train(
+        tmp_path, "masking=saliency", "masking.calib_samples=1", PARITY,
+        "+callbacks.nan._target_=tests.masking.stub.NaNInFrozenRow",
+    )  # fmt: skip
+    run(cfg, tmp_path)
+    with open(tmp_path / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("train/grad_norm")]
+    assert len(rows) == 2 and not any(float(r.get("train/nonfinite_steps") or 0) for r in rows)
+    assert all(
+        math.isfinite(float(r["train/grad_norm"])) and r["train/grad_norm_pre_mask"] == "nan" for r in rows
+    )
+    masks, final = read_masks(tmp_path / "final"), _final(tmp_path)
+    start = tiny_llama(seed=cfg.seed).model
+    for name, keep in masks.items():
+        before, after = start.get_submodule(name).weight, final.get_submodule(name).weight
+        assert torch.equal(after[~keep], before[~keep]) and not torch.equal(after[keep], before[keep])
+    assert all(torch.isfinite(p).all() for p in final.parameters())

@@ -16,11 +16,16 @@ def test_saliency_report_on_tiny_llama(tmp_path):
     write_masks(
         tmp_path / "run" / "final", {"m": torch.ones(4, dtype=torch.bool)}, {"ratio": 0.3, "history": history}
     )
+    (tmp_path / "run" / "metrics.csv").write_text(
+        "step,train/reward_mean,mask/grad_share_kept,mask/act_l1_share_kept\n"
+        "0,0.5,0.62,0.55\n1,0.6,0.58,0.5\n1,,,\n"  # a validation row without telemetry
+    )
     out = report.main(
         [
             "--model",
             "tiny_llama",
             "--lengths",
+            "128",
             "256",
             "--samples",
             "1",
@@ -36,9 +41,15 @@ def test_saliency_report_on_tiny_llama(tmp_path):
         "mask.png",
         "concentration.png",
         "drift.png",
+        "telemetry.png",
+        "short_vs_long.png",
         "summary.md",
     }
     assert names <= {p.name for p in out.iterdir()}
     assert all((out / n).stat().st_size > 1000 for n in names if n.endswith(".png"))
     text = (out / "summary.md").read_text()
+    assert (
+        "| mask/grad_share_kept | 0.620 | 0.580 | 0.600 |" in text
+        and "![telemetry.png](telemetry.png)" in text
+    )
     assert "| 1 | k_proj |" in text and "| 5 | 0.800 | 0.450 |" in text and "![drift.png](drift.png)" in text

@@ -69,3 +69,25 @@ def test_conversion_into_a_fresh_cache_dir(tmp_path, monkeypatch):
         "longact_pl.models.smollm2.gguf_folder", lambda: (_ for _ in ()).throw(AssertionError)
     )
     assert smollm2_folder(tmp_path) == target
+
+
+def test_a_missing_local_model_path_never_reaches_the_hub(tmp_path, monkeypatch):
+    import transformers
+
+    def hub(*args, **kwargs):
+        raise AssertionError("asked the hub")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", hub)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    for path in ("runs/final", str(tmp_path / "final"), "./final", "outputs/train/x/final"):
+        with pytest.raises(FileNotFoundError, match=rf"model.name_or_path={path} does not exist"):
+            load_hf(path)
+    with pytest.raises(AssertionError, match="asked the hub"):  # a hub id still goes to the hub
+        load_hf("Qwen/Qwen3-4B")
+
+
+def test_a_model_folder_without_tokenizer_files_says_so(tmp_path):
+    tiny_llama(seed=0).model.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="has no tokenizer files"):
+        load_hf(str(tmp_path), local_files_only=True)

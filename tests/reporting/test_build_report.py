@@ -91,3 +91,11 @@ def test_plots_are_written_and_report_folder_is_not_a_run(tmp_path):
 def test_empty_folder_fails_cleanly(tmp_path, capsys):
     assert main([str(tmp_path)]) == 1
     assert "no run folders" in capsys.readouterr().err
+
+
+def test_last_k_must_be_positive(tmp_path, capsys):
+    root = build_multirun(tmp_path / "multirun")
+    with pytest.raises(SystemExit):
+        main([str(root), "--last-k", "0"])
+    assert "--last-k must be >= 1" in capsys.readouterr().err
+    assert not (root / "report").exists()

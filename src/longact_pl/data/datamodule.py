@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -11,12 +12,14 @@ from torch.utils.data import DataLoader
 
 from longact_pl.data.dataset import PromptDataset, WithPadding, keep_list
 from longact_pl.data.order import ResumableOrder
-from longact_pl.data.sources import GeneratedSource
+from longact_pl.data.sources import GeneratedSource, JsonlSource, overlap
 from longact_pl.data.types import SampleSource
 from longact_pl.distributed import data_parallel_rank
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
 
 
 class LongContextDataModule(L.LightningDataModule):
@@ -44,6 +47,8 @@ class LongContextDataModule(L.LightningDataModule):
 
     Raises:
         ValueError: If train and val are generated sources with the same seed (they would overlap).
+
+    A validation file whose prompts also occur in the training file is logged as a warning with the count.
     """
 
     def __init__(
@@ -68,6 +73,13 @@ class LongContextDataModule(L.LightningDataModule):
                 f"data.train.seed and data.val.seed are both {train.seed}; validation would repeat training "
                 "samples, give data.val.seed a different value"
             )
+        files = isinstance(train, JsonlSource) and isinstance(val, JsonlSource)
+        if files and (shared := overlap(train, val)):
+            log.warning(
+                "%d of the %d prompts of data.val (%s) also occur in data.train (%s): validation accuracy on "
+                "them measures memorisation; use a held-out file",
+                shared, len(val), val.path, train.path,
+            )  # fmt: skip
         self.train = train
         self.val = val
         self.calib_source = calib_source if calib_source is not None else train

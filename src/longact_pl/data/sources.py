@@ -114,6 +114,18 @@ def _parse_line(path: Path, lineno: int, text: str, fields: dict[str, str]) -> S
     return Sample(prompt=prompt, references=list(refs), task=task, meta=meta)
 
 
+def _decode(path: Path, lineno: int, raw: bytes) -> str:
+    """One line as text: UTF-8, with a byte-order mark allowed at the start of the file."""
+    try:
+        return raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+    except UnicodeDecodeError as err:
+        bad = raw[err.start : err.start + 1].hex()
+        raise _fail(
+            path, lineno, "<encoding>", f"byte 0x{bad} at column {err.start + 1} is not UTF-8; save the file "
+            "as UTF-8 (e.g. iconv -f latin1 -t utf-8)",
+        ) from None  # fmt: skip
+
+
 class JsonlSource:
     """Samples read from a JSON-lines file (read as data only; nothing in it is executed).
 
@@ -122,15 +134,19 @@ class JsonlSource:
     expected in the completion). An optional ``task`` names the task (default: the file stem); other
     fields go to ``Sample.meta`` (a ``target_length`` there is used for per-length metrics).
 
+    The file must be UTF-8 (a leading byte-order mark is accepted).
+
     Args:
         path: The ``.jsonl`` file.
         prompt_field: Name of the prompt field.
         messages_field: Name of the chat messages field.
         answer_field: Name of the answer field.
+        config_key: Where this source sits in the config (``data.train``, ``data.val``), for messages.
 
     Raises:
-        FileNotFoundError: If the file does not exist.
-        ValueError: On a malformed line, naming the file, the 1-based line number and the field.
+        FileNotFoundError: If the file does not exist, naming ``<config_key>.path``.
+        ValueError: On a malformed line (bad JSON, a missing field, bytes that are not UTF-8), naming the
+            file, the 1-based line number and the field.
     """
 
     def __init__(
@@ -139,16 +155,18 @@ class JsonlSource:
         prompt_field: str = "prompt",
         messages_field: str = "messages",
         answer_field: str = "answer",
+        config_key: str = "data.train",
     ) -> None:
         self.path = Path(path).expanduser()
         if not self.path.is_file():
             raise FileNotFoundError(
-                f"JsonlSource: {self.path} does not exist; set data.train.path to a .jsonl file"
+                f"JsonlSource: {self.path} does not exist; set {config_key}.path to a .jsonl file"
             )
         fields = {"prompt": prompt_field, "messages": messages_field, "answer": answer_field}
         self.samples: list[Sample] = []
-        with self.path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
+        with self.path.open("rb") as f:
+            for lineno, raw in enumerate(f, start=1):
+                line = _decode(self.path, lineno, raw)
                 if line.strip():
                     self.samples.append(_parse_line(self.path, lineno, line, fields))
         if not self.samples:
@@ -164,6 +182,22 @@ class JsonlSource:
 def prompt_key(sample: Sample) -> str:
     """Return a hashable identity of a sample's prompt (the text, or the JSON of its messages)."""
     return sample.prompt if isinstance(sample.prompt, str) else json.dumps(sample.prompt, sort_keys=True)
+
+
+def optional_jsonl(path: str | None, **kwargs: str) -> JsonlSource | None:
+    """A :class:`JsonlSource`, or ``None`` when ``path`` is ``None`` (``data.val.path`` left unset).
+
+    Args:
+        path: The ``.jsonl`` file, or ``None`` for no source.
+        **kwargs: The other arguments of :class:`JsonlSource`.
+    """
+    return None if path is None else JsonlSource(path, **kwargs)
+
+
+def overlap(first: SampleSource, second: SampleSource) -> int:
+    """How many items of ``second`` repeat a prompt of ``first`` (every item of both is read)."""
+    seen = {prompt_key(first[i]) for i in range(len(first))}
+    return sum(prompt_key(second[j]) in seen for j in range(len(second)))
 
 
 def check_disjoint(first: SampleSource, second: SampleSource, limit: int | None = None) -> None:

@@ -1,7 +1,7 @@
 """Compose the ``evaluate.py`` config into a model, a rollout engine and a benchmark, run it, write reports.
 
-Order: the run directory is checked, then the benchmark is built (a bad data path or field fails here),
-then the engine and the model are loaded; only then is anything written.
+Order: the field types and the run directory are checked, then the benchmark is built (a bad data path or
+field fails here), then the engine and the model are loaded; only then is anything written.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+from longact_pl.config_check import check_types
 from longact_pl.eval.context import EvalContext, PredictionWriter
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         cfg: The composed config (``conf/eval.yaml``).
         run_dir: Hydra's output directory for this run.
     """
+    check_types(cfg)  # field types (a scalar for a list becomes a one-element list) before anything is built
     check_eval_dir(run_dir)
     torch.manual_seed(cfg.seed)
     benchmark = build(cfg.eval)

@@ -12,10 +12,10 @@ it), nor under SGD with momentum. So, for any ``torch.optim.Optimizer``:
    bit-identical after every step whatever the optimizer does, including rows that left the mask at a
    refresh while they still carried momentum.
 
-Optimizer state of frozen rows is left alone: their Adam moments decay (``exp_avg *= beta1``,
-``exp_avg_sq *= beta2`` each step, the gradient being zero) and a row that re-enters the mask resumes with
-those decayed moments. They are not zeroed: Adam's bias correction uses the global step count, so zeroed
-moments would give that row an oversized first update.
+Optimizer state of frozen rows is left alone here: their Adam moments decay (``exp_avg *= beta1``,
+``exp_avg_sq *= beta2`` each step, the gradient being zero). A row that enters the mask at a refresh gets at
+least the second moment of the rows that stayed (``masking/moments.py``): Adam's bias correction uses the
+global step count, so zero or long-decayed moments would give it an oversized first update.
 
 Cost per step: one gather and one scatter of the frozen rows of the target weights (index tensors and
 buffers are built once per mask), nothing for the rest of the model.

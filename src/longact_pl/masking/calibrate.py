@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -38,16 +38,18 @@ def collect_stats(
     prompts: Sequence[Sequence[int]],
     bf16: bool = False,
     pad_forwards: int = 0,
+    units: Mapping[str, Tensor | None] | None = None,
 ) -> dict[str, ChannelStats]:
     """Per-channel statistics of every target's measured module over all tokens of ``prompts``.
 
     Args:
         policy: The Hugging Face causal LM.
-        targets: Masked projections (their ``measured`` modules are hooked).
+        targets: Masked targets (read where their ``probe`` says).
         prompts: Token id lists, each run alone (batch of 1, no padding).
         bf16: Run under ``torch.autocast(bfloat16)`` (as bf16 training would).
         pad_forwards: Extra forwards of the first prompt that are not counted (FSDP needs the same number
             of forwards on every rank when ranks calibrate on different numbers of prompts).
+        units: Target name -> channel-to-unit map of magnitude-scored units (``rope_pair``), if any.
 
     Returns:
         Target name -> statistics.
@@ -58,7 +60,7 @@ def collect_stats(
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("calibration needs at least one non-empty prompt")
     current: list[Tensor | None] = [None]
-    collector = StatsCollector({t.name: t.measured for t in targets}, gate=lambda: current[0])
+    collector = StatsCollector({t.name: t.probe for t in targets}, gate=lambda: current[0], units=units)
     device = next(policy.parameters()).device
     forward = _runner(policy)
     was_training = policy.training

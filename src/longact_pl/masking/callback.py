@@ -4,13 +4,15 @@ Contract with the LightningModule (manual optimization):
 
 * ``pl_module.policy``: the Hugging Face causal LM being trained.
 * ``pl_module.stats_token_mask``: a bool ``[B, T]`` tensor of valid tokens, set right before each policy
-  training forward and reset to ``None`` right after (only needed when ``refresh_every > 0``).
+  training forward and reset to ``None`` right after (refresh statistics and activation telemetry).
 * ``pl_module.export_dir``: a ``pathlib.Path`` (or ``None``) where the masks are written at the end of fit.
 * ``trainer.datamodule.calibration_prompts(n) -> list[list[int]]`` (or the same method on the module).
-
-Inside ``LightningOptimizer.step()`` Lightning 2.6 runs (``Precision._after_closure``) the callbacks'
-``on_before_optimizer_step`` first, then the module's (where it clips gradients), then the torch update, so
-masking the gradient here means the clip norm sees the masked gradient.
+* Optionally ``pl_module.grad_transforms``: callables the training loop runs on the accumulated gradient
+  before it checks it for non-finite values and measures its norm; :meth:`SaliencyMask.mask_gradients` is
+  appended to it, so both see the gradient actually applied. Without it the gradient is masked in
+  ``on_before_optimizer_step``: inside ``LightningOptimizer.step()`` Lightning 2.6 runs the callbacks'
+  ``on_before_optimizer_step`` first, then the module's (where it clips gradients), then the torch update,
+  so the clip norm sees the masked gradient either way.
 
 Data parallel (DDP, FSDP2): each rank calibrates on its share of the prompts, the statistics are summed over
 ranks before top-k (so every rank builds the single-process mask, which is also broadcast from rank 0), the
@@ -29,28 +31,27 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from longact_pl.masking.apply import RowFreezer
+from longact_pl.masking.builder import MaskBuilder
 from longact_pl.masking.calibrate import collect_stats
 from longact_pl.masking.export import write_masks
-from longact_pl.masking.metrics import jaccard, l1_share
-from longact_pl.masking.selection import Selector, TopK, build_masks, check_scope
+from longact_pl.masking.metrics import drift_metrics, l1_share, mean
+from longact_pl.masking.moments import warm_start_rows
+from longact_pl.masking.options import MaskingOptions
+from longact_pl.masking.rope import rope_pairs
+from longact_pl.masking.selection import Selector, TopK
 from longact_pl.masking.sharding import shard_prompts
-from longact_pl.masking.stats import ChannelStats, StatsCollector, check_statistic
-from longact_pl.masking.targets import Target, find_targets, head_dim_of
-from longact_pl.masking.units import check_unit
-
-OTHERS = ("dense", "frozen")
-
-
-def _mean(values: Sequence[float]) -> float:
-    return sum(values) / max(len(values), 1)
+from longact_pl.masking.stats import ChannelStats, StatsCollector, sync_stats
+from longact_pl.masking.targets import find_targets, head_dim_of, qk_norms
+from longact_pl.masking.telemetry import GradShare, shares
 
 
 class SaliencyMask(pl.Callback):
     """Train only the salient rows of the target projections (LongAct); everything else stays exact.
 
     Attributes:
-        history: One entry per mask build: ``{"step", "jaccard", "l1_share"}`` (jaccard is ``None`` at
-            calibration).
+        options: The validated masking options (what ``mask_summary.json`` and checkpoints record).
+        history: One entry per mask build: ``{"step", "jaccard", "l1_share", "entered"}`` (jaccard and
+            entered are ``None`` at calibration).
     """
 
     def __init__(
@@ -61,60 +62,62 @@ class SaliencyMask(pl.Callback):
         statistic: str = "mean_abs",
         unit: str = "channel",
         scope: str = "per_matrix",
+        pairing: str = "independent",
+        norms: str = "dense",
         others: str = "dense",
         measure_at: str = "proj",
         calib_samples: int = 8,
         refresh_every: int = 0,
         ema: float = 0.9,
         seed: int = 0,
+        rebuild_masks: bool = False,
+        telemetry: bool = True,
     ) -> None:
-        """Configure the mask.
+        """Configure the mask (each option is described in ``conf/masking/saliency.yaml``).
 
         Args:
             selector: Picks units from scores (``TopK`` = LongAct, ``BottomK`` = inverse, ``RandomK``).
-            targets: Suffixes of the ``nn.Linear`` module names to mask (e.g. ``q_proj``, ``k_proj``).
+            targets: Suffixes of the ``nn.Linear`` names to mask (``q_proj``, ``k_proj``, ``qkv_proj``).
             ratio: Kept fraction per matrix (or per target name with ``scope=global``), in ``(0, 1]``.
-            statistic: Channel score over tokens: ``mean_abs``, ``rms`` or ``max_abs``.
-            unit: ``channel``, ``rope_pair`` (d and d+head_dim/2 kept together) or ``head``.
+            statistic: Unit score over tokens: ``mean_abs``, ``rms`` or ``max_abs``.
+            unit: ``channel``, ``rope_pair`` (the two channels RoPE rotates together) or ``head``.
             scope: ``per_matrix`` or ``global`` (rank across layers within a target name).
+            pairing: ``independent`` (W_Q and W_K choose apart) or ``joint`` (same key-head units in both).
+            norms: Qwen3 ``q_norm``/``k_norm`` weights: ``dense`` (trained) or ``frozen``.
             others: ``dense`` (non-target parameters train normally) or ``frozen`` (they get no update).
-            measure_at: ``proj`` (projection output) or ``norm`` (Qwen3 ``q_norm``/``k_norm`` output).
+            measure_at: ``proj``, ``norm`` (Qwen3 ``q_norm``/``k_norm`` output) or ``post_rope``.
             calib_samples: Long prompts run before the first step to build the initial mask.
-            refresh_every: Rebuild the mask every this many optimizer steps from training forwards
-                (0 = static mask).
+            refresh_every: Rebuild the mask every this many optimizer steps (0 = static mask).
             ema: Smoothing of refresh statistics: ``score = ema * score + (1 - ema) * window``.
             seed: Seed for random selectors.
+            rebuild_masks: On resume, build new masks instead of restoring the checkpoint's.
+            telemetry: Log ``mask/grad_share_kept`` and ``mask/act_l1_share_kept`` every training step.
         """
         super().__init__()
-        if not 0.0 < ratio <= 1.0:
-            raise ValueError(f"masking.ratio={ratio} must be in (0, 1]")
-        if others not in OTHERS:
-            raise ValueError(f"masking.others={others!r} is not supported; use one of {list(OTHERS)}")
-        if not 0.0 <= ema < 1.0:
-            raise ValueError(f"masking.ema={ema} must be in [0, 1)")
-        if calib_samples < 1 or refresh_every < 0:
-            raise ValueError("masking.calib_samples must be >= 1 and masking.refresh_every >= 0")
         self.selector = selector if selector is not None else TopK()
-        self.targets = tuple(str(t) for t in targets)
-        self.ratio = float(ratio)
-        self.statistic = check_statistic(statistic)
-        self.unit = check_unit(unit)
-        self.scope = check_scope(scope)
-        self.others = others
-        self.measure_at = measure_at
-        self.calib_samples = int(calib_samples)
-        self.refresh_every = int(refresh_every)
-        self.ema = float(ema)
-        self.seed = int(seed)
+        self.options = MaskingOptions(
+            selector=type(self.selector).__name__, targets=tuple(str(t) for t in targets),
+            ratio=float(ratio), statistic=statistic, unit=unit, scope=scope, pairing=pairing, norms=norms,
+            others=others, measure_at=measure_at, calib_samples=int(calib_samples),
+            refresh_every=int(refresh_every), ema=float(ema), seed=int(seed),
+        )  # fmt: skip
+        for key, value in self.options.as_dict().items():
+            if key != "selector":
+                setattr(self, key, tuple(value) if key == "targets" else value)
+        self.rebuild_masks, self.telemetry = bool(rebuild_masks), bool(telemetry)
         self.history: list[dict[str, Any]] = []
-        self._masks: dict[str, Tensor] = {}
-        self._scores: dict[str, Tensor] = {}
-        self._l1: dict[str, Tensor] = {}
+        self._masks: dict[str, Tensor] = {}  # target name -> row mask over the target's rows
+        self._scores: dict[str, Tensor] = {}  # target name -> unit scores (EMA over refreshes)
+        self._l1: dict[str, Tensor] = {}  # target name -> mean |activation| per channel
         self._last_refresh = 0
-        self._targets: list[Target] = []
-        self._head_dim = 0
+        self._rebuilt: dict[str, Any] | None = None
+        self._builder: MaskBuilder | None = None
         self._freezer = RowFreezer()
         self._collector: StatsCollector | None = None
+        self._window: dict[str, ChannelStats] = {}
+        self._grad = GradShare()
+        self._premasked = False
+        self._transforms: list | None = None  # the loop's gradient transforms this callback joined
         self._warned_no_stats = False
 
     # ------------------------------------------------------------------ public API
@@ -125,11 +128,42 @@ class SaliencyMask(pl.Callback):
 
     @property
     def masks(self) -> dict[str, Tensor]:
-        """Qualified module name -> bool row mask (True = trained); CPU tensors, do not modify."""
-        return dict(self._masks)
+        """Qualified module name -> bool row mask over all its rows (True = trained); CPU, do not modify."""
+        return self._builder.module_masks(self._masks) if self._builder is not None else dict(self._masks)
+
+    def check_model(self, model: nn.Module) -> MaskBuilder:
+        """Check the options against ``model`` and prepare the mask builder (cheap; no forward pass).
+
+        ``train.py`` calls this right after loading the model, so a bad combination (``unit=rope_pair`` on a
+        model without RoPE, ``norms=frozen`` without ``q_norm``, an unknown fused layout) fails before the run
+        directory is written.
+
+        Raises:
+            ValueError: Naming the ``masking.<field>`` that does not fit the model.
+        """
+        opts = self.options
+        targets = find_targets(model, opts.targets, opts.measure_at)
+        structured = opts.unit != "channel" or opts.pairing == "joint"
+        head_dim = head_dim_of(model) if structured else 0
+        pairs = None
+        if opts.unit == "rope_pair":
+            attention = next((t.attention for t in targets if t.role), targets[0].attention)
+            pairs = rope_pairs(model, model.get_submodule(attention), head_dim)
+        if opts.norms == "frozen":
+            qk_norms(model, targets)
+        return MaskBuilder(targets, opts, self.selector, head_dim, pairs)
+
+    def mask_gradients(self) -> None:
+        """Zero the gradient rows outside the mask now (the training loop's hook).
+
+        The loop calls it before its finiteness check and gradient norm, so both see the gradient that is
+        applied; ``on_before_optimizer_step`` then does not mask again.
+        """
+        self._mask_and_measure()
+        self._premasked = True
 
     def summary(self) -> dict[str, Any]:
-        """JSON-serialisable description of the current masks and their drift history."""
+        """JSON-serialisable description of the masks in use, the options they were built with, and drift."""
         modules = {
             name: {
                 "rows": int(mask.numel()),
@@ -138,72 +172,94 @@ class SaliencyMask(pl.Callback):
             }
             for name, mask in self._masks.items()
         }
-        shares = [m["l1_share"] for m in modules.values() if m["l1_share"] is not None]
+        shares_ = [m["l1_share"] for m in modules.values() if m["l1_share"] is not None]
         return {
-            "ratio": self.ratio,
-            "statistic": self.statistic,
-            "unit": self.unit,
-            "scope": self.scope,
-            "others": self.others,
-            "measure_at": self.measure_at,
-            "targets": list(self.targets),
-            "selector": type(self.selector).__name__,
-            "refresh_every": self.refresh_every,
-            "ema": self.ema,
-            "seed": self.seed,
+            **self.options.as_dict(),
             "kept_rows": sum(m["kept"] for m in modules.values()),
             "total_rows": sum(m["rows"] for m in modules.values()),
-            "l1_share": _mean(shares) if shares else None,
+            "l1_share": mean(shares_) if shares_ else None,
+            "rebuilt": self._rebuilt,
             "modules": modules,
             "history": list(self.history),
         }
 
     def export(self, path: str | Path) -> Path:
-        """Write ``mask.safetensors`` and ``mask_summary.json`` into the folder ``path``."""
-        return write_masks(path, self._masks, self.summary())
+        """Write ``mask.safetensors`` (one row mask per module) and ``mask_summary.json`` into ``path``."""
+        return write_masks(path, self.masks, self.summary())
 
     # ------------------------------------------------------------------ Lightning hooks
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Find the target modules; with ``others=frozen`` turn off gradients of every other policy param."""
+        """Find the targets; freeze other parameters (``others=frozen``) and q/k norms (``norms=frozen``)."""
         if stage != "fit":
             return
         policy = self._policy(pl_module)
-        self._targets = find_targets(policy, self.targets, self.measure_at)
-        self._head_dim = head_dim_of(policy) if self.unit != "channel" else 0
-        if self.others == "frozen":
-            keep = {id(p) for t in self._targets for p in t.linear.parameters()}
-            for param in policy.parameters():
-                if id(param) not in keep:
-                    param.requires_grad_(False)
+        self._builder = self.check_model(policy)
+        frozen: list[nn.Parameter] = []
+        if self.options.norms == "frozen":
+            frozen += [p for norm in qk_norms(policy, self._builder.targets) for p in norm.parameters()]
+        if self.options.others == "frozen":
+            keep = {id(p) for linear in self._builder.linears.values() for p in linear.parameters()}
+            frozen += [p for p in policy.parameters() if id(p) not in keep]
+        for param in frozen:
+            param.requires_grad_(False)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Calibrate (unless masks came from a checkpoint) and attach the optimizer and stats hooks."""
-        names = [t.name for t in self._targets]
+        builder = self._builder
+        assert builder is not None, "SaliencyMask.setup did not run"
         if self._masks:
-            if sorted(self._masks) != sorted(names):
+            if sorted(self._masks) != sorted(builder.names):
                 raise ValueError("masks in the checkpoint do not match this model's target modules")
         else:
+            if self._rebuilt is not None:
+                self._rebuilt["step"] = trainer.global_step
             self._calibrate(trainer, pl_module)
-        self._freezer.set_masks({t.name: t.linear for t in self._targets}, self._masks)
+        self._freezer.set_masks(builder.linears, self.masks)
         self._freezer.attach(trainer.optimizers)
-        if self.refresh_every > 0:
+        transforms = getattr(pl_module, "grad_transforms", None)
+        if isinstance(transforms, list) and self.mask_gradients not in transforms:
+            transforms.append(self.mask_gradients)
+            self._transforms = transforms
+        refresh = self.options.refresh_every > 0
+        if refresh or self.telemetry:
             self._collector = StatsCollector(
-                {t.name: t.measured for t in self._targets},
+                {t.name: t.probe for t in builder.targets},
                 gate=lambda: getattr(pl_module, "stats_token_mask", None),
+                units=builder.stats_units() if refresh else None,
+                scores=refresh,
             )
             self._collector.attach()
 
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        """Zero the gradient rows outside the mask (before the module clips gradients)."""
-        self._freezer.mask_grads()
+        """Zero the gradient rows outside the mask (unless the loop did), before the module clips."""
+        if self._premasked:
+            self._premasked = False
+        else:
+            self._mask_and_measure()
+        self._grad.commit()
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        """Refresh the mask once ``refresh_every`` optimizer steps have completed since the last build."""
-        if self.refresh_every > 0 and trainer.global_step - self._last_refresh >= self.refresh_every:
+        """Log the step's telemetry; refresh once ``refresh_every`` optimizer steps ran since the last one."""
+        stats = self._collector.reset() if self._collector is not None else {}
+        if self.options.refresh_every > 0:
+            for name, s in stats.items():
+                if name in self._window:
+                    self._window[name].merge(s)
+                else:
+                    self._window[name] = s
+        if self.telemetry:
+            sums = self._grad.step_sums(stats, self._masks, pl_module.device)  # [4]
+            if trainer.world_size > 1:
+                sums = trainer.strategy.reduce(sums, reduce_op="sum")
+            pl_module.log_dict(shares(sums.cpu()), on_step=True, on_epoch=False)
+        if (
+            self.options.refresh_every > 0
+            and trainer.global_step - self._last_refresh >= self.options.refresh_every
+        ):
             self._refresh(trainer, pl_module)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -218,32 +274,43 @@ class SaliencyMask(pl.Callback):
         self._detach()
 
     def state_dict(self) -> dict[str, Any]:
-        """Masks, EMA statistics, last refresh step and history (saved in Lightning checkpoints)."""
+        """Masks, EMA statistics, last refresh step, history and the options (saved in checkpoints)."""
         return {
             "masks": {k: v.clone() for k, v in self._masks.items()},
             "scores": {k: v.clone() for k, v in self._scores.items()},
             "l1": {k: v.clone() for k, v in self._l1.items()},
             "last_refresh": self._last_refresh,
             "history": list(self.history),
-            "config": {
-                "ratio": self.ratio,
-                "statistic": self.statistic,
-                "unit": self.unit,
-                "scope": self.scope,
-            },
+            "config": self.options.as_dict(),
+            "rebuilt": self._rebuilt,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore a saved mask; a resumed run then skips calibration and trains the same rows."""
+        """Restore a saved mask (a resumed run then skips calibration and trains the same rows).
+
+        Raises:
+            ValueError: If the checkpoint's masks were built with other options, unless ``rebuild_masks``.
+        """
         saved = state_dict.get("config", {})
-        now = {"ratio": self.ratio, "statistic": self.statistic, "unit": self.unit, "scope": self.scope}
-        if saved and saved != now:
-            rank_zero_warn(f"SaliencyMask: resuming with masks built for {saved}, config is now {now}")
+        if self.rebuild_masks:  # on_train_start calibrates new masks at the resumed step
+            self._rebuilt = {"step": None, "previous": saved}
+            return
+        ignore = () if getattr(self.selector, "seeded", True) else ("seed",)
+        changed = self.options.changed(saved, ignore)
+        if changed:
+            diff = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+            raise ValueError(
+                f"masking: the checkpoint's masks were built with other options ({diff}); resuming would "
+                "train them under this run's labels. Resume with the same masking options, or set "
+                "masking.rebuild_masks=true to build new masks at the resumed step (mask_summary.json then "
+                "describes the new masks)"
+            )
         self._masks = {k: v.bool().cpu() for k, v in state_dict["masks"].items()}
         self._scores = {k: v.float().cpu() for k, v in state_dict.get("scores", {}).items()}
         self._l1 = {k: v.float().cpu() for k, v in state_dict.get("l1", {}).items()}
         self._last_refresh = int(state_dict.get("last_refresh", 0))
         self.history = list(state_dict.get("history", []))
+        self._rebuilt = state_dict.get("rebuilt")
 
     # ------------------------------------------------------------------ internals
     @staticmethod
@@ -257,38 +324,50 @@ class SaliencyMask(pl.Callback):
         for owner in (getattr(trainer, "datamodule", None), pl_module):
             fn = getattr(owner, "calibration_prompts", None)
             if callable(fn):
-                return [list(p) for p in fn(self.calib_samples)]
+                return [list(p) for p in fn(self.options.calib_samples)]
         raise AttributeError(
             "SaliencyMask needs `trainer.datamodule.calibration_prompts(n)` (long prompts as token id lists)"
         )
 
+    def _mask_and_measure(self) -> None:
+        """Zero frozen gradient rows; with telemetry, measure the kept share of the gradient first."""
+        if not self.telemetry or self._builder is None:
+            self._freezer.mask_grads()
+            return
+        params = [
+            p for linear in self._builder.linears.values() for p in linear.parameters() if p.requires_grad
+        ]
+        self._grad.measure(params, self._freezer.mask_grads)
+
     def _calibrate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        builder = self._builder
+        assert builder is not None
         bf16 = "bf16" in str(trainer.precision)
         # each data-parallel rank calibrates on its share of the prompts; _sync sums the statistics
         mine, pad = shard_prompts(self._prompts(trainer, pl_module), trainer.global_rank, trainer.world_size)
-        stats = collect_stats(self._policy(pl_module), self._targets, mine, bf16, pad_forwards=pad)
+        policy = self._policy(pl_module)
+        stats = collect_stats(policy, builder.targets, mine, bf16, pad, units=builder.stats_units())
         stats = self._sync(trainer, stats)
-        self._scores = {k: s.statistic(self.statistic) for k, s in stats.items()}
-        self._l1 = {k: s.statistic("mean_abs") for k, s in stats.items()}
+        self._scores = builder.scores(stats)
+        self._l1 = {k: s.mean_l1() for k, s in stats.items()}
         self._masks = self._build(trainer)
         self._last_refresh = trainer.global_step
-        shares = [l1_share(self._l1[k], m) for k, m in self._masks.items()]
-        self.history.append({"step": trainer.global_step, "jaccard": None, "l1_share": _mean(shares)})
+        shares_ = [l1_share(self._l1[k], m) for k, m in self._masks.items()]
+        self.history = [
+            {"step": trainer.global_step, "jaccard": None, "l1_share": mean(shares_), "entered": None}
+        ]
 
     def _build(self, trainer: pl.Trainer) -> dict[str, Tensor]:
-        groups: dict[str, list[str]] = {}
-        for t in self._targets:
-            groups.setdefault(t.group, []).append(t.name)
-        masks = build_masks(
-            self._scores, groups, self.selector, self.ratio, self.unit, self._head_dim, self.scope, self.seed
-        )
+        assert self._builder is not None
+        masks = self._builder.build(self._scores)
         if trainer.world_size > 1:  # every rank must train the same rows
             masks = trainer.strategy.broadcast(masks, src=0)
         return masks
 
     def _refresh(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        assert self._collector is not None
-        window = self._sync(trainer, self._collector.reset())
+        builder = self._builder
+        assert builder is not None
+        window, self._window = self._sync(trainer, self._window), {}
         if not window:
             if not self._warned_no_stats:
                 rank_zero_warn(
@@ -296,46 +375,39 @@ class SaliencyMask(pl.Callback):
                 )
                 self._warned_no_stats = True
             return
+        new_scores, ema = builder.scores(window), self.options.ema
         for name, s in window.items():
-            self._scores[name] = self.ema * self._scores[name] + (1 - self.ema) * s.statistic(self.statistic)
-            self._l1[name] = self.ema * self._l1[name] + (1 - self.ema) * s.statistic("mean_abs")
+            self._scores[name] = ema * self._scores[name] + (1 - ema) * new_scores[name]
+            self._l1[name] = ema * self._l1[name] + (1 - ema) * s.mean_l1()
         old, self._masks = self._masks, self._build(trainer)
-        self._freezer.set_masks({t.name: t.linear for t in self._targets}, self._masks)
+        reduce = None
+        if trainer.world_size > 1:
+            reduce = lambda t: trainer.strategy.reduce(t, reduce_op="sum")  # noqa: E731
+        entered = builder.entering(old, self._masks)
+        warm_start_rows(trainer.optimizers, entered, reduce)
+        self._freezer.set_masks(builder.linears, self.masks)
         self._last_refresh = trainer.global_step
-        per_group: dict[str, tuple[list[float], list[float]]] = {}
-        for t in self._targets:
-            jac, share = per_group.setdefault(t.group, ([], []))
-            jac.append(jaccard(old[t.name], self._masks[t.name]))
-            share.append(l1_share(self._l1[t.name], self._masks[t.name]))
-        metrics = {}
-        for group, (jac, share) in per_group.items():
-            metrics[f"mask/jaccard_{group}"] = _mean(jac)
-            metrics[f"mask/l1_share_{group}"] = _mean(share)
-        metrics["mask/jaccard"] = _mean([v for g in per_group.values() for v in g[0]])
-        metrics["mask/l1_share"] = _mean([v for g in per_group.values() for v in g[1]])
+        metrics = drift_metrics(builder.targets, old, self._masks, self._l1)
         pl_module.log_dict(metrics, on_step=True, on_epoch=False)
         self.history.append(
             {
                 "step": trainer.global_step,
                 "jaccard": metrics["mask/jaccard"],
                 "l1_share": metrics["mask/l1_share"],
+                "entered": int(metrics["mask/entered_rows"]),
             }
         )
 
     @staticmethod
     def _sync(trainer: pl.Trainer, stats: dict[str, ChannelStats]) -> dict[str, ChannelStats]:
         """Sum (max for ``max_abs``) the statistics over ranks so every rank scores the same data."""
-        if trainer.world_size <= 1:
-            return stats
-        reduce = trainer.strategy.reduce
-        for s in stats.values():
-            s.sum_abs = reduce(s.sum_abs, reduce_op="sum")
-            s.sum_sq = reduce(s.sum_sq, reduce_op="sum")
-            s.max_abs = reduce(s.max_abs, reduce_op="max")
-            s.count = int(reduce(torch.tensor(float(s.count), device=s.sum_abs.device), reduce_op="sum"))
+        if trainer.world_size > 1:
+            sync_stats(stats, trainer.strategy.reduce)
         return stats
 
     def _detach(self) -> None:
         self._freezer.detach()
+        if self._transforms is not None and self.mask_gradients in self._transforms:
+            self._transforms.remove(self.mask_gradients)
         if self._collector is not None:
             self._collector.detach()

@@ -34,6 +34,8 @@ def _descending(scores: Tensor) -> Tensor:
 class TopK:
     """LongAct: keep the ``k`` highest-scoring units."""
 
+    seeded = False  # the seed plays no part
+
     def __call__(self, scores: Tensor, k: int, generator: torch.Generator) -> Tensor:
         """Return the indices of the ``k`` largest scores."""
         return _descending(scores)[:k]  # [k]
@@ -46,6 +48,8 @@ class BottomK:
     ``2k <= n`` (e.g. ``ratio <= 0.5`` with an even unit count), ties included.
     """
 
+    seeded = False
+
     def __call__(self, scores: Tensor, k: int, generator: torch.Generator) -> Tensor:
         """Return the indices of the ``k`` smallest scores."""
         return _descending(scores)[scores.numel() - k :]  # [k]
@@ -53,6 +57,8 @@ class BottomK:
 
 class RandomK:
     """Random control: ``k`` units uniformly at random (scores are ignored; only their count matters)."""
+
+    seeded = True
 
     def __call__(self, scores: Tensor, k: int, generator: torch.Generator) -> Tensor:
         """``k`` distinct random indices drawn with ``generator``."""
@@ -79,6 +85,44 @@ def check_scope(scope: str) -> str:
     return scope
 
 
+def select_units(
+    scores: Mapping[str, Tensor],
+    groups: Mapping[str, Sequence[str]],
+    selector: Selector,
+    ratio: float,
+    scope: str = "per_matrix",
+    seed: int = 0,
+) -> dict[str, Tensor]:
+    """Pick units from unit scores.
+
+    Args:
+        scores: Name -> unit scores.  # [n_units] each
+        groups: Group name -> names; ``scope=global`` ranks all units of a group together.
+        selector: Picks unit indices (:class:`TopK`, :class:`BottomK`, :class:`RandomK`).
+        ratio: Kept fraction of units; ``k`` is :func:`~longact_pl.masking.units.count_k` of the unit
+            count of a name (``per_matrix``) or of the whole group (``global``).
+        scope: ``per_matrix`` (same share kept everywhere) or ``global`` (a group's names compete).
+        seed: Seed for selectors that draw random numbers (per name, or per group with ``global``).
+
+    Returns:
+        Name -> bool unit mask (True = kept), on CPU.  # [n_units] each
+    """
+    check_scope(scope)
+    keep: dict[str, Tensor] = {}
+    for group, names in groups.items():
+        units = [scores[n].detach().float().cpu() for n in names]
+        if scope == "per_matrix":
+            for name, u in zip(names, units):
+                keep[name] = torch.zeros(u.numel(), dtype=torch.bool)  # [n_units]
+                keep[name][selector(u, count_k(ratio, u.numel()), name_generator(seed, name))] = True
+            continue
+        flat = torch.cat(units)  # [sum n_units]
+        chosen = torch.zeros(flat.numel(), dtype=torch.bool)  # [sum n_units]
+        chosen[selector(flat, count_k(ratio, flat.numel()), name_generator(seed, group))] = True
+        keep.update(zip(names, chosen.split([u.numel() for u in units])))
+    return keep
+
+
 def build_masks(
     scores: Mapping[str, Tensor],
     groups: Mapping[str, Sequence[str]],
@@ -88,37 +132,27 @@ def build_masks(
     head_dim: int = 0,
     scope: str = "per_matrix",
     seed: int = 0,
+    pairs: Tensor | None = None,
 ) -> dict[str, Tensor]:
-    """Turn per-channel scores into per-matrix row masks.
+    """Turn per-channel scores into per-matrix row masks (a unit's score = the sum of its channels').
 
     Args:
         scores: Qualified module name -> per-channel scores (``[rows]`` each; rows may differ, e.g. GQA).
         groups: Target name (``q_proj``) -> module names; ``scope=global`` ranks within a group.
         selector: Picks unit indices (:class:`TopK`, :class:`BottomK`, :class:`RandomK`).
-        ratio: Kept fraction of units; ``k`` is :func:`~longact_pl.masking.units.count_k` of the unit
-            count of a matrix (``per_matrix``) or of the whole group (``global``).
+        ratio: Kept fraction of units (see :func:`select_units`).
         unit: ``channel``, ``rope_pair`` or ``head``.
         head_dim: Channels per head (needed for rope_pair/head).
         scope: ``per_matrix`` (same k in every layer) or ``global`` (layers compete for the group's k).
         seed: Seed for selectors that draw random numbers.
+        pairs: Head-local RoPE layout for ``rope_pair`` (default rotate-half).  # [head_dim]
 
     Returns:
         Module name -> bool row mask (True = row is trained), on CPU.  # [rows] each
     """
     check_scope(scope)
-    masks: dict[str, Tensor] = {}
-    for group, names in groups.items():
-        indices = [unit_index(unit, scores[n].numel(), head_dim) for n in names]
-        units = [unit_scores(scores[n].detach().float().cpu(), idx) for n, idx in zip(names, indices)]
-        if scope == "per_matrix":
-            for name, idx, u in zip(names, indices, units):
-                keep = torch.zeros(u.numel(), dtype=torch.bool)  # [n_units]
-                keep[selector(u, count_k(ratio, u.numel()), name_generator(seed, name))] = True
-                masks[name] = expand_units(keep, idx)  # [rows]
-            continue
-        flat = torch.cat(units)  # [sum n_units]
-        keep = torch.zeros(flat.numel(), dtype=torch.bool)  # [sum n_units]
-        keep[selector(flat, count_k(ratio, flat.numel()), name_generator(seed, group))] = True
-        for name, idx, part in zip(names, indices, keep.split([u.numel() for u in units])):
-            masks[name] = expand_units(part, idx)  # [rows]
-    return masks
+    names = [n for ns in groups.values() for n in ns]
+    index = {n: unit_index(unit, scores[n].numel(), head_dim, pairs) for n in names}
+    units = {n: unit_scores(scores[n].detach().float().cpu(), index[n]) for n in names}
+    keep = select_units(units, groups, selector, ratio, scope, seed)
+    return {n: expand_units(keep[n], index[n]) for n in names}  # [rows] each

@@ -1,11 +1,14 @@
 """Selection units: how channel scores are grouped before ranking, and how kept units expand to rows.
 
-Each unit kind is a function ``rows, head_dim -> unit index of every row``; scores are summed per unit
-(``index_add``) and a unit mask expands back to rows by indexing with the same map.
+Each unit kind is a function ``rows, head_dim, pairs -> unit index of every row``; a unit mask expands back to
+rows by indexing with the same map. Channel scores are summed per unit (``index_add``) for ``head``;
+``rope_pair`` units are scored directly from the pair's per-token magnitude (``masking/stats.py``).
 
 ``channel``: every output channel (weight row) is its own unit.
-``rope_pair``: channels ``d`` and ``d + head_dim/2`` of each head form one unit. RoPE rotates exactly these
-two together, so their joint score is the same before and after RoPE.
+``rope_pair``: the two channels of each head that RoPE rotates together form one unit; ``pairs`` is the
+head-local layout read from the model (``masking/rope.py``): ``d`` with ``d + head_dim/2`` for rotate-half
+models (the default when no layout is given), ``2i`` with ``2i + 1`` for interleaved ones, and a unit per
+pass-through channel of a partial rotary.
 ``head``: all ``head_dim`` channels of a head form one unit.
 """
 
@@ -28,28 +31,35 @@ def _heads(rows: int, head_dim: int) -> int:
     return rows // head_dim
 
 
-def _channel_index(rows: int, head_dim: int) -> Tensor:
+def _channel_index(rows: int, head_dim: int, pairs: Tensor | None = None) -> Tensor:
     """Row ``r`` is unit ``r``."""
     return torch.arange(rows)  # [rows]
 
 
-def _rope_pair_index(rows: int, head_dim: int) -> Tensor:
-    """Row ``h*D + d`` is unit ``h*D/2 + d mod D/2`` (``D`` = head_dim, must be even)."""
-    _heads(rows, head_dim)
+def half_pairs(head_dim: int) -> Tensor:
+    """Rotate-half layout: channel ``d`` of a head is in pair ``d mod D/2`` (``D`` = head_dim, even)."""
     if head_dim % 2:
         raise ValueError(f"masking.unit=rope_pair needs an even head_dim, got {head_dim}")
+    return torch.arange(head_dim) % (head_dim // 2)  # [D]
+
+
+def _rope_pair_index(rows: int, head_dim: int, pairs: Tensor | None = None) -> Tensor:
+    """Row ``h*D + d`` is unit ``h*U + pairs[d]`` (``U`` = pairs per head; default layout: rotate-half)."""
+    _heads(rows, head_dim)
+    pairs = half_pairs(head_dim) if pairs is None else pairs.cpu().long()  # [D]
+    if pairs.numel() != head_dim:
+        raise ValueError(f"RoPE layout has {pairs.numel()} channels, head_dim is {head_dim}")
     r = torch.arange(rows)  # [rows]
-    half = head_dim // 2
-    return (r // head_dim) * half + (r % head_dim) % half  # [rows]
+    return (r // head_dim) * (int(pairs.max()) + 1) + pairs[r % head_dim]  # [rows]
 
 
-def _head_index(rows: int, head_dim: int) -> Tensor:
+def _head_index(rows: int, head_dim: int, pairs: Tensor | None = None) -> Tensor:
     """Row ``h*D + d`` is unit ``h``."""
     _heads(rows, head_dim)
     return torch.arange(rows) // head_dim  # [rows]
 
 
-UNITS: dict[str, Callable[[int, int], Tensor]] = {
+UNITS: dict[str, Callable[[int, int, Tensor | None], Tensor]] = {
     "channel": _channel_index,
     "rope_pair": _rope_pair_index,
     "head": _head_index,
@@ -67,18 +77,19 @@ def check_unit(unit: str) -> str:
     return unit
 
 
-def unit_index(unit: str, rows: int, head_dim: int) -> Tensor:
+def unit_index(unit: str, rows: int, head_dim: int, pairs: Tensor | None = None) -> Tensor:
     """Map every row of a projection to its unit.
 
     Args:
         unit: A key of :data:`UNITS`.
         rows: Output channels of the projection.
         head_dim: Channels per head.
+        pairs: Head-local RoPE layout for ``rope_pair`` (``masking/rope.py``; default rotate-half).  # [D]
 
     Returns:
-        Long tensor mapping row -> unit, values in ``[0, n_units)``.  # [rows]
+        Long tensor mapping row -> unit, values in ``[0, n_units)``, head-major.  # [rows]
     """
-    return UNITS[check_unit(unit)](rows, head_dim)
+    return UNITS[check_unit(unit)](rows, head_dim, pairs)
 
 
 def unit_scores(channel: Tensor, index: Tensor) -> Tensor:

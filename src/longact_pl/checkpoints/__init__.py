@@ -1,0 +1,1 @@
+"""Checkpoint files: atomic writes, and checks of a checkpoint before a run resumes from it."""

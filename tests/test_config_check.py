@@ -1,0 +1,77 @@
+"""Bad field types and values fail before a model is loaded or a file written, naming the field."""
+
+import pytest
+from omegaconf import OmegaConf
+
+from longact_pl.config_check import check_types
+from longact_pl.eval.runner import run as run_eval
+from longact_pl.train import run
+from tests.eval.helpers import compose_eval
+from tests.helpers import compose_train
+
+PARITY = "data.reward._target_=tests.helpers.ParityReward"
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Fail the test if the tiny model is loaded."""
+    import longact_pl.models.tiny as tiny
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the config was checked")
+
+    monkeypatch.setattr(tiny, "tiny_llama", refuse)
+
+
+@pytest.mark.parametrize(
+    "override,error,expected",
+    [
+        ("module.lr=abc", TypeError, "module.lr must be a float, got 'abc'"),
+        ("module.micro_batch_size=2.5", TypeError, "module.micro_batch_size must be an int, got 2.5"),
+        (
+            "algo=dapo algo.overlong_cache_len=2.5",
+            TypeError,
+            "algo.overlong_cache_len must be an int, got 2.5",
+        ),
+        ("data.batch_size=two", TypeError, "data.batch_size must be an int, got 'two'"),
+        ("data.train.lengths=[512,abc]", TypeError, "data.train.lengths must be a list of int"),
+        ("trainer.max_steps=0", ValueError, "trainer.max_steps must be >= 1"),
+        ("trainer.max_steps=-5", ValueError, "trainer.max_steps must be >= 1"),
+        ("trainer.max_steps=-1", ValueError, "trainer.max_steps must be >= 1 .*max_epochs unbounded"),
+    ],
+)
+def test_bad_field_fails_before_the_model_loads(tmp_path, no_model_load, override, error, expected):
+    run_dir = tmp_path / "run"
+    with pytest.raises(error, match=expected):
+        run(compose_train(run_dir, *override.split()), run_dir)
+    assert not run_dir.exists()
+
+
+def test_a_scalar_where_a_list_is_expected_becomes_a_one_element_list(tmp_path):
+    cfg = compose_train(tmp_path, "data.train.lengths=1024", "data.val.lengths=512")
+    check_types(cfg)
+    assert cfg.data.train.lengths == [1024] and cfg.data.val.lengths == [512]
+    assert OmegaConf.to_container(cfg.module, resolve=True)["val_lengths"] == [512]  # interpolation follows
+    train_dir, eval_dir = tmp_path / "train", tmp_path / "eval"
+    lengths = ["data.train.lengths=256", "data.val.lengths=256"]
+    run(
+        compose_train(train_dir, PARITY, *lengths, "trainer.max_steps=1", "trainer.val_check_interval=1"),
+        train_dir,
+    )
+    assert "val/acc/256" in (train_dir / "metrics.csv").read_text()
+    summary = run_eval(compose_eval(eval_dir, "eval.lengths=512", "eval.n=1", "eval.only=[vt]",
+                                    "eval.tasks.vt.max_new_tokens=2"), eval_dir)  # fmt: skip
+    assert summary["lengths"] == [512]
+
+
+def test_every_shipped_config_passes_the_type_check(tmp_path):
+    """No false alarms on the configs we ship (each option of each group, defaults elsewhere)."""
+    from tests.helpers import CONF
+
+    for group in ("algo", "rollout", "masking", "model", "data", "strategy", "logger"):
+        for option in sorted(p.stem for p in (CONF / group).glob("*.yaml")):
+            extra = ["data.train.path=x.jsonl"] if (group, option) == ("data", "jsonl") else []
+            extra += ["model.name_or_path=x"] if (group, option) == ("model", "hf") else []
+            check_types(compose_train(tmp_path, f"{group}={option}", *extra, tiny=False))
+    check_types(compose_eval(tmp_path, "eval=ruler"))
+    check_types(compose_eval(tmp_path, "eval=longbench_v2", "eval.path=x.json"))

@@ -1,0 +1,117 @@
+"""Nothing lost on a kill and a resume: the metrics history, the exit code, the run directory."""
+
+import csv
+import re
+import shutil
+
+import pytest
+import torch
+
+from longact_pl.train import run
+from tests.helpers import compose_train
+
+PARITY = "data.reward._target_=tests.helpers.ParityReward"
+SIGTERM_AT = ["+callbacks.sigterm._target_=tests.helpers.SigtermAt"]
+TIMING = {"train/tokens_per_s"}  # the only logged value that is not deterministic
+
+
+def _rows(run_dir):
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return [{k: v for k, v in r.items() if k not in TIMING} for r in csv.DictReader(f)]
+
+
+def _scalars(run_dir, tag):
+    """``(step, value)`` of a TensorBoard tag as TensorBoard shows it (stale events of a resume purged)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tensorboard"))
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+def test_kill_and_resume_equals_the_uninterrupted_run(tmp_path):
+    """SIGTERM after step 3 exits 143 with a checkpoint; resuming from the step-2 checkpoint (as after a hard
+    kill: step 3's rows are logged again) leaves metrics.csv and TensorBoard equal to an uninterrupted run."""
+    common = [PARITY, "logger=tensorboard", "trainer.max_steps=4", "trainer.val_check_interval=2",
+              "validate_before_training=true", "callbacks.model_checkpoint.every_n_train_steps=1",
+              "callbacks.model_checkpoint.save_top_k=-1"]  # fmt: skip
+    full, part = tmp_path / "full", tmp_path / "part"
+    run(compose_train(full, *common), full)
+    with pytest.raises(SystemExit) as stop:
+        run(compose_train(part, *common, *SIGTERM_AT, "+callbacks.sigterm.step=3"), part)
+    assert stop.value.code == 143
+    last = torch.load(part / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == 3
+    killed = _rows(part)
+    assert [r["step"] for r in killed if r["train/reward_mean"]] == ["0", "1", "2"]
+    ckpt = part / "checkpoints" / "epoch=0-step=2.ckpt"
+    run(compose_train(part, *common, f"ckpt_path='{ckpt}'"), part)
+    rows = _rows(part)
+    assert rows == _rows(full)
+    assert len([r for r in rows if r["train/reward_mean"]]) == 4 and any(r["val/acc"] for r in rows)
+    for tag in ("train/reward_mean", "train/loss", "val/acc"):
+        assert _scalars(part, tag) == _scalars(full, tag), tag
+    assert len(_scalars(part, "train/reward_mean")) == 4
+
+
+def test_sigterm_exit_code_is_configurable(tmp_path):
+    with pytest.raises(SystemExit) as stop:
+        run(compose_train(tmp_path, PARITY, "sigterm_exit_code=75", *SIGTERM_AT, "+callbacks.sigterm.step=1"),
+            tmp_path)  # fmt: skip
+    assert stop.value.code == 75
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 1
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished 2-step run (config.yaml, metrics.csv, checkpoints/last.ckpt, final/)."""
+    run_dir = tmp_path_factory.mktemp("finished")
+    run(compose_train(run_dir, PARITY), run_dir)
+    return run_dir
+
+
+def _copy(finished, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished, run_dir)
+    return run_dir, {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+
+
+def test_resuming_a_finished_run_keeps_its_metrics(finished, tmp_path):
+    run_dir, _ = _copy(finished, tmp_path)
+    before = _rows(run_dir)
+    run(compose_train(run_dir, PARITY, f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"), run_dir)
+    assert _rows(run_dir) == before and len([r for r in before if r["train/reward_mean"]]) == 2
+
+
+def test_missing_checkpoint_fails_before_the_run_directory_is_touched(finished, tmp_path):
+    run_dir, files = _copy(finished, tmp_path)
+    typo = run_dir / "checkpoints" / "lats.ckpt"
+    with pytest.raises(FileNotFoundError, match=r"ckpt_path=.*lats.ckpt does not exist .*holds: last.ckpt"):
+        run(compose_train(run_dir, PARITY, f"ckpt_path={typo}"), run_dir)
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == files
+
+
+class _Code:
+    """Not a plain container: weights_only=True refuses to build it."""
+
+
+@pytest.mark.parametrize(
+    "kind,expected",
+    [
+        ("empty", "is not a readable checkpoint: the file is empty.*ckpt_path=null"),
+        ("truncated", "is not a readable checkpoint: not a complete torch.save archive.*ckpt_path=null"),
+        ("garbage", "is not a readable checkpoint: not a complete torch.save archive.*ckpt_path=null"),
+        ("needs_code", "holds objects that need code to load.*weights_only=True.*_Code"),
+    ],
+)
+def test_unreadable_checkpoint_names_the_file_and_the_fix(finished, tmp_path, kind, expected):
+    run_dir, files = _copy(finished, tmp_path)
+    bad = tmp_path / "bad.ckpt"
+    good = (run_dir / "checkpoints" / "last.ckpt").read_bytes()
+    if kind == "needs_code":
+        torch.save({"global_step": 1, "obj": _Code()}, bad)
+    else:
+        bad.write_bytes({"empty": b"", "truncated": good[: len(good) // 2], "garbage": b"\x8d" * 999}[kind])
+    with pytest.raises(ValueError, match=rf"ckpt_path={re.escape(str(bad))} {expected}"):
+        run(compose_train(run_dir, PARITY, f"ckpt_path={bad}"), run_dir)
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == files
