@@ -1,7 +1,8 @@
 """Ulysses sequence parallelism on 2 CPU ranks (gloo) against one process.
 
-Each rank holds half of every sequence; log-probs, entropy and every parameter gradient (summed over the two
-ranks, as FSDP2's reduce-scatter does) must equal the single-process paths on the whole sequences.
+Each rank holds half of every sequence; log-probs, entropy, every parameter gradient (summed over the two
+ranks, as FSDP2's reduce-scatter does) and LongAct's statistics (summed, as ``SaliencyMask`` does) must equal
+the single-process paths on the whole sequences.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.distributed.device_mesh import init_device_mesh
 
+from longact_pl.masking.stats import StatsCollector, sync_stats
+from longact_pl.masking.targets import find_targets
 from longact_pl.models.tiny import tiny_llama, tiny_qwen3
 from longact_pl.ops.chunked import chunked_completion_logprobs
 from longact_pl.ops.policy_logprobs import LogprobPass
@@ -26,6 +29,7 @@ from tests.ops.test_shared_prefix import _assert_same
 
 WORLD = 2
 G = 3
+QK_AT = ("proj", "post_rope")  # where LongAct statistics read q/k: projection outputs, attention's inputs
 BUILDERS = {"llama": tiny_llama, "qwen3": tiny_qwen3}
 # (model, kv heads, attention, shared prompt, gradient checkpointing, head chunk, P, C, FSDP2): odd prompt
 # and completion lengths exercise the padding of the last shard; 1 KV head for 2 ranks the repeat path
@@ -63,20 +67,32 @@ def _model(case):
     return model
 
 
+def _reduce(t: torch.Tensor, reduce_op: str) -> torch.Tensor:
+    dist.all_reduce(t, op=dist.ReduceOp.SUM if reduce_op == "sum" else dist.ReduceOp.MAX)
+    return t
+
+
 def _run(case, fn, sp: SPGroup | None = None, prepare=None):
-    """Log-probs, entropy, real-token count seen by the hook and every gradient of a weighted loss."""
+    """Log-probs, entropy, every gradient of a weighted loss, the real tokens the hook was told about, and
+    LongAct statistics of q_proj/k_proj (read at the projections and after RoPE), summed over the ranks."""
     model = _model(case)
     if prepare is not None:
         prepare(model)
     *_, prompt, completion, fsdp = case
     ids, mask = _batch(model.config.vocab_size, prompt, completion)
-    seen = []
+    current: list[torch.Tensor | None] = [None]
+    probes = {at: {t.name: t.probe for t in find_targets(model, ("q_proj", "k_proj"), at)} for at in QK_AT}
+    collectors = {at: StatsCollector(p, gate=lambda: current[0]) for at, p in probes.items()}
+    for collector in collectors.values():
+        collector.attach()
     logp, ent = fn(model, ids, mask, completion, temperature=0.7, with_entropy=True,
-                   token_mask_hook=lambda m: seen.append(0 if m is None else int(m.sum())))  # fmt: skip
+                   token_mask_hook=lambda m: current.__setitem__(0, m))  # fmt: skip
     comp = mask[:, -completion:].float()
     weights = torch.linspace(-1.0, 2.0, ids.shape[0])[:, None]  # distinct per-row "advantages"
-    (logp * weights * comp).sum().backward()
-    tokens = torch.tensor(float(sum(seen)))
+    (logp * weights * comp).sum().backward()  # gradient checkpointing replays forwards: the gate is None
+    stats = {at: c.reset() for at, c in collectors.items()}
+    for collector in collectors.values():
+        collector.detach()
     if fsdp and sp is not None:  # FSDP2 reduce-scattered the mean of the ranks' partial gradients
         grads = {n: p.grad.full_tensor() * WORLD for n, p in model.named_parameters() if p.grad is not None}
     else:
@@ -84,9 +100,11 @@ def _run(case, fn, sp: SPGroup | None = None, prepare=None):
         if sp is not None:  # what FSDP2's reduce-scatter does: the sum of the ranks' partial gradients
             for g in grads.values():
                 dist.all_reduce(g)
-    if sp is not None:
-        dist.all_reduce(tokens)
-    return logp.detach() * comp, ent * comp, grads, int(tokens)
+    if sp is not None:  # as SaliencyMask does with the training forwards' statistics
+        for per_target in stats.values():
+            sync_stats(per_target, _reduce)
+    summary = {(at, k): (s.sum_abs, s.max_abs, s.count) for at, per in stats.items() for k, s in per.items()}
+    return logp.detach() * comp, ent * comp, grads, summary
 
 
 def _single(case):
@@ -163,7 +181,12 @@ def test_two_ranks_equal_one_process(parallel_results, index):
     torch.set_num_threads(1)
     got, want = parallel_results["results"][index], _single(CASES[index])
     _assert_same(got[:3], want[:3])  # log-probs, entropy, every gradient
-    assert got[3] == want[3]  # statistics hooks count every real token once over the group
+    # LongAct statistics: each rank counts the tokens it holds; summed, every real token counts once
+    assert got[3].keys() == want[3].keys() and len(want[3]) == 2 * 2 * 2  # (proj, post_rope) x 2 layers x q/k
+    for key, (sum_abs, max_abs, count) in want[3].items():
+        assert got[3][key][2] == count > 0, key
+        torch.testing.assert_close(got[3][key][0], sum_abs, rtol=1e-5, atol=1e-5, msg=str(key))
+        torch.testing.assert_close(got[3][key][1], max_abs, rtol=1e-5, atol=1e-6, msg=str(key))
 
 
 def test_kv_repeats_and_head_errors():

@@ -28,7 +28,6 @@ import torch
 from torch import nn
 from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from longact_pl.ops.sequence_parallel.comm import SPGroup, heads_to_seq, seq_to_heads
 
@@ -180,8 +179,8 @@ def enable_ulysses(model: nn.Module, size: int) -> None:
         if inner is None:
             raise NotImplementedError(f"cannot find eager_attention_forward for {type(model).__name__}")
         name = f"{PREFIX}eager_{modeling.__name__.rsplit('.', 1)[-1]}"
-    else:
-        inner, name = ALL_ATTENTION_FUNCTIONS[current], PREFIX + current
+    else:  # the real function (not an instance override such as masking's attention tap)
+        inner, name = AttentionInterface._global_mapping[current], PREFIX + current
     AttentionInterface.register(name, _ulysses(inner))
     if current in ALL_MASK_ATTENTION_FUNCTIONS:
         AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[current])
