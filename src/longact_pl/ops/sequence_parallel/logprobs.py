@@ -79,6 +79,15 @@ def _forward(decoder, ids, positions, mask, call, hook, real) -> torch.Tensor:
             hook(None)
 
 
+def _zero(tensors: list[torch.Tensor]) -> torch.Tensor | float:
+    """Exactly 0, but depending on each tensor (``torch.where``, not ``0 * x``: 0 even where x is inf)."""
+    tensors = [t for t in tensors if t.requires_grad and t.numel()]
+    if not torch.is_grad_enabled() or not tensors:
+        return 0.0
+    never = torch.zeros((), dtype=torch.bool, device=tensors[0].device)
+    return sum(torch.where(never, t.flatten()[0].float(), 0.0) for t in tensors)
+
+
 class _Owned:
     """Hidden states of the completion tokens this rank predicts, and their places in ``[n, C]``."""
 
@@ -115,11 +124,11 @@ class _Owned:
             chunk_size,
         )  # [1, m]
         full = torch.zeros(n * width, dtype=torch.float32, device=hidden.device)  # [n * C]
-        full = full.index_put((index,), logp[0]) if owned else full + 0.0 * logp.sum()  # [n * C]
-        # Every position of every forward takes part in the loss (weighted 0 where it predicts no completion
-        # token here): each all-to-all's backward is a collective, and a rank whose outputs got no gradient
-        # would skip it while the others wait for it.
-        full = full + 0.0 * sum(out.sum() for out in self.outputs)  # [n * C]
+        full = full.index_put((index,), logp[0]) if owned else full + _zero([logp])  # [n * C]
+        # Every forward's output takes part in the loss (an exact zero where it predicts no completion token
+        # here): each all-to-all's backward is a collective, and a rank whose outputs got no gradient would
+        # skip it while the others wait for it.
+        full = full + _zero(self.outputs)  # [n * C]
         ent = None
         if entropy is not None:
             ent = torch.zeros(n * width, dtype=torch.float32, device=hidden.device)  # [n * C]
