@@ -2,10 +2,10 @@
 
 A random model built from Qwen3-4B's config (no weights needed for speed and memory) trains one GRPO step on
 one prompt group (``--prompts`` tokens, ``--group`` completions of ``--completion`` tokens each) through the
-trainer's own code: the learner's update (forward + backward + AdamW), the shared-prompt log-prob pass with a
-chunked LM head, LongAct saliency masks (q_proj/k_proj rows, ratio 0.3, calibrated on the prompt), fp32
-master weights under bf16 autocast and gradient checkpointing. Each prompt length gets a warm-up step, then
-a timed step. Printed, one line each (``name value=...``):
+trainer's own code: the learner's update (forward + backward + AdamW), the shared-prompt log-prob pass with
+the completions packed in one row and a chunked LM head, LongAct saliency masks (q_proj/k_proj rows, ratio
+0.3, calibrated on the prompt), fp32 master weights under bf16 autocast and gradient checkpointing. Each
+prompt length gets a warm-up step, then a timed step. Printed, one line each (``name value=...``):
 
 * ``matmul_bf16_tflops``: an 8192^3 bf16 matrix product on this device (the achievable ceiling);
 * ``grpo_step_<P>_seconds``, ``..._tokens_per_s`` (prompt once + completions, per second), ``..._mfu``
@@ -128,7 +128,8 @@ def grpo_learner(group: int) -> Learner:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("train", overrides=["algo=grpo", "algo.kl_coef=0"])
     algorithm = instantiate(cfg.algo)
-    return Learner(algorithm, LogprobPass(True, 1024), NonFiniteGuard(), 1.0, micro_batch_size=group)
+    passes = LogprobPass(shared_prefix=True, chunk_size=1024, pack_completions=True)
+    return Learner(algorithm, passes, NonFiniteGuard(), 1.0, micro_batch_size=group)
 
 
 def grpo_step(model, optimizer, freezer: RowFreezer, learner: Learner, batch: TrainBatch, device) -> float:

@@ -7,8 +7,11 @@ import zlib
 from collections.abc import Iterable
 from pathlib import Path
 
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
+
+from longact_pl.rollout.hf_shared import SharedPrefixHFRollout
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -115,10 +118,11 @@ class SigtermAt:
 class FakeOps:
     """A ``DistOps`` for unit tests: this rank plus scripted other ranks, no processes.
 
-    ``min(value)`` returns ``min(value, next(other_mins))`` (the value itself once the script ends) and
-    ``sum(tensor)`` returns ``tensor + next(other_sums)`` (the tensor itself once it ends) and
-    ``share(value)`` returns ``next(shares)`` (the first rank of a sequence-parallel group's value; ``value``
-    itself once the script ends); every min and sum call's input is recorded.
+    ``min(value)`` returns ``min(value, next(other_mins))`` (the value itself once the script ends),
+    ``sum(tensor)`` returns ``tensor + next(other_sums)`` (the tensor itself once it ends), ``max(tensor)``
+    the elementwise maximum with ``next(other_maxes)`` (the tensor itself once it ends) and ``share(value)``
+    ``next(shares)`` (the first rank of a sequence-parallel group's value; ``value`` itself once the script
+    ends); every min, sum and max call's input is recorded.
     """
 
     def __init__(
@@ -126,12 +130,15 @@ class FakeOps:
         world_size: int = 1,
         other_mins: Iterable[int] = (),
         other_sums: Iterable = (),
+        other_maxes: Iterable = (),
         shares: Iterable = (),
     ) -> None:
         self.world_size = world_size
-        self._mins, self._sums, self._shares = iter(other_mins), iter(other_sums), iter(shares)
+        self._mins, self._sums, self._maxes = iter(other_mins), iter(other_sums), iter(other_maxes)
+        self._shares = iter(shares)
         self.min_calls: list[int] = []
         self.sum_calls: list = []
+        self.max_calls: list = []
 
     def min(self, value: int) -> int:
         """Minimum of this rank's value and the next scripted one."""
@@ -144,6 +151,22 @@ class FakeOps:
         other = next(self._sums, None)
         return tensor if other is None else tensor + other
 
+    def max(self, tensor):
+        """Elementwise maximum of this rank's tensor and the next scripted one."""
+        self.max_calls.append(tensor.clone())
+        other = next(self._maxes, None)
+        return tensor if other is None else torch.maximum(tensor, torch.as_tensor(other))
+
     def share(self, value):
         """The next scripted value (another rank is first in the group), else the value itself."""
         return next(self._shares, value)
+
+
+class VLLMStandIn(SharedPrefixHFRollout):
+    """``rollout=hf_shared`` taking ``rollout=vllm``'s settings (the engine ones ignored): presets on CPU."""
+
+    def __init__(
+        self, tis_cap=None, dtype=None, max_model_len=None, kv_cache_gib=None, gpu_memory_utilization=None,
+        enforce_eager=None, sync_dir=None, engine_kwargs=None, **kwargs,
+    ) -> None:  # fmt: skip
+        super().__init__(**kwargs)

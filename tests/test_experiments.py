@@ -55,6 +55,11 @@ def test_paper_presets(tmp_path, name):
     assert min(cfg.data.train.lengths) >= 16384 and max(cfg.data.train.lengths) == 32768
     assert cfg.data.max_prompt_tokens >= 32768
     assert cfg.trainer.accelerator == "gpu" and cfg.trainer.precision == "bf16-mixed"
+    # what a GPU user needs: vLLM rollouts with TIS, token-budget micro-batches of whole packed groups
+    assert cfg.rollout._target_.endswith("VLLMRollout") and cfg.rollout.tis_cap == 2.0
+    assert cfg.rollout.max_model_len >= cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens
+    assert cfg.module.micro_batch_tokens >= cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens
+    assert cfg.train.shared_prefix and cfg.train.pack_completions == "auto"
     if (CONF / "strategy" / "fsdp.yaml").is_file():
         assert "fsdp" in str(cfg.trainer.strategy).lower()
 

@@ -35,6 +35,7 @@ CPU = [
     "data.val.num_samples=1", "rollout.max_new_tokens=4", "module.lr=1e-6", "module.warmup_steps=0",
     "data.reward._target_=tests.helpers.ParityReward", "callbacks.model_checkpoint.save_last=false",
     "seed=0",  # (with seed 42 the 4 completions of model=hf all get reward 1: no gradient)
+    "rollout._target_=tests.helpers.VLLMStandIn",  # the presets' rollout=vllm, sampled by HF here
 ]  # fmt: skip
 
 

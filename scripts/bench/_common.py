@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable
 
+import psutil
 import torch
 
 from longact_pl.models.types import LoadedModel
@@ -97,3 +99,31 @@ def set_threads(threads: int) -> None:
     """Use ``threads`` torch CPU threads (0 = leave the default)."""
     if threads > 0:
         torch.set_num_threads(threads)
+
+
+class PeakRSS:
+    """Samples this process's RSS in a thread; ``peak_mb`` is the maximum above the starting RSS."""
+
+    def __init__(self, interval: float = 0.001) -> None:
+        self.proc, self.interval = psutil.Process(), interval
+        self.start = self.peak = self.proc.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(self.interval)
+
+    def __enter__(self) -> PeakRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.proc.memory_info().rss)
+
+    @property
+    def peak_mb(self) -> float:
+        return (self.peak - self.start) / 2**20

@@ -24,43 +24,12 @@ import argparse
 import json
 import subprocess
 import sys
-import threading
-import time
 
-import psutil
 import torch
-from _common import figure, load, median_time, set_threads, synthetic_groups
+from _common import PeakRSS, figure, load, median_time, set_threads, synthetic_groups
 
 from longact_pl.ops.chunked import chunked_completion_logprobs
 from longact_pl.ops.logprobs import completion_logprobs
-
-
-class PeakRSS:
-    """Samples this process's RSS in a thread; ``peak_mb`` is the maximum above the starting RSS."""
-
-    def __init__(self, interval: float = 0.001) -> None:
-        self.proc, self.interval = psutil.Process(), interval
-        self.start = self.peak = self.proc.memory_info().rss
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.proc.memory_info().rss)
-            time.sleep(self.interval)
-
-    def __enter__(self) -> PeakRSS:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.proc.memory_info().rss)
-
-    @property
-    def peak_mb(self) -> float:
-        return (self.peak - self.start) / 2**20
 
 
 def run_variant(args: argparse.Namespace) -> dict:

@@ -3,13 +3,14 @@
 Each arm runs in its own subprocess on a copy of the same weights (saved once to a temporary folder):
 
 * ``ours``: the components ``LongActModule`` runs by default: ``SharedPrefixHFRollout``
-  (``rollout=hf_shared``) + ``LogprobPass(shared_prefix=True)`` (policy and reference,
-  ``train.shared_prefix=true``) + ``GRPO`` loss, in a plain loop shaped like ``LongActModule.training_step``
-  (the whole step in one bf16 autocast region, as Lightning's ``bf16-mixed`` does), AdamW, global-norm
-  clipping;
+  (``rollout=hf_shared``) + ``LogprobPass(shared_prefix=True, pack_completions="auto")`` (policy and
+  reference, ``train.shared_prefix=true``, ``train.pack_completions=auto``) + ``GRPO`` loss, in a plain
+  loop shaped like ``LongActModule.training_step`` (the whole step in one bf16 autocast region, as
+  Lightning's ``bf16-mixed`` does), AdamW, global-norm clipping;
 * ``ours_naive``: the same loop with ``HFRollout`` + ``LogprobPass(shared_prefix=False)`` (``rollout=hf
   train.shared_prefix=false``);
-* ``trl``: ``trl.GRPOTrainer`` (``pip install --no-deps trl==1.16.0`` + ``datasets``, see the report).
+* ``trl``: ``trl.GRPOTrainer`` (``pip install --no-deps trl==1.16.0`` + ``datasets`` and its missing
+  dependencies, e.g. ``pip install --no-deps datasets==5.2.0 pandas==3.1.1 pyarrow==26.0.1 multiprocess``).
 
 Matched settings (both sides): B prompts x G completions per optimizer step (TRL: per_device_train_batch_size
 = G, gradient_accumulation_steps = B, so one generation per step and one group per micro-batch, like ours);
@@ -19,8 +20,13 @@ KL coef (TRL ``beta``) 0.04 with a frozen reference model; clip eps 0.2/0.2; gro
 batch (``num_iterations=1``, on-policy ratio); AdamW lr 1e-6, betas (0.9, 0.999), weight decay 0, constant
 lr, no warm-up; max grad norm 1.0; fp32 weights with bf16 autocast (TRL ``bf16=True``); gradient checkpointing
 off (``--ckpt`` turns it on for both); dropout off; the reward is RULER ``string_match_all`` on the same
-needle-in-a-haystack prompts (chat-templated identically), fed in the same order, no shuffling.
-Per-step time = median over steps after the first (the first is warm-up for both).
+needle-in-a-haystack prompts (chat-templated identically), fed in the same order, no shuffling. The LM head
+scores completion positions only on both sides: TRL's fused head does so where Triton runs (GPUs) but scores
+every prompt position too on CPU, ~(P + C) / C times the head work; the bench gives TRL its GPU path
+(``--trl-score-all`` keeps its CPU path: that setting alone made the quick figure 14.5x).
+Per-step time = median over steps after the first (the first is warm-up for both). Each arm also prints its
+median seconds per phase (generation, reference / old log-prob passes, training forward, backward, optimizer
+step; the rest is "other") and its peak RSS increase during training.
 
     python scripts/bench/bench_peer.py            # SmolLM2, P~1024, B=2, G=4, C=32, 4 steps
     python scripts/bench/bench_peer.py --quick    # small random Llama, P~512, B=2, G=4, C=16, 3 steps
@@ -32,6 +38,7 @@ Prints ``peer_grpo_steps_per_s ratio=<a/b> a=<steps/s ours> b=<steps/s TRL>`` (a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
@@ -40,7 +47,7 @@ import tempfile
 import time
 
 import torch
-from _common import figure, load, set_threads
+from _common import PeakRSS, figure, load, set_threads
 
 from longact_pl.data.prompting import template_ids, to_messages
 from longact_pl.data.sources import GeneratedSource
@@ -56,8 +63,8 @@ def samples(tokenizer, count: int, length: int) -> list:
     return [source[i] for i in range(count)]
 
 
-def run_ours(args, folder: str, data: list, shared: bool) -> list[float]:
-    """Per-step seconds of the plain longact_pl GRPO loop."""
+def run_ours(args, folder: str, data: list, shared: bool) -> tuple[list[float], dict[str, float], float]:
+    """Per-step seconds of the plain longact_pl GRPO loop, median seconds per phase, peak RSS (MB)."""
     import copy
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -80,46 +87,57 @@ def run_ours(args, folder: str, data: list, shared: bool) -> list[float]:
     algo = GRPO(eps_low=EPS, eps_high=EPS, kl_coef=BETA, aggregation="seq_mean_token_mean")
     reward, group = StringMatchAll(), args.group
 
-    logprob_pass = LogprobPass(shared_prefix=shared, chunk_size=1024)  # the module's defaults
+    logprob_pass = LogprobPass(shared, 1024, "auto" if shared else False)  # the module's defaults
 
     def logprobs(model, ids, am, width, entropy=False):
         return logprob_pass(model, ids, am, width, TEMPERATURE, entropy)
 
-    times = []
-    for step in range(args.steps):
-        batch = data[step * args.prompts : (step + 1) * args.prompts]
-        start = time.perf_counter()
-        with torch.autocast("cpu", torch.bfloat16):
-            ro = engine.generate(
-                policy, tok, [template_ids(tok, to_messages(s.prompt)) for s in batch], seed=step
-            )
-            metas = [{"references": s.references, "task": s.task} for s in batch]
-            advantages = algo.advantages(score(reward, ro.completions, metas, group), group)  # [N]
-            width = ro.completion_mask.shape[1]
-            mask = ro.completion_mask.float()  # [N, C]
-            rows = torch.arange(mask.shape[0]).split(group)
-            with torch.no_grad():
-                ref_logp = torch.cat(
-                    [logprobs(ref, ro.input_ids[r], ro.attention_mask[r], width)[0] for r in rows]
-                )
-            for r in rows:
-                logp, _ = logprobs(
-                    policy, ro.input_ids[r], ro.attention_mask[r], width, entropy=True
-                )  # [G, C]
-                loss, _ = algo.loss(
-                    logp, logp.detach(), ref_logp[r], advantages[r], mask[r],
-                    num_seqs=mask.shape[0], num_tokens=mask.sum(),
-                )  # fmt: skip
-                loss.backward()
-        torch.nn.utils.clip_grad_norm_(policy.parameters(), CLIP)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - start)
-    return times
+    times, phases = [], Phases()
+    with PeakRSS() as rss:
+        for step in range(args.steps):
+            batch = data[step * args.prompts : (step + 1) * args.prompts]
+            start = time.perf_counter()
+            with torch.autocast("cpu", torch.bfloat16):
+                with phases("generation"):
+                    ro = engine.generate(
+                        policy, tok, [template_ids(tok, to_messages(s.prompt)) for s in batch], seed=step
+                    )
+                metas = [{"references": s.references, "task": s.task} for s in batch]
+                advantages = algo.advantages(score(reward, ro.completions, metas, group), group)  # [N]
+                width = ro.completion_mask.shape[1]
+                mask = ro.completion_mask.float()  # [N, C]
+                rows = torch.arange(mask.shape[0]).split(group)
+                with torch.no_grad(), phases("ref/old logprob passes"):
+                    ref_logp = torch.cat(
+                        [logprobs(ref, ro.input_ids[r], ro.attention_mask[r], width)[0] for r in rows]
+                    )
+                for r in rows:
+                    with phases("train forward"):
+                        logp, _ = logprobs(
+                            policy, ro.input_ids[r], ro.attention_mask[r], width, entropy=True
+                        )  # [G, C]
+                        loss, _ = algo.loss(
+                            logp, logp.detach(), ref_logp[r], advantages[r], mask[r],
+                            num_seqs=mask.shape[0], num_tokens=mask.sum(),
+                        )  # fmt: skip
+                    with phases("train backward"):
+                        loss.backward()
+            with phases("optimizer step"):
+                torch.nn.utils.clip_grad_norm_(policy.parameters(), CLIP)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            times.append(time.perf_counter() - start)
+            phases.end_step()
+    return times, phases.per_step(), rss.peak_mb
 
 
-def run_trl(args, folder: str, data: list) -> list[float]:
-    """Per-step seconds of ``trl.GRPOTrainer`` (from successive ``on_step_end`` callbacks)."""
+def run_trl(args, folder: str, data: list) -> tuple[list[float], dict[str, float], float]:
+    """Per-step seconds of ``trl.GRPOTrainer`` (successive ``on_step_end``), phases and peak RSS (MB).
+
+    Phases come from wrapping the trainer's methods: ``_generate`` (generation), no-grad
+    ``_get_per_token_logps_and_entropies`` calls (reference / old log-probs), ``compute_loss`` (training
+    forward), ``accelerator.backward`` and the optimizer-step callbacks.
+    """
     from datasets import Dataset
     from transformers import AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -133,14 +151,29 @@ def run_trl(args, folder: str, data: list) -> list[float]:
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
         return match(texts, references)
 
+    if not args.trl_score_all:
+        # TRL's fused LM head scores only completion positions where Triton runs (GPUs), but every prompt
+        # position elsewhere (CPU): here ~(P + C) / C times the head work. Score as on GPUs.
+        import trl.trainer.utils as trl_utils
+
+        trl_utils._use_triton = lambda device: True  # the kernel module's own check still picks torch tiles
+
     stamps: list[float] = []
+    phases = Phases()
 
     class StepTimer(TrainerCallback):
         def on_train_begin(self, *a, **k):
             stamps.append(time.perf_counter())
 
+        def on_pre_optimizer_step(self, *a, **k):
+            phases.start("optimizer step")
+
+        def on_optimizer_step(self, *a, **k):
+            phases.stop("optimizer step")
+
         def on_step_end(self, *a, **k):
             stamps.append(time.perf_counter())
+            phases.end_step()
 
     with tempfile.TemporaryDirectory() as out:
         cfg = GRPOConfig(
@@ -157,8 +190,65 @@ def run_trl(args, folder: str, data: list) -> list[float]:
             model=folder, reward_funcs=reward, args=cfg, train_dataset=ds, processing_class=tok,
             callbacks=[StepTimer()],
         )  # fmt: skip
-        trainer.train()
-    return [b - a for a, b in zip(stamps, stamps[1:])]
+        timed(trainer, "_generate", phases, "generation")
+        timed(trainer, "compute_loss", phases, "train forward")
+        timed(trainer.accelerator, "backward", phases, "train backward")
+        logps = trainer._get_per_token_logps_and_entropies
+
+        def no_grad_passes(*a, **k):  # the grad-enabled call is the training forward (in compute_loss)
+            if torch.is_grad_enabled():
+                return logps(*a, **k)
+            with phases("ref/old logprob passes"):
+                return logps(*a, **k)
+
+        trainer._get_per_token_logps_and_entropies = no_grad_passes
+        with PeakRSS() as rss:
+            trainer.train()
+    return [b - a for a, b in zip(stamps, stamps[1:])], phases.per_step(), rss.peak_mb
+
+
+class Phases:
+    """Seconds per named phase, summed within a step, kept per step."""
+
+    def __init__(self) -> None:
+        self.current: dict[str, float] = {}
+        self.steps: list[dict[str, float]] = []
+        self._open: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        self.start(name)
+        try:
+            yield
+        finally:
+            self.stop(name)
+
+    def start(self, name: str) -> None:
+        self._open[name] = time.perf_counter()
+
+    def stop(self, name: str) -> None:
+        self.current[name] = self.current.get(name, 0.0) + time.perf_counter() - self._open.pop(name)
+
+    def end_step(self) -> None:
+        self.steps.append(self.current)
+        self.current = {}
+
+    def per_step(self) -> dict[str, float]:
+        """Median seconds per step of each phase, over the steps after the first (warm-up)."""
+        steps = self.steps[1:] or self.steps
+        names = {k for step in steps for k in step}
+        return {k: statistics.median(step.get(k, 0.0) for step in steps) for k in sorted(names)}
+
+
+def timed(obj, method: str, phases: Phases, name: str) -> None:
+    """Wrap ``obj.method`` so its calls count towards ``phases[name]``."""
+    original = getattr(obj, method)
+
+    def wrapper(*a, **k):
+        with phases(name):
+            return original(*a, **k)
+
+    setattr(obj, method, wrapper)
 
 
 def main(argv: list[str] | None = None) -> list[str]:
@@ -172,6 +262,11 @@ def main(argv: list[str] | None = None) -> list[str]:
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--ckpt", action="store_true", help="gradient checkpointing on both sides")
     p.add_argument("--arms", default="ours,ours_naive,trl")
+    p.add_argument(
+        "--trl-score-all",
+        action="store_true",
+        help="keep TRL's CPU behaviour: its LM head over every prompt position (on GPUs: completions only)",
+    )
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--arm", help=argparse.SUPPRESS)
     p.add_argument("--folder", help=argparse.SUPPRESS)
@@ -186,12 +281,12 @@ def main(argv: list[str] | None = None) -> list[str]:
 
         data = samples(AutoTokenizer.from_pretrained(args.folder), args.steps * args.prompts, args.prompt)
         torch.manual_seed(0)
-        times = (
+        times, phases, peak_mb = (
             run_trl(args, args.folder, data)
             if args.arm == "trl"
             else run_ours(args, args.folder, data, shared=args.arm == "ours")
         )
-        print(json.dumps({"times": times}), flush=True)
+        print(json.dumps({"times": times, "phases": phases, "peak_mb": peak_mb}), flush=True)
         return []
     forward = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--quick"]
     forward += ["--model", args.model, "--prompt", str(args.prompt), "--new", str(args.new)]
@@ -209,12 +304,21 @@ def main(argv: list[str] | None = None) -> list[str]:
             if out.returncode != 0:
                 print(f"# arm {arm} failed:\n{out.stderr[-3000:]}", flush=True)
                 continue
-            times = json.loads(out.stdout.strip().splitlines()[-1])["times"]
+            res = json.loads(out.stdout.strip().splitlines()[-1])
+            times = res["times"]
             step_s[arm] = statistics.median(times[1:] if len(times) > 1 else times)
+            parts = ", ".join(f"{k} {v:.2f}" for k, v in res["phases"].items())
+            other = step_s[arm] - sum(res["phases"].values())
             print(f"# {arm}: step seconds {[round(t, 2) for t in times]}", flush=True)
+            print(
+                f"# {arm}: median s/step by phase: {parts}, other {other:.2f}; "
+                f"peak RSS increase during training {res['peak_mb']:.0f} MB",
+                flush=True,
+            )
     print(
         f"# model={args.model} P~{args.prompt} B={args.prompts} G={args.group} C={args.new} "
-        f"steps={args.steps} ckpt={args.ckpt} bf16_autocast=True beta={BETA} T={TEMPERATURE}",
+        f"steps={args.steps} ckpt={args.ckpt} bf16_autocast=True beta={BETA} T={TEMPERATURE} "
+        f"trl_lm_head={'all positions (its CPU path)' if args.trl_score_all else 'completions (GPU path)'}",
         flush=True,
     )
     lines = []

@@ -37,7 +37,8 @@ from _common import figure, load, set_threads, synthetic_groups
 from bench_logprobs import PeakRSS
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from longact_pl.ops.sequence_parallel import SPGroup, enable_ulysses, sp_grouped_completion_logprobs
+from longact_pl.ops.sequence_parallel import SPGroup, enable_ulysses
+from longact_pl.ops.sequence_parallel.logprobs import sp_grouped_completion_logprobs
 from longact_pl.ops.shared_prefix import grouped_completion_logprobs
 
 

@@ -1,7 +1,8 @@
 """Run the quick mode of every long-context benchmark and write ``bench/results.md``.
 
 Each benchmark runs in its own subprocess (fresh allocator, no shared state); their figure lines
-(``name ratio=<x> a=<ours> b=<baseline>``) are collected with a description of the machine.
+(``name ratio=<x> a=<ours> b=<baseline>``) are collected with a description of the machine, followed by
+``bench/notes.md`` (what the figures mean, written by hand).
 
     python scripts/bench/run_all.py                 # quick modes (a few minutes on 2 cores)
     python scripts/bench/run_all.py --full          # full sizes (tens of minutes)
@@ -26,14 +27,13 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 BENCHES = {
     "prefix": "bench_prefix.py",
+    "packing": "bench_packing.py",
     "logprobs": "bench_logprobs.py",
     "generate": "bench_generate.py",
     "peer": "bench_peer.py",
     "sequence_parallel": "bench_sequence_parallel.py",
 }
 FIGURE = re.compile(r"^\S+ ratio=\S+ a=\S+ b=\S+$")
-# Written by hand from scripts/gpu_check.sh on a GPU machine; kept when the CPU benchmarks are rewritten.
-GPU_SECTION = "## GPU acceptance"
 
 
 def machine() -> list[str]:
@@ -107,10 +107,10 @@ def main(argv: list[str] | None = None) -> Path:
         body += [f"## {key} ({BENCHES[key]}, {seconds:.0f} s)", "", "```", *comments, *figures]
         body += [f"ERROR {error}"] if error else []
         body += ["```", ""]
+    notes = ROOT / "bench" / "notes.md"  # hand-written reading of the figures, kept across runs
+    if notes.is_file():
+        body += [notes.read_text()]
     out = Path(args.out)
-    previous = out.read_text() if out.is_file() else ""
-    if GPU_SECTION in previous:
-        body += previous[previous.index(GPU_SECTION) :].splitlines()
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(body))
     print(f"wrote {out}", flush=True)

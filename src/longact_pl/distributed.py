@@ -1,7 +1,8 @@
 """The few collectives the RL step needs, behind one small interface (no Lightning in the callers).
 
 Sampling (dynamic-sampling rounds), the non-finite guard (skip a step on every rank) and the learner
-(global sequence/token counts, world-size scaling of the loss) agree across data-parallel ranks through a
+(global sequence/token counts, world-size scaling of the loss, how many micro-batches and forwards each
+rank runs) agree across data-parallel ranks through a
 :class:`DistOps`. :class:`LocalOps` is the single-process case (and the fake in tests);
 :class:`StrategyOps` runs the collectives through a Lightning strategy (DDP or FSDP2).
 
@@ -24,7 +25,7 @@ T = TypeVar("T")
 
 
 class DistOps(Protocol):
-    """Data-parallel collectives: the ranks' count, a sum, a minimum, and sharing within a group."""
+    """Data-parallel collectives: the ranks' count, a sum, a minimum, a maximum, and sharing in a group."""
 
     world_size: int
 
@@ -34,6 +35,10 @@ class DistOps(Protocol):
 
     def min(self, value: int) -> int:
         """Minimum of an int over ranks."""
+        ...
+
+    def max(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Elementwise maximum of ``tensor`` over ranks (same shape and device as the input)."""
         ...
 
     def share(self, value: T) -> T:
@@ -56,6 +61,10 @@ class LocalOps:
     def min(self, value: int) -> int:
         """The value itself."""
         return value
+
+    def max(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The tensor itself."""
+        return tensor
 
     def share(self, value: T) -> T:
         """The value itself."""
@@ -96,6 +105,12 @@ class StrategyOps:
         return int(
             self.strategy.reduce(torch.tensor(value, device=self.strategy.root_device), reduce_op="min")
         )
+
+    def max(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Elementwise maximum over ranks, computed on the strategy's device, returned on the input's."""
+        if self.world_size == 1:
+            return tensor
+        return self.strategy.reduce(tensor.to(self.strategy.root_device), reduce_op="max").to(tensor.device)
 
     def share(self, value: T) -> T:
         """The sequence-parallel group's first rank's ``value``, tensors on this rank's device."""

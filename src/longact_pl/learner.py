@@ -18,14 +18,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from longact_pl.algos.losses import masked_mean
 from longact_pl.algos.protocol import Algorithm
 from longact_pl.algos.tis import truncated_is_weights
-from longact_pl.distributed import DistOps
+from longact_pl.distributed import DistOps, LocalOps
 from longact_pl.guards import NonFiniteGuard
-from longact_pl.minibatch import micro_batch_rows, minibatch_indices
+from longact_pl.minibatch import TokenMicroBatches, micro_batch_rows, minibatch_indices
 from longact_pl.ops.policy_logprobs import LogprobPass
 from longact_pl.ops.shared_prefix import TokenMaskHook
 from longact_pl.rollout.types import RolloutBatch
@@ -91,6 +92,8 @@ class RowMicroBatches:
 
 def take(tensor: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """``tensor[rows]``, as a view (no copy) when ``rows`` is one ascending run ``a, a + 1, ..., b``."""
+    if len(rows) == 0:
+        return tensor[:0]
     start, n = int(rows[0]), len(rows)
     if int(rows[-1]) - start + 1 == n and bool((rows.diff() == 1).all()):
         return tensor[start : start + n]
@@ -130,6 +133,8 @@ class Learner:
         ppo_epochs: Passes over one rollout batch.
         mini_batch_size: Rows per optimizer step (0 = the whole rollout batch).
         micro_batch_size: Rows per forward/backward (see :class:`RowMicroBatches`).
+        micro_batch_tokens: Token budget per forward/backward instead of a row count
+            (:class:`~longact_pl.minibatch.TokenMicroBatches`; ``None``: ``micro_batch_size`` rows).
         tis_cap: Truncated importance sampling cap: each token's policy loss is weighted by
             ``min(exp(logp_train_old - logp_behaviour), tis_cap)`` (``None`` = off; for external samplers).
         micro_batches: How rows are cut into micro-batches (default :class:`RowMicroBatches`).
@@ -146,6 +151,7 @@ class Learner:
         micro_batch_size: int = 4,
         tis_cap: float | None = None,
         micro_batches: MicroBatcher | None = None,
+        micro_batch_tokens: int | None = None,
     ) -> None:
         if ppo_epochs < 1:
             raise ValueError(f"module.ppo_epochs must be >= 1, got {ppo_epochs}")
@@ -157,6 +163,8 @@ class Learner:
         self.temperature = temperature
         self.ppo_epochs, self.mini_batch_size = ppo_epochs, mini_batch_size
         self.tis_cap = tis_cap
+        if micro_batches is None and micro_batch_tokens is not None:
+            micro_batches = TokenMicroBatches(micro_batch_tokens, packed=lambda: logprobs.pack)
         self.micro_batches: MicroBatcher = micro_batches or RowMicroBatches(micro_batch_size)
 
     def uses_behaviour(self, num_rows: int) -> bool:
@@ -171,20 +179,53 @@ class Learner:
         rows: torch.Tensor,
         with_entropy: bool = False,
         token_mask_hook: TokenMaskHook | None = None,
+        pad_spans: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Completion log-probs ``[r, C]`` (and entropy ``[r, C]`` or ``None``) of ``rows`` under a model."""
-        return self.logprobs(
-            model, take(rollouts.input_ids, rows), take(rollouts.attention_mask, rows),
-            rollouts.completion_mask.shape[1], self.temperature, with_entropy,
-            token_mask_hook=token_mask_hook, row_groups=rows // rollouts.group_size,
-        )  # fmt: skip
+        """Completion log-probs ``[r, C]`` (and entropy ``[r, C]`` or ``None``) of ``rows`` under a model.
+
+        Completions are cut to the rows' last real column (exact: later columns are padding in every row)
+        and the results padded back to C with zeros. ``pad_spans``: lock-step dummies (see
+        :meth:`LogprobPass.__call__ <longact_pl.ops.policy_logprobs.LogprobPass.__call__>`).
+        """
+        width, full = rollouts.prompt_width, rollouts.completion_mask.shape[1]
+        mask = take(rollouts.attention_mask, rows)  # [r, P + C]
+        used = mask[:, width:].any(0).nonzero()  # real completion columns
+        keep = int(used[-1]) + 1 if len(used) else 1
+        logp, entropy = self.logprobs(
+            model, take(rollouts.input_ids, rows)[:, : width + keep], mask[:, : width + keep], keep,
+            self.temperature, with_entropy, token_mask_hook=token_mask_hook,
+            row_groups=rows // rollouts.group_size, pad_spans=pad_spans,
+        )  # [r, keep]  # fmt: skip
+        pad = (0, full - keep)
+        return F.pad(logp, pad), (F.pad(entropy, pad) if entropy is not None else None)  # [r, C]
+
+    def plan(
+        self, rows: torch.Tensor, rollouts: RolloutBatch, dist: DistOps
+    ) -> list[tuple[torch.Tensor, int]]:
+        """Micro-batches of ``rows`` with the lock-step dummies each needs: ``[(rows [r], pad_spans)]``.
+
+        Under DDP/FSDP every forward and backward is a collective, but token budgets give ranks different
+        numbers of micro-batches, and spans per micro-batch. The ranks agree (one ``dist.max``) on the most
+        spans of each micro-batch index; a rank with fewer pads that micro-batch with dummy spans, and a
+        rank with fewer micro-batches runs empty ones (``rows`` of length 0) of dummies only.
+        """
+        parts = self.micro_batches(rows, rollouts, self.logprobs.shared_prefix)
+        if dist.world_size == 1:
+            return [(part, 0) for part in parts]
+        spans = torch.zeros(len(rows), dtype=torch.long)  # [m]: a micro-batch holds >= 1 row
+        spans[: len(parts)] = torch.tensor([self.logprobs.passes(p // rollouts.group_size) for p in parts])
+        agreed = dist.max(spans)  # [m] (every rank has m rows: the same mini-batch size)
+        parts += [rows[:0]] * (int((agreed > 0).sum()) - len(parts))
+        return [(part, int(agreed[i] - spans[i])) for i, part in enumerate(parts)]
 
     @torch.no_grad()
-    def no_grad_logprobs(self, model: nn.Module, rollouts: RolloutBatch) -> torch.Tensor:
+    def no_grad_logprobs(
+        self, model: nn.Module, rollouts: RolloutBatch, dist: DistOps | None = None
+    ) -> torch.Tensor:
         """Log-probs ``[N, C]`` of every row, micro-batch by micro-batch, without a graph."""
         rows = torch.arange(rollouts.completion_mask.shape[0])  # [N]
-        parts = self.micro_batches(rows, rollouts, self.logprobs.shared_prefix)
-        return torch.cat([self.logprobs_of(model, rollouts, part)[0] for part in parts])  # [N, C]
+        parts = self.plan(rows, rollouts, dist or LocalOps())
+        return torch.cat([self.logprobs_of(model, rollouts, part, pad_spans=pad)[0] for part, pad in parts])
 
     def prepare(
         self,
@@ -192,6 +233,7 @@ class Learner:
         reference: nn.Module | None,
         rollouts: RolloutBatch,
         advantages: torch.Tensor,
+        dist: DistOps | None = None,
     ) -> TrainBatch:
         """Run the no-grad passes a step needs (each a collective under FSDP: every rank runs them).
 
@@ -200,11 +242,14 @@ class Learner:
             reference: The frozen reference model (``None``: no KL term, no pass).
             rollouts: ``[N, ...]``.
             advantages: ``[N]``.
+            dist: Data-parallel collectives (ranks agree on their micro-batches; ``None``: one process).
         """
-        ref_logp = self.no_grad_logprobs(reference, rollouts) if reference is not None else None  # [N, C]
+        ref_logp = None
+        if reference is not None:
+            ref_logp = self.no_grad_logprobs(reference, rollouts, dist)  # [N, C]
         old_logp = None
         if self.tis_cap is not None and self.uses_behaviour(rollouts.completion_mask.shape[0]):
-            old_logp = self.no_grad_logprobs(policy, rollouts)  # [N, C]
+            old_logp = self.no_grad_logprobs(policy, rollouts, dist)  # [N, C]
         return TrainBatch(rollouts, advantages, ref_logp, old_logp)
 
     # ------------------------------------------------------------------ update
@@ -217,6 +262,7 @@ class Learner:
         num_seqs: torch.Tensor,
         num_tokens: torch.Tensor,
         token_mask_hook: TokenMaskHook | None = None,
+        pad_spans: int = 0,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss of one micro-batch (normalised by the mini-batch's global counts) and its metrics.
 
@@ -228,10 +274,11 @@ class Learner:
             num_seqs: Sequences of the mini-batch over all ranks.
             num_tokens: Valid completion tokens of the mini-batch over all ranks.
             token_mask_hook: Told the valid tokens of each forward's input (saliency statistics).
+            pad_spans: Lock-step dummies (see :meth:`plan`).
         """
         ro = batch.rollouts
         mask = ro.completion_mask[rows].float()  # [m, C]
-        logp, entropy = self.logprobs_of(policy, ro, rows, True, token_mask_hook)  # [m, C], [m, C]
+        logp, entropy = self.logprobs_of(policy, ro, rows, True, token_mask_hook, pad_spans)  # [m, C]
         behaviour = ro.behaviour_logp[rows]  # [m, C]
         old = behaviour if use_behaviour else logp.detach()  # [m, C]
         old = batch.old_logp[rows] if batch.old_logp is not None else old  # [m, C]
@@ -282,9 +329,12 @@ class Learner:
             ):
                 num_seqs, num_tokens = global_counts(len(idx), ro.completion_mask[idx].sum(), dist)
                 step_metrics = []
-                for rows in self.micro_batches(idx, ro, whole_groups):
+                for rows, pad in self.plan(idx, ro, dist):
+                    if len(rows) == 0:  # lock-step: another rank has more micro-batches
+                        optim.backward(self.logprobs_of(policy, ro, rows, pad_spans=pad)[0].sum())  # 0
+                        continue
                     loss, metrics = self.micro_loss(
-                        policy, batch, rows, use_behaviour, num_seqs, num_tokens, token_mask_hook
+                        policy, batch, rows, use_behaviour, num_seqs, num_tokens, token_mask_hook, pad
                     )
                     # DDP/FSDP average gradients over ranks while the counts are global: scale to their sum
                     optim.backward(loss * dist.world_size)

@@ -21,6 +21,7 @@ from longact_pl.eval.scoring import evaluate_batch
 from longact_pl.gather import save_full_pretrained
 from longact_pl.guards import NonFiniteGuard, StreakGuard, reward_function_error, skipped_steps_error
 from longact_pl.learner import Learner, OptimizerCalls
+from longact_pl.minibatch import check_token_budget
 from longact_pl.ops.policy_logprobs import LogprobPass
 from longact_pl.optim import adamw_with_warmup, check_optimizer_settings, optimizer_step
 from longact_pl.precision import check_master_weights
@@ -61,9 +62,14 @@ class LongActModule(L.LightningModule):
         ppo_epochs: Passes over one rollout batch (these four: see :class:`~longact_pl.learner.Learner`).
         mini_batch_size: Sequences per optimizer step (0 = the whole rollout batch).
         micro_batch_size: Sequences per forward/backward (whole groups with ``shared_prefix``).
+        micro_batch_tokens: Tokens per forward/backward instead (``None``: ``micro_batch_size`` rows); groups
+            stay whole, a group over the budget is split by completions.
+        max_prompt_tokens: Longest prompt of the run (``data.max_prompt_tokens``), to check the budget.
         tis_cap: Truncated importance sampling cap for an external sampler's mismatch (``None`` = off).
         shared_prefix: Run each group's prompt once in the log-prob passes (exact; falls back per row).
         logprob_chunk: Completion tokens per LM-head chunk (``None``: all at once).
+        pack_completions: Pack each micro-batch's completions in one row without padding (``"auto"``: where
+            the model's attention allows it; ``True``: required; ``False``: padded).
         val_lengths: Target lengths of the validation set (accuracy is logged per task and length).
         val_tasks: Task names of the validation set (empty: only the overall accuracy is logged).
         val_max_new_tokens: Greedy budget at validation (``None`` = the rollout's).
@@ -93,8 +99,11 @@ class LongActModule(L.LightningModule):
         ppo_epochs: int = 1,
         mini_batch_size: int = 0,
         micro_batch_size: int = 4,
+        micro_batch_tokens: int | None = None,
+        max_prompt_tokens: int | None = None,
         shared_prefix: bool = True,
         logprob_chunk: int | None = 1024,
+        pack_completions: bool | str = False,
         val_lengths: list[int] | tuple[int, ...] = (),
         val_tasks: list[str] | tuple[str, ...] = (),
         val_max_new_tokens: int | None = None,
@@ -120,9 +129,13 @@ class LongActModule(L.LightningModule):
         self.skip_guard = StreakGuard(max_skipped_steps, "module.max_skipped_steps")
         self.reward_guard = StreakGuard(max_reward_failure_steps, "module.max_reward_failure_steps")
         self._reward_streak_first: tuple[str, Exception] | None = None
+        if micro_batch_tokens is not None:
+            check_token_budget(micro_batch_tokens, max_prompt_tokens, rollout.max_new_tokens)
+        logprobs = LogprobPass(shared_prefix, logprob_chunk, pack_completions)
+        logprobs.check_model(policy)  # a model that cannot pack, with packing required, fails here
         self.learner = Learner(
-            algorithm, LogprobPass(shared_prefix, logprob_chunk), self.guard, rollout.temperature,
-            ppo_epochs, mini_batch_size, micro_batch_size, tis_cap,
+            algorithm, logprobs, self.guard, rollout.temperature, ppo_epochs, mini_batch_size,
+            micro_batch_size, tis_cap, micro_batch_tokens=micro_batch_tokens,
         )  # fmt: skip
         self.val_max_new_tokens, self.seed = val_max_new_tokens, seed
         self.export_dir = Path(export_dir) if export_dir else None
@@ -200,7 +213,7 @@ class LongActModule(L.LightningModule):
             self._on_skipped_step()
             return
         advantages = self.algorithm.advantages(scored.rewards, scored.batch.group_size).to(self.device)  # [N]
-        train_batch = self.learner.prepare(self.policy, self.ref_model, scored.batch, advantages)
+        train_batch = self.learner.prepare(self.policy, self.ref_model, scored.batch, advantages, self.dist)
         update = self.learner.update(
             self.policy, train_batch, self._optimizer_calls(), self.dist,
             generator=torch.Generator().manual_seed(self.seed + self.global_step),

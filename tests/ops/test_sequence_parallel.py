@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -31,18 +32,37 @@ WORLD = 2
 G = 3
 QK_AT = ("proj", "post_rope")  # where LongAct statistics read q/k: projection outputs, attention's inputs
 BUILDERS = {"llama": tiny_llama, "qwen3": tiny_qwen3}
-# (model, kv heads, attention, shared prompt, gradient checkpointing, head chunk, P, C, FSDP2): odd prompt
-# and completion lengths exercise the padding of the last shard; 1 KV head for 2 ranks the repeat path
+
+
+class Case(NamedTuple):
+    """One comparison: 2 ranks through ``LogprobPass`` vs the single-process path."""
+
+    model: str  # llama | qwen3
+    kv: int  # KV heads (4 query heads; 1 KV head for 2 ranks: the repeat path)
+    attn: str  # sdpa | eager
+    shared: bool  # shared prompt (else per row)
+    ckpt: bool  # gradient checkpointing
+    chunk: int | None  # LM-head chunk
+    prompt: int  # P (odd lengths exercise the padding of the last shard)
+    completion: int  # C
+    fsdp: bool = False  # FSDP2 over the 2 ranks
+    pack: bool = False  # completions packed in one row
+    pad_spans: int = 0  # lock-step dummy spans (parallel side only: they change nothing)
+
+
 CASES = [
-    ("llama", 2, "sdpa", True, False, None, 13, 6, False),
-    ("qwen3", 2, "sdpa", True, True, 4, 13, 7, False),
-    ("llama", 1, "sdpa", True, True, None, 12, 5, False),
-    ("qwen3", 1, "eager", True, False, 3, 11, 6, False),
-    ("llama", 2, "sdpa", False, True, 5, 13, 6, False),
-    ("qwen3", 1, "sdpa", False, False, None, 12, 7, False),
-    ("llama", 1, "eager", False, True, None, 11, 5, False),
-    ("qwen3", 2, "sdpa", True, True, 4, 12, 7, True),
-    ("llama", 1, "sdpa", False, True, 3, 13, 6, True),
+    Case("llama", 2, "sdpa", True, False, None, 13, 6),
+    Case("qwen3", 2, "sdpa", True, True, 4, 13, 7),
+    Case("llama", 1, "sdpa", True, True, None, 12, 5, pad_spans=1),
+    Case("qwen3", 1, "eager", True, False, 3, 11, 6),
+    Case("llama", 2, "sdpa", False, True, 5, 13, 6),
+    Case("qwen3", 1, "sdpa", False, False, None, 12, 7),
+    Case("llama", 1, "eager", False, True, None, 11, 5),
+    Case("qwen3", 2, "sdpa", True, True, 4, 12, 7, fsdp=True),
+    Case("llama", 1, "sdpa", False, True, 3, 13, 6, fsdp=True),
+    Case("llama", 2, "sdpa", True, True, 4, 13, 7, pack=True),
+    Case("qwen3", 1, "eager", True, False, None, 12, 6, pack=True, pad_spans=2),
+    Case("qwen3", 2, "sdpa", True, True, None, 11, 5, fsdp=True, pack=True),
 ]
 
 
@@ -60,10 +80,9 @@ def _batch(vocab: int, prompt: int, completion: int) -> tuple[torch.Tensor, torc
     return ids, mask
 
 
-def _model(case):
-    name, kv, attn, _, ckpt, *_ = case
-    model = BUILDERS[name](kv_heads=kv, seed=0, gradient_checkpointing=ckpt).model.train()
-    model.config._attn_implementation = attn
+def _model(case: Case):
+    model = BUILDERS[case.model](kv_heads=case.kv, seed=0, gradient_checkpointing=case.ckpt).model.train()
+    model.config._attn_implementation = case.attn
     return model
 
 
@@ -72,14 +91,14 @@ def _reduce(t: torch.Tensor, reduce_op: str) -> torch.Tensor:
     return t
 
 
-def _run(case, fn, sp: SPGroup | None = None, prepare=None):
+def _run(case: Case, fn, sp: SPGroup | None = None, prepare=None):
     """Log-probs, entropy, every gradient of a weighted loss, the real tokens the hook was told about, and
     LongAct statistics of q_proj/k_proj (read at the projections and after RoPE), summed over the ranks."""
     model = _model(case)
     if prepare is not None:
         prepare(model)
-    *_, prompt, completion, fsdp = case
-    ids, mask = _batch(model.config.vocab_size, prompt, completion)
+    completion = case.completion
+    ids, mask = _batch(model.config.vocab_size, case.prompt, completion)
     current: list[torch.Tensor | None] = [None]
     probes = {at: {t.name: t.probe for t in find_targets(model, ("q_proj", "k_proj"), at)} for at in QK_AT}
     collectors = {at: StatsCollector(p, gate=lambda: current[0]) for at, p in probes.items()}
@@ -93,7 +112,7 @@ def _run(case, fn, sp: SPGroup | None = None, prepare=None):
     stats = {at: c.reset() for at, c in collectors.items()}
     for collector in collectors.values():
         collector.detach()
-    if fsdp and sp is not None:  # FSDP2 reduce-scattered the mean of the ranks' partial gradients
+    if case.fsdp and sp is not None:  # FSDP2 reduce-scattered the mean of the ranks' partial gradients
         grads = {n: p.grad.full_tensor() * WORLD for n, p in model.named_parameters() if p.grad is not None}
     else:
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
@@ -107,14 +126,19 @@ def _run(case, fn, sp: SPGroup | None = None, prepare=None):
     return logp.detach() * comp, ent * comp, grads, summary
 
 
-def _single(case):
-    _, _, _, shared, _, chunk, *_ = case
-    if shared:
-        fn = functools.partial(grouped_completion_logprobs, group_size=G, chunk_size=chunk)
+def _single(case: Case):
+    if case.shared:
+        fn = functools.partial(
+            grouped_completion_logprobs, group_size=G, chunk_size=case.chunk, pack=case.pack
+        )
         return _run(case, lambda m, i, a, c, **kw: fn(m, i, a, c, **kw))
-    return _run(case, lambda m, i, a, c, token_mask_hook, **kw: _with_hook(
-        token_mask_hook, a, functools.partial(chunked_completion_logprobs, m, i, a, c, chunk_size=chunk, **kw)
-    ))  # fmt: skip
+
+    def per_row(m, i, a, c, token_mask_hook, **kw):
+        return _with_hook(
+            token_mask_hook, a, lambda: chunked_completion_logprobs(m, i, a, c, chunk_size=case.chunk, **kw)
+        )
+
+    return _run(case, per_row)
 
 
 def _with_hook(hook, mask, fn):
@@ -125,21 +149,34 @@ def _with_hook(hook, mask, fn):
         hook(None)
 
 
-def _parallel(case, sp: SPGroup):
+def _parallel(case: Case, sp: SPGroup):
     """Through the trainer's ``LogprobPass`` with its sequence-parallel group (as ``LongActFSDP`` sets)."""
-    _, _, _, shared, _, chunk, *_, fsdp = case
-    lp = LogprobPass(shared_prefix=shared, chunk_size=chunk)
+    lp = LogprobPass(shared_prefix=case.shared, chunk_size=case.chunk, pack_completions=case.pack)
     lp.sequence_parallel = sp
 
     def prepare(model):
         enable_ulysses(model, sp.size)
-        if fsdp:
+        if case.fsdp:
             shard_model(model, init_device_mesh("cpu", (WORLD,)))
 
     def fn(model, ids, mask, width, **kw):
-        return lp(model, ids, mask, width, **kw)
+        logp, ent = lp(model, ids, mask, width, pad_spans=case.pad_spans, **kw)
+        assert lp.pack == case.pack  # packing was not turned off for the Ulysses-wrapped attention
+        return logp, ent
 
     return _run(case, fn, sp, prepare)
+
+
+def _only_dummies(sp: SPGroup) -> torch.Tensor:
+    """A rank with no rows left runs lock-step dummies only: ``[0, C]`` log-probs and a backward."""
+    model = _model(CASES[1])
+    enable_ulysses(model, sp.size)
+    lp = LogprobPass(chunk_size=4, pack_completions=True)
+    lp.sequence_parallel = sp
+    ids, mask = _batch(model.config.vocab_size, 9, 5)
+    logp, _ = lp(model, ids[:0], mask[:0], 5, pad_spans=2)
+    logp.sum().backward()
+    return logp
 
 
 @dataclass
@@ -156,8 +193,9 @@ def _worker(rank: int, init_file: str, out: str) -> None:
         results = [_parallel(case, sp) for case in CASES]
         mine = _Box(torch.full((2,), float(rank)), [f"rank {rank}"])
         shared = from_first_rank(mine, sp, "cpu")  # what DistOps.share does with a round of rollouts
+        empty = _only_dummies(sp)
         if rank == 1:  # the other rank's results are equal by construction (summed over the group)
-            torch.save({"results": results, "shared": (shared.tensor, shared.texts)}, out)
+            torch.save({"results": results, "shared": (shared.tensor, shared.texts), "empty": empty}, out)
     finally:
         dist.destroy_process_group()
 
@@ -176,7 +214,12 @@ def test_from_first_rank_gives_every_rank_the_first_ranks_value(parallel_results
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("index", range(len(CASES)), ids=["-".join(map(str, c[:6] + c[-1:])) for c in CASES])
+def test_lock_step_dummies_alone_run_and_return_no_rows(parallel_results):
+    assert parallel_results["empty"].shape == (0, 5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("index", range(len(CASES)), ids=["-".join(map(str, c)) for c in CASES])
 def test_two_ranks_equal_one_process(parallel_results, index):
     torch.set_num_threads(1)
     got, want = parallel_results["results"][index], _single(CASES[index])

@@ -25,7 +25,7 @@ checkpointing would silently drop the gradient that flows into the prompt throug
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
@@ -33,8 +33,8 @@ from torch import nn
 from transformers.cache_utils import Cache, DynamicLayer
 
 from longact_pl.ops.chunked import decoder_of, head_logprobs, lm_head_of
-
-TokenMaskHook = Callable[[torch.Tensor | None], None]
+from longact_pl.ops.packed import packed_completion_logprobs
+from longact_pl.ops.passes import TokenMaskHook, dummy_rows, hooked_forward, zero_tie
 
 
 class _RecordLayer(DynamicLayer):
@@ -157,9 +157,41 @@ def group_spans(
     return [(s, s + group_size) for s in range(0, n, group_size)]
 
 
-def _call_hook(hook: TokenMaskHook | None, mask: torch.Tensor | None) -> None:
-    if hook is not None:
-        hook(mask)
+def prompt_pass(
+    decoder: nn.Module, prompt: torch.Tensor, num_layers: int, hook: TokenMaskHook | None, count: bool = True
+) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+    """Run one prompt ``[1, P_g]`` (no padding) keeping each layer's key/values.
+
+    Returns:
+        ``([(keys [1, h, P_g, d], values [1, h, P_g, d])] per layer, last hidden state [1, 1, H])``; the last
+        hidden state predicts completion token 0.
+    """
+    record = Cache(layers=[_RecordLayer() for _ in range(num_layers)])
+    last = hooked_forward(
+        decoder,
+        hook,
+        torch.ones_like(prompt, dtype=torch.bool) if count else None,  # [1, P_g]
+        input_ids=prompt,
+        position_ids=torch.arange(prompt.shape[1], device=prompt.device).unsqueeze(0),  # [1, P_g]
+        past_key_values=record,
+    )[:, -1:]  # [1, 1, H]
+    return [(layer.keys, layer.values) for layer in record.layers], last
+
+
+def _padded_completions(decoder, kv, length, ids, mask, hook, count: bool = True) -> torch.Tensor:
+    """The G right-padded completions ``[G, C]`` of one prompt on its key/values: hidden ``[G, C, H]``."""
+    rows, width = ids.shape
+    prefix = Cache(layers=[_PrefixLayer(keys, values) for keys, values in kv])
+    positions = torch.arange(length, length + width, device=ids.device)  # [C]
+    return hooked_forward(
+        decoder,
+        hook,
+        mask.bool() if count else None,  # [G, C]
+        input_ids=ids,
+        attention_mask=torch.cat([mask.new_ones(rows, length), mask], dim=1),  # [G, P_g + C]
+        position_ids=positions.unsqueeze(0).expand(rows, -1),  # [G, C]
+        past_key_values=prefix,
+    )  # [G, C, H]
 
 
 def grouped_completion_logprobs(
@@ -173,6 +205,8 @@ def grouped_completion_logprobs(
     chunk_size: int | None = None,
     token_mask_hook: TokenMaskHook | None = None,
     row_groups: torch.Tensor | None = None,
+    pack: bool = False,
+    pad_spans: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token completion log-probs with the prompt of each group computed once.
 
@@ -190,12 +224,17 @@ def grouped_completion_logprobs(
         chunk_size: Tokens per LM-head chunk (see :func:`longact_pl.ops.chunked.head_logprobs`);
             ``None`` = one chunk.
         token_mask_hook: Called with the bool mask of real tokens aligned to the next forward's input
-            (``[1, P_g]`` before a prompt pass, ``[G, C]`` before a completion pass) and with ``None`` after
-            each forward, so statistics hooks count every prompt token once.
+            (``[1, P_g]`` before a prompt pass, ``[G, C]`` before a padded completion pass, ``[1, T]`` before
+            the packed one) and with ``None`` after each forward, so statistics hooks count every prompt
+            token once; never around the lock-step dummies' forwards (their packed tokens are ``False``).
         row_groups: ``[N]`` group index of each row; overrides ``group_size`` (see :func:`group_spans`).
+        pack: Run all completions in one packed row without padding (:mod:`longact_pl.ops.packed`): one
+            completion forward per call instead of one per span.
+        pad_spans: Extra dummy spans (a 1-token prompt and a 2-token completion each, outputs discarded) so
+            that data-parallel ranks with fewer spans run as many forwards (FSDP's lock-step).
 
     Returns:
-        ``(logp [N, C] float32, entropy [N, C] or None)``.
+        ``(logp [N, C] float32, entropy [N, C] or None)``; with ``pack`` zeros at padding.
     """
     num_layers = check_shared_prefix(model)
     decoder = decoder_of(model)
@@ -203,41 +242,39 @@ def grouped_completion_logprobs(
     width = input_ids.shape[1] - completion_width
     if width < 1 or completion_width < 1:
         raise ValueError(f"need a prompt and a completion, got P={width}, C={completion_width}")
-    device = input_ids.device
-    hidden = []
+    if pad_spans < 0:
+        raise ValueError(f"pad_spans must be >= 0, got {pad_spans}")
+    spans = group_spans(input_ids, attention_mask, width, group_size, row_groups) if len(input_ids) else []
+    dummy_prompt = input_ids.new_zeros(1, 1)  # [1, 1]
+    targets = input_ids[:, width:]  # [N, C]
     with _cache_through_checkpointing(decoder):
-        for start, stop in group_spans(input_ids, attention_mask, width, group_size, row_groups):
-            rows = stop - start
+        if pack:
+            prompts = [input_ids[a, :width][attention_mask[a, :width].bool()].unsqueeze(0) for a, _ in spans]
+            states = [prompt_pass(decoder, p, num_layers, token_mask_hook) for p in prompts]
+            states += [prompt_pass(decoder, dummy_prompt, num_layers, None, False) for _ in range(pad_spans)]
+            return packed_completion_logprobs(
+                model, decoder, states, [p.shape[1] for p in prompts] + [1] * pad_spans, spans,
+                targets, attention_mask[:, width:], temperature, with_entropy, chunk_size, token_mask_hook,
+            )  # fmt: skip
+        hidden, ties = [], []
+        for start, stop in spans:
             keep = attention_mask[start, :width].bool()  # [P]
             prompt = input_ids[start, :width][keep].unsqueeze(0)  # [1, P_g]
-            length = prompt.shape[1]
-            record = Cache(layers=[_RecordLayer() for _ in range(num_layers)])
-            _call_hook(token_mask_hook, torch.ones_like(prompt, dtype=torch.bool))  # [1, P_g]
-            try:
-                last = decoder(
-                    input_ids=prompt,
-                    position_ids=torch.arange(length, device=device).unsqueeze(0),  # [1, P_g]
-                    past_key_values=record,
-                    use_cache=False,  # the cache is used anyway; avoids the checkpointing warning
-                ).last_hidden_state[:, -1:]  # [1, 1, H]: predicts completion token 0
-            finally:
-                _call_hook(token_mask_hook, None)
-            prefix = Cache(layers=[_PrefixLayer(layer.keys, layer.values) for layer in record.layers])
-            comp_ids = input_ids[start:stop, width:]  # [G, C]
-            comp_mask = attention_mask[start:stop, width:]  # [G, C]
-            full_mask = torch.cat([comp_mask.new_ones(rows, length), comp_mask], dim=1)  # [G, P_g + C]
-            positions = torch.arange(length, length + completion_width, device=device)  # [C]
-            _call_hook(token_mask_hook, comp_mask.bool())  # [G, C]
-            try:
-                out = decoder(
-                    input_ids=comp_ids,
-                    attention_mask=full_mask,
-                    position_ids=positions.unsqueeze(0).expand(rows, -1),  # [G, C]
-                    past_key_values=prefix,
-                    use_cache=False,  # the cache is used anyway; avoids the checkpointing warning
-                ).last_hidden_state  # [G, C, H]
-            finally:
-                _call_hook(token_mask_hook, None)
-            hidden.append(torch.cat([last.expand(rows, -1, -1), out[:, :-1]], dim=1))  # [G, C, H]
-    targets = input_ids[:, width:]  # [N, C]
-    return head_logprobs(torch.cat(hidden), weight, bias, targets, temperature, with_entropy, chunk_size)
+            kv, last = prompt_pass(decoder, prompt, num_layers, token_mask_hook)
+            out = _padded_completions(
+                decoder, kv, prompt.shape[1], input_ids[start:stop, width:],
+                attention_mask[start:stop, width:], token_mask_hook,
+            )  # [G, C, H]  # fmt: skip
+            hidden.append(torch.cat([last.expand(stop - start, -1, -1), out[:, :-1]], dim=1))  # [G, C, H]
+            ties.append(out)
+        for _ in range(pad_spans):
+            kv, last = prompt_pass(decoder, dummy_prompt, num_layers, None, False)
+            ids, mask = dummy_rows(1, 2, input_ids)  # [1, 2]
+            ties += [last, _padded_completions(decoder, kv, 1, ids, mask, None, False)]
+    if not hidden:  # only dummies: nothing to predict
+        logp = torch.zeros(targets.shape, device=input_ids.device)  # [0, C]
+        return logp + zero_tie(ties), (torch.zeros_like(logp) if with_entropy else None)
+    logp, entropy = head_logprobs(
+        torch.cat(hidden), weight, bias, targets, temperature, with_entropy, chunk_size
+    )
+    return logp + zero_tie(ties), entropy

@@ -1,22 +1,23 @@
 """Completion log-probs with every sequence split over the N ranks of a sequence-parallel group.
 
 Same contract and numbers as the single-process paths (per row:
-:func:`longact_pl.ops.chunked.chunked_completion_logprobs`; the prompt once per group:
-:func:`longact_pl.ops.shared_prefix.grouped_completion_logprobs`); every rank of the group passes the same
-rows and gets the same ``[n, C]`` log-probs back.
+:func:`longact_pl.ops.chunked.chunked_completion_logprobs`; the prompt once per group, completions padded or
+packed: :func:`longact_pl.ops.shared_prefix.grouped_completion_logprobs`); every rank of the group passes
+the same rows and gets the same ``[n, C]`` log-probs back.
 
 * Sharding: a sequence of ``L`` tokens is padded at its end to ``N * S`` (``S = ceil(L / N)``) and rank ``r``
   runs positions ``[r * S, (r + 1) * S)`` with their true ``position_ids`` (so RoPE is that of the whole
-  sequence). Padding at the end is never attended by a real token (causal), so the prompt pass needs no mask.
+  sequence). Padding at the end is never attended by a real token (causal; the packed row's padding is a row
+  of its own), so it changes nothing.
 * Attention: :mod:`longact_pl.ops.sequence_parallel.attention` (all-to-all to head-split, the model's own
   attention function over every position, all-to-all back) with the full-sequence mask built here by
   transformers' mask function for the model's implementation.
 * Shared prompt: the prompt pass records each layer's key/values after the all-to-all, i.e. in the head-split
-  layout ``[1, h_kv / N, P, d]`` the completion pass attends to; the completion pass (the group's G rows,
-  split along the completion) prepends them to its own head-split key/values.
-* LM head: each rank applies it to the completion-predicting positions it holds only (a chunked head, as
-  :func:`longact_pl.ops.chunked.head_logprobs`), scatters the results into ``[n, C]`` and the group sums them
-  (:func:`~longact_pl.ops.sequence_parallel.comm.sum_over_group`: gradient passed through once per token).
+  layout ``[1, h_kv / N, P, d]`` the completion pass attends to; the completion pass (a group's G padded rows,
+  or every completion of the call packed in one row, :mod:`longact_pl.ops.packed`, split along it) prepends
+  them to its own head-split key/values.
+* LM head: :class:`~longact_pl.ops.sequence_parallel.owned.OwnedTokens`.
+* Lock-step dummies (``pad_spans``): a 1-token prompt and a 2-token completion each, run the same way.
 
 Parameter gradients are partial per rank (each rank's positions); their sum over the group is the
 single-process gradient. Under FSDP2 the reduce-scatter over the whole mesh does that sum.
@@ -24,15 +25,20 @@ single-process gradient. Under FSDP2 the reduce-scatter over the whole mesh does
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, causal_mask_function
 
-from longact_pl.ops.chunked import decoder_of, head_logprobs, lm_head_of
+from longact_pl.ops.chunked import decoder_of, lm_head_of
+from longact_pl.ops.packed import PackedCompletions
+from longact_pl.ops.passes import TokenMaskHook, dummy_rows, hooked_forward
 from longact_pl.ops.sequence_parallel.attention import KVRecord, UlyssesCall, inner_implementation
-from longact_pl.ops.sequence_parallel.comm import SPGroup, sum_over_group
-from longact_pl.ops.shared_prefix import TokenMaskHook, check_shared_prefix, group_spans
+from longact_pl.ops.sequence_parallel.comm import SPGroup
+from longact_pl.ops.sequence_parallel.owned import OwnedTokens
+from longact_pl.ops.shared_prefix import check_shared_prefix, group_spans
 from longact_pl.rollout.masks import position_ids_from_mask
 
 
@@ -60,82 +66,24 @@ def full_mask(
     )  # fmt: skip
 
 
-def _forward(decoder, ids, positions, mask, call, hook, real) -> torch.Tensor:
-    """Hidden states ``[b, S, H]`` of this rank's ``ids [b, S]``; ``hook`` sees the real tokens ``[b, S]``."""
-    if hook is not None:
-        hook(real)
-    try:
-        return decoder(
-            input_ids=ids,
-            position_ids=positions,
-            # a 4D mask is passed on untouched (the model builds no mask of its own for the local shapes);
-            # the attention layers use call.mask either way
-            attention_mask=mask if mask is not None and mask.dim() == 4 else None,
-            use_cache=False,
-            ulysses=call,
-        ).last_hidden_state
-    finally:
-        if hook is not None:
-            hook(None)
+def _forward(decoder, sp: SPGroup, ids, positions, call: UlyssesCall, hook, real) -> torch.Tensor:
+    """Hidden states ``[b, S, H]`` of this rank's share of ``ids`` / ``positions`` ``[b, N * S]``.
+
+    ``hook`` is told this rank's real tokens ``sp.local(real)`` (``real=None``: not told).
+    """
+    mask = call.mask
+    return hooked_forward(
+        decoder, hook, None if real is None else sp.local(real), input_ids=sp.local(ids),
+        position_ids=sp.local(positions),
+        # a 4D mask is passed on untouched (the model builds none of its own for the local shapes); the
+        # attention layers use call.mask either way
+        attention_mask=mask if mask is not None and mask.dim() == 4 else None, ulysses=call,
+    )  # fmt: skip
 
 
-def _zero(tensors: list[torch.Tensor]) -> torch.Tensor | float:
-    """Exactly 0, but depending on each tensor (``torch.where``, not ``0 * x``: 0 even where x is inf)."""
-    tensors = [t for t in tensors if t.requires_grad and t.numel()]
-    if not torch.is_grad_enabled() or not tensors:
-        return 0.0
-    never = torch.zeros((), dtype=torch.bool, device=tensors[0].device)
-    return sum(torch.where(never, t.flatten()[0].float(), 0.0) for t in tensors)
-
-
-class _Owned:
-    """Hidden states of the completion tokens this rank predicts, and their places in ``[n, C]``."""
-
-    def __init__(self, rows: int, width: int) -> None:
-        self.rows, self.width = rows, width
-        self.hidden: list[torch.Tensor] = []  # [m_i, H]
-        self.index: list[torch.Tensor] = []  # [m_i] flat index row * C + column
-        self.outputs: list[torch.Tensor] = []  # every forward's output [r, S, H]
-
-    def add(self, out: torch.Tensor, rows: torch.Tensor, at: torch.Tensor, cols: torch.Tensor) -> None:
-        """Positions ``at [k]`` of ``out [r, S, H]`` predict columns ``cols [k]`` of rows ``rows [r]``."""
-        self.outputs.append(out)
-        hidden = out[:, at]  # [r, k, H]
-        if rows.numel() and cols.numel():
-            self.hidden.append(hidden.reshape(-1, hidden.shape[-1]))  # [r * k, H]
-            self.index.append((rows[:, None] * self.width + cols[None, :]).reshape(-1))  # [r * k]
-
-    def logprobs(self, weight, bias, targets, temperature, with_entropy, chunk_size, sp: SPGroup):
-        """Summed over the group: ``(logp [n, C] float32, entropy [n, C] or None)``."""
-        n, width = self.rows, self.width
-        owned = bool(self.hidden)
-        # a rank that predicts no completion token still runs the head once, weighted 0, so the LM head gets a
-        # (zero) gradient on every rank, as FSDP2's reduce-scatter expects
-        hidden = torch.cat(self.hidden) if owned else self.outputs[-1][0, :1]  # [m, H]
-        index = torch.cat(self.index) if owned else torch.zeros(1, dtype=torch.long, device=hidden.device)
-        flat_targets = targets.reshape(-1)[index]  # [m]
-        logp, entropy = head_logprobs(
-            hidden.unsqueeze(0),
-            weight,
-            bias,
-            flat_targets.unsqueeze(0),
-            temperature,
-            with_entropy,
-            chunk_size,
-        )  # [1, m]
-        full = torch.zeros(n * width, dtype=torch.float32, device=hidden.device)  # [n * C]
-        full = full.index_put((index,), logp[0]) if owned else full + _zero([logp])  # [n * C]
-        # Every forward's output takes part in the loss (an exact zero where it predicts no completion token
-        # here): each all-to-all's backward is a collective, and a rank whose outputs got no gradient would
-        # skip it while the others wait for it.
-        full = full + _zero(self.outputs)  # [n * C]
-        ent = None
-        if entropy is not None:
-            ent = torch.zeros(n * width, dtype=torch.float32, device=hidden.device)  # [n * C]
-            if owned:
-                ent[index] = entropy[0]
-            ent = sum_over_group(ent, sp).view(n, width)  # [n, C]
-        return sum_over_group(full, sp).view(n, width), ent
+def _pad_to(t: torch.Tensor, length: int, value: int = 0) -> torch.Tensor:
+    """``t [..., L]`` right-padded with ``value`` to ``length``."""
+    return F.pad(t, (0, length - t.shape[-1]), value=value)
 
 
 def sp_completion_logprobs(
@@ -168,33 +116,117 @@ def sp_completion_logprobs(
         ``(logp [n, C] float32, entropy [n, C] or None)``, equal on every rank of the group.
     """
     n, length = input_ids.shape
-    width = completion_width
-    shard = sp.shard_len(length)
-    pad = shard * sp.size - length
-    ids = F.pad(input_ids, (0, pad), value=0)  # [n, N * S]
-    mask = F.pad(attention_mask, (0, pad), value=0)  # [n, N * S]
+    width, shard = completion_width, sp.shard_len(length)
+    ids = _pad_to(input_ids, shard * sp.size)  # [n, N * S]
+    mask = _pad_to(attention_mask, shard * sp.size)  # [n, N * S]
     positions = position_ids_from_mask(mask)  # [n, N * S]
-    attn = full_mask(model, n, shard * sp.size, shard * sp.size, mask.bool(), ids.device)
-    call = UlyssesCall(sp, attn, positions)
-    hidden = _forward(
-        decoder_of(model),
-        sp.local(ids),
-        sp.local(positions),
-        attn,
-        call,
-        token_mask_hook,
-        sp.local(mask).bool(),
-    )  # [n, S, H]
+    call = UlyssesCall(
+        sp, full_mask(model, n, ids.shape[1], ids.shape[1], mask.bool(), ids.device), positions
+    )
+    hidden = _forward(decoder_of(model), sp, ids, positions, call, token_mask_hook, mask.bool())  # [n, S, H]
     # global position t predicts token t + 1, i.e. completion column t - (L - C - 1)
     cols = torch.arange(sp.rank * shard, (sp.rank + 1) * shard, device=ids.device) - (
         length - width - 1
     )  # [S]
     own = (cols >= 0) & (cols < width)  # [S]
-    owned = _Owned(n, width)
-    owned.add(hidden, torch.arange(n, device=ids.device), own.nonzero()[:, 0], cols[own])
+    owned = OwnedTokens(n, width)
+    owned.add_grid(hidden, torch.arange(n, device=ids.device), own.nonzero()[:, 0], cols[own])
     weight, bias = lm_head_of(model)
-    targets = input_ids[:, -width:]  # [n, C]
-    return owned.logprobs(weight, bias, targets, temperature, with_entropy, chunk_size, sp)
+    return owned.logprobs(weight, bias, input_ids[:, -width:], temperature, with_entropy, chunk_size, sp)
+
+
+def _prompt_pass(model, decoder, sp: SPGroup, prompt: torch.Tensor, hook, count: bool = True):
+    """One prompt ``[P_g]`` split over the group.
+
+    Returns:
+        ``(record, hidden [1, S_p, H], last)``: each layer's head-split key/values, this rank's hidden
+        states, and the local index of the prompt's last position (``-1`` where another rank holds it).
+    """
+    length = prompt.numel()
+    shard = sp.shard_len(length)
+    positions = torch.arange(shard * sp.size, device=prompt.device).unsqueeze(0)  # [1, N * S_p]
+    record = KVRecord(keep=length)
+    call = UlyssesCall(sp, full_mask(model, 1, shard * sp.size, shard * sp.size, None, prompt.device),
+                       positions, record=record)  # fmt: skip
+    hidden = _forward(
+        decoder, sp, _pad_to(prompt, shard * sp.size).unsqueeze(0), positions, call, hook,
+        (positions < length) if count else None,
+    )  # [1, S_p, H]  # fmt: skip
+    record.open = False
+    last = length - 1 - sp.rank * shard
+    return record, hidden, last if 0 <= last < shard else -1
+
+
+def _padded_pass(model, decoder, sp: SPGroup, record: KVRecord, ids, mask, hook, count: bool = True):
+    """A prompt's G right-padded completions ``[G, C]``, split along C: this rank's hidden ``[G, S_c, H]``."""
+    rows, width = ids.shape
+    shard = sp.shard_len(width)
+    ids, mask = _pad_to(ids, shard * sp.size), _pad_to(mask, shard * sp.size)  # [G, N * S_c]
+    positions = record.keep + torch.arange(ids.shape[1], device=ids.device).expand(rows, -1)  # [G, N * S_c]
+    padding = torch.cat([mask.new_ones(rows, record.keep), mask], dim=1).bool()  # [G, P_g + N * S_c]
+    call = UlyssesCall(sp, full_mask(model, rows, ids.shape[1], padding.shape[1], padding, ids.device),
+                       positions, prefix=record)  # fmt: skip
+    return _forward(decoder, sp, ids, positions, call, hook, mask.bool() if count else None)
+
+
+def _split_layout(layout: PackedCompletions, multiple: int) -> PackedCompletions:
+    """``layout`` with padding tokens appended (a row of their own on span 0's prompt) to a multiple."""
+    extra = -layout.num_tokens % multiple
+    if extra == 0:
+        return layout
+    dev, rows = layout.input_ids.device, len(layout.cu_seqlens) - 1
+    col = torch.arange(extra, device=dev)  # [e]
+    return dataclasses.replace(
+        layout,
+        input_ids=_pad_to(layout.input_ids, layout.num_tokens + extra),
+        position_ids=torch.cat([layout.position_ids, layout.prompt_lengths[0] + col.unsqueeze(0)], 1),
+        owner=torch.cat([layout.owner, col.new_zeros(extra)]),
+        seq=torch.cat([layout.seq, col.new_full((extra,), rows)]),
+        col=torch.cat([layout.col, col]),
+        cu_seqlens=torch.cat([layout.cu_seqlens, layout.cu_seqlens[-1:] + extra]),
+    )
+
+
+def _packed_pass(
+    model, decoder, sp, prompts, lengths, spans, targets, mask, hook, owned: OwnedTokens
+) -> None:
+    """Every completion of the call packed in one row, split along it, on the spans' recorded prompts."""
+    rows, width = targets.shape
+    ids, real = targets, mask
+    row_span = torch.repeat_interleave(
+        torch.arange(len(spans), device=targets.device),
+        torch.tensor([b - a for a, b in spans], device=targets.device, dtype=torch.long),
+    )  # [N]
+    if len(prompts) > len(spans):  # lock-step dummies, as the single-process packed pass
+        extra_ids, extra_mask = dummy_rows(len(prompts) - len(spans), width, targets)  # [d, W]
+        ids = torch.cat([_pad_to(ids, extra_ids.shape[1]), extra_ids])  # [N + d, W]
+        real = torch.cat([_pad_to(real, extra_ids.shape[1]), extra_mask])  # [N + d, W]
+        row_span = torch.cat([row_span, torch.arange(len(spans), len(prompts), device=targets.device)])
+    layout = PackedCompletions.build(ids, real, row_span, torch.tensor(lengths, device=targets.device))
+    real_tokens = int(layout.cu_seqlens[rows])  # the real rows' tokens come first
+    layout = _split_layout(layout, sp.size)
+    total = layout.num_tokens
+    prefix = KVRecord(keep=sum(lengths))
+    for i in prompts[0][0].layers:
+        prefix.layers[i] = tuple(torch.cat([r.layers[i][j] for r, _, _ in prompts], dim=2) for j in (0, 1))
+    call = UlyssesCall(sp, layout.attention_mask(model, torch.float32), layout.position_ids, prefix=prefix)
+    counted = (torch.arange(total, device=targets.device) < real_tokens).unsqueeze(0)  # [1, T]
+    hidden = _forward(decoder, sp, layout.input_ids, layout.position_ids, call, hook, counted)  # [1, S, H]
+    owned.tie(hidden)
+    # local position g predicts packed token g + 1 when that token continues the same row (column > 0)
+    shard = total // sp.size
+    g = torch.arange(sp.rank * shard, (sp.rank + 1) * shard, device=targets.device)  # [S]
+    nxt = (g + 1).clamp(max=total - 1)  # [S]
+    own = (g + 1 < real_tokens) & (layout.col[nxt] > 0)  # [S]
+    owned.add(hidden[0, own], layout.seq[nxt[own]] * width + layout.col[nxt[own]])
+    # a row's first token is predicted by its prompt's last position, on the rank holding it
+    first = layout.cu_seqlens[:rows][
+        layout.cu_seqlens[1 : rows + 1] > layout.cu_seqlens[:rows]
+    ].long()  # [r']
+    for s, (_, out, last) in enumerate(prompts[: len(spans)]):
+        starts = first[layout.owner[first] == s]  # packed index of each first token of span s's rows
+        if last >= 0 and starts.numel():
+            owned.add(out[0, last].expand(len(starts), -1), layout.seq[starts] * width)
 
 
 def sp_grouped_completion_logprobs(
@@ -209,8 +241,10 @@ def sp_grouped_completion_logprobs(
     token_mask_hook: TokenMaskHook | None = None,
     row_groups: torch.Tensor | None = None,
     group_size: int | None = None,
+    pack: bool = False,
+    pad_spans: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Completion log-probs with each group's prompt run once, prompt and completions split over the group.
+    """Completion log-probs with each group's prompt run once, prompts and completions split over the group.
 
     Args:
         model: As for :func:`sp_completion_logprobs`, with full attention only.
@@ -222,66 +256,46 @@ def sp_grouped_completion_logprobs(
         with_entropy: Also return the per-token entropy (no gradient).
         chunk_size: Tokens per LM-head chunk (``None``: one chunk).
         token_mask_hook: Called with this rank's real-token mask of each forward (``[1, S_p]`` before a
-            prompt pass, ``[G, S_c]`` before a completion pass) and ``None`` after it: each real token is
-            counted once over the group.
+            prompt pass, ``[G, S_c]`` before a padded completion pass, ``[1, S]`` before the packed one) and
+            ``None`` after it: each real token is counted once over the group; not told about dummies.
         row_groups: ``[N]`` group index of each row (see :func:`longact_pl.ops.shared_prefix.group_spans`).
         group_size: G, used when ``row_groups`` is ``None``.
+        pack: Run all completions in one packed row (:mod:`longact_pl.ops.packed`), split along it.
+        pad_spans: Lock-step dummy spans (see ``grouped_completion_logprobs``).
 
     Returns:
-        ``(logp [N, C] float32, entropy [N, C] or None)``, equal on every rank of the group.
+        ``(logp [N, C] float32, entropy [N, C] or None)``, equal on every rank of the group; with ``pack``
+        zeros at padding.
     """
     check_shared_prefix(model)
     decoder = decoder_of(model)
     width = input_ids.shape[1] - completion_width
     if width < 1 or completion_width < 1:
         raise ValueError(f"need a prompt and a completion, got P={width}, C={completion_width}")
-    device = input_ids.device
-    owned = _Owned(input_ids.shape[0], completion_width)
-    comp_shard = sp.shard_len(completion_width)
-    comp_pad = comp_shard * sp.size - completion_width
-    comp_local = torch.arange(sp.rank * comp_shard, (sp.rank + 1) * comp_shard, device=device)  # [S_c]
-    for start, stop in group_spans(input_ids, attention_mask, width, group_size, row_groups):
-        rows = torch.arange(start, stop, device=device)  # [G]
-        keep = attention_mask[start, :width].bool()  # [P]
-        prompt = input_ids[start, :width][keep]  # [P_g]
-        length = prompt.numel()
-        shard = sp.shard_len(length)
-        positions = torch.arange(shard * sp.size, device=device).unsqueeze(0)  # [1, N * S_p]
-        padded = F.pad(prompt, (0, shard * sp.size - length), value=0).unsqueeze(0)  # [1, N * S_p]
-        record = KVRecord(keep=length)
-        call = UlyssesCall(
-            sp, full_mask(model, 1, padded.shape[1], padded.shape[1], None, device), positions, record
-        )
-        real = sp.local(positions) < length  # [1, S_p]
-        hidden = _forward(
-            decoder, sp.local(padded), sp.local(positions), call.mask, call, token_mask_hook, real
-        )
-        record.open = False
-        last = length - 1 - sp.rank * shard  # the prompt's last position predicts completion column 0
-        at = rows.new_tensor([last] if 0 <= last < shard else [])  # [1] on the rank holding it, else [0]
-        owned.add(hidden.expand(len(rows), -1, -1), rows, at, rows.new_zeros(len(at)))  # [G, S_p, H]
-        comp_ids = F.pad(input_ids[start:stop, width:], (0, comp_pad), value=0)  # [G, N * S_c]
-        comp_mask = F.pad(attention_mask[start:stop, width:], (0, comp_pad), value=0)  # [G, N * S_c]
-        comp_pos = length + torch.arange(comp_ids.shape[1], device=device).expand(
-            len(rows), -1
-        )  # [G, N * S_c]
-        padding = torch.cat(
-            [comp_mask.new_ones(len(rows), length), comp_mask], dim=1
-        ).bool()  # [G, P_g + N S_c]
-        attn = full_mask(model, len(rows), comp_ids.shape[1], padding.shape[1], padding, device)
-        call = UlyssesCall(sp, attn, comp_pos, prefix=record)
-        out = _forward(
-            decoder,
-            sp.local(comp_ids),
-            sp.local(comp_pos),
-            attn,
-            call,
-            token_mask_hook,
-            sp.local(comp_mask).bool(),
-        )  # [G, S_c, H]
-        cols = comp_local + 1  # completion position j predicts column j + 1
-        own = cols < completion_width  # [S_c]
-        owned.add(out, rows, own.nonzero()[:, 0], cols[own])
+    spans = group_spans(input_ids, attention_mask, width, group_size, row_groups) if len(input_ids) else []
+    targets, comp_mask = input_ids[:, width:], attention_mask[:, width:]  # [N, C]
+    owned = OwnedTokens(*targets.shape)
+    dummy = input_ids.new_zeros(1)  # a 1-token prompt
+    real = [input_ids[a, :width][attention_mask[a, :width].bool()] for a, _ in spans]  # [P_g] each
+    prompts = [_prompt_pass(model, decoder, sp, p, token_mask_hook) for p in real]
+    prompts += [_prompt_pass(model, decoder, sp, dummy, None, count=False) for _ in range(pad_spans)]
+    for _, out, _ in prompts:
+        owned.tie(out)
+    if pack and prompts:
+        lengths = [r.keep for r, _, _ in prompts]
+        _packed_pass(model, decoder, sp, prompts, lengths, spans, targets, comp_mask, token_mask_hook, owned)
+    else:
+        shard = sp.shard_len(completion_width)
+        cols = torch.arange(sp.rank * shard, (sp.rank + 1) * shard, device=input_ids.device) + 1  # [S_c]
+        for (record, out, last), (a, b) in zip(prompts, spans):
+            rows = torch.arange(a, b, device=input_ids.device)  # [G]
+            at = rows.new_tensor([last] if last >= 0 else [])
+            owned.add_grid(out.expand(len(rows), -1, -1), rows, at, rows.new_zeros(len(at)))  # column 0
+            hidden = _padded_pass(model, decoder, sp, record, targets[a:b], comp_mask[a:b], token_mask_hook)
+            own = cols < completion_width  # completion position j predicts column j + 1
+            owned.add_grid(hidden, rows, own.nonzero()[:, 0], cols[own])
+        for record, _, _ in prompts[len(spans) :]:
+            ids, mask = dummy_rows(1, 2, input_ids)  # [1, 2]
+            owned.tie(_padded_pass(model, decoder, sp, record, ids, mask, None, count=False))
     weight, bias = lm_head_of(model)
-    targets = input_ids[:, width:]  # [N, C]
     return owned.logprobs(weight, bias, targets, temperature, with_entropy, chunk_size, sp)
