@@ -139,9 +139,9 @@ class RolloutProbe(RankProbe):
     def on_train_start(self, trainer, pl_module) -> None:
         prepare = pl_module.learner.prepare
 
-        def recording(policy, reference, rollouts, advantages):
+        def recording(policy, reference, rollouts, *args, **kwargs):
             self.rollouts.append(rollouts.input_ids.detach().cpu().clone())
-            return prepare(policy, reference, rollouts, advantages)
+            return prepare(policy, reference, rollouts, *args, **kwargs)
 
         pl_module.learner.prepare = recording
 
