@@ -3,6 +3,8 @@
 #   name value=...                          figures (scripts/gpu_check.py: Qwen3-4B-shaped GRPO step at 32k
 #                                           and 64k prompts: seconds, tokens/s, MFU, peak memory; LongAct
 #                                           exactness; the vLLM weight sync time of the vLLM run)
+# (checks: the figures, the tests marked `gpu`, short FSDP runs on the embedded SmolLM2 with HF and with vLLM
+# rollouts, and vLLM sleep/wake)
 #   PASS name | FAIL name (log) | SKIP name (reason)
 # and exits non-zero if a check failed. Without a CUDA device every check is skipped (exit 0).
 #
@@ -16,7 +18,7 @@ mkdir -p "$LOG"
 STATUS=0
 DRY=0
 [ "${1:-}" = "--dry" ] && DRY=1
-CHECKS="figures gpu-tests fsdp-smollm2 fsdp-smollm2-vllm"
+CHECKS="figures gpu-tests fsdp-smollm2 fsdp-smollm2-vllm vllm-sleep"
 
 GPUS="$("$PY" -c 'import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)' 2>/dev/null || echo 0)"
 if [ "$GPUS" = "0" ] && [ "$DRY" = "0" ]; then
@@ -46,7 +48,7 @@ else
     STATUS=1
 fi
 if [ "$DRY" = "1" ]; then
-    for name in gpu-tests fsdp-smollm2 fsdp-smollm2-vllm; do echo "SKIP $name (dry run)"; done
+    for name in gpu-tests fsdp-smollm2 fsdp-smollm2-vllm vllm-sleep; do echo "SKIP $name (dry run)"; done
     exit $STATUS
 fi
 
@@ -70,7 +72,7 @@ RUN=(train.py model=hf "model.name_or_path=$FOLDER" model.dtype=float32 strategy
      rollout.max_new_tokens=32 validate_before_training=false)
 check fsdp-smollm2 "$PY" "${RUN[@]}" "hydra.run.dir=$LOG/fsdp-smollm2"
 if "$PY" -c 'import vllm' >/dev/null 2>&1; then
-    check fsdp-smollm2-vllm "$PY" "${RUN[@]}" rollout=vllm rollout.tis_cap=2.0 rollout.kv_cache_gib=4 \
+    check fsdp-smollm2-vllm "$PY" "${RUN[@]}" rollout=vllm correction=token_tis rollout.kv_cache_gib=4 \
         "hydra.run.dir=$LOG/fsdp-smollm2-vllm"
     "$PY" - "$LOG/fsdp-smollm2-vllm/metrics.csv" <<'PYEOF' 2>/dev/null
 import csv, sys
@@ -80,4 +82,13 @@ PYEOF
 else
     echo "SKIP fsdp-smollm2-vllm (vllm not installed: pip install vllm, the CUDA build)"
 fi
+
+# --- vLLM sleep / wake (issue 14, rollout.sleep_level) begin
+# the colocated engine frees its GPU memory between rollouts and samples the same after waking (levels 1, 2)
+if "$PY" -c 'import vllm' >/dev/null 2>&1; then
+    check vllm-sleep "$PY" scripts/check_vllm_sleep.py
+else
+    echo "SKIP vllm-sleep (vllm not installed: make install-vllm)"
+fi
+# --- vLLM sleep / wake end
 exit $STATUS

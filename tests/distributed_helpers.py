@@ -113,12 +113,12 @@ class RankProbe(pl.Callback):
 
 
 class ShiftedRollout(HFRollout):
-    """HF rollouts with behaviour log-probs shifted by ``shift``: an engine off by a factor exp(shift).
+    """HF rollouts with behaviour log-probs shifted by ``shift``: an external engine off by exp(shift)."""
 
-    Accepts ``tis_cap`` like ``VLLMRollout`` (``rollout.tis_cap`` reaches the learner as ``module.tis_cap``).
-    """
+    # treated like vLLM: rollout correction and its metrics apply
+    external = True
 
-    def __init__(self, shift: float = 0.0, tis_cap: float | None = None, **kwargs) -> None:
+    def __init__(self, shift: float = 0.0, **kwargs) -> None:
         super().__init__(**kwargs)
         self.shift = shift
 

@@ -11,7 +11,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from longact_pl.rollout.hf_shared import SharedPrefixHFRollout
+from longact_pl.rollout.hf import HFRollout
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -162,11 +162,17 @@ class FakeOps:
         return next(self._shares, value)
 
 
-class VLLMStandIn(SharedPrefixHFRollout):
-    """``rollout=hf_shared`` taking ``rollout=vllm``'s settings (the engine ones ignored): presets on CPU."""
+class VLLMStandIn(HFRollout):
+    """``rollout=hf_shared`` taking ``rollout=vllm``'s settings (the engine ones ignored): presets on CPU.
+
+    It stands in for an external sampler, so the presets' rollout correction applies (its ratios are 1).
+    """
+
+    external = True
 
     def __init__(
         self, tis_cap=None, dtype=None, max_model_len=None, kv_cache_gib=None, gpu_memory_utilization=None,
-        enforce_eager=None, sync_dir=None, engine_kwargs=None, **kwargs,
+        enforce_eager=None, weight_sync=None, bucket_mb=None, sync_dir=None, sleep_level=None,
+        engine_kwargs=None, **kwargs,
     ) -> None:  # fmt: skip
-        super().__init__(**kwargs)
+        super().__init__(**{"prefill_once": True, **kwargs})

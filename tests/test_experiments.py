@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 from tests.helpers import CONF, compose_train
 
 PRESETS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
-PAPER = {"paper_qwen3_8b_dapo": ("DAPO", 16), "paper_qwen3_4b_grpo": ("GRPO", 8)}
+PAPER = {"paper_qwen3_8b_dapo": ("dapo", 16), "paper_qwen3_4b_grpo": ("grpo", 8)}
 # keys every preset must leave resolvable (the run needs them before anything is loaded)
 REQUIRED = ["algo._target_", "rollout.group_size", "rollout.max_new_tokens", "module.lr", "trainer.max_steps",
             "trainer.val_check_interval", "data.batch_size", "data.train.lengths", "data.val.lengths",
@@ -47,7 +47,7 @@ def test_paper_presets(tmp_path, name):
     cfg = _compose(tmp_path, name, "model.name_or_path=Qwen/Qwen3-8B")
     assert cfg.model._target_ == "longact_pl.models.hf.load_hf" and cfg.model.dtype == "float32"
     assert cfg.model.gradient_checkpointing is True
-    assert cfg.algo._target_.endswith(f".{algo}")
+    assert cfg.algo.name == algo
     assert cfg.masking._target_ == "longact_pl.masking.SaliencyMask"
     assert cfg.masking.selector._target_.endswith(".TopK") and cfg.masking.ratio == 0.3
     assert cfg.masking.targets == ["q_proj", "k_proj"]
@@ -56,7 +56,10 @@ def test_paper_presets(tmp_path, name):
     assert cfg.data.max_prompt_tokens >= 32768
     assert cfg.trainer.accelerator == "gpu" and cfg.trainer.precision == "bf16-mixed"
     # what a GPU user needs: vLLM rollouts with TIS, token-budget micro-batches of whole packed groups
-    assert cfg.rollout._target_.endswith("VLLMRollout") and cfg.rollout.tis_cap == 2.0
+    assert cfg.rollout._target_.endswith("VLLMRollout") and cfg.rollout.sleep_level == 1
+    assert (
+        cfg.correction.level == "token" and cfg.correction.mode == "truncate" and cfg.correction.high == 2.0
+    )
     assert cfg.rollout.max_model_len >= cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens
     assert cfg.module.micro_batch_tokens >= cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens
     assert cfg.train.shared_prefix and cfg.train.pack_completions == "auto"
@@ -68,7 +71,7 @@ def test_cpu_preset_is_smollm2_grpo_on_the_default_task(tmp_path):
     cfg = _compose(tmp_path, "cpu_longact")
     default = compose_train(tmp_path, tiny=False)
     assert cfg.model._target_ == "longact_pl.models.smollm2.load_smollm2"
-    assert cfg.algo._target_ == "longact_pl.algos.grpo.GRPO"
+    assert cfg.algo.name == "grpo"
     assert cfg.data.train.task == default.data.train.task  # the default long-context task
     assert cfg.trainer.accelerator == "cpu" and cfg.masking.selector._target_.endswith(".TopK")
     # 9 runs (3 maskings x 3 seeds) in ~2 h on 2 cores: at most the `make train` run's work (~15 min) each

@@ -34,7 +34,7 @@ def test_gpu_check_skips_cleanly_without_cuda(tmp_path):
     lines = result.stdout.strip().splitlines()
     assert lines == [
         f"SKIP {name} (no CUDA device)"
-        for name in ("figures", "gpu-tests", "fsdp-smollm2", "fsdp-smollm2-vllm")
+        for name in ("figures", "gpu-tests", "fsdp-smollm2", "fsdp-smollm2-vllm", "vllm-sleep")
     ]
 
 
@@ -52,7 +52,8 @@ def test_gpu_check_dry_runs_the_figures_code_on_cpu(tmp_path):
     assert figures["longact_masked_rows_exact"] == "true"
     assert "PASS figures" in result.stdout
     assert all(
-        f"SKIP {n} (dry run)" in result.stdout for n in ("gpu-tests", "fsdp-smollm2", "fsdp-smollm2-vllm")
+        f"SKIP {n} (dry run)" in result.stdout
+        for n in ("gpu-tests", "fsdp-smollm2", "fsdp-smollm2-vllm", "vllm-sleep")
     )
 
 

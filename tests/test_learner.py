@@ -5,7 +5,8 @@ import copy
 import pytest
 import torch
 
-from longact_pl.algos.grpo import GRPO
+from longact_pl.algos.algorithm import GroupPolicyGradient
+from longact_pl.algos.correction import RolloutCorrection
 from longact_pl.distributed import LocalOps
 from longact_pl.guards import NonFiniteGuard
 from longact_pl.learner import Learner, OptimizerCalls, TrainBatch, take
@@ -67,7 +68,12 @@ class _Recorder:
         self.skips += 1
 
 
-class _SpyLoss(GRPO):
+def GRPO(kl_coef: float = 0.04, **kwargs) -> GroupPolicyGradient:  # noqa: N802 - reads as the preset
+    """The GRPO preset (``conf/algo/grpo.yaml``'s loss settings)."""
+    return GroupPolicyGradient(kl_coef=kl_coef, **kwargs)
+
+
+class _SpyLoss(GroupPolicyGradient):
     """GRPO that records what the learner passes to its loss."""
 
     def __init__(self, **kwargs) -> None:
@@ -157,8 +163,13 @@ def test_tis_with_several_passes_uses_the_trainers_old_logprobs(tiny):
     model = tiny.model.train()
     ro = _rollouts(model.config.vocab_size)
     algo = _SpyLoss(kl_coef=0.0)
-    learner = _learner(algo, ppo_epochs=2, micro_batch_size=4, tis_cap=2.0)
+    tis = {"correction": RolloutCorrection(level="token", high=2.0), "external": True}
+    learner = _learner(algo, ppo_epochs=2, micro_batch_size=4, **tis)
     batch = learner.prepare(model, None, ro, ADVANTAGES)
+    # the advantages come from the rewards: group-normalised ([1, -0.5] and [0.3, -0.8] -> +-0.7071)
+    torch.testing.assert_close(
+        batch.advantages, torch.tensor([0.7071, -0.7071, 0.7071, -0.7071]), atol=1e-4, rtol=0
+    )
     assert batch.ref_logp is None
     want, _ = completion_logprobs(model, ro.input_ids, ro.attention_mask, C, T)  # [N, C]
     mask = ro.completion_mask.bool()
@@ -169,7 +180,7 @@ def test_tis_with_several_passes_uses_the_trainers_old_logprobs(tiny):
         weights = (batch.old_logp - ro.behaviour_logp).exp().clamp(max=2.0)  # [N, C]
         torch.testing.assert_close(call["token_weights"][mask], weights[mask])
     # one on-policy pass needs no extra forward: old = logp.detach(), weighted against the engine
-    assert _learner(algo, tis_cap=2.0).prepare(model, None, ro, ADVANTAGES).old_logp is None
+    assert _learner(algo, **tis).prepare(model, None, ro, ADVANTAGES).old_logp is None
 
 
 def test_counts_are_global_through_the_ops_sum(tiny):
@@ -247,8 +258,9 @@ def test_take_is_a_view_for_a_run_of_rows():
 @pytest.mark.parametrize(
     ("field", "kwargs"),
     [("ppo_epochs", {"ppo_epochs": 0}), ("mini_batch_size", {"mini_batch_size": -1}),
-     ("micro_batch_size", {"micro_batch_size": 0}), ("tis_cap", {"tis_cap": 0.0})],
+     ("micro_batch_size", {"micro_batch_size": 0}),
+     ("correction.level", {"correction": RolloutCorrection(level="token")})],
 )  # fmt: skip
 def test_bad_settings_name_the_field(field, kwargs):
-    with pytest.raises(ValueError, match=f"module.{field}"):
+    with pytest.raises(ValueError, match=field if "." in field else f"module.{field}"):
         _learner(GRPO(), **kwargs)

@@ -15,13 +15,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.distributed.device_mesh import init_device_mesh
 
-from longact_pl.algos.grpo import GRPO
 from longact_pl.distributed import LocalOps
 from longact_pl.learner import OptimizerCalls
 from longact_pl.models.tiny import tiny_llama
 from longact_pl.rollout.types import concat_rollouts
 from longact_pl.strategies import shard_model
-from tests.test_learner import _learner
+from tests.test_learner import GRPO, _learner
 from tests.test_micro_batch_tokens import LENGTHS, _rollouts
 
 WORLD = 2
@@ -63,7 +62,7 @@ def _advantages(rank: int) -> torch.Tensor:
 
 
 def _step(model, reference, ro, ops, advantages):
-    """prepare + update with a recording optimizer; the gradient (full tensors) of the one step."""
+    """prepare (``advantages`` are rewards there: normalised per group) + update; the step's gradient."""
     learner = _learner(GRPO(kl_coef=0.1, aggregation="token_mean"), micro_batch_tokens=BUDGET)
     learner.logprobs.pack = True
     batch = learner.prepare(model, reference, ro, advantages, ops)

@@ -6,14 +6,13 @@ import pytest
 import torch
 from hydra.errors import InstantiationException
 
-from longact_pl.algos.grpo import GRPO
 from longact_pl.learner import TrainBatch
 from longact_pl.minibatch import TokenMicroBatches, check_token_budget
 from longact_pl.models.hf import load_hf
 from longact_pl.rollout.types import RolloutBatch
 from longact_pl.train import run
 from tests.helpers import FakeOps, compose_train
-from tests.test_learner import _learner, _update
+from tests.test_learner import GRPO, _learner, _update
 from tests.test_train import PARITY
 
 P, C = 6, 8

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from longact_pl.sampling import RewardErrors, score
+from longact_pl.rewards.scoring import RewardErrors, score
 from tests.helpers import FakeOps
 
 

@@ -1,4 +1,4 @@
-"""Rollout throughput: one prefill per prompt (``SharedPrefixHFRollout``) vs ``HFRollout`` (G prefills).
+"""Rollout throughput: one prefill per prompt (``HFRollout(prefill_once=True)``) vs G prefills.
 
 Both engines sample the same B prompts x G completions with the same seed, temperature 0.7 and token budget,
 under one ``torch.autocast("cpu", torch.bfloat16)`` region per call (as inside a ``bf16-mixed`` Lightning
@@ -18,7 +18,6 @@ import torch
 from _common import figure, interleaved_times, load, set_threads
 
 from longact_pl.rollout.hf import HFRollout
-from longact_pl.rollout.hf_shared import SharedPrefixHFRollout
 
 
 def main(argv: list[str] | None = None) -> list[str]:
@@ -45,7 +44,7 @@ def main(argv: list[str] | None = None) -> list[str]:
         for b in range(args.prompts)
     ]
     engines = {
-        "shared": SharedPrefixHFRollout(group_size=args.group, max_new_tokens=new, temperature=0.7),
+        "shared": HFRollout(prefill_once=True, group_size=args.group, max_new_tokens=new, temperature=0.7),
         "naive": HFRollout(group_size=args.group, max_new_tokens=new, temperature=0.7),
     }
     tokens: dict[str, int] = {}

@@ -2,7 +2,7 @@
 
 Each arm runs in its own subprocess on a copy of the same weights (saved once to a temporary folder):
 
-* ``ours``: the components ``LongActModule`` runs by default: ``SharedPrefixHFRollout``
+* ``ours``: the components ``LongActModule`` runs by default: ``HFRollout(prefill_once=True)``
   (``rollout=hf_shared``) + ``LogprobPass(shared_prefix=True, pack_completions="auto")`` (policy and
   reference, ``train.shared_prefix=true``, ``train.pack_completions=auto``) + ``GRPO`` loss, in a plain
   loop shaped like ``LongActModule.training_step`` (the whole step in one bf16 autocast region, as
@@ -69,22 +69,26 @@ def run_ours(args, folder: str, data: list, shared: bool) -> tuple[list[float], 
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from longact_pl.algos.grpo import GRPO
+    from longact_pl.algos.algorithm import GroupPolicyGradient
     from longact_pl.models.types import finish
     from longact_pl.ops.policy_logprobs import LogprobPass
+    from longact_pl.rewards.scoring import score
     from longact_pl.rollout.hf import HFRollout
-    from longact_pl.rollout.hf_shared import SharedPrefixHFRollout
-    from longact_pl.sampling import score
 
     tok = AutoTokenizer.from_pretrained(folder)
     policy = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="sdpa")
     policy = finish(policy, tok, args.ckpt).model
     ref = copy.deepcopy(policy).eval().requires_grad_(False)
     opt = torch.optim.AdamW(policy.parameters(), lr=LR, betas=(0.9, 0.999), weight_decay=0.0)
-    engine = (SharedPrefixHFRollout if shared else HFRollout)(
-        group_size=args.group, max_new_tokens=args.new, temperature=TEMPERATURE, top_p=TOP_P, top_k=TOP_K
+    engine = HFRollout(
+        group_size=args.group,
+        max_new_tokens=args.new,
+        temperature=TEMPERATURE,
+        top_p=TOP_P,
+        top_k=TOP_K,
+        prefill_once=shared,
     )
-    algo = GRPO(eps_low=EPS, eps_high=EPS, kl_coef=BETA, aggregation="seq_mean_token_mean")
+    algo = GroupPolicyGradient(eps_low=EPS, eps_high=EPS, kl_coef=BETA, aggregation="seq_mean_token_mean")
     reward, group = StringMatchAll(), args.group
 
     logprob_pass = LogprobPass(shared, 1024, "auto" if shared else False)  # the module's defaults

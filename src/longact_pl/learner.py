@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from longact_pl.algos.correction import RolloutCorrection
 from longact_pl.algos.losses import masked_mean
 from longact_pl.algos.protocol import Algorithm
-from longact_pl.algos.tis import truncated_is_weights
 from longact_pl.distributed import DistOps, LocalOps
 from longact_pl.guards import NonFiniteGuard
 from longact_pl.minibatch import TokenMicroBatches, micro_batch_rows, minibatch_indices
@@ -43,8 +43,9 @@ class TrainBatch:
         rollouts: ``[N, ...]`` rollouts; rows ``g*G .. g*G + G - 1`` share a prompt.
         advantages: ``[N]`` per-sequence advantages.
         ref_logp: ``[N, C]`` reference-model log-probs (``None``: no KL term).
-        old_logp: ``[N, C]`` trainer log-probs before this step's updates, for the ratio and the TIS weights
-            when an external engine sampled and the step takes several optimizer steps (else ``None``).
+        old_logp: ``[N, C]`` trainer log-probs before this step's updates, when an external engine sampled
+            and the step takes several optimizer steps (else ``None``: the one pass's ``logp.detach()`` are
+            those); they feed the rollout correction and its metrics, and the ratio when a correction is on.
     """
 
     rollouts: RolloutBatch
@@ -113,8 +114,9 @@ class Learner:
     """Policy-gradient updates from one batch of rollouts.
 
     Per step, :meth:`prepare` runs the no-grad passes (reference log-probs; trainer log-probs before the
-    update for TIS) and :meth:`update` runs ``ppo_epochs`` passes over mini-batches of ``mini_batch_size``
-    rows, one optimizer step each, whose gradient accumulates over micro-batches.
+    update for an external sampler) and computes the advantages, and :meth:`update` runs ``ppo_epochs``
+    passes over mini-batches of ``mini_batch_size`` rows, one optimizer step each, whose gradient accumulates
+    over micro-batches.
 
     Normalisation: each micro-batch's loss is divided by the mini-batch's sequence and token counts summed
     over ranks (:func:`global_counts`) and multiplied by the world size before backward, because DDP and
@@ -122,11 +124,15 @@ class Learner:
     on the union of the ranks' mini-batches, for every loss aggregation (DAPO's token mean too).
 
     Old log-probs: one pass over one mini-batch is on-policy and uses ``logp.detach()`` (ratio exactly 1);
-    several epochs or mini-batches use the rollouts' behaviour log-probs, or with ``tis_cap`` the trainer's
-    own log-probs before the update (the sampling engine's then only enter the TIS weights).
+    several epochs or mini-batches use the rollouts' behaviour log-probs, or with an active rollout correction
+    the trainer's own log-probs before the update (the sampling engine's then only enter its weights).
+
+    Rollout correction (external samplers, ``external=True``): each token's policy loss is weighted by
+    ``correction.weights(trainer_old, sampler)``, and the mismatch metrics of the whole batch are logged as
+    ``train/correction/*`` every step, whether a correction is on or not.
 
     Args:
-        algorithm: Loss (``loss(logp, old, ref, advantages, mask, num_seqs=, num_tokens=, token_weights=)``).
+        algorithm: Advantages (after ``kl_reward``) and the loss (token weights, entropy: see ``Algorithm``).
         logprobs: The log-prob pass (shared prompt, chunked head).
         guard: Decides whether an optimizer step runs (non-finite loss or gradient).
         temperature: Sampling temperature of the rollouts (log-probs are taken at it).
@@ -135,8 +141,9 @@ class Learner:
         micro_batch_size: Rows per forward/backward (see :class:`RowMicroBatches`).
         micro_batch_tokens: Token budget per forward/backward instead of a row count
             (:class:`~longact_pl.minibatch.TokenMicroBatches`; ``None``: ``micro_batch_size`` rows).
-        tis_cap: Truncated importance sampling cap: each token's policy loss is weighted by
-            ``min(exp(logp_train_old - logp_behaviour), tis_cap)`` (``None`` = off; for external samplers).
+        correction: Importance weights for the sampler's mismatch (``None``: none, metrics only).
+        external: The rollouts come from an external sampler (vLLM): log the mismatch metrics, allow a
+            correction.
         micro_batches: How rows are cut into micro-batches (default :class:`RowMicroBatches`).
     """
 
@@ -149,7 +156,8 @@ class Learner:
         ppo_epochs: int = 1,
         mini_batch_size: int = 0,
         micro_batch_size: int = 4,
-        tis_cap: float | None = None,
+        correction: RolloutCorrection | None = None,
+        external: bool = False,
         micro_batches: MicroBatcher | None = None,
         micro_batch_tokens: int | None = None,
     ) -> None:
@@ -157,12 +165,13 @@ class Learner:
             raise ValueError(f"module.ppo_epochs must be >= 1, got {ppo_epochs}")
         if mini_batch_size < 0:
             raise ValueError(f"module.mini_batch_size must be >= 0, got {mini_batch_size}")
-        if tis_cap is not None and tis_cap <= 0:
-            raise ValueError(f"module.tis_cap (rollout.tis_cap) must be > 0 (or null = off), got {tis_cap}")
+        if correction is not None and correction.active and not external:
+            raise ValueError(f"correction.level={correction.level}: a correction needs an external sampler")
         self.algorithm, self.logprobs, self.guard = algorithm, logprobs, guard
         self.temperature = temperature
         self.ppo_epochs, self.mini_batch_size = ppo_epochs, mini_batch_size
-        self.tis_cap = tis_cap
+        self.correction = correction or RolloutCorrection()  # the default only measures
+        self.external = external
         if micro_batches is None and micro_batch_tokens is not None:
             micro_batches = TokenMicroBatches(micro_batch_tokens, packed=lambda: logprobs.pack)
         self.micro_batches: MicroBatcher = micro_batches or RowMicroBatches(micro_batch_size)
@@ -232,7 +241,7 @@ class Learner:
         policy: nn.Module,
         reference: nn.Module | None,
         rollouts: RolloutBatch,
-        advantages: torch.Tensor,
+        rewards: torch.Tensor,
         dist: DistOps | None = None,
     ) -> TrainBatch:
         """Run the no-grad passes a step needs (each a collective under FSDP: every rank runs them).
@@ -241,15 +250,20 @@ class Learner:
             policy: The policy, before this step's updates.
             reference: The frozen reference model (``None``: no KL term, no pass).
             rollouts: ``[N, ...]``.
-            advantages: ``[N]``.
+            rewards: ``[N]`` shaped rewards; the advantages are computed here, after the KL penalty when the
+                algorithm puts it in the reward (it needs the reference log-probs).
             dist: Data-parallel collectives (ranks agree on their micro-batches; ``None``: one process).
         """
         ref_logp = None
         if reference is not None:
             ref_logp = self.no_grad_logprobs(reference, rollouts, dist)  # [N, C]
         old_logp = None
-        if self.tis_cap is not None and self.uses_behaviour(rollouts.completion_mask.shape[0]):
+        if self.external and self.uses_behaviour(rollouts.completion_mask.shape[0]):
             old_logp = self.no_grad_logprobs(policy, rollouts, dist)  # [N, C]
+        rewards = self.algorithm.kl_reward(
+            rewards, rollouts.behaviour_logp, ref_logp, rollouts.completion_mask
+        )
+        advantages = self.algorithm.advantages(rewards, rollouts.group_size)  # [N]
         return TrainBatch(rollouts, advantages, ref_logp, old_logp)
 
     # ------------------------------------------------------------------ update
@@ -263,8 +277,10 @@ class Learner:
         num_tokens: torch.Tensor,
         token_mask_hook: TokenMaskHook | None = None,
         pad_spans: int = 0,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         """Loss of one micro-batch (normalised by the mini-batch's global counts) and its metrics.
+
+        Also returns the trainer's log-probs of the rows before this step's updates (``[m, C]``, detached).
 
         Args:
             policy: The policy (with gradients).
@@ -279,18 +295,19 @@ class Learner:
         ro = batch.rollouts
         mask = ro.completion_mask[rows].float()  # [m, C]
         logp, entropy = self.logprobs_of(policy, ro, rows, True, token_mask_hook, pad_spans)  # [m, C]
-        behaviour = ro.behaviour_logp[rows]  # [m, C]
-        old = behaviour if use_behaviour else logp.detach()  # [m, C]
-        old = batch.old_logp[rows] if batch.old_logp is not None else old  # [m, C]
+        behaviour = ro.behaviour_logp[rows].to(logp.device)  # [m, C]
+        train_old = batch.old_logp[rows] if batch.old_logp is not None else logp.detach()  # [m, C]
+        old = logp.detach()  # [m, C]: one on-policy pass
+        if use_behaviour:  # a correction compares with the trainer's own old log-probs (decoupled)
+            old = train_old if self.correction.active else behaviour  # [m, C]
         ref = batch.ref_logp[rows] if batch.ref_logp is not None else None  # [m, C]
-        weights, tis_metrics = None, {}
-        if self.tis_cap is not None:  # [m, C] token weights min(pi_train_old / pi_engine, cap)
-            weights, tis_metrics = truncated_is_weights(old, behaviour, mask, self.tis_cap)
+        weights = self.correction.weights(train_old, behaviour, mask) if self.external else None  # [m, C]
         loss, metrics = self.algorithm.loss(
             logp, old, ref, batch.advantages[rows], mask, num_seqs=num_seqs, num_tokens=num_tokens,
-            token_weights=weights,
+            token_weights=weights, entropy=entropy,
         )  # fmt: skip
-        return loss, {"loss": loss.detach(), "entropy": masked_mean(entropy, mask), **metrics, **tis_metrics}
+        metrics = {"loss": loss.detach(), "entropy": masked_mean(entropy.detach(), mask), **metrics}
+        return loss, metrics, train_old
 
     def update(
         self,
@@ -314,12 +331,18 @@ class Learner:
         Returns:
             ``train/<metric>`` means over micro-batches, and ``train/grad_norm`` (mean over the steps taken,
             of the gradient applied: after ``transform_grads``, before clipping); with ``transform_grads``
-            also ``train/grad_norm_pre_mask`` (the same steps, before it).
+            also ``train/grad_norm_pre_mask`` (the same steps, before it); with an external sampler
+            ``train/correction/<metric>`` of the whole batch (see
+            :class:`~longact_pl.algos.correction.RolloutCorrection`).
         """
         ro = batch.rollouts
         n = ro.completion_mask.shape[0]
         use_behaviour = self.uses_behaviour(n)
         whole_groups = self.logprobs.shared_prefix
+        # one on-policy pass: the trainer's pre-update log-probs are the pass's own, gathered for the metrics
+        train_old = batch.old_logp
+        if self.external and train_old is None:
+            train_old = torch.zeros_like(ro.behaviour_logp, dtype=torch.float32)  # [N, C]
         micro_metrics: list[dict[str, torch.Tensor]] = []
         norms: list[float] = []
         pre_norms: list[float] = []
@@ -333,9 +356,11 @@ class Learner:
                     if len(rows) == 0:  # lock-step: another rank has more micro-batches
                         optim.backward(self.logprobs_of(policy, ro, rows, pad_spans=pad)[0].sum())  # 0
                         continue
-                    loss, metrics = self.micro_loss(
+                    loss, metrics, old = self.micro_loss(
                         policy, batch, rows, use_behaviour, num_seqs, num_tokens, token_mask_hook, pad
                     )
+                    if batch.old_logp is None and train_old is not None:
+                        train_old[rows] = old.to(train_old.device, train_old.dtype)
                     # DDP/FSDP average gradients over ranks while the counts are global: scale to their sum
                     optim.backward(loss * dist.world_size)
                     step_metrics.append(metrics)
@@ -359,4 +384,9 @@ class Learner:
             out["train/grad_norm"] = sum(norms) / len(norms)  # after LongAct masking, before clipping
         if pre_norms:
             out["train/grad_norm_pre_mask"] = sum(pre_norms) / len(pre_norms)
+        if self.external:
+            measured = self.correction.metrics(
+                train_old, ro.behaviour_logp.to(train_old.device), ro.completion_mask
+            )
+            out.update({f"train/correction/{k}": float(v) for k, v in measured.items()})
         return out

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torchmetrics import MeanMetric
 
+from longact_pl.algos.correction import RolloutCorrection, check_training_sampler
 from longact_pl.algos.protocol import Algorithm
 from longact_pl.data.dataset import drop_padding
 from longact_pl.distributed import StrategyOps, data_parallel_rank
@@ -25,8 +26,10 @@ from longact_pl.minibatch import check_token_budget
 from longact_pl.ops.policy_logprobs import LogprobPass
 from longact_pl.optim import adamw_with_warmup, check_optimizer_settings, optimizer_step
 from longact_pl.precision import check_master_weights
+from longact_pl.rewards.scoring import RewardErrors
+from longact_pl.rewards.types import RewardFn
 from longact_pl.rollout.types import RolloutEngine
-from longact_pl.sampling import RewardErrors, RewardFn, ScoredRollout, sample_and_score
+from longact_pl.sampling import ScoredRollout, sample_and_score
 from longact_pl.step_log import format_step, step_metrics
 
 log = logging.getLogger(__name__)
@@ -65,7 +68,8 @@ class LongActModule(L.LightningModule):
         micro_batch_tokens: Tokens per forward/backward instead (``None``: ``micro_batch_size`` rows); groups
             stay whole, a group over the budget is split by completions.
         max_prompt_tokens: Longest prompt of the run (``data.max_prompt_tokens``), to check the budget.
-        tis_cap: Truncated importance sampling cap for an external sampler's mismatch (``None`` = off).
+        correction: Rollout correction for an external sampler's mismatch (``None`` = none; its metrics
+            are logged whenever the rollout engine is external).
         shared_prefix: Run each group's prompt once in the log-prob passes (exact; falls back per row).
         logprob_chunk: Completion tokens per LM-head chunk (``None``: all at once).
         pack_completions: Pack each micro-batch's completions in one row without padding (``"auto"``: where
@@ -112,12 +116,13 @@ class LongActModule(L.LightningModule):
         max_nonfinite_steps: int = 3,
         max_skipped_steps: int = 10,
         max_reward_failure_steps: int = 3,
-        tis_cap: float | None = None,
+        correction: RolloutCorrection | None = None,
         allow_low_precision_weights: bool = False,
     ) -> None:
         super().__init__()
         check_master_weights(policy.parameters(), allow_low_precision_weights)  # before any file is written
         check_optimizer_settings(lr, warmup_steps)
+        check_training_sampler(rollout, correction)
         self.automatic_optimization = False
         self.policy = policy.train()  # from_pretrained returns eval mode; rollouts switch to eval themselves
         self.tokenizer, self.algorithm = tokenizer, algorithm
@@ -131,11 +136,15 @@ class LongActModule(L.LightningModule):
         self._reward_streak_first: tuple[str, Exception] | None = None
         if micro_batch_tokens is not None:
             check_token_budget(micro_batch_tokens, max_prompt_tokens, rollout.max_new_tokens)
-        logprobs = LogprobPass(shared_prefix, logprob_chunk, pack_completions)
+        # the entropy bonus needs the training pass's entropy with its gradient
+        logprobs = LogprobPass(
+            shared_prefix, logprob_chunk, pack_completions, entropy_grad=algorithm.entropy_coef > 0
+        )
         logprobs.check_model(policy)  # a model that cannot pack, with packing required, fails here
         self.learner = Learner(
             algorithm, logprobs, self.guard, rollout.temperature, ppo_epochs, mini_batch_size,
-            micro_batch_size, tis_cap, micro_batch_tokens=micro_batch_tokens,
+            micro_batch_size, correction, external=getattr(rollout, "external", False),
+            micro_batch_tokens=micro_batch_tokens,
         )  # fmt: skip
         self.val_max_new_tokens, self.seed = val_max_new_tokens, seed
         self.export_dir = Path(export_dir) if export_dir else None
@@ -212,8 +221,8 @@ class LongActModule(L.LightningModule):
         if self.skip_guard.record(scored is None, self.dist):  # every rank skips together (sampling agrees)
             self._on_skipped_step()
             return
-        advantages = self.algorithm.advantages(scored.rewards, scored.batch.group_size).to(self.device)  # [N]
-        train_batch = self.learner.prepare(self.policy, self.ref_model, scored.batch, advantages, self.dist)
+        rewards = scored.rewards.to(self.device)  # [N]; advantages in prepare (after a KL reward penalty)
+        train_batch = self.learner.prepare(self.policy, self.ref_model, scored.batch, rewards, self.dist)
         update = self.learner.update(
             self.policy, train_batch, self._optimizer_calls(), self.dist,
             generator=torch.Generator().manual_seed(self.seed + self.global_step),

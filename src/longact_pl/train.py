@@ -16,6 +16,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from longact_pl.algos.correction import check_training_sampler
 from longact_pl.checkpoints.resume import check_checkpoint
 from longact_pl.config_check import check_types
 from longact_pl.eval.metrics import source_task_names
@@ -103,10 +104,16 @@ def build_loggers(cfg: DictConfig) -> list:
 
 
 def build_light(cfg: DictConfig) -> tuple:
-    """The components that load nothing: ``(algorithm, rollout engine, callbacks)``."""
+    """The components that load nothing: ``(algorithm, rollout engine, correction, callbacks)``.
+
+    Also refuses a sampler whose log-probs would not describe what the trainer computes (top-p / top-k, a
+    correction without an external sampler), so those fail before a model loads.
+    """
     algorithm = instantiate(cfg.algo)
     rollout = instantiate(cfg.rollout)
-    return algorithm, rollout, build_callbacks(cfg) + rollout_callbacks(rollout)
+    correction = instantiate(cfg.correction) if cfg.get("correction") else None
+    check_training_sampler(rollout, correction)  # sampler and trainer must describe one distribution
+    return algorithm, rollout, correction, build_callbacks(cfg) + rollout_callbacks(rollout)
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
@@ -123,7 +130,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         check_run_dir(run_dir, resuming=resume_step is not None)
     L.seed_everything(cfg.seed, workers=True)
     # Cheap components first: invalid values fail here, before loading a model or writing a file.
-    algorithm, rollout, callbacks = build_light(cfg)
+    algorithm, rollout, correction, callbacks = build_light(cfg)
     loaded = instantiate(cfg.model)
     check_callbacks(callbacks, loaded.model)
     datamodule = instantiate(cfg.data, tokenizer=loaded.tokenizer)
@@ -133,6 +140,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         tokenizer=loaded.tokenizer,
         algorithm=algorithm,
         rollout=rollout,
+        correction=correction,
         reward_fn=datamodule.reward,
         val_tasks=source_task_names(datamodule.val) if datamodule.val is not None else [],
         export_dir=str(run_dir / "final"),

@@ -1,61 +1,48 @@
-from pathlib import Path
-
 import pytest
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
-from longact_pl.algos import DAPO, GRPO, Algorithm, DrGRPO
-
-CONF = Path(__file__).resolve().parents[2] / "conf" / "algo"
+from longact_pl.algos import Algorithm, GroupPolicyGradient
+from tests.algos.presets import PRESETS, preset
+from tests.helpers import CONF
 
 
-def _load(name: str):
-    root = OmegaConf.create(
-        {"rollout": {"max_new_tokens": 40}, "algo": OmegaConf.load(CONF / f"{name}.yaml")}
-    )
-    return instantiate(root.algo)
+def _fields(algo):
+    loss = algo.policy_loss
+    return (loss.eps_low, loss.eps_high, loss.kl_coef, loss.aggregation, loss.ratio_level, loss.kl_estimator)
 
 
 def test_grpo_yaml():
-    algo = _load("grpo")
-    assert isinstance(algo, GRPO) and isinstance(algo, Algorithm)
-    loss = algo.policy_loss
-    assert (loss.eps_low, loss.eps_high, loss.kl_coef, loss.aggregation) == (
-        0.2,
-        0.2,
-        0.04,
-        "seq_mean_token_mean",
-    )
-    assert algo.scale_by_std is True
+    algo = preset("grpo")
+    assert isinstance(algo, GroupPolicyGradient) and isinstance(algo, Algorithm)
+    assert _fields(algo) == (0.2, 0.2, 0.04, "seq_mean_token_mean", "token", "k3")
+    assert algo.scale_by_std is True and algo.policy_loss.kl_in_reward is False
+    assert (algo.dynamic_sampling, algo.overlong_penalty_coef, algo.entropy_coef) == (False, 0.0, 0.0)
 
 
 def test_dapo_yaml():
-    algo = _load("dapo")
-    assert isinstance(algo, DAPO)
-    loss = algo.policy_loss
-    assert (loss.eps_low, loss.eps_high, loss.kl_coef, loss.aggregation) == (0.2, 0.28, 0.0, "token_mean")
+    algo = preset("dapo")
+    assert _fields(algo) == (0.2, 0.28, 0.0, "token_mean", "token", "k3")
     assert (algo.dynamic_sampling, algo.max_gen_rounds) == (True, 3)
     # interpolated from rollout.max_new_tokens
     assert (algo.overlong_max_len, algo.overlong_cache_len, algo.overlong_penalty_coef) == (40, 8, 1.0)
 
 
 def test_dr_grpo_yaml():
-    algo = _load("dr_grpo")
-    assert isinstance(algo, DrGRPO)
-    loss = algo.policy_loss
-    assert (loss.eps_low, loss.eps_high, loss.kl_coef, loss.aggregation) == (
-        0.2,
-        0.2,
-        0.0,
-        "seq_mean_token_sum_norm",
-    )
-    assert loss.max_len == 40
+    algo = preset("dr_grpo")
+    assert _fields(algo) == (0.2, 0.2, 0.0, "seq_mean_token_sum_norm", "token", "k3")
+    assert algo.policy_loss.max_len == 40
     assert algo.scale_by_std is False
 
 
-@pytest.mark.parametrize("name", ["grpo", "dapo", "dr_grpo"])
+def test_gspo_yaml_has_the_published_clip_ranges():
+    algo = preset("gspo")
+    # GSPO (Zheng et al., 2025, Sec. 5.1), as in verl's examples/gspo_trainer: clip 3e-4 / 4e-4
+    assert _fields(algo) == (3e-4, 4e-4, 0.0, "seq_mean_token_mean", "sequence", "k3")
+    assert algo.scale_by_std is True and algo.dynamic_sampling is False
+
+
+@pytest.mark.parametrize("name", PRESETS)
 def test_every_field_has_a_comment_above(name):
-    lines = (CONF / f"{name}.yaml").read_text().splitlines()
+    lines = (CONF / "algo" / f"{name}.yaml").read_text().splitlines()
     for i, line in enumerate(lines):
         if line.strip() and not line.lstrip().startswith("#"):
             assert i > 0 and lines[i - 1].lstrip().startswith("#"), f"{name}.yaml line {i + 1}: {line!r}"

@@ -2,7 +2,8 @@ import math
 
 import torch
 
-from longact_pl.algos.losses import clipped_surrogate, k3_kl, masked_mean
+from longact_pl.algos.kl import k3_kl
+from longact_pl.algos.losses import clipped_surrogate, masked_mean
 
 LN2 = math.log(2.0)
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from longact_pl.algos import DAPO, GRPO, DrGRPO
+from tests.algos.presets import preset
 
 # two sequences: row 0 has 2 valid tokens, row 1 has 1; advantages +2 and -1; on-policy (ratio 1)
 MASK = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
@@ -24,11 +24,11 @@ def _loss_and_grad(algo, weights):
     [
         # per-token surrogate at ratio 1 is -A: row 0 (-2 * 0.5, -2 * 2), row 1 (+1 * 3)
         # GRPO: seq mean of token means = ((-1 - 4) / 2 + 3 / 1) / 2 = 0.25; grad = -A * w / (len * 2)
-        (GRPO(kl_coef=0.0), 0.25, [[-0.25, -1.0, 0.0], [1.5, 0.0, 0.0]]),
+        (preset("grpo", kl_coef=0.0), 0.25, [[-0.25, -1.0, 0.0], [1.5, 0.0, 0.0]]),
         # DAPO: token mean = (-1 - 4 + 3) / 3 = -2/3; grad = -A * w / 3
-        (DAPO(overlong_max_len=20, overlong_cache_len=8), -2 / 3, [[-1 / 3, -4 / 3, 0.0], [1.0, 0.0, 0.0]]),
+        (preset("dapo", overlong_max_len=20), -2 / 3, [[-1 / 3, -4 / 3, 0.0], [1.0, 0.0, 0.0]]),
         # Dr. GRPO: token sums / 4, mean over 2 rows = ((-5) / 4 + 3 / 4) / 2 = -0.25; grad = -A * w / 8
-        (DrGRPO(max_len=4), -0.25, [[-0.125, -0.5, 0.0], [0.375, 0.0, 0.0]]),
+        (preset("dr_grpo", max_len=4), -0.25, [[-0.125, -0.5, 0.0], [0.375, 0.0, 0.0]]),
     ],
     ids=["grpo", "dapo", "dr_grpo"],
 )
@@ -40,7 +40,7 @@ def test_token_weights_scale_the_per_token_surrogate(algo, expected_loss, expect
 
 
 def test_unit_weights_equal_no_weights_and_kl_is_not_weighted():
-    algo = GRPO(kl_coef=0.1)
+    algo = preset("grpo", kl_coef=0.1)
     plain, plain_grad, plain_m = _loss_and_grad(algo, None)
     ones, ones_grad, _ = _loss_and_grad(algo, torch.ones_like(LOGP))
     assert torch.equal(plain, ones) and torch.equal(plain_grad, ones_grad)

@@ -64,3 +64,42 @@ def test_trim_left_padding_drops_only_all_padding_columns():
 def test_bad_chunk_size_names_the_field():
     with pytest.raises(ValueError, match="train.logprob_chunk"):
         LogprobPass(chunk_size=0)
+
+
+def _entropy_loss_grads(model, fn, ids, mask):
+    """Every parameter gradient of ``sum(logp * w) - 0.5 * sum(entropy)`` over the valid completion tokens."""
+    model.zero_grad(set_to_none=True)
+    comp = mask[:, -C:].float()
+    logp, ent = fn(model, ids, mask)
+    weights = torch.linspace(-1.0, 2.0, ids.shape[0])[:, None]
+    ((logp * weights - 0.5 * ent) * comp).sum().backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize(("shared", "chunk"), [(True, 5), (False, 5), (False, None)])
+def test_entropy_with_gradient_matches_autograd_through_full_logits(shared, chunk):
+    """The entropy bonus backpropagates through the chunked (checkpointed) head and the per-row path alike."""
+    model = tiny_qwen3(seed=0).model.train()
+    ids, mask = _batch(model.config.vocab_size)
+    want = _entropy_loss_grads(
+        model, lambda m, i, a: completion_logprobs(m, i, a, C, 0.7, True, entropy_grad=True), ids, mask
+    )
+    lp = LogprobPass(shared_prefix=shared, chunk_size=chunk, entropy_grad=True)
+    got = _entropy_loss_grads(model, lambda m, i, a: lp(m, i, a, C, 0.7, with_entropy=True), ids, mask)
+    for name, g in want.items():
+        scale = g.abs().max().clamp(min=1e-8)
+        torch.testing.assert_close(got[name] / scale, g / scale, atol=1e-5, rtol=0, msg=name)
+    # the entropy term does change the gradient (a detached entropy would leave only the log-prob part)
+    plain = _entropy_loss_grads(
+        model, lambda m, i, a: LogprobPass(shared, chunk)(m, i, a, C, 0.7, with_entropy=True), ids, mask
+    )
+    name = "lm_head.weight" if "lm_head.weight" in want else next(iter(want))
+    assert not torch.allclose(plain[name], want[name], atol=1e-6)
+
+
+def test_entropy_is_detached_by_default():
+    model = tiny_qwen3(seed=0).model.train()
+    ids, mask = _batch(model.config.vocab_size)
+    for lp in (LogprobPass(True, 5), LogprobPass(False, 5), LogprobPass(False, None)):
+        logp, ent = lp(model, ids, mask, C, 0.7, with_entropy=True)
+        assert logp.requires_grad and not ent.requires_grad

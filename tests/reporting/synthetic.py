@@ -25,7 +25,7 @@ def config(run_dir: Path, seed: int, masking: str, ratio: float = 0.3) -> dict:
         }
     return {
         "seed": seed,
-        "algo": {"_target_": "longact_pl.algos.grpo.GRPO", "kl_coef": 0.04},
+        "algo": {"_target_": "longact_pl.algos.GroupPolicyGradient", "name": "grpo", "kl_coef": 0.04},
         "masking": mask,
         "trainer": {"max_steps": MAX_STEPS, "default_root_dir": str(run_dir)},
         "data": {"seed": seed, "train": {"seed": seed, "lengths": [1024]}},

@@ -14,7 +14,9 @@ def _run(tmp_path, name, seed, masking, ratio=0.3):
 def test_option_names_from_resolved_config(tmp_path):
     for masking in ("saliency", "random", "inverse", "none"):
         assert masking_name(config(tmp_path, 0, masking)) == masking
-    assert algo_name({"algo": {"_target_": "longact_pl.algos.dr_grpo.DrGRPO"}}) == "dr_grpo"
+    assert algo_name({"algo": {"_target_": "longact_pl.algos.dr_grpo.DrGRPO"}}) == "dr_grpo"  # older runs
+    target = "longact_pl.algos.algorithm.GroupPolicyGradient"
+    assert algo_name({"algo": {"_target_": target, "name": "gspo"}}) == "gspo"
     assert algo_name({"algo": {"_target_": "my.pkg.PPO"}}) == "ppo"
 
 

@@ -90,3 +90,50 @@ def test_concat_and_select_keep_layout(tiny):
 def test_bad_values_name_the_field(field, value):
     with pytest.raises(ValueError, match=f"rollout.{field}"):
         HFRollout(**{field: value})
+
+
+def test_samples_equal_generate_with_num_return_sequences(tiny):
+    """The engine repeats prompts itself (so both HF paths share one code path): same samples as HF's own
+    ``num_return_sequences`` for a seed."""
+    from longact_pl.rollout.masks import left_pad
+
+    prompts = _prompts(tiny.tokenizer)
+    ro = HFRollout(group_size=3, max_new_tokens=6).generate(tiny.model, tiny.tokenizer, prompts, seed=4)
+    ids, mask = left_pad(prompts, tiny.tokenizer.pad_token_id)
+    torch.manual_seed(4)
+    out = tiny.model.generate(
+        input_ids=ids, attention_mask=mask, do_sample=True, num_return_sequences=3, max_new_tokens=6,
+        temperature=0.7, top_p=1.0, top_k=0, pad_token_id=tiny.tokenizer.pad_token_id,
+        eos_token_id=tiny.model.generation_config.eos_token_id,
+    )  # fmt: skip
+    real = ro.completion_mask.bool()
+    assert torch.equal(ro.input_ids[:, ro.prompt_width :][real], out[:, ids.shape[1] :][real])
+
+
+def test_eos_ids_resolved_once_for_every_engine(tiny):
+    from types import SimpleNamespace
+
+    from longact_pl.rollout.masks import eos_token_ids
+
+    tok = SimpleNamespace(eos_token_id=7)
+
+    def policy(eos):
+        return SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=eos))
+
+    assert eos_token_ids(policy([3, 4]), tok) == [3, 4] and eos_token_ids(policy(5), tok) == [5]
+    assert eos_token_ids(policy(None), tok) == [7] and eos_token_ids(SimpleNamespace(), tok) == [7]
+
+
+def test_build_batch_masks_after_eos_and_beyond_lengths(tiny):
+    from longact_pl.rollout.masks import build_batch
+
+    tok = tiny.tokenizer
+    prompt_ids, prompt_mask = torch.tensor([[0, 5, 6]]), torch.tensor([[0, 1, 1]])
+    completion = torch.tensor([[11, 2, 12], [13, 14, 15]])  # [N, C]; row 0 ends at EOS 2, row 1 has 2 tokens
+    behaviour = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, -0.25, -9.0]])
+    ro = build_batch(prompt_ids, prompt_mask, completion, behaviour, 2, [2], tok, torch.tensor([3, 2]))
+    assert ro.completion_mask.tolist() == [[1, 1, 0], [1, 1, 0]]
+    assert ro.input_ids.tolist() == [[0, 5, 6, 11, 2, tok.pad_token_id], [0, 5, 6, 13, 14, tok.pad_token_id]]
+    assert ro.behaviour_logp.tolist() == [[-1.0, -2.0, 0.0], [-0.5, -0.25, 0.0]]
+    assert ro.attention_mask.tolist() == [[0, 1, 1, 1, 1, 0], [0, 1, 1, 1, 1, 0]]
+    assert (ro.prompt_width, ro.group_size, len(ro.completions)) == (3, 2, 2)

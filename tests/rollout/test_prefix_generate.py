@@ -4,11 +4,11 @@ import torch
 from longact_pl.models.tiny import tiny_llama, tiny_qwen3
 from longact_pl.ops.logprobs import completion_logprobs
 from longact_pl.rollout.hf import HFRollout
-from longact_pl.rollout.hf_shared import SharedPrefixHFRollout, prefill
 from longact_pl.rollout.masks import left_pad
 from longact_pl.rollout.prefix_generate import (
     ATTN_NAME,
     SharedPrefixCache,
+    prefill,
     shared_prefix_attention,
     shared_prefix_decoding,
 )
@@ -43,7 +43,9 @@ def test_greedy_identical_to_hf(tiny_any):
     kw = dict(group_size=3, max_new_tokens=6)
     prompts = _prompts(tiny_any.tokenizer)
     want = HFRollout(**kw).generate(tiny_any.model, tiny_any.tokenizer, prompts, greedy=True)
-    got = SharedPrefixHFRollout(**kw).generate(tiny_any.model, tiny_any.tokenizer, prompts, greedy=True)
+    got = HFRollout(prefill_once=True, **kw).generate(
+        tiny_any.model, tiny_any.tokenizer, prompts, greedy=True
+    )
     _same(got, want)
 
 
@@ -62,15 +64,15 @@ def test_sampled_identical_to_hf_with_the_same_seed(build, sampling, shared):
     model, tok = loaded.model, loaded.tokenizer
     prompts = _prompts(tok)
     want = HFRollout(**kw).generate(model, tok, prompts, seed=5)
-    got = SharedPrefixHFRollout(**kw, shared_attention=shared).generate(model, tok, prompts, seed=5)
+    got = HFRollout(**kw, prefill_once=True, shared_attention=shared).generate(model, tok, prompts, seed=5)
     _same(got, want)
-    other = SharedPrefixHFRollout(**kw, shared_attention=shared).generate(model, tok, prompts, seed=6)
+    other = HFRollout(**kw, prefill_once=True, shared_attention=shared).generate(model, tok, prompts, seed=6)
     assert not torch.equal(other.input_ids, got.input_ids)
     assert model.config._attn_implementation == "sdpa"  # restored after decoding
 
 
 def test_behaviour_logp_and_eos_mask(tiny):
-    engine = SharedPrefixHFRollout(group_size=4, max_new_tokens=12, temperature=0.7)
+    engine = HFRollout(prefill_once=True, group_size=4, max_new_tokens=12, temperature=0.7)
     prompts = _prompts(tiny.tokenizer)
     free = engine.generate(tiny.model, tiny.tokenizer, prompts, seed=3)
     eos = int(free.input_ids[0, free.prompt_width + 2])  # a token row 0 samples early becomes EOS
@@ -98,7 +100,9 @@ def test_prefill_runs_once_per_prompt(tiny):
         lambda m, i, o: shapes.append(tuple(i[0].shape))
     )
     try:
-        SharedPrefixHFRollout(group_size=4, max_new_tokens=5).generate(tiny.model, tiny.tokenizer, prompts)
+        HFRollout(prefill_once=True, group_size=4, max_new_tokens=5).generate(
+            tiny.model, tiny.tokenizer, prompts
+        )
     finally:
         hook.remove()
     width = max(len(p) for p in prompts)
@@ -109,7 +113,9 @@ def test_prefill_runs_once_per_prompt(tiny):
 
 
 def test_one_token_prompt_still_generates(tiny):
-    ro = SharedPrefixHFRollout(group_size=2, max_new_tokens=3).generate(tiny.model, tiny.tokenizer, [[42]])
+    ro = HFRollout(prefill_once=True, group_size=2, max_new_tokens=3).generate(
+        tiny.model, tiny.tokenizer, [[42]]
+    )
     assert ro.input_ids.shape == (2, 4) and ro.input_ids[:, 0].tolist() == [42, 42]
 
 
@@ -166,7 +172,7 @@ def test_decoding_keeps_one_prompt_copy(tiny):
 
     AttentionInterface.register(ATTN_NAME, spy)
     try:
-        engine = SharedPrefixHFRollout(group_size=4, max_new_tokens=3)
+        engine = HFRollout(prefill_once=True, group_size=4, max_new_tokens=3)
         engine.generate(tiny.model, tiny.tokenizer, _prompts(tiny.tokenizer), seed=0)
     finally:
         AttentionInterface.register(ATTN_NAME, shared_prefix_attention)
@@ -184,7 +190,9 @@ def test_sliding_window_models_decode_with_a_repeated_cache(tiny):
         lambda mod, inp, out: calls.append(model.config._attn_implementation) if mod is model else None
     )
     try:
-        got = SharedPrefixHFRollout(group_size=3, max_new_tokens=6).generate(model, tok, prompts, seed=2)
+        got = HFRollout(prefill_once=True, group_size=3, max_new_tokens=6).generate(
+            model, tok, prompts, seed=2
+        )
     finally:
         handle.remove()
     _same(got, want)

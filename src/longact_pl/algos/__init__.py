@@ -1,4 +1,7 @@
-"""RL algorithms (GRPO, DAPO, Dr. GRPO) built from pure loss, advantage and shaping functions."""
+"""RL algorithms: one group-relative policy-gradient class built from pure loss, advantage and shaping terms.
+
+GRPO, Dr. GRPO, DAPO and GSPO are settings of :class:`GroupPolicyGradient` (``conf/algo/*.yaml``).
+"""
 
 from longact_pl.algos.advantages import dynamic_sampling_keep, group_advantages
 from longact_pl.algos.aggregation import (
@@ -8,20 +11,18 @@ from longact_pl.algos.aggregation import (
     seq_mean_token_sum_norm,
     token_mean,
 )
-from longact_pl.algos.dapo import DAPO
-from longact_pl.algos.dr_grpo import DrGRPO
-from longact_pl.algos.grpo import GRPO
-from longact_pl.algos.losses import clipped_surrogate, k3_kl, masked_mean
+from longact_pl.algos.algorithm import GroupPolicyGradient
+from longact_pl.algos.kl import KL_ESTIMATORS, k3_kl
+from longact_pl.algos.losses import clipped_surrogate, masked_mean, sequence_clipped_surrogate
 from longact_pl.algos.policy_loss import PolicyLoss
 from longact_pl.algos.protocol import Algorithm
 from longact_pl.algos.shaping import overlong_penalty
 
 __all__ = [
     "AGGREGATIONS",
-    "DAPO",
-    "GRPO",
+    "KL_ESTIMATORS",
     "Algorithm",
-    "DrGRPO",
+    "GroupPolicyGradient",
     "PolicyLoss",
     "aggregate",
     "clipped_surrogate",
@@ -32,5 +33,6 @@ __all__ = [
     "overlong_penalty",
     "seq_mean_token_mean",
     "seq_mean_token_sum_norm",
+    "sequence_clipped_surrogate",
     "token_mean",
 ]

@@ -11,7 +11,7 @@ from longact_pl.algos.aggregation import Number
 
 @runtime_checkable
 class Algorithm(Protocol):
-    """A group-relative policy-gradient algorithm (GRPO, DAPO, Dr. GRPO).
+    """A group-relative policy-gradient algorithm (GRPO, Dr. GRPO, DAPO, GSPO: ``GroupPolicyGradient``).
 
     Shapes: N sequences (consecutive G rows form one group), T padded completion length.
     """
@@ -19,6 +19,11 @@ class Algorithm(Protocol):
     @property
     def kl_coef(self) -> float:
         """KL weight; > 0 means the trainer loads a frozen reference model."""
+        ...
+
+    @property
+    def entropy_coef(self) -> float:
+        """Entropy bonus weight; > 0 means the training pass computes entropy with gradient."""
         ...
 
     @property
@@ -33,6 +38,12 @@ class Algorithm(Protocol):
 
     def shape_rewards(self, rewards: torch.Tensor, completion_lengths: torch.Tensor) -> torch.Tensor:
         """``[N], [N] -> [N]`` shaped rewards."""
+        ...
+
+    def kl_reward(
+        self, rewards: torch.Tensor, logp: torch.Tensor, ref_logp: torch.Tensor | None, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """``[N] -> [N]`` rewards with the KL penalty when it is a reward term (else unchanged)."""
         ...
 
     def advantages(self, rewards: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -53,9 +64,11 @@ class Algorithm(Protocol):
         num_seqs: Number | None = None,
         num_tokens: Number | None = None,
         token_weights: torch.Tensor | None = None,
+        entropy: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Scalar loss and detached metrics from ``[N, T]`` log-probs and ``[N]`` advantages.
 
-        ``token_weights`` (``[N, T]``, detached) multiplies the per-token policy loss before aggregation.
+        ``token_weights`` (``[N, T]``, detached) multiplies the per-token policy loss before aggregation;
+        ``entropy`` (``[N, T]``, with gradient) feeds the entropy bonus.
         """
         ...

@@ -21,7 +21,7 @@ from longact_pl.eval.plots import plot_ruler
 from longact_pl.eval.report import ruler_markdown, ruler_summary, write_summary
 from longact_pl.eval.scoring import evaluate_batch
 from longact_pl.rewards.string_match import postprocess
-from longact_pl.sampling import RewardFn
+from longact_pl.rewards.types import RewardFn
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 
 import torch
 
+from longact_pl.rewards.scoring import RewardErrors, score
 from longact_pl.rewards.string_match import match_all, match_part
+from longact_pl.rewards.types import RewardFn
 from longact_pl.rollout.types import RolloutEngine
-from longact_pl.sampling import RewardErrors, RewardFn, score
 
 
 def string_match_all(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> float:

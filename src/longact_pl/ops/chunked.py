@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from longact_pl.rollout.masks import position_ids_from_mask
+from longact_pl.ops.positions import position_ids_from_mask
 
 # Config fields of models whose logits are not just ``hidden @ W.T + b`` (not supported by the chunked head).
 _SCALED_HEAD_FIELDS = (
@@ -67,16 +67,18 @@ def _chunk_logprobs(
     temperature: float,
     entropy_sink: dict[int, torch.Tensor] | None = None,
     key: int = 0,
+    entropy_grad: bool = False,
 ) -> torch.Tensor:
     """``hidden [t, H]``, ``targets [t]`` -> log-probs ``[t]``; stores the entropy in ``entropy_sink[key]``.
 
     The sink is a plain dict (not a tensor argument) so a checkpoint replay can overwrite it harmlessly.
+    With ``entropy_grad`` the stored entropy keeps its graph (its backward replays the chunk too).
     """
     logits = F.linear(hidden, weight, bias).float() / temperature  # [t, V]
     picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [t]
     logp = picked - torch.logsumexp(logits, dim=-1)  # [t]
     if entropy_sink is not None:  # last, so the backward's early-stopping recompute skips it
-        with torch.no_grad():
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
             full = torch.log_softmax(logits, dim=-1)  # [t, V]
             entropy_sink[key] = -(full.exp() * full).sum(-1)  # [t]
     return logp
@@ -90,8 +92,9 @@ def head_logprobs(
     temperature: float = 1.0,
     with_entropy: bool = False,
     chunk_size: int | None = None,
+    entropy_grad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probs (and entropy, without gradient) of ``targets`` under ``softmax(hidden @ W.T + b)``.
+    """Log-probs (and entropy) of ``targets`` under ``softmax(hidden @ W.T + b)``.
 
     Args:
         hidden: ``[n, C, H]`` final (normed) hidden states; position ``t`` predicts ``targets[:, t]``.
@@ -103,6 +106,7 @@ def head_logprobs(
         chunk_size: Tokens (rows x positions, flattened) per chunk; each chunk's head runs under
             non-reentrant checkpointing when gradients are needed. ``None`` (or ``>= n * C``) computes
             everything at once, like :func:`longact_pl.ops.logprobs.completion_logprobs`.
+        entropy_grad: The entropy keeps its gradient (entropy bonus); else it is a detached metric.
 
     Returns:
         ``(logp [n, C] float32, entropy [n, C] float32 or None)``.
@@ -118,7 +122,16 @@ def head_logprobs(
     parts = []
     for start in range(0, n * width, max(step, 1)):
         stop = min(start + step, n * width)
-        args = (flat[start:stop], weight, bias, flat_targets[start:stop], temperature, sink, start)
+        args = (
+            flat[start:stop],
+            weight,
+            bias,
+            flat_targets[start:stop],
+            temperature,
+            sink,
+            start,
+            entropy_grad,
+        )
         if grad and step < n * width:
             parts.append(checkpoint(_chunk_logprobs, *args, use_reentrant=False))  # [t]
         else:
@@ -138,6 +151,7 @@ def chunked_completion_logprobs(
     temperature: float = 1.0,
     with_entropy: bool = False,
     chunk_size: int | None = 1024,
+    entropy_grad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Drop-in for :func:`longact_pl.ops.logprobs.completion_logprobs` with a chunked LM head.
 
@@ -152,6 +166,7 @@ def chunked_completion_logprobs(
         temperature: Sampling temperature the completions were drawn at.
         with_entropy: Also return the per-token entropy.
         chunk_size: Tokens per head chunk (``None`` = one chunk).
+        entropy_grad: The entropy keeps its gradient (entropy bonus).
 
     Returns:
         ``(logp [n, C], entropy [n, C] or None)``.
@@ -165,4 +180,4 @@ def chunked_completion_logprobs(
     hidden = out.last_hidden_state[:, -completion_width - 1 : -1]  # [n, C, H]: position t predicts t + 1
     weight, bias = lm_head_of(model)
     targets = input_ids[:, -completion_width:]  # [n, C]
-    return head_logprobs(hidden, weight, bias, targets, temperature, with_entropy, chunk_size)
+    return head_logprobs(hidden, weight, bias, targets, temperature, with_entropy, chunk_size, entropy_grad)

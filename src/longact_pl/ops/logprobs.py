@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from longact_pl.rollout.masks import position_ids_from_mask
+from longact_pl.ops.positions import position_ids_from_mask
 
 
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -23,11 +23,14 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: flo
     return picked - torch.logsumexp(logits, dim=-1)  # [n, C]
 
 
-@torch.no_grad()
-def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Entropy of the next-token distribution, ``[n, C, V] -> [n, C]`` (no gradient; a metric)."""
-    logp = torch.log_softmax(logits.float() / temperature, dim=-1)  # [n, C, V]
-    return -(logp.exp() * logp).sum(-1)  # [n, C]
+def token_entropy(logits: torch.Tensor, temperature: float = 1.0, grad: bool = False) -> torch.Tensor:
+    """Entropy of the next-token distribution, ``[n, C, V] -> [n, C]``.
+
+    Without gradient by default (a metric); ``grad=True`` keeps the graph (the entropy bonus).
+    """
+    with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+        logp = torch.log_softmax(logits.float() / temperature, dim=-1)  # [n, C, V]
+        return -(logp.exp() * logp).sum(-1)  # [n, C]
 
 
 def completion_logprobs(
@@ -37,6 +40,7 @@ def completion_logprobs(
     completion_width: int,
     temperature: float = 1.0,
     with_entropy: bool = False,
+    entropy_grad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs (and optionally entropy) of the last ``completion_width`` tokens of each row.
 
@@ -50,6 +54,7 @@ def completion_logprobs(
         completion_width: C.
         temperature: Sampling temperature the completions were drawn at.
         with_entropy: Also return the per-token entropy.
+        entropy_grad: The entropy keeps its gradient (entropy bonus); else it is a detached metric.
 
     Returns:
         ``(logp [n, C], entropy [n, C] or None)``.
@@ -64,5 +69,5 @@ def completion_logprobs(
     logits = out.logits[:, :-1]  # [n, C, V]: position t predicts token t + 1
     targets = input_ids[:, -completion_width:]  # [n, C]
     logp = token_logprobs(logits, targets, temperature)  # [n, C]
-    entropy = token_entropy(logits, temperature) if with_entropy else None  # [n, C]
+    entropy = token_entropy(logits, temperature, entropy_grad) if with_entropy else None  # [n, C]
     return logp, entropy

@@ -202,6 +202,7 @@ def packed_completion_logprobs(
     with_entropy: bool,
     chunk_size: int | None,
     hook: TokenMaskHook | None,
+    entropy_grad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs of every row's completion from one packed forward on the spans' recorded prompts.
 
@@ -219,6 +220,7 @@ def packed_completion_logprobs(
         with_entropy: Also return the entropy.
         chunk_size: LM-head chunk (tokens).
         hook: Told ``[1, T]`` (``False`` at dummy tokens) around the packed forward.
+        entropy_grad: The entropy keeps its gradient (entropy bonus).
 
     Returns:
         ``(logp [N, C], entropy [N, C] or None)``, zeros at padding.
@@ -261,7 +263,7 @@ def packed_completion_logprobs(
     weight, bias = lm_head_of(model)
     logp, entropy = head_logprobs(
         layout.predictors(hidden, lasts)[:real_tokens].unsqueeze(0), weight, bias,
-        layout.input_ids[:, :real_tokens], temperature, with_entropy, chunk_size,
+        layout.input_ids[:, :real_tokens], temperature, with_entropy, chunk_size, entropy_grad,
     )  # [1, T_r]  # fmt: skip
     out = layout.scatter(logp[0], rows, width) + tie  # [N, C]
     return out, (layout.scatter(entropy[0], rows, width) if entropy is not None else None)

@@ -58,6 +58,8 @@ class LogprobPass:
             (:mod:`longact_pl.ops.packed`, exact). ``"auto"``: where the model's attention allows it, else
             the padded pass with one warning; ``True``: required (:meth:`check_model` raises otherwise);
             ``False``: padded.
+        entropy_grad: Entropy returned with gradient where gradients are on (the entropy bonus); else a
+            detached metric (no extra backward work).
 
     Attributes:
         sequence_parallel: The sequence-parallel group whose ranks split every sequence (``None``: off); the
@@ -69,7 +71,11 @@ class LogprobPass:
     """
 
     def __init__(
-        self, shared_prefix: bool = True, chunk_size: int | None = None, pack_completions: bool | str = False
+        self,
+        shared_prefix: bool = True,
+        chunk_size: int | None = None,
+        pack_completions: bool | str = False,
+        entropy_grad: bool = False,
     ) -> None:
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"train.logprob_chunk must be >= 1 or null, got {chunk_size}")
@@ -84,6 +90,7 @@ class LogprobPass:
         self.chunk_size = chunk_size
         self.pack_required = pack_completions is True
         self.pack = bool(pack_completions) and shared_prefix
+        self.entropy_grad = entropy_grad
         self._chunked_head = chunk_size is not None
         self.sequence_parallel: SPGroup | None = None
 
@@ -164,7 +171,7 @@ class LogprobPass:
             return through_root(model, functools.partial(
                 grouped_completion_logprobs, model, input_ids, attention_mask, completion_width, None,
                 temperature, with_entropy, self.chunk_size, token_mask_hook=token_mask_hook,
-                row_groups=row_groups, pack=self.pack, pad_spans=pad_spans,
+                row_groups=row_groups, pack=self.pack, pad_spans=pad_spans, entropy_grad=self.entropy_grad,
             ))  # fmt: skip
         if len(input_ids) == 0:
             return self._dummy(model, input_ids, completion_width, pad_spans, with_entropy)
@@ -201,9 +208,9 @@ class LogprobPass:
             else:
                 return through_root(model, functools.partial(
                     chunked_completion_logprobs, model, ids, mask, width, temperature, with_entropy,
-                    self.chunk_size,
+                    self.chunk_size, self.entropy_grad,
                 ))  # fmt: skip
-        return completion_logprobs(model, ids, mask, width, temperature, with_entropy)
+        return completion_logprobs(model, ids, mask, width, temperature, with_entropy, self.entropy_grad)
 
     def _fall_back(self, reason: str) -> None:
         log.warning("train.shared_prefix: %s; computing log-probs one row at a time", reason)

@@ -207,6 +207,7 @@ def grouped_completion_logprobs(
     row_groups: torch.Tensor | None = None,
     pack: bool = False,
     pad_spans: int = 0,
+    entropy_grad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token completion log-probs with the prompt of each group computed once.
 
@@ -220,7 +221,7 @@ def grouped_completion_logprobs(
         group_size: G: rows ``g*G .. g*G+G-1`` share a prompt. ``None`` groups consecutive rows with equal
             prompts (any row order is then correct; sharing only happens within runs).
         temperature: Sampling temperature the completions were drawn at.
-        with_entropy: Also return the per-token entropy (no gradient).
+        with_entropy: Also return the per-token entropy (no gradient unless ``entropy_grad``).
         chunk_size: Tokens per LM-head chunk (see :func:`longact_pl.ops.chunked.head_logprobs`);
             ``None`` = one chunk.
         token_mask_hook: Called with the bool mask of real tokens aligned to the next forward's input
@@ -232,6 +233,7 @@ def grouped_completion_logprobs(
             completion forward per call instead of one per span.
         pad_spans: Extra dummy spans (a 1-token prompt and a 2-token completion each, outputs discarded) so
             that data-parallel ranks with fewer spans run as many forwards (FSDP's lock-step).
+        entropy_grad: The entropy keeps its gradient (entropy bonus).
 
     Returns:
         ``(logp [N, C] float32, entropy [N, C] or None)``; with ``pack`` zeros at padding.
@@ -255,6 +257,7 @@ def grouped_completion_logprobs(
             return packed_completion_logprobs(
                 model, decoder, states, [p.shape[1] for p in prompts] + [1] * pad_spans, spans,
                 targets, attention_mask[:, width:], temperature, with_entropy, chunk_size, token_mask_hook,
+                entropy_grad,
             )  # fmt: skip
         hidden, ties = [], []
         for start, stop in spans:
@@ -275,6 +278,6 @@ def grouped_completion_logprobs(
         logp = torch.zeros(targets.shape, device=input_ids.device)  # [0, C]
         return logp + zero_tie(ties), (torch.zeros_like(logp) if with_entropy else None)
     logp, entropy = head_logprobs(
-        torch.cat(hidden), weight, bias, targets, temperature, with_entropy, chunk_size
+        torch.cat(hidden), weight, bias, targets, temperature, with_entropy, chunk_size, entropy_grad
     )
     return logp + zero_tie(ties), entropy

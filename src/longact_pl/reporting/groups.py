@@ -10,7 +10,7 @@ from typing import Any
 
 from longact_pl.reporting.collect import RunRecord
 
-# algorithm class (last part of algo._target_) -> conf/algo option
+# algorithm class (last part of algo._target_) -> conf/algo option, for runs made before algo.name existed
 ALGO_NAMES = {"GRPO": "grpo", "DAPO": "dapo", "DrGRPO": "dr_grpo"}
 # masking selector class -> conf/masking option (no masking._target_ = none)
 SELECTOR_NAMES = {"TopK": "saliency", "RandomK": "random", "BottomK": "inverse"}
@@ -50,8 +50,11 @@ def _class_name(target: Any) -> str:
 
 
 def algo_name(config: Mapping[str, Any]) -> str:
-    """The ``conf/algo`` option a resolved config was composed with."""
-    target = (config.get("algo") or {}).get("_target_")
+    """The ``conf/algo`` option a resolved config was composed with (its ``algo.name``)."""
+    algo = config.get("algo") or {}
+    if algo.get("name"):
+        return str(algo["name"])
+    target = algo.get("_target_")
     return ALGO_NAMES.get(_class_name(target), _class_name(target).lower()) if target else "?"
 
 

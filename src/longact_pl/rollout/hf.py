@@ -1,10 +1,24 @@
-"""Rollouts with Hugging Face ``generate`` (works everywhere, including a laptop CPU)."""
+"""Rollouts with Hugging Face ``generate`` (works everywhere, including a laptop CPU).
+
+``generate(num_return_sequences=G)`` repeats every prompt G times before the prefill, so a long prompt is
+encoded G times and G copies of its key/values live through decoding. With ``prefill_once`` the B
+left-padded prompts (all but their last token) are prefilled once; ``generate`` then continues from that
+cache, feeding only the last prompt token, with the same logits processors and the same random-number
+consumption, so a seed gives the same samples either way (up to floating-point ties). With
+``shared_attention`` (default) the prompt key/values stay single per prompt and decode steps use
+:func:`longact_pl.rollout.prefix_generate.shared_prefix_attention`; without it the cache is repeated G times
+and the model's own attention runs.
+"""
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
-from longact_pl.rollout.masks import check_sampling, completion_mask_after_eos, left_pad
+from longact_pl.ops.shared_prefix import full_attention_only
+from longact_pl.rollout.masks import build_batch, check_sampling, eos_token_ids, left_pad
+from longact_pl.rollout.prefix_generate import SharedPrefixCache, prefill, shared_prefix_decoding
 from longact_pl.rollout.types import RolloutBatch
 
 
@@ -20,7 +34,13 @@ class HFRollout:
         temperature: Sampling temperature (> 0).
         top_p: Nucleus sampling mass in (0, 1].
         top_k: Top-k filter (0 = off).
+        prefill_once: Prefill each prompt once per group instead of once per sample (``rollout=hf_shared``).
+        shared_attention: With ``prefill_once``, keep one copy of each prompt's key/values while decoding
+            (full-attention models; sliding-window or hybrid ones repeat the cache G times instead).
     """
+
+    # the policy samples itself: no engine holds a copy of the weights
+    external = False
 
     def __init__(
         self,
@@ -29,13 +49,17 @@ class HFRollout:
         temperature: float = 0.7,
         top_p: float = 1.0,
         top_k: int = 0,
+        prefill_once: bool = False,
+        shared_attention: bool = True,
     ) -> None:
-        check_sampling(group_size, max_new_tokens, temperature, top_p)
+        check_sampling(group_size, max_new_tokens, temperature, top_p, top_k)
         self.group_size = group_size
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         self.top_p = top_p
         self.top_k = top_k
+        self.prefill_once = prefill_once
+        self.shared_attention = shared_attention
 
     @torch.no_grad()
     def generate(
@@ -64,49 +88,40 @@ class HFRollout:
         ids, mask = left_pad(prompts, tokenizer.pad_token_id)  # [B, P]
         ids, mask = ids.to(device), mask.to(device)
         n = 1 if greedy else self.group_size
-        eos = policy.generation_config.eos_token_id
-        eos_ids = (
-            list(eos)
-            if isinstance(eos, (list, tuple))
-            else [eos if eos is not None else tokenizer.eos_token_id]
-        )
+        eos_ids = eos_token_ids(policy, tokenizer)
         sampling = (
             {} if greedy else {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k}
         )
         was_training = policy.training
         policy.eval()
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(seed)
-            out = policy.generate(
-                input_ids=ids,
-                attention_mask=mask,
-                do_sample=not greedy,
-                num_return_sequences=n,
-                max_new_tokens=max_new_tokens or self.max_new_tokens,
-                eos_token_id=eos_ids,
-                pad_token_id=tokenizer.pad_token_id,
-                output_logits=True,
-                return_dict_in_generate=True,
-                use_cache=True,
-                **sampling,
-            )
-        policy.train(was_training)
-        width = ids.shape[1]
-        completion = out.sequences[:, width:]  # [N, C]
-        comp_mask = completion_mask_after_eos(completion, eos_ids)  # [N, C]
+        try:
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                torch.manual_seed(seed)
+                cache = prefill(policy, ids, mask) if self.prefill_once else None
+                decoding = contextlib.nullcontext()
+                if cache is not None and self.shared_attention and full_attention_only(policy):
+                    cache = SharedPrefixCache(cache, n)
+                    decoding = shared_prefix_decoding(policy, cache)
+                elif cache is not None and n > 1:
+                    cache.batch_repeat_interleave(n)  # [B * G, h, P - 1, d] per layer
+                with decoding:
+                    out = policy.generate(
+                        input_ids=ids.repeat_interleave(n, dim=0),  # [N, P]
+                        attention_mask=mask.repeat_interleave(n, dim=0),  # [N, P]
+                        past_key_values=cache,
+                        do_sample=not greedy,
+                        max_new_tokens=max_new_tokens or self.max_new_tokens,
+                        eos_token_id=eos_ids,
+                        pad_token_id=tokenizer.pad_token_id,
+                        output_logits=True,
+                        return_dict_in_generate=True,
+                        use_cache=True,
+                        **sampling,
+                    )
+        finally:
+            policy.train(was_training)
+        completion = out.sequences[:, ids.shape[1] :]  # [N, C]
         logits = torch.stack(out.logits, dim=1).float()  # [N, C, V]
-        temperature = 1.0 if greedy else self.temperature
-        logp = torch.log_softmax(logits / temperature, dim=-1)  # [N, C, V]
-        behaviour_logp = logp.gather(-1, completion.unsqueeze(-1)).squeeze(-1) * comp_mask  # [N, C]
-        prompt_mask = mask.repeat_interleave(n, dim=0)  # [N, P]
-        completion = torch.where(comp_mask.bool(), completion, tokenizer.pad_token_id)  # [N, C]
-        texts = tokenizer.batch_decode(completion, skip_special_tokens=True)
-        return RolloutBatch(
-            input_ids=torch.cat([ids.repeat_interleave(n, dim=0), completion], dim=1),  # [N, P + C]
-            attention_mask=torch.cat([prompt_mask, comp_mask], dim=1),  # [N, P + C]
-            completion_mask=comp_mask,
-            behaviour_logp=behaviour_logp,
-            completions=texts,
-            prompt_width=width,
-            group_size=n,
-        )
+        logp = torch.log_softmax(logits / (1.0 if greedy else self.temperature), dim=-1)  # [N, C, V]
+        behaviour = logp.gather(-1, completion.unsqueeze(-1)).squeeze(-1)  # [N, C]
+        return build_batch(ids, mask, completion, behaviour, n, eos_ids, tokenizer)

@@ -27,6 +27,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from longact_pl.ops.positions import position_ids_from_mask
 from longact_pl.ops.shared_prefix import full_attention_only
 
 ATTN_NAME = "longact_shared_prefix"
@@ -163,3 +164,29 @@ def shared_prefix_decoding(model: nn.Module, cache: SharedPrefixCache) -> Iterat
     finally:
         config._attn_implementation = saved
         _ACTIVE.reset(token)
+
+
+def prefill(policy: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> DynamicCache | None:
+    """Cache of all but the last prompt token, one row per prompt (for ``generate`` to continue from).
+
+    Args:
+        policy: The causal LM (in eval mode).
+        ids: ``[B, P]`` left-padded prompts.
+        mask: ``[B, P]`` their attention mask.
+
+    Returns:
+        A cache of B rows and ``P - 1`` positions, or ``None`` when ``P == 1``.
+    """
+    if ids.shape[1] < 2:
+        return None
+    cache = DynamicCache(config=policy.config)
+    head, head_mask = ids[:, :-1], mask[:, :-1]  # [B, P - 1]
+    policy(
+        input_ids=head,
+        attention_mask=head_mask,
+        position_ids=position_ids_from_mask(head_mask),  # [B, P - 1]
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    return cache

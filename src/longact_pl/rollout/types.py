@@ -55,11 +55,24 @@ class RolloutBatch:
 
 
 class RolloutEngine(Protocol):
-    """Anything that samples G completions per prompt from the current policy."""
+    """Anything that samples G completions per prompt from the current policy.
+
+    Attributes:
+        group_size: G, completions per prompt.
+        temperature: Sampling temperature; the trainer's log-probs are taken at the same temperature.
+        top_p: Nucleus mass (training needs 1.0: the trainer's log-probs are the full softmax).
+        top_k: Top-k filter (training needs 0, see ``top_p``).
+        max_new_tokens: Generation budget.
+        external: True when a separate engine samples from its own copy of the weights (vLLM): its
+            log-probs then differ from the trainer's, and rollout correction applies.
+    """
 
     group_size: int
     temperature: float
+    top_p: float
+    top_k: int
     max_new_tokens: int
+    external: bool
 
     def generate(
         self,
@@ -68,8 +81,9 @@ class RolloutEngine(Protocol):
         prompts: list[list[int]],
         greedy: bool = False,
         seed: int = 0,
+        max_new_tokens: int | None = None,
     ) -> RolloutBatch:
-        """Sample ``group_size`` completions per prompt (one when ``greedy``)."""
+        """Sample ``group_size`` completions per prompt (one when ``greedy``), up to ``max_new_tokens``."""
         ...
 
 

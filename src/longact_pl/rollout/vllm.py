@@ -1,98 +1,28 @@
-"""Rollouts from a vLLM engine colocated with training (the only module that imports vLLM, lazily).
+"""Rollouts from a vLLM engine colocated with training (engine lifecycle: ``rollout/vllm_engine.py``).
 
-The engine starts on the first ``generate`` from a config-only folder with random (``dummy``) weights, and
-the policy's current weights are pushed into it before the first rollout and after every optimizer step
-(``mark_stale`` -> lazy push on the next ``generate``). One code path therefore covers a model loaded from
-a folder, a model built in code and a run resumed from a checkpoint, and no second copy of the weights is
-written to start the engine.
-
-Weight push: the full (FSDP-gathered) ``state_dict`` is written to one safetensors file in ``sync_dir``
-and the workers reload it in place (``rollout/vllm_worker.py``), then the prefix cache is dropped.
+The policy's weights are pushed into the engine before the first rollout and after every optimizer step
+(``mark_stale`` -> lazy push on the next ``generate``), in shared-memory buckets of ``bucket_mb`` (or, as a
+fallback, through one file; see ``rollout/weight_push.py``).
 
 Behaviour log-probs are vLLM's ``processed_logprobs`` of the sampled tokens: ``log_softmax(logits / T)``
 like the HF engine and the trainer (with ``top_p < 1`` or ``top_k > 0`` they are renormalised over the
-kept tokens). Engine numerics (bf16, other kernels) differ from the trainer's; ``rollout.tis_cap`` turns
-on truncated importance sampling in the learner to correct for it (the config interpolates it into
-``module.tis_cap``; the engine only checks it).
-
-Engines are shared within a process by configuration (``shutdown_engines()`` stops them): two rollout
-objects for the same architecture reuse one engine, and each pushes its own weights before using it.
+kept tokens, which the trainer does not do: training refuses those settings). Engine numerics (bf16, other
+kernels) differ from the trainer's; the ``correction`` group measures and corrects the mismatch.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import os
-import tempfile
 import time
 import zlib
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
-from longact_pl.gather import full_state_dict
 from longact_pl.models.types import resolve_dtype
-from longact_pl.rollout.masks import check_sampling, completion_mask_after_eos, left_pad
+from longact_pl.rollout.masks import build_batch, check_sampling, eos_token_ids, left_pad
 from longact_pl.rollout.types import RolloutBatch
-
-WORKER_EXTENSION = "longact_pl.rollout.vllm_worker.WeightSyncExtension"
-
-
-@dataclass
-class _Engine:
-    """A running ``vllm.LLM`` and which rollout object's weights it currently holds."""
-
-    llm: Any
-    folder: tempfile.TemporaryDirectory
-    owner: int | None = None
-
-
-_ENGINES: dict[str, _Engine] = {}
-
-
-def shutdown_engines() -> None:
-    """Stop every engine started in this process (their worker processes exit)."""
-    while _ENGINES:
-        _, engine = _ENGINES.popitem()
-        core = getattr(getattr(engine.llm, "llm_engine", None), "engine_core", None)
-        if core is not None and hasattr(core, "shutdown"):
-            core.shutdown()
-        engine.folder.cleanup()
-
-
-@contextlib.contextmanager
-def _this_gpu_only() -> Iterator[None]:
-    """Start the engine's processes on this rank's GPU: they inherit ``CUDA_VISIBLE_DEVICES``.
-
-    With one training rank per GPU (DDP/FSDP), every rank starts its own engine; without this they would
-    all land on GPU 0. A no-op on CPU and with a single visible GPU.
-    """
-    if not torch.cuda.is_available() or torch.cuda.device_count() < 2:
-        yield
-        return
-    old = os.environ.get("CUDA_VISIBLE_DEVICES")
-    ids = old.split(",") if old else [str(i) for i in range(torch.cuda.device_count())]
-    os.environ["CUDA_VISIBLE_DEVICES"] = ids[torch.cuda.current_device()]
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-        else:
-            os.environ["CUDA_VISIBLE_DEVICES"] = old
-
-
-def eos_token_ids(policy: torch.nn.Module, tokenizer) -> list[int]:
-    """End-of-sequence ids: the generation config's (one or several), else the tokenizer's."""
-    eos = getattr(getattr(policy, "generation_config", None), "eos_token_id", None)
-    if isinstance(eos, (list, tuple)):
-        return [int(e) for e in eos]
-    return [int(eos if eos is not None else tokenizer.eos_token_id)]
+from longact_pl.rollout.vllm_engine import SYNC_METHODS, Engine, engine_for
+from longact_pl.rollout.weight_push import PushStats
 
 
 def prompt_seed(seed: int, prompt: list[int]) -> int:
@@ -113,18 +43,22 @@ class VLLMRollout:
         temperature: Sampling temperature (> 0).
         top_p: Nucleus sampling mass in (0, 1].
         top_k: Top-k filter (0 = off).
-        tis_cap: Truncated importance sampling cap for the rollout/train mismatch (``None`` = off). Only
-            checked here, so a bad value fails before a model loads; the learner applies it (it reaches
-            ``module.tis_cap`` through the config, see ``longact_pl.learner.Learner``).
         dtype: Engine weight dtype (``bfloat16``, ``float16`` or ``float32``).
         max_model_len: Longest prompt + completion (``None`` = the model's maximum).
         kv_cache_gib: KV-cache size in GiB (``None`` = vLLM's default: ``gpu_memory_utilization`` on GPU).
         gpu_memory_utilization: Share of GPU memory vLLM may use when ``kv_cache_gib`` is ``None``.
         enforce_eager: No CUDA graphs / torch.compile (fast start; required on CPU).
-        sync_dir: Folder for the weight file of each push (``None`` = the system temp dir; ``/dev/shm``
-            is fastest where it is large enough).
+        weight_sync: ``bucket`` (shared-memory buckets, no file) or ``file`` (one safetensors file).
+        bucket_mb: Bucket size in MiB for ``bucket`` (peak extra trainer memory of a push).
+        sync_dir: Folder of the weight file for ``file`` (``None`` = the system temp dir).
+        sleep_level: 0 = off; 1 = release the KV cache and offload weights between rollouts; 2 = release
+            both (GPUs only; ignored elsewhere).
         engine_kwargs: Further ``vllm.LLM`` keyword arguments (e.g. ``tensor_parallel_size``).
+        tis_cap: Removed; raises with its replacement (the ``correction`` group).
     """
+
+    # a separate engine samples from its own copy of the weights (the trainer corrects for the mismatch)
+    external = True
 
     def __init__(
         self,
@@ -133,19 +67,31 @@ class VLLMRollout:
         temperature: float = 0.7,
         top_p: float = 1.0,
         top_k: int = 0,
-        tis_cap: float | None = None,
         dtype: str = "bfloat16",
         max_model_len: int | None = None,
         kv_cache_gib: float | None = 1.0,
         gpu_memory_utilization: float = 0.3,
         enforce_eager: bool = True,
+        weight_sync: str = "bucket",
+        bucket_mb: float = 1024.0,
         sync_dir: str | None = None,
+        sleep_level: int = 0,
         engine_kwargs: dict[str, Any] | None = None,
+        tis_cap: float | None = None,
     ) -> None:
-        check_sampling(group_size, max_new_tokens, temperature, top_p)
-        if tis_cap is not None and tis_cap <= 0:
-            raise ValueError(f"rollout.tis_cap must be > 0 (or null = off), got {tis_cap}")
+        if tis_cap is not None:
+            raise ValueError(
+                f"rollout.tis_cap={tis_cap} was replaced by the correction group: use "
+                f"correction=token_tis correction.high={tis_cap} (same truncated token weights)"
+            )
+        check_sampling(group_size, max_new_tokens, temperature, top_p, top_k)
         resolve_dtype(dtype, "rollout.dtype")
+        if weight_sync not in SYNC_METHODS:
+            raise ValueError(f"rollout.weight_sync must be one of {list(SYNC_METHODS)}, got {weight_sync!r}")
+        if bucket_mb <= 0:
+            raise ValueError(f"rollout.bucket_mb must be > 0, got {bucket_mb}")
+        if sleep_level not in (0, 1, 2):
+            raise ValueError(f"rollout.sleep_level must be 0 (off), 1 or 2, got {sleep_level}")
         self.group_size, self.max_new_tokens = group_size, max_new_tokens
         self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
         self.dtype = dtype
@@ -157,8 +103,10 @@ class VLLMRollout:
             **({"kv_cache_memory_bytes": int(kv_cache_gib * 2**30)} if kv_cache_gib else {}),
             **(engine_kwargs or {}),
         }
-        self.sync_dir = sync_dir
+        self.weight_sync, self.bucket_bytes, self.sync_dir = weight_sync, int(bucket_mb * 2**20), sync_dir
+        self.sleep_level = sleep_level
         self.last_sync_s: float | None = None
+        self.last_push: PushStats | None = None
         self.syncs = 0
         self._stale = True
 
@@ -173,49 +121,20 @@ class VLLMRollout:
 
         Under FSDP every rank must call it at the same point (gathering the shards is a collective).
         """
-        engine = self._engine(policy)
+        return self._sync(self._engine(policy), policy)
+
+    def _sync(self, engine: Engine, policy: torch.nn.Module) -> float:
         start = time.perf_counter()
-        state = full_state_dict(policy, dtype=resolve_dtype(self.dtype, "rollout.dtype"))
-        unique: dict[str, torch.Tensor] = {}
-        seen: set[int] = set()
-        for name, tensor in state.items():  # tied weights once (vLLM re-ties them on load)
-            if id(tensor) not in seen:
-                seen.add(id(tensor))
-                unique[name] = tensor
-        with tempfile.TemporaryDirectory(dir=self.sync_dir, prefix="longact-sync-") as tmp:
-            path = str(Path(tmp) / "weights.safetensors")
-            save_file(unique, path)
-            engine.llm.collective_rpc("load_weights_file", args=(path,))
-        engine.llm.reset_prefix_cache()
+        dtype = resolve_dtype(self.dtype, "rollout.dtype")
+        self.last_push = engine.push(policy, dtype, self.weight_sync, self.bucket_bytes, self.sync_dir)
         engine.owner = id(self)
         self._stale = False
         self.syncs += 1
         self.last_sync_s = time.perf_counter() - start
         return self.last_sync_s
 
-    def _engine(self, policy: torch.nn.Module) -> _Engine:
-        config_json = policy.config.to_json_string(use_diff=False)
-        key = hashlib.sha256((config_json + repr(sorted(self.engine_args.items()))).encode()).hexdigest()
-        if key not in _ENGINES:
-            _ENGINES[key] = self._start(policy)
-        return _ENGINES[key]
-
-    def _start(self, policy: torch.nn.Module) -> _Engine:
-        from vllm import LLM  # heavy import, only when a vLLM rollout actually runs
-
-        folder = tempfile.TemporaryDirectory(prefix="longact-vllm-")
-        policy.config.save_pretrained(folder.name)  # config only: weights arrive by the first push
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        with _this_gpu_only():
-            llm = LLM(
-                model=folder.name,
-                load_format="dummy",
-                skip_tokenizer_init=True,
-                logprobs_mode="processed_logprobs",
-                worker_extension_cls=WORKER_EXTENSION,
-                **{k: v for k, v in self.engine_args.items() if v is not None},
-            )
-        return _Engine(llm=llm, folder=folder)
+    def _engine(self, policy: torch.nn.Module) -> Engine:
+        return engine_for(policy, self.engine_args, self.sleep_level)
 
     # --------------------------------------------------------------- sampling
     def _params(self, n: int, greedy: bool, seed: int, budget: int, eos_ids: list[int]):
@@ -257,8 +176,9 @@ class VLLMRollout:
             A :class:`RolloutBatch` with ``B * G`` rows (``B`` when greedy).
         """
         engine = self._engine(policy)
+        engine.wake()
         if self._stale or engine.owner != id(self):
-            self.sync(policy)
+            self._sync(engine, policy)
         eos_ids = eos_token_ids(policy, tokenizer)
         n = 1 if greedy else self.group_size
         budget = max_new_tokens or self.max_new_tokens
@@ -266,36 +186,24 @@ class VLLMRollout:
         outputs = engine.llm.generate(
             [{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False
         )
+        engine.sleep()
         samples = [o for out in outputs for o in sorted(out.outputs, key=lambda o: o.index)]
-        return self._batch(prompts, samples, n, tokenizer, eos_ids)
+        return self.to_batch(prompts, samples, n, tokenizer, eos_ids)
 
     @staticmethod
-    def _batch(
+    def to_batch(
         prompts: list[list[int]], samples: list, n: int, tokenizer, eos_ids: list[int]
     ) -> RolloutBatch:
-        """Lay vLLM's outputs out as ``[left-padded prompt | right-padded completion]``."""
-        pad = tokenizer.pad_token_id
-        ids, mask = left_pad(prompts, pad)  # [B, P]
+        """The engine's outputs (``token_ids``, ``logprobs`` per sample) as a :class:`RolloutBatch`."""
+        ids, mask = left_pad(prompts, tokenizer.pad_token_id)  # [B, P]
         width = max(1, max(len(s.token_ids) for s in samples))
-        completion = torch.full((len(samples), width), pad, dtype=torch.long)  # [N, C]
+        completion = torch.full((len(samples), width), tokenizer.pad_token_id, dtype=torch.long)  # [N, C]
         behaviour = torch.zeros((len(samples), width), dtype=torch.float32)  # [N, C]
-        lengths = torch.zeros(len(samples), dtype=torch.long)  # [N]
+        lengths = torch.tensor([len(s.token_ids) for s in samples], dtype=torch.long)  # [N]
         for i, s in enumerate(samples):
             tokens = list(s.token_ids)
-            lengths[i] = len(tokens)
             completion[i, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
             behaviour[i, : len(tokens)] = torch.tensor(
                 [lp[t].logprob for lp, t in zip(s.logprobs, tokens)], dtype=torch.float32
             )
-        in_range = torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)  # [N, C]
-        comp_mask = completion_mask_after_eos(completion, eos_ids) * in_range.long()  # [N, C]
-        completion = torch.where(comp_mask.bool(), completion, pad)  # [N, C]
-        return RolloutBatch(
-            input_ids=torch.cat([ids.repeat_interleave(n, dim=0), completion], dim=1),  # [N, P + C]
-            attention_mask=torch.cat([mask.repeat_interleave(n, dim=0), comp_mask], dim=1),  # [N, P + C]
-            completion_mask=comp_mask,
-            behaviour_logp=behaviour * comp_mask,  # [N, C]
-            completions=tokenizer.batch_decode(completion, skip_special_tokens=True),
-            prompt_width=ids.shape[1],
-            group_size=n,
-        )
+        return build_batch(ids, mask, completion, behaviour, n, eos_ids, tokenizer, lengths)

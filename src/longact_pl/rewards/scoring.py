@@ -1,0 +1,98 @@
+"""Score completions with a task's reward callable, tolerating a reward function that raises."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+from longact_pl.rewards.types import RewardFn
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RewardErrors:
+    """Completions whose reward function raised: counted, the first one kept with its input and traceback.
+
+    Attributes:
+        count: Failed completions since the start of the run.
+        first: The first failure, as text (exception, completion, references).
+        first_error: The first exception itself (its ``__traceback__`` included).
+        step_scored: Completions scored since :meth:`new_step`.
+        step_failed: Of those, the ones whose reward function raised.
+        step_first: The first failure since :meth:`new_step`: ``(text, exception)``.
+    """
+
+    count: int = 0
+    first: str | None = None
+    first_error: Exception | None = field(default=None, repr=False)
+    step_scored: int = 0
+    step_failed: int = 0
+    step_first: tuple[str, Exception] | None = field(default=None, repr=False)
+
+    def record(self, err: Exception, completion: str, references: list[str]) -> None:
+        """Count one failure; log the first with its input."""
+        self.count += 1
+        self.step_failed += 1
+        text = f"{type(err).__name__}: {err} | completion={completion!r} references={references!r}"
+        self.step_first = self.step_first or (text, err)
+        if self.first is None:
+            self.first, self.first_error = text, err
+            log.warning("reward function raised (scored 0, run continues): %s", self.first)
+
+    def new_step(self) -> None:
+        """Start counting the completions of a new RL step."""
+        self.step_scored = self.step_failed = 0
+        self.step_first = None
+
+    @property
+    def step_all_failed(self) -> bool:
+        """Whether the reward function raised on every completion scored since :meth:`new_step`."""
+        return self.step_scored > 0 and self.step_failed == self.step_scored
+
+
+def _score_one(
+    reward_fn: RewardFn, completion: str, refs: list[str], task: str, errors: RewardErrors
+) -> float:
+    try:
+        return float(reward_fn([completion], [refs], tasks=[task])[0])
+    except Exception as err:  # noqa: BLE001 - a user reward must not kill a long run
+        errors.record(err, completion, refs)
+        return 0.0
+
+
+def score(
+    reward_fn: RewardFn,
+    completions: list[str],
+    samples: list[dict],
+    group_size: int,
+    errors: RewardErrors | None = None,
+) -> torch.Tensor:
+    """Reward each completion against the references of its prompt.
+
+    Args:
+        reward_fn: ``(completions, references, **meta) -> list[float]``.
+        completions: ``B * G`` completions, grouped by prompt.
+        samples: The B prompt dicts (``references``, ``task``).
+        group_size: G.
+        errors: When given, a raising reward function is retried per completion and the failing ones
+            score 0 (counted here) instead of stopping the run.
+
+    Returns:
+        ``[B * G]`` float32 rewards.
+    """
+    refs = [s["references"] for s in samples for _ in range(group_size)]
+    tasks = [s.get("task", "") for s in samples for _ in range(group_size)]
+    try:
+        values = reward_fn(completions, refs, tasks=tasks)
+    except Exception:
+        if errors is None:
+            raise
+        values = [_score_one(reward_fn, c, r, t, errors) for c, r, t in zip(completions, refs, tasks)]
+    if len(values) != len(completions):
+        raise ValueError(f"reward function returned {len(values)} values for {len(completions)} completions")
+    if errors is not None:
+        errors.step_scored += len(completions)
+    return torch.tensor([float(v) for v in values], dtype=torch.float32)  # [B * G]

@@ -1,0 +1,172 @@
+"""vLLM engine lifecycle: start, a per-process registry, GPU pinning, weight pushes and sleep / wake.
+
+The only module that imports vLLM (lazily, when an engine starts). Sampling lives in ``rollout/vllm.py``.
+
+An engine starts from a config-only folder with random (``dummy``) weights; the policy's weights arrive by
+the first push (``rollout/weight_push.py``), so a model loaded from a folder, one built in code and a run
+resumed from a checkpoint take the same path. Engines are shared within a process by configuration
+(:func:`shutdown_engines` stops them): two rollout objects for the same architecture reuse one engine, and
+each pushes its own weights before using it.
+
+Sleep (GPUs only): with ``sleep_level`` 1 or 2 the engine releases its KV cache (and, at level 1, offloads
+its weights to CPU; at level 2, drops them) after every rollout, so the training phase gets that GPU memory
+back, and wakes up before the next rollout (level 2 then needs a push, which happens anyway after a step).
+vLLM supports sleep mode on CUDA, ROCm and XPU; elsewhere (CPU) the setting is ignored with a log line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from longact_pl.rollout.weight_push import (
+    PushStats,
+    iter_weights,
+    largest_tensor_bytes,
+    push_buckets,
+    push_file,
+)
+
+log = logging.getLogger(__name__)
+
+WORKER_EXTENSION = "longact_pl.rollout.vllm_worker.WeightSyncExtension"
+SYNC_METHODS = ("bucket", "file")
+
+
+@dataclass
+class Engine:
+    """A running ``vllm.LLM``, which rollout object's weights it holds, and its sleep state.
+
+    Attributes:
+        llm: The ``vllm.LLM``.
+        folder: Its config-only model folder (removed at shutdown).
+        workers: Worker processes taking part in each collective call.
+        sleep_level: 0 (never sleeps), 1 or 2 (see the module docstring).
+        owner: ``id`` of the rollout object whose weights it holds (``None``: random weights).
+        asleep: Whether it is sleeping now.
+    """
+
+    llm: Any
+    folder: tempfile.TemporaryDirectory
+    workers: int = 1
+    sleep_level: int = 0
+    owner: int | None = None
+    asleep: bool = False
+
+    def sleep(self) -> None:
+        """Release the KV cache (and weights, by level) until :meth:`wake`; a no-op at level 0."""
+        if self.sleep_level and not self.asleep:
+            self.llm.sleep(level=self.sleep_level)
+            self.asleep = True
+
+    def wake(self) -> None:
+        """Reallocate everything released by :meth:`sleep`; level 2 forgets the weights (owner reset)."""
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
+            if self.sleep_level == 2:
+                self.owner = None
+
+    def push(
+        self, policy: nn.Module, dtype: torch.dtype, method: str, bucket_bytes: int, sync_dir: str | None
+    ) -> PushStats:
+        """Push ``policy``'s weights (FSDP: every rank calls this at the same point; gathers are collectives).
+
+        Args:
+            policy: The (possibly sharded) policy.
+            dtype: The engine's weight dtype.
+            method: ``bucket`` (shared-memory buckets) or ``file`` (one safetensors file).
+            bucket_bytes: Bucket size for ``bucket``.
+            sync_dir: Folder of the file for ``file`` (``None`` = the system temp dir).
+        """
+        weights = iter_weights(policy)
+        if method == "file":
+            stats = push_file(self.llm.collective_rpc, weights, dtype, sync_dir)
+        else:
+            largest = largest_tensor_bytes(policy, dtype)
+            stats = push_buckets(self.llm.collective_rpc, weights, dtype, self.workers, bucket_bytes, largest)
+        self.llm.reset_prefix_cache()
+        return stats
+
+
+_ENGINES: dict[str, Engine] = {}
+
+
+def shutdown_engines() -> None:
+    """Stop every engine started in this process (their worker processes exit)."""
+    while _ENGINES:
+        _, engine = _ENGINES.popitem()
+        core = getattr(getattr(engine.llm, "llm_engine", None), "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+        engine.folder.cleanup()
+
+
+def engine_for(policy: nn.Module, engine_args: dict[str, Any], sleep_level: int = 0) -> Engine:
+    """The engine for ``policy``'s architecture and these arguments, started on first use."""
+    config_json = policy.config.to_json_string(use_diff=False)
+    key = hashlib.sha256((config_json + repr(sorted(engine_args.items())) + str(sleep_level)).encode())
+    if key.hexdigest() not in _ENGINES:
+        _ENGINES[key.hexdigest()] = _start(policy, engine_args, sleep_level)
+    return _ENGINES[key.hexdigest()]
+
+
+def sleep_supported() -> bool:
+    """Whether vLLM can sleep on this machine's platform (CUDA, ROCm, XPU; not CPU)."""
+    from vllm.platforms import current_platform
+
+    return bool(current_platform.is_sleep_mode_available())
+
+
+def _start(policy: nn.Module, engine_args: dict[str, Any], sleep_level: int) -> Engine:
+    from vllm import LLM  # heavy import, only when a vLLM rollout actually runs
+
+    if sleep_level and not sleep_supported():
+        log.info("rollout.sleep_level=%d ignored: vLLM sleeps on CUDA, ROCm or XPU devices only", sleep_level)
+        sleep_level = 0
+    folder = tempfile.TemporaryDirectory(prefix="longact-vllm-")
+    policy.config.save_pretrained(folder.name)  # config only: weights arrive by the first push
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    with _this_gpu_only():
+        llm = LLM(
+            model=folder.name,
+            load_format="dummy",
+            skip_tokenizer_init=True,
+            logprobs_mode="processed_logprobs",
+            worker_extension_cls=WORKER_EXTENSION,
+            **({"enable_sleep_mode": True} if sleep_level else {}),
+            **{k: v for k, v in engine_args.items() if v is not None},
+        )
+    workers = len(llm.collective_rpc("worker_pid"))
+    return Engine(llm=llm, folder=folder, workers=workers, sleep_level=sleep_level)
+
+
+@contextlib.contextmanager
+def _this_gpu_only() -> Iterator[None]:
+    """Start the engine's processes on this rank's GPU: they inherit ``CUDA_VISIBLE_DEVICES``.
+
+    With one training rank per GPU (DDP/FSDP), every rank starts its own engine; without this they would
+    all land on GPU 0. A no-op on CPU and with a single visible GPU.
+    """
+    if not torch.cuda.is_available() or torch.cuda.device_count() < 2:
+        yield
+        return
+    old = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = old.split(",") if old else [str(i) for i in range(torch.cuda.device_count())]
+    os.environ["CUDA_VISIBLE_DEVICES"] = ids[torch.cuda.current_device()]
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = old
