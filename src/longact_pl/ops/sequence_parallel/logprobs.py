@@ -35,11 +35,11 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, causal_mask
 from longact_pl.ops.chunked import decoder_of, lm_head_of
 from longact_pl.ops.packed import PackedCompletions
 from longact_pl.ops.passes import TokenMaskHook, dummy_rows, hooked_forward
+from longact_pl.ops.positions import position_ids_from_mask
 from longact_pl.ops.sequence_parallel.attention import KVRecord, UlyssesCall, inner_implementation
 from longact_pl.ops.sequence_parallel.comm import SPGroup
 from longact_pl.ops.sequence_parallel.owned import OwnedTokens
 from longact_pl.ops.shared_prefix import check_shared_prefix, group_spans
-from longact_pl.rollout.masks import position_ids_from_mask
 
 
 def full_mask(
