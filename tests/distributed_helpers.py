@@ -126,3 +126,30 @@ class ShiftedRollout(HFRollout):
         ro = super().generate(*args, **kwargs)
         ro.behaviour_logp = (ro.behaviour_logp + self.shift) * ro.completion_mask
         return ro
+
+
+class RolloutProbe(RankProbe):
+    """``RankProbe`` that also saves each step's rollouts (what the learner trained on) and LongAct masks."""
+
+    def __init__(self, out_dir: str) -> None:
+        super().__init__(out_dir)
+        self.rollouts: list[torch.Tensor] = []  # [N, P + C] input ids of each step
+        self.step_masks: list[dict[str, torch.Tensor]] = []  # the masks each step's update used
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        prepare = pl_module.learner.prepare
+
+        def recording(policy, reference, rollouts, *args, **kwargs):
+            self.rollouts.append(rollouts.input_ids.detach().cpu().clone())
+            return prepare(policy, reference, rollouts, *args, **kwargs)
+
+        pl_module.learner.prepare = recording
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+        self.step_masks.append(next((c.masks for c in trainer.callbacks if isinstance(c, SaliencyMask)), {}))
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        path = self.out_dir / f"rank{trainer.global_rank}.pt"
+        torch.save({**torch.load(path), "rollouts": self.rollouts, "step_masks": self.step_masks}, path)

@@ -119,9 +119,10 @@ class FakeOps:
     """A ``DistOps`` for unit tests: this rank plus scripted other ranks, no processes.
 
     ``min(value)`` returns ``min(value, next(other_mins))`` (the value itself once the script ends),
-    ``sum(tensor)`` returns ``tensor + next(other_sums)`` (the tensor itself once it ends) and ``max(tensor)``
-    the elementwise maximum with ``next(other_maxes)`` (the tensor itself once it ends); every call's input
-    is recorded.
+    ``sum(tensor)`` returns ``tensor + next(other_sums)`` (the tensor itself once it ends), ``max(tensor)``
+    the elementwise maximum with ``next(other_maxes)`` (the tensor itself once it ends) and ``share(value)``
+    ``next(shares)`` (the first rank of a sequence-parallel group's value; ``value`` itself once the script
+    ends); every min, sum and max call's input is recorded.
     """
 
     def __init__(
@@ -130,9 +131,11 @@ class FakeOps:
         other_mins: Iterable[int] = (),
         other_sums: Iterable = (),
         other_maxes: Iterable = (),
+        shares: Iterable = (),
     ) -> None:
         self.world_size = world_size
         self._mins, self._sums, self._maxes = iter(other_mins), iter(other_sums), iter(other_maxes)
+        self._shares = iter(shares)
         self.min_calls: list[int] = []
         self.sum_calls: list = []
         self.max_calls: list = []
@@ -153,6 +156,10 @@ class FakeOps:
         self.max_calls.append(tensor.clone())
         other = next(self._maxes, None)
         return tensor if other is None else torch.maximum(tensor, torch.as_tensor(other))
+
+    def share(self, value):
+        """The next scripted value (another rank is first in the group), else the value itself."""
+        return next(self._shares, value)
 
 
 class VLLMStandIn(HFRollout):

@@ -107,7 +107,8 @@ def test_fsdp_gathers_bf16_and_reduces_fp32_under_bf16_mixed(monkeypatch, precis
     monkeypatch.setattr(strategies, "shard_model", lambda model, mesh, reshard, mp: calls.append((model, mp)))
     fake = SimpleNamespace(
         precision_plugin=SimpleNamespace(precision=precision), device_mesh={"data_parallel": "mesh"},
-        activation_checkpointing=False, reshard_after_forward=True,
+        activation_checkpointing=False, reshard_after_forward=True, sequence_parallel_size=1,
+        sequence_parallel=None,
     )  # fmt: skip
     module = SimpleNamespace(policy=torch.nn.Linear(2, 2), ref_model=torch.nn.Linear(2, 2))
     strategies.LongActFSDP.parallelize(fake, module)

@@ -127,3 +127,12 @@ def test_a_rank_with_no_group_makes_every_rank_skip():
     assert (
         _sample(_Engine(), [1, 2], [[3, 4], [5, 6]], FakeOps(world_size=2)) is None
     )  # 3 rounds, all uniform
+
+
+def test_a_sequence_parallel_group_trains_on_its_first_ranks_rollouts_and_rewards():
+    """This rank generated other prompts (say its own extra-prompt draw); the first rank's round wins."""
+    first = _Engine().generate(None, None, [[101], [102]])
+    dist = FakeOps(world_size=2, shares=[(first, torch.tensor([1.0, 0.0, 0.0, 1.0]))])
+    scored = _sample(_Engine(), [201, 202], [], dist)
+    assert _groups(scored) == [101, 102]
+    assert scored.raw_rewards.tolist() == scored.first_round_rewards.tolist() == [1.0, 0.0, 0.0, 1.0]

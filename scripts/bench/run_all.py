@@ -31,6 +31,7 @@ BENCHES = {
     "logprobs": "bench_logprobs.py",
     "generate": "bench_generate.py",
     "peer": "bench_peer.py",
+    "sequence_parallel": "bench_sequence_parallel.py",
 }
 FIGURE = re.compile(r"^\S+ ratio=\S+ a=\S+ b=\S+$")
 
@@ -93,7 +94,11 @@ def main(argv: list[str] | None = None) -> Path:
     args = p.parse_args(argv)
     body = ["# Long-context benchmarks", "", *machine(), f"- mode: {'full' if args.full else 'quick'}"]
     body += [f"- torch threads per benchmark: {args.threads or 'default'}", ""]
-    body += ["Each line: `name ratio=<x> a=<ours> b=<baseline>` (ratio > 1 = ours better).", ""]
+    body += [
+        "Each line: `name ratio=<x> a=<ours> b=<baseline>` (ratio > 1 = ours better, except "
+        "`sp_peak_activation_mb`: N=2 over N=1 per rank, lower is better).",
+        "",
+    ]
     for key in args.only.split(","):
         figures, comments, seconds, error = run(BENCHES[key], args.full, args.threads, args.timeout)
         print(f"{key}: {seconds:.0f} s {'FAILED ' + error if error else ''}", flush=True)

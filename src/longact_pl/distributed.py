@@ -7,22 +7,31 @@ rank runs) and validation's per-prompt records agree across data-parallel ranks 
 :class:`StrategyOps` runs the collectives through a Lightning strategy (DDP or FSDP2).
 
 Every method is a collective when ``world_size > 1``: every rank must call it, in the same order.
+
+With sequence parallelism (``LongActFSDP(sequence_parallel_size=N)``) the N ranks of a group hold the same
+rollouts: :meth:`DistOps.share` gives every rank its group's first rank's value, and :meth:`DistOps.sum`
+counts each group once (a data-parallel sum).
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import torch
 
+from longact_pl.ops.sequence_parallel.comm import from_first_rank
+
+T = TypeVar("T")
+
 
 class DistOps(Protocol):
-    """Data-parallel collectives: the ranks' count, a sum, a minimum, a maximum and a gather of objects."""
+    """Data-parallel collectives: the ranks' count, a sum, a minimum, a maximum, a gather of objects, and
+    sharing in a sequence-parallel group."""
 
     world_size: int
 
     def sum(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Elementwise sum of ``tensor`` over ranks (same shape and device as the input)."""
+        """Elementwise sum of ``tensor`` over data-parallel ranks (same shape and device as the input)."""
         ...
 
     def min(self, value: int) -> int:
@@ -35,6 +44,13 @@ class DistOps(Protocol):
 
     def gather(self, obj: Any) -> list[Any]:
         """Every rank's ``obj`` (picklable), in rank order, on every rank."""
+        ...
+
+    def share(self, value: T) -> T:
+        """``value`` as the first rank of this rank's sequence-parallel group holds it.
+
+        Without sequence parallelism: ``value`` itself.
+        """
         ...
 
 
@@ -59,6 +75,10 @@ class LocalOps:
         """``[obj]``."""
         return [obj]
 
+    def share(self, value: T) -> T:
+        """The value itself."""
+        return value
+
 
 class StrategyOps:
     """Collectives through a Lightning strategy (``trainer.strategy``); none run on a single process.
@@ -72,15 +92,20 @@ class StrategyOps:
 
     @property
     def world_size(self) -> int:
-        """Data-parallel ranks (1 for single-device strategies, as ``Trainer.world_size``)."""
+        """Ranks that gradients are averaged over (1 on a single device, as ``Trainer.world_size``)."""
         return getattr(self.strategy, "world_size", 1)
 
     def sum(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Sum over ranks, computed on the strategy's device and returned on the input's device."""
+        """Sum over data-parallel ranks, computed on the strategy's device and returned on the input's device.
+
+        The ranks of a sequence-parallel group hold the same values (one rollout batch), so the sum over
+        every rank divided by the group size counts each group once, exactly for integer counts.
+        """
         if self.world_size == 1:
             return tensor
         total = self.strategy.reduce(tensor.to(self.strategy.root_device), reduce_op="sum")
-        return total.to(tensor.device)
+        sp = getattr(self.strategy, "sequence_parallel", None)
+        return (total / sp.size if sp is not None else total).to(tensor.device)
 
     def min(self, value: int) -> int:
         """Minimum over ranks."""
@@ -103,3 +128,18 @@ class StrategyOps:
         out: list[Any] = [None] * self.world_size
         torch.distributed.all_gather_object(out, obj)
         return out
+
+    def share(self, value: T) -> T:
+        """The sequence-parallel group's first rank's ``value``, tensors on this rank's device."""
+        sp = getattr(self.strategy, "sequence_parallel", None)
+        return value if sp is None else from_first_rank(value, sp, self.strategy.root_device)
+
+
+def data_parallel_rank(trainer) -> tuple[int, int]:
+    """``(rank, number of ranks)`` among data-parallel ranks (a sequence-parallel group shares one).
+
+    From the strategy's sampler arguments (the ``data_parallel`` mesh dimension under ``LongActFSDP``);
+    ``(global_rank, world_size)`` for strategies without them.
+    """
+    kwargs = getattr(trainer.strategy, "distributed_sampler_kwargs", None) or {}
+    return int(kwargs.get("rank", trainer.global_rank)), int(kwargs.get("num_replicas", trainer.world_size))

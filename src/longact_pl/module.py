@@ -16,7 +16,7 @@ from torchmetrics import MeanMetric
 from longact_pl.algos.correction import RolloutCorrection, check_training_sampler
 from longact_pl.algos.protocol import Algorithm
 from longact_pl.data.dataset import drop_padding
-from longact_pl.distributed import StrategyOps
+from longact_pl.distributed import StrategyOps, data_parallel_rank
 from longact_pl.eval.metrics import TaskLengthAccuracy, compute_accuracy, update_accuracy
 from longact_pl.eval.scoring import evaluate_batch
 from longact_pl.eval.val_records import ValRecords
@@ -197,7 +197,8 @@ class LongActModule(L.LightningModule):
         """Further prompt batches for dynamic sampling, from an independently shuffled loader."""
         dm = self.trainer.datamodule
         extra = getattr(dm, "extra_dataloader", None)
-        loader = extra(seed=self.seed + 1 + self.global_rank) if extra else dm.train_dataloader()
+        rank, _ = data_parallel_rank(self.trainer)  # a sequence-parallel group draws the same prompts
+        loader = extra(seed=self.seed + 1 + rank) if extra else dm.train_dataloader()
         while True:
             yield from loader
 

@@ -73,13 +73,14 @@ def sample_and_score(
         more_samples: Factory of an iterator of further prompt batches for extra rounds.
         seed: Sampling seed of the first round; round r uses ``seed + r``.
         errors: Collects reward-function failures (see :func:`score`).
-        dist: Data-parallel collectives (``dist.min`` is called by every rank in the same order); ``None``
-            on a single process.
+        dist: Data-parallel collectives (``dist.min`` and ``dist.share`` are called by every rank in the same
+            order); ``None`` on a single process.
 
     Returns:
         The scored rollouts, or ``None`` if dynamic sampling kept no group at all (on some rank).
     """
-    agree = (dist or LocalOps()).min
+    dist = dist or LocalOps()
+    agree = dist.min
     group = engine.group_size
     want = len(samples)
     kept: list[RolloutBatch] = []
@@ -92,6 +93,9 @@ def sample_and_score(
         ro = engine.generate(policy, tokenizer, [s["prompt_ids"] for s in batch_samples], seed=seed + rounds)
         rounds += 1
         raw = score(reward_fn, ro.completions, batch_samples, group, errors)  # [n]
+        # a sequence-parallel group trains on one batch: its first rank's rollouts and rewards (the ranks
+        # generated for the same prompts, but sampling need not be bit-identical across devices)
+        ro, raw = dist.share((ro, raw))
         shaped = shape(raw, ro.completion_lengths.float().cpu())  # [n]
         first = raw if first is None else first
         keep = keep_groups(shaped, group) if keep_groups else torch.ones(len(batch_samples), dtype=torch.bool)

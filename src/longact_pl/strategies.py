@@ -11,6 +11,12 @@ wrapped module's parameters into one ``FlatParameter`` whose shard boundaries cu
 
 The frozen reference model (held outside ``nn.Module`` registration, see ``module._Frozen``) is sharded the
 same way, so it costs ``1 / world_size`` of a full copy per rank; its forward all-gathers layer by layer.
+
+Sequence parallelism (``LongActFSDP(sequence_parallel_size=N)``): the ranks form a 2-D mesh
+``(data_parallel, sequence_parallel)``; FSDP2 shards over all of it (the flattened mesh), the N ranks of a
+sequence-parallel group get the same prompts (samplers deal by data-parallel rank,
+``distributed.data_parallel_rank``) and the same rollouts (``DistOps.share``), and split every sequence of
+the log-prob passes between them (Ulysses, ``longact_pl.ops.sequence_parallel``).
 """
 
 from __future__ import annotations
@@ -18,11 +24,17 @@ from __future__ import annotations
 from datetime import timedelta
 
 import lightning.pytorch as pl
-from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
+from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, ParallelStrategy
 from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
+from longact_pl.ops.chunked import lm_head_of
+from longact_pl.ops.sequence_parallel import SPGroup, check_heads, enable_ulysses
+from longact_pl.ops.shared_prefix import full_attention_only
 from longact_pl.precision import fsdp_mixed_precision
+
+SP_FIELD = "trainer.strategy.sequence_parallel_size"
 
 
 def enable_activation_checkpointing(model: nn.Module) -> None:
@@ -70,6 +82,7 @@ class LongActDDP(DDPStrategy):
         process_group_backend: ``nccl`` / ``gloo`` (``None`` = Lightning's choice for the accelerator).
         find_unused_parameters: DDP's flag; keep ``False`` unless parts of the model get no gradient.
         timeout: Collective timeout in seconds.
+        sequence_parallel_size: Must be 1 (sequence parallelism needs ``strategy=fsdp``).
     """
 
     def __init__(
@@ -78,7 +91,13 @@ class LongActDDP(DDPStrategy):
         process_group_backend: str | None = None,
         find_unused_parameters: bool = False,
         timeout: float = 1800.0,
+        sequence_parallel_size: int = 1,
     ) -> None:
+        if sequence_parallel_size != 1:
+            raise ValueError(
+                f"{SP_FIELD}={sequence_parallel_size} needs strategy=fsdp: DDP keeps a whole model per rank "
+                "and has no sequence-parallel groups (use strategy=fsdp, or sequence_parallel_size=1)"
+            )
         super().__init__(
             process_group_backend=process_group_backend,
             find_unused_parameters=find_unused_parameters,
@@ -93,7 +112,7 @@ class LongActDDP(DDPStrategy):
 
 
 class LongActFSDP(ModelParallelStrategy):
-    """FSDP2 over all ranks (pure data parallel: every device of every node shards the model).
+    """FSDP2 over all ranks (every device of every node shards the model), optionally sequence parallel.
 
     With ``trainer.precision=bf16-mixed`` the fp32 sharded parameters are all-gathered in bf16 and gradients
     reduce-scattered in fp32 (:func:`longact_pl.precision.fsdp_mixed_precision`), on top of Lightning's
@@ -107,6 +126,8 @@ class LongActFSDP(ModelParallelStrategy):
             gathered on rank 0 (``False``).
         process_group_backend: ``nccl`` / ``gloo`` (``None`` = Lightning's choice for the accelerator).
         timeout: Collective timeout in seconds.
+        sequence_parallel_size: N ranks share each rollout batch and split its sequences (Ulysses); must
+            divide the world size and the model's attention heads. 1 = pure data parallel.
     """
 
     def __init__(
@@ -116,7 +137,10 @@ class LongActFSDP(ModelParallelStrategy):
         save_distributed_checkpoint: bool = True,
         process_group_backend: str | None = None,
         timeout: float = 1800.0,
+        sequence_parallel_size: int = 1,
     ) -> None:
+        if sequence_parallel_size < 1:
+            raise ValueError(f"{SP_FIELD} must be >= 1, got {sequence_parallel_size}")
         super().__init__(
             data_parallel_size="auto",
             tensor_parallel_size=1,
@@ -126,21 +150,73 @@ class LongActFSDP(ModelParallelStrategy):
         )
         self.activation_checkpointing = activation_checkpointing
         self.reshard_after_forward = reshard_after_forward
+        self.sequence_parallel_size = sequence_parallel_size
+
+    def check_model(self, model: nn.Module) -> None:
+        """Refuse settings that cannot run, before anything is written (``train.run`` calls it).
+
+        Raises:
+            ValueError: If the sequence-parallel size does not divide the world size or the head counts.
+            NotImplementedError: For models the sequence-parallel log-prob passes do not cover.
+        """
+        size, world = self.sequence_parallel_size, self.num_nodes * self.num_processes
+        if size == 1:
+            return
+        if world % size:
+            raise ValueError(
+                f"{SP_FIELD}={size} must divide the world size ({world} = trainer.num_nodes x "
+                "trainer.devices): each data-parallel group is that many ranks"
+            )
+        check_heads(model.config, size)
+        if not full_attention_only(model):
+            raise NotImplementedError(f"{SP_FIELD} > 1 needs a full-attention model (no sliding window)")
+        lm_head_of(model)
 
     def setup_environment(self) -> None:
-        """Use one data-parallel mesh dimension over every process (no tensor parallelism)."""
-        self._data_parallel_size = self.num_nodes * self.num_processes
+        """A ``(data_parallel, sequence_parallel)`` mesh over every process (no tensor parallelism).
+
+        What ``ModelParallelStrategy.setup_environment`` does, with the second dimension named for what it
+        holds; ``distributed_sampler_kwargs`` count ``data_parallel`` ranks only, so a sequence-parallel group
+        sees the same prompts.
+        """
+        world = self.num_nodes * self.num_processes
+        if world % self.sequence_parallel_size:
+            raise ValueError(f"{SP_FIELD}={self.sequence_parallel_size} must divide the world size ({world})")
+        self._data_parallel_size = world // self.sequence_parallel_size
         self._tensor_parallel_size = 1
-        super().setup_environment()
+        ParallelStrategy.setup_environment(self)
+        self._setup_distributed()
+        self._device_mesh = init_device_mesh(
+            self.root_device.type,
+            (self._data_parallel_size, self.sequence_parallel_size),
+            mesh_dim_names=("data_parallel", "sequence_parallel"),
+        )
+        self.lightning_module._device_mesh = self._device_mesh
+
+    @property
+    def sequence_parallel(self) -> SPGroup | None:
+        """The sequence-parallel group of this rank (``None`` without sequence parallelism)."""
+        if self.sequence_parallel_size == 1:
+            return None
+        return SPGroup.of(self.device_mesh["sequence_parallel"].get_group())
 
     def parallelize(self, module: pl.LightningModule) -> None:
-        """Shard the policy and the frozen reference model over the data-parallel mesh (once)."""
+        """Shard the policy and the frozen reference model over the whole mesh (once).
+
+        With sequence parallelism both switch to Ulysses attention and the log-prob passes to the
+        sequence-split paths.
+        """
         if isinstance(module.policy, FSDPModule):
             return
         if self.activation_checkpointing:
             enable_activation_checkpointing(module.policy)
-        mesh = self.device_mesh["data_parallel"]
+        mesh = self.device_mesh
+        mesh = mesh["data_parallel"] if self.sequence_parallel_size == 1 else mesh._flatten("fsdp")
         mp_policy = fsdp_mixed_precision(self.precision_plugin.precision)
         for model in (module.policy, getattr(module, "ref_model", None)):
             if model is not None:
+                if self.sequence_parallel_size > 1:
+                    enable_ulysses(model, self.sequence_parallel_size)
                 shard_model(model, mesh, self.reshard_after_forward, mp_policy)
+        if self.sequence_parallel is not None:
+            module.learner.logprobs.sequence_parallel = self.sequence_parallel

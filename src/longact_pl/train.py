@@ -148,6 +148,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     )
     loggers = build_loggers(cfg)
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    check_model = getattr(trainer.strategy, "check_model", None)
+    if callable(check_model):  # settings the strategy cannot run with this model (sequence parallel sizes)
+        check_model(loaded.model)
     if main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))

@@ -44,6 +44,17 @@ def test_write_gathers_every_rank_sorted_by_index_on_the_main_rank_only(tmp_path
     assert rank0.rows == [] and not list((tmp_path / "preds").glob("*.tmp"))
 
 
+def test_write_keeps_one_row_per_prompt_when_a_sequence_parallel_group_scored_it_twice(tmp_path):
+    # ranks 0 and 1 form one sequence-parallel group (the same prompts), rank 2 another
+    ranks = [ValRecords(tmp_path / "preds") for _ in range(3)]
+    ranks[0].add(2, [_record(0), _record(2)], ["a", "c"], torch.tensor([1.0, 0.0]))
+    ranks[1].add(2, [_record(0), _record(2)], ["a", "c"], torch.tensor([1.0, 0.0]))
+    ranks[2].add(2, [_record(1)], ["b"], torch.tensor([0.5]))
+    parts = [list(r.rows) for r in ranks]
+    rows = read_step(ranks[0].write(2, lambda rows: parts, is_main=True))
+    assert [(r["index"], r["completion"]) for r in rows] == [(0, "a"), (1, "b"), (2, "c")]
+
+
 def test_read_step_names_a_bad_line(tmp_path):
     path = tmp_path / "step_0.jsonl"
     path.write_text(json.dumps({"id": "a", "score": 1.0}) + "\n" + json.dumps({"id": "b"}) + "\n")

@@ -15,6 +15,7 @@ from longact_pl.data.dataset import PromptDataset, WithPadding, keep_list
 from longact_pl.data.order import ResumableOrder
 from longact_pl.data.sources import GeneratedSource, JsonlSource, overlap
 from longact_pl.data.types import SampleSource
+from longact_pl.distributed import data_parallel_rank
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -135,13 +136,16 @@ class LongContextDataModule(L.LightningDataModule):
         )
 
     def _position(self) -> tuple[int, int, int, int]:
-        """``(epoch, batches done in it, rank, world size)`` from the trainer (resume-aware)."""
+        """``(epoch, batches done in it, rank, ranks)`` from the trainer (resume-aware).
+
+        Data-parallel ranks: the ranks of a sequence-parallel group get the same prompts.
+        """
         trainer = self.trainer
         if trainer is None:
             return 0, 0, 0, 1
         loop = trainer.fit_loop.epoch_loop
         done = loop.batch_progress.current.completed if loop.restarting else 0
-        return trainer.current_epoch, done, trainer.global_rank, trainer.world_size
+        return trainer.current_epoch, done, *data_parallel_rank(trainer)
 
     def extra_dataloader(self, seed: int) -> DataLoader:
         """Training batches in another seeded order (DAPO's dynamic sampling draws extra prompts here)."""

@@ -125,7 +125,12 @@ class ValRecords:
         self.rows = []
         if not is_main:
             return None
-        rows = sorted((r for part in parts for r in part), key=lambda r: r["index"])
+        # the ranks of a sequence-parallel group score the same prompts: one row per prompt (the first rank's)
+        unique = {}
+        for part in parts:
+            for row in part:
+                unique.setdefault(row["index"], row)
+        rows = sorted(unique.values(), key=lambda r: r["index"])
         self.directory.mkdir(parents=True, exist_ok=True)
         path = step_file(self.directory, step)
         tmp = path.with_suffix(".jsonl.tmp")

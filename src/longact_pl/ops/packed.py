@@ -35,6 +35,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 
 from longact_pl.ops.chunked import head_logprobs, lm_head_of
 from longact_pl.ops.passes import TokenMaskHook, dummy_rows, hooked_forward, zero_tie
+from longact_pl.ops.sequence_parallel.attention import inner_implementation
 
 # attention implementations whose mask builder returns a full [1, 1, T, K] mask from a mask function
 PACKABLE_ATTENTION = ("sdpa", "eager")
@@ -42,7 +43,7 @@ PACKABLE_ATTENTION = ("sdpa", "eager")
 
 def packing_unsupported(model: nn.Module) -> str | None:
     """Why ``model`` cannot take the packed pass (``None``: it can)."""
-    impl = model.config._attn_implementation
+    impl = inner_implementation(model)  # sdpa for ulysses_sdpa (sequence parallelism wraps it)
     if impl not in PACKABLE_ATTENTION:
         return f"attn_implementation={impl!r} (packing covers {list(PACKABLE_ATTENTION)})"
     return None

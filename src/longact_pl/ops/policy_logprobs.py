@@ -15,6 +15,10 @@ computed:
 
 Both fast paths call the model's parts rather than ``model(...)``; under FSDP2 they run inside the root's
 forward hooks (:func:`longact_pl.ops.fsdp_root.through_root`), so sharded models take them too.
+
+With a sequence-parallel group (``sequence_parallel``, set by ``LongActFSDP``), the shared-prompt path
+(padded or packed) and the per-row path run split along the sequence over the group
+(:mod:`longact_pl.ops.sequence_parallel`), with the same numbers.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from longact_pl.ops.fsdp_root import through_root
 from longact_pl.ops.logprobs import completion_logprobs
 from longact_pl.ops.packed import packing_unsupported
 from longact_pl.ops.passes import TokenMaskHook, zero_tie
+from longact_pl.ops.sequence_parallel.comm import SPGroup
+from longact_pl.ops.sequence_parallel.logprobs import sp_completion_logprobs, sp_grouped_completion_logprobs
 from longact_pl.ops.shared_prefix import check_shared_prefix, grouped_completion_logprobs
 
 log = logging.getLogger(__name__)
@@ -54,6 +60,10 @@ class LogprobPass:
             ``False``: padded.
         entropy_grad: Entropy returned with gradient where gradients are on (the entropy bonus); else a
             detached metric (no extra backward work).
+
+    Attributes:
+        sequence_parallel: The sequence-parallel group whose ranks split every sequence (``None``: off); the
+            model must be switched to Ulysses attention (``enable_ulysses``).
 
     Raises:
         ValueError: For a chunk below 1, a ``pack_completions`` that is not a bool or ``"auto"``, or packing
@@ -82,6 +92,7 @@ class LogprobPass:
         self.pack = bool(pack_completions) and shared_prefix
         self.entropy_grad = entropy_grad
         self._chunked_head = chunk_size is not None
+        self.sequence_parallel: SPGroup | None = None
 
     def check_model(self, model: nn.Module) -> None:
         """Settle which path ``model`` takes before training (falls back with one warning each).
@@ -149,6 +160,13 @@ class LogprobPass:
         """
         if self.shared_prefix:
             self.check_model(model)
+        sp = self.sequence_parallel
+        if self.shared_prefix and sp is not None:
+            return through_root(model, functools.partial(
+                sp_grouped_completion_logprobs, model, input_ids, attention_mask, completion_width, sp,
+                temperature, with_entropy, self.chunk_size, token_mask_hook, row_groups, pack=self.pack,
+                pad_spans=pad_spans,
+            ))  # fmt: skip
         if self.shared_prefix:
             return through_root(model, functools.partial(
                 grouped_completion_logprobs, model, input_ids, attention_mask, completion_width, None,
@@ -158,6 +176,11 @@ class LogprobPass:
         if len(input_ids) == 0:
             return self._dummy(model, input_ids, completion_width, pad_spans, with_entropy)
         ids, mask = trim_left_padding(input_ids, attention_mask)  # [n, P' + C]
+        if sp is not None:
+            return through_root(model, functools.partial(
+                sp_completion_logprobs, model, ids, mask, completion_width, sp, temperature, with_entropy,
+                self.chunk_size, token_mask_hook,
+            ))  # fmt: skip
         if token_mask_hook is not None:
             token_mask_hook(mask.bool())
         try:

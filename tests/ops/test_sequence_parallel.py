@@ -1,0 +1,240 @@
+"""Ulysses sequence parallelism on 2 CPU ranks (gloo) against one process.
+
+Each rank holds half of every sequence; log-probs, entropy, every parameter gradient (summed over the two
+ranks, as FSDP2's reduce-scatter does) and LongAct's statistics (summed, as ``SaliencyMask`` does) must equal
+the single-process paths on the whole sequences.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.distributed.device_mesh import init_device_mesh
+
+from longact_pl.masking.stats import StatsCollector, sync_stats
+from longact_pl.masking.targets import find_targets
+from longact_pl.models.tiny import tiny_llama, tiny_qwen3
+from longact_pl.ops.chunked import chunked_completion_logprobs
+from longact_pl.ops.policy_logprobs import LogprobPass
+from longact_pl.ops.sequence_parallel import SPGroup, enable_ulysses, kv_repeats
+from longact_pl.ops.sequence_parallel.comm import from_first_rank
+from longact_pl.ops.shared_prefix import grouped_completion_logprobs
+from longact_pl.strategies import shard_model
+from tests.ops.test_shared_prefix import _assert_same
+
+WORLD = 2
+G = 3
+QK_AT = ("proj", "post_rope")  # where LongAct statistics read q/k: projection outputs, attention's inputs
+BUILDERS = {"llama": tiny_llama, "qwen3": tiny_qwen3}
+
+
+class Case(NamedTuple):
+    """One comparison: 2 ranks through ``LogprobPass`` vs the single-process path."""
+
+    model: str  # llama | qwen3
+    kv: int  # KV heads (4 query heads; 1 KV head for 2 ranks: the repeat path)
+    attn: str  # sdpa | eager
+    shared: bool  # shared prompt (else per row)
+    ckpt: bool  # gradient checkpointing
+    chunk: int | None  # LM-head chunk
+    prompt: int  # P (odd lengths exercise the padding of the last shard)
+    completion: int  # C
+    fsdp: bool = False  # FSDP2 over the 2 ranks
+    pack: bool = False  # completions packed in one row
+    pad_spans: int = 0  # lock-step dummy spans (parallel side only: they change nothing)
+
+
+CASES = [
+    Case("llama", 2, "sdpa", True, False, None, 13, 6),
+    Case("qwen3", 2, "sdpa", True, True, 4, 13, 7),
+    Case("llama", 1, "sdpa", True, True, None, 12, 5, pad_spans=1),
+    Case("qwen3", 1, "eager", True, False, 3, 11, 6),
+    Case("llama", 2, "sdpa", False, True, 5, 13, 6),
+    Case("qwen3", 1, "sdpa", False, False, None, 12, 7),
+    Case("llama", 1, "eager", False, True, None, 11, 5),
+    Case("qwen3", 2, "sdpa", True, True, 4, 12, 7, fsdp=True),
+    Case("llama", 1, "sdpa", False, True, 3, 13, 6, fsdp=True),
+    Case("llama", 2, "sdpa", True, True, 4, 13, 7, pack=True),
+    Case("qwen3", 1, "eager", True, False, None, 12, 6, pack=True, pad_spans=2),
+    Case("qwen3", 2, "sdpa", True, True, None, 11, 5, fsdp=True, pack=True),
+]
+
+
+def _batch(vocab: int, prompt: int, completion: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """2 groups of G rows sharing a prompt; group 1 has 4 left-pad tokens; row r of a group ends r early."""
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(10, vocab, (2 * G, prompt + completion), generator=gen)
+    mask = torch.ones_like(ids)
+    for b in range(2):
+        rows = slice(b * G, (b + 1) * G)
+        ids[rows, :prompt] = ids[b * G, :prompt]
+        ids[rows, : 4 * b], mask[rows, : 4 * b] = 0, 0
+        for r in range(1, G):
+            ids[b * G + r, -r:], mask[b * G + r, -r:] = 0, 0
+    return ids, mask
+
+
+def _model(case: Case):
+    model = BUILDERS[case.model](kv_heads=case.kv, seed=0, gradient_checkpointing=case.ckpt).model.train()
+    model.config._attn_implementation = case.attn
+    return model
+
+
+def _reduce(t: torch.Tensor, reduce_op: str) -> torch.Tensor:
+    dist.all_reduce(t, op=dist.ReduceOp.SUM if reduce_op == "sum" else dist.ReduceOp.MAX)
+    return t
+
+
+def _run(case: Case, fn, sp: SPGroup | None = None, prepare=None):
+    """Log-probs, entropy, every gradient of a weighted loss, the real tokens the hook was told about, and
+    LongAct statistics of q_proj/k_proj (read at the projections and after RoPE), summed over the ranks."""
+    model = _model(case)
+    if prepare is not None:
+        prepare(model)
+    completion = case.completion
+    ids, mask = _batch(model.config.vocab_size, case.prompt, completion)
+    current: list[torch.Tensor | None] = [None]
+    probes = {at: {t.name: t.probe for t in find_targets(model, ("q_proj", "k_proj"), at)} for at in QK_AT}
+    collectors = {at: StatsCollector(p, gate=lambda: current[0]) for at, p in probes.items()}
+    for collector in collectors.values():
+        collector.attach()
+    logp, ent = fn(model, ids, mask, completion, temperature=0.7, with_entropy=True,
+                   token_mask_hook=lambda m: current.__setitem__(0, m))  # fmt: skip
+    comp = mask[:, -completion:].float()
+    weights = torch.linspace(-1.0, 2.0, ids.shape[0])[:, None]  # distinct per-row "advantages"
+    (logp * weights * comp).sum().backward()  # gradient checkpointing replays forwards: the gate is None
+    stats = {at: c.reset() for at, c in collectors.items()}
+    for collector in collectors.values():
+        collector.detach()
+    if case.fsdp and sp is not None:  # FSDP2 reduce-scattered the mean of the ranks' partial gradients
+        grads = {n: p.grad.full_tensor() * WORLD for n, p in model.named_parameters() if p.grad is not None}
+    else:
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        if sp is not None:  # what FSDP2's reduce-scatter does: the sum of the ranks' partial gradients
+            for g in grads.values():
+                dist.all_reduce(g)
+    if sp is not None:  # as SaliencyMask does with the training forwards' statistics
+        for per_target in stats.values():
+            sync_stats(per_target, _reduce)
+    summary = {(at, k): (s.sum_abs, s.max_abs, s.count) for at, per in stats.items() for k, s in per.items()}
+    return logp.detach() * comp, ent * comp, grads, summary
+
+
+def _single(case: Case):
+    if case.shared:
+        fn = functools.partial(
+            grouped_completion_logprobs, group_size=G, chunk_size=case.chunk, pack=case.pack
+        )
+        return _run(case, lambda m, i, a, c, **kw: fn(m, i, a, c, **kw))
+
+    def per_row(m, i, a, c, token_mask_hook, **kw):
+        return _with_hook(
+            token_mask_hook, a, lambda: chunked_completion_logprobs(m, i, a, c, chunk_size=case.chunk, **kw)
+        )
+
+    return _run(case, per_row)
+
+
+def _with_hook(hook, mask, fn):
+    hook(mask.bool())
+    try:
+        return fn()
+    finally:
+        hook(None)
+
+
+def _parallel(case: Case, sp: SPGroup):
+    """Through the trainer's ``LogprobPass`` with its sequence-parallel group (as ``LongActFSDP`` sets)."""
+    lp = LogprobPass(shared_prefix=case.shared, chunk_size=case.chunk, pack_completions=case.pack)
+    lp.sequence_parallel = sp
+
+    def prepare(model):
+        enable_ulysses(model, sp.size)
+        if case.fsdp:
+            shard_model(model, init_device_mesh("cpu", (WORLD,)))
+
+    def fn(model, ids, mask, width, **kw):
+        logp, ent = lp(model, ids, mask, width, pad_spans=case.pad_spans, **kw)
+        assert lp.pack == case.pack  # packing was not turned off for the Ulysses-wrapped attention
+        return logp, ent
+
+    return _run(case, fn, sp, prepare)
+
+
+def _only_dummies(sp: SPGroup) -> torch.Tensor:
+    """A rank with no rows left runs lock-step dummies only: ``[0, C]`` log-probs and a backward."""
+    model = _model(CASES[1])
+    enable_ulysses(model, sp.size)
+    lp = LogprobPass(chunk_size=4, pack_completions=True)
+    lp.sequence_parallel = sp
+    ids, mask = _batch(model.config.vocab_size, 9, 5)
+    logp, _ = lp(model, ids[:0], mask[:0], 5, pad_spans=2)
+    logp.sum().backward()
+    return logp
+
+
+@dataclass
+class _Box:
+    tensor: torch.Tensor
+    texts: list[str]
+
+
+def _worker(rank: int, init_file: str, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        sp = SPGroup.of(dist.group.WORLD)
+        results = [_parallel(case, sp) for case in CASES]
+        mine = _Box(torch.full((2,), float(rank)), [f"rank {rank}"])
+        shared = from_first_rank(mine, sp, "cpu")  # what DistOps.share does with a round of rollouts
+        empty = _only_dummies(sp)
+        if rank == 1:  # the other rank's results are equal by construction (summed over the group)
+            torch.save({"results": results, "shared": (shared.tensor, shared.texts), "empty": empty}, out)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def parallel_results(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sp")
+    mp.spawn(_worker, args=(str(tmp / "init"), str(tmp / "rank1.pt")), nprocs=WORLD, join=True)
+    return torch.load(tmp / "rank1.pt", weights_only=False)
+
+
+@pytest.mark.slow
+def test_from_first_rank_gives_every_rank_the_first_ranks_value(parallel_results):
+    tensor, texts = parallel_results["shared"]  # rank 1's, after the broadcast
+    assert torch.equal(tensor, torch.zeros(2)) and texts == ["rank 0"]
+
+
+@pytest.mark.slow
+def test_lock_step_dummies_alone_run_and_return_no_rows(parallel_results):
+    assert parallel_results["empty"].shape == (0, 5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("index", range(len(CASES)), ids=["-".join(map(str, c)) for c in CASES])
+def test_two_ranks_equal_one_process(parallel_results, index):
+    torch.set_num_threads(1)
+    got, want = parallel_results["results"][index], _single(CASES[index])
+    _assert_same(got[:3], want[:3])  # log-probs, entropy, every gradient
+    # LongAct statistics: each rank counts the tokens it holds; summed, every real token counts once
+    assert got[3].keys() == want[3].keys() and len(want[3]) == 2 * 2 * 2  # (proj, post_rope) x 2 layers x q/k
+    for key, (sum_abs, max_abs, count) in want[3].items():
+        assert got[3][key][2] == count > 0, key
+        torch.testing.assert_close(got[3][key][0], sum_abs, rtol=1e-5, atol=1e-5, msg=str(key))
+        torch.testing.assert_close(got[3][key][1], max_abs, rtol=1e-5, atol=1e-6, msg=str(key))
+
+
+def test_kv_repeats_and_head_errors():
+    assert kv_repeats(32, 8, 4) == 1 and kv_repeats(32, 8, 16) == 2 and kv_repeats(4, 1, 2) == 2
+    with pytest.raises(ValueError, match=r"sequence_parallel_size=3 must divide .* heads \(4\)"):
+        kv_repeats(4, 2, 3)
+    with pytest.raises(ValueError, match="sequence_parallel_size=4 and num_key_value_heads=6"):
+        kv_repeats(24, 6, 4)
