@@ -122,7 +122,7 @@ class FakeOps:
     ``sum(tensor)`` returns ``tensor + next(other_sums)`` (the tensor itself once it ends), ``max(tensor)``
     the elementwise maximum with ``next(other_maxes)`` (the tensor itself once it ends) and ``share(value)``
     ``next(shares)`` (the first rank of a sequence-parallel group's value; ``value`` itself once the script
-    ends); every min, sum and max call's input is recorded.
+    ends), ``gather(obj)`` ``world_size`` copies of ``obj``; every min, sum and max call's input is recorded.
     """
 
     def __init__(
@@ -160,6 +160,10 @@ class FakeOps:
     def share(self, value):
         """The next scripted value (another rank is first in the group), else the value itself."""
         return next(self._shares, value)
+
+    def gather(self, obj):
+        """This rank's object, then ``world_size - 1`` copies standing in for the other ranks'."""
+        return [obj] * self.world_size
 
 
 class VLLMStandIn(HFRollout):

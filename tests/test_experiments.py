@@ -105,10 +105,11 @@ def test_cpu_v2_preset_has_headroom_an_untrained_family_and_paired_arms(tmp_path
     assert {fitting.seed, general.seed}.isdisjoint({0, 1, 2}) and cfg.data.train.seed == cfg.seed
     assert cfg.data.seed == cfg.seed and cfg.masking.seed == cfg.seed
     assert list(cfg.module.val_lengths) == sorted({*fitting.lengths, *general.lengths})
-    # the end is validated in every run, step 0 only in the dense seed-0 run (the report lends it to the others)
+    # the end is validated in every run, step 0 only in the dense seed-0 run (lent to the others)
     assert cfg.trainer.max_steps % cfg.trainer.val_check_interval == 0
-    step0 = {(m, s): _compose(tmp_path, "cpu_longact_v2", f"masking={m}", f"seed={s}").validate_before_training
-             for m in ("saliency", "random", "none") for s in (0, 1)}  # fmt: skip
+    runs = [(m, s) for m in ("saliency", "random", "none") for s in (0, 1)]
+    step0 = {(m, s): _compose(tmp_path, "cpu_longact_v2", f"masking={m}", f"seed={s}") for m, s in runs}
+    step0 = {k: c.validate_before_training for k, c in step0.items()}
     assert [k for k, v in step0.items() if v] == [("none", 0)]
     random = _compose(tmp_path, "cpu_longact_v2", "masking=random")
     assert random.masking.selector._target_.endswith(".RandomK") and random.masking.ratio == cfg.masking.ratio

@@ -1,7 +1,14 @@
 import pytest
 import torch
 
-from longact_pl.guards import NonFiniteGuard, StreakGuard
+from longact_pl.guards import (
+    NonFiniteError,
+    NonFiniteGuard,
+    RewardFunctionError,
+    SafetyStops,
+    SkippedStepsError,
+    StreakGuard,
+)
 from tests.helpers import FakeOps
 
 
@@ -57,3 +64,38 @@ def test_streak_guard_counts_a_step_only_when_it_was_bad_on_every_rank():
     assert guard.record(True, ranks) and not guard.exhausted
     assert guard.record(True, ranks) and guard.exhausted  # both ranks reach the limit at the same step
     assert ranks.min_calls == [1, 1, 1]
+
+
+def test_safety_stops_save_then_raise_and_restore_their_counters(tmp_path):
+    saved = []
+
+    def save(name):
+        saved.append(name)
+        return tmp_path / name
+
+    stops = SafetyStops(
+        max_nonfinite_steps=2, max_skipped_steps=1, max_reward_failure_steps=2, max_gen_rounds=4
+    )
+    assert not stops.nonfinite.allow(float("nan"), torch.tensor(1.0))
+    stops.on_nonfinite_step(save)  # one in a row: warned, not stopped
+    assert saved == []
+    assert not stops.nonfinite.allow(1.0, torch.tensor(float("inf")))
+    with pytest.raises(NonFiniteError, match="2 optimizer steps in a row"):
+        stops.on_nonfinite_step(save)
+    assert stops.skipped.record(True)
+    with pytest.raises(SkippedStepsError, match="algo.max_gen_rounds=4"):
+        stops.on_skipped_step(save, "step 3/10")
+    first, later = (("first", ValueError("a")), ("later", ValueError("b")))
+    stops.check_rewards(True, first, FakeOps(world_size=1), save)
+    with pytest.raises(RewardFunctionError, match="First error: first") as err:
+        stops.check_rewards(True, later, FakeOps(world_size=1), save)  # the streak's first error is reported
+    assert err.value.__cause__ is first[1]
+    assert saved == ["nonfinite.ckpt", "skipped.ckpt", "reward_errors.ckpt"]
+    state = stops.state_dict()
+    assert state == {"guard_consecutive": 2, "guard_total": 2, "skipped_consecutive": 1, "skipped_total": 1,
+                     "reward_failed_consecutive": 2, "reward_failed_total": 2}  # fmt: skip
+    resumed = SafetyStops()
+    resumed.load_state_dict(state)
+    assert resumed.state_dict() == state
+    resumed.load_state_dict({})  # a checkpoint from before the counters: all 0
+    assert set(resumed.state_dict().values()) == {0}

@@ -9,7 +9,8 @@ from longact_pl.algos.algorithm import GroupPolicyGradient
 from longact_pl.algos.correction import RolloutCorrection
 from longact_pl.distributed import LocalOps
 from longact_pl.guards import NonFiniteGuard
-from longact_pl.learner import Learner, OptimizerCalls, TrainBatch, take
+from longact_pl.learner import Learner, OptimizerCalls, TrainBatch
+from longact_pl.minibatch import take
 from longact_pl.ops.logprobs import completion_logprobs
 from longact_pl.ops.policy_logprobs import LogprobPass
 from longact_pl.rollout.types import RolloutBatch

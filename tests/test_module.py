@@ -1,9 +1,8 @@
 from types import SimpleNamespace
 
 import torch
-from torchmetrics import MeanMetric
 
-from longact_pl.eval.val_records import ValRecords
+from longact_pl.eval.heldout import HeldOutValidation
 from longact_pl.module import LongActModule
 from longact_pl.rollout.types import RolloutBatch
 
@@ -25,11 +24,11 @@ class _EchoEngine:
 def test_validation_ignores_a_ranks_padding_record():
     """A padding record (a rank's short share topped up under FSDP) is generated but never scored."""
     module = SimpleNamespace(
-        rollout=_EchoEngine(), policy=None, tokenizer=None, val_max_new_tokens=4, reward_errors=None,
+        rollout=_EchoEngine(), policy=None, tokenizer=None, reward_errors=None, global_step=0,
         reward_fn=lambda completions, refs, **meta: [float(c in r) for c, r in zip(completions, refs)],
-        val_metric=None, val_acc_all=MeanMetric(), val_records=ValRecords(None), global_step=0,
+        validation=HeldOutValidation(max_new_tokens=4),
     )  # fmt: skip
     right = {"prompt_ids": [1], "references": ["1"], "task": "t"}
     wrong = {"prompt_ids": [2], "references": ["9"], "task": "t"}
     LongActModule.validation_step(module, [right, wrong, {**right, "padding": True}], 0)
-    assert module.val_acc_all.compute().item() == 0.5  # 2/3 if the padding copy were scored
+    assert module.validation.overall.compute().item() == 0.5  # 2/3 if the padding copy were scored

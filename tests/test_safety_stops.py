@@ -53,18 +53,17 @@ def test_a_reward_function_that_always_raises_stops_the_run(tmp_path):
     assert torch.load(ckpt, weights_only=True)["global_step"] == 1  # the first failing step trained (on 0s)
 
 
-def test_ranks_stop_together_only_when_every_rank_failed(tmp_path, monkeypatch):
-    """The module counts a failed step only if every rank's reward calls all failed (``dist.min``)."""
+def test_ranks_stop_together_only_when_every_rank_failed(tmp_path):
+    """A failed step counts only if every rank's reward calls all failed (``dist.min``)."""
     cfg = compose_train(tmp_path, BROKEN, "module.max_reward_failure_steps=1")
     parts = {"algorithm": instantiate(cfg.algo), "rollout": instantiate(cfg.rollout)}
     module = instantiate(cfg.module, policy=tiny_llama(seed=0).model, tokenizer=None, reward_fn=None, **parts)
-    monkeypatch.setattr(module, "_save_stop_checkpoint", lambda name: tmp_path / name)
     module.reward_errors.record(ConnectionError("down"), "x", ["y"])
     module.reward_errors.step_scored = 1  # every call of this rank's step failed
     ranks = FakeOps(world_size=2, other_mins=[0, 1])  # the other rank: one success, then all failed too
-    monkeypatch.setattr(type(module), "dist", property(lambda self: ranks))
-    module._check_reward_failures()  # not on every rank: not counted
-    assert module.reward_guard.consecutive == 0
+    errors, save = module.reward_errors, (lambda name: tmp_path / name)
+    module.stops.check_rewards(errors.step_all_failed, errors.step_first, ranks, save)  # not on every rank
+    assert module.stops.reward_failed.consecutive == 0
     with pytest.raises(RewardFunctionError, match="1 RL steps in a row"):
-        module._check_reward_failures()
+        module.stops.check_rewards(errors.step_all_failed, errors.step_first, ranks, save)
     assert ranks.min_calls == [1, 1]

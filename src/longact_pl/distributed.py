@@ -25,8 +25,7 @@ T = TypeVar("T")
 
 
 class DistOps(Protocol):
-    """Data-parallel collectives: the ranks' count, a sum, a minimum, a maximum, a gather of objects, and
-    sharing in a sequence-parallel group."""
+    """Data-parallel collectives: count, sum, min, max, gather of objects, sharing in a sequence group."""
 
     world_size: int
 

@@ -2,7 +2,9 @@
 
 - :class:`NonFiniteGuard`: optimizer steps whose loss or gradient is not finite are skipped;
 - skipped RL steps (DAPO's dynamic sampling kept no group) and steps where the reward function raised on
-  every completion are counted by a :class:`StreakGuard` each (``LongActModule``).
+  every completion are counted by a :class:`StreakGuard` each;
+- :class:`SafetyStops` holds the three for ``LongActModule``: what to log, when to stop, which checkpoint
+  to write first, and the counters a resume restores.
 
 Ranks agree on every count (through :class:`~longact_pl.distributed.DistOps`), so they all stop at the same
 step, together, after writing the same checkpoint.
@@ -10,9 +12,18 @@ step, together, after writing the same checkpoint.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
 import torch
 
 from longact_pl.distributed import DistOps
+
+log = logging.getLogger(__name__)
+
+# Writes ``checkpoints/<name>`` and returns its path (every rank calls it: the ranks agree to stop).
+SaveCheckpoint = Callable[[str], Path]
 
 
 class NonFiniteError(RuntimeError):
@@ -141,3 +152,80 @@ def reward_function_error(
         f"reward was 0 and nothing was learned; stopped and saved {checkpoint}. First error: {first_error}. "
         f"Fix the reward function (data.reward; its traceback is above), or raise {guard.field}."
     )
+
+
+class SafetyStops:
+    """The run's three streak counters and what each does when a streak grows too long.
+
+    Args:
+        max_nonfinite_steps: Consecutive non-finite optimizer steps (skipped) that stop the run.
+        max_skipped_steps: Consecutive RL steps skipped by dynamic sampling that stop the run.
+        max_reward_failure_steps: Consecutive RL steps whose every reward call raised that stop the run.
+        max_gen_rounds: Dynamic sampling's generation rounds per step (for the skipped-steps message).
+    """
+
+    def __init__(
+        self,
+        max_nonfinite_steps: int = 3,
+        max_skipped_steps: int = 10,
+        max_reward_failure_steps: int = 3,
+        max_gen_rounds: int = 1,
+    ) -> None:
+        self.nonfinite = NonFiniteGuard(max_nonfinite_steps)
+        self.skipped = StreakGuard(max_skipped_steps, "module.max_skipped_steps")
+        self.reward_failed = StreakGuard(max_reward_failure_steps, "module.max_reward_failure_steps")
+        self.max_gen_rounds = max_gen_rounds
+        self._reward_streak_first: tuple[str, Exception] | None = None
+
+    def on_nonfinite_step(self, save: SaveCheckpoint) -> None:
+        """After a skipped non-finite optimizer step: warn; too many in a row: save, then raise."""
+        log.warning(
+            "non-finite loss or gradient: optimizer step skipped (%d in a row)", self.nonfinite.consecutive
+        )
+        if self.nonfinite.exhausted:
+            raise self.nonfinite.error(save("nonfinite.ckpt"))
+
+    def on_skipped_step(self, save: SaveCheckpoint, step_text: str | None) -> None:
+        """After an RL step that dynamic sampling skipped: print it; too many in a row: save, then raise.
+
+        Args:
+            save: Writes the stop checkpoint.
+            step_text: The step log's ``step k/n`` (``None`` on ranks that do not print).
+        """
+        if step_text is not None:
+            log.info(
+                "%s skipped: dynamic sampling kept no group with mixed rewards (%d in a row, %d in total)",
+                step_text, self.skipped.consecutive, self.skipped.total,
+            )  # fmt: skip
+        if self.skipped.exhausted:
+            raise skipped_steps_error(self.skipped, self.max_gen_rounds, save("skipped.ckpt"))
+
+    def check_rewards(self, step_all_failed: bool, step_first, dist: DistOps, save: SaveCheckpoint) -> None:
+        """Count a step whose every reward call raised (on every rank); too many in a row: save, then raise.
+
+        Args:
+            step_all_failed: Whether every reward call of this rank's step raised.
+            step_first: This step's first failure, ``(text, exception)``.
+            dist: The ranks agree on counting the step (every rank failed).
+            save: Writes the stop checkpoint.
+        """
+        if not self.reward_failed.record(step_all_failed, dist):
+            return
+        if self.reward_failed.consecutive == 1:  # the streak starts: keep its first error (and traceback)
+            self._reward_streak_first = step_first
+        if self.reward_failed.exhausted:  # (a run resumed mid-streak: this step's first error)
+            text, err = self._reward_streak_first or step_first
+            raise reward_function_error(self.reward_failed, text, save("reward_errors.ckpt")) from err
+
+    def _guards(self) -> dict[str, StreakGuard]:
+        """The counters by checkpoint prefix (names kept from earlier checkpoints)."""
+        return {"guard": self.nonfinite, "skipped": self.skipped, "reward_failed": self.reward_failed}
+
+    def state_dict(self) -> dict[str, int]:
+        """Counters for a checkpoint: ``<guard>_consecutive`` and ``<guard>_total``."""
+        return {f"{n}_{k}": v for n, g in self._guards().items() for k, v in g.state_dict().items()}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Restore :meth:`state_dict`'s counters (missing ones: 0, as in a checkpoint from before them)."""
+        for name, guard in self._guards().items():
+            guard.load_state_dict({k: int(state.get(f"{name}_{k}", 0)) for k in ("consecutive", "total")})

@@ -26,7 +26,13 @@ from longact_pl.algos.losses import masked_mean
 from longact_pl.algos.protocol import Algorithm
 from longact_pl.distributed import DistOps, LocalOps
 from longact_pl.guards import NonFiniteGuard
-from longact_pl.minibatch import TokenMicroBatches, micro_batch_rows, minibatch_indices
+from longact_pl.minibatch import (
+    RowMicroBatches,
+    TokenMicroBatches,
+    check_token_budget,
+    minibatch_indices,
+    take,
+)
 from longact_pl.ops.policy_logprobs import LogprobPass
 from longact_pl.ops.shared_prefix import TokenMaskHook
 from longact_pl.rollout.types import RolloutBatch
@@ -74,33 +80,6 @@ class OptimizerCalls:
     transform_grads: Callable[[], None] | None = None
 
 
-class RowMicroBatches:
-    """Micro-batches of ``micro_batch_size`` rows; with ``whole_groups`` and at least G rows, whole groups.
-
-    Args:
-        micro_batch_size: Rows per forward/backward.
-    """
-
-    def __init__(self, micro_batch_size: int) -> None:
-        if micro_batch_size < 1:
-            raise ValueError(f"module.micro_batch_size must be >= 1, got {micro_batch_size}")
-        self.micro_batch_size = micro_batch_size
-
-    def __call__(self, rows: torch.Tensor, rollouts: RolloutBatch, whole_groups: bool) -> list[torch.Tensor]:
-        """Consecutive runs of ``rows`` (``[m] -> [r], [r], ...``; see :func:`micro_batch_rows`)."""
-        return list(rows.split(micro_batch_rows(self.micro_batch_size, rollouts.group_size, whole_groups)))
-
-
-def take(tensor: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """``tensor[rows]``, as a view (no copy) when ``rows`` is one ascending run ``a, a + 1, ..., b``."""
-    if len(rows) == 0:
-        return tensor[:0]
-    start, n = int(rows[0]), len(rows)
-    if int(rows[-1]) - start + 1 == n and bool((rows.diff() == 1).all()):
-        return tensor[start : start + n]
-    return tensor[rows]
-
-
 def global_counts(
     num_seqs: int, num_tokens: torch.Tensor, dist: DistOps
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,6 +124,8 @@ class Learner:
         external: The rollouts come from an external sampler (vLLM): log the mismatch metrics, allow a
             correction.
         micro_batches: How rows are cut into micro-batches (default :class:`RowMicroBatches`).
+        max_prompt_tokens: Longest prompt of the run, to check ``micro_batch_tokens`` (``None``: unchecked).
+        max_new_tokens: Longest completion, to check ``micro_batch_tokens`` (``None``: unchecked).
     """
 
     def __init__(
@@ -160,6 +141,8 @@ class Learner:
         external: bool = False,
         micro_batches: MicroBatcher | None = None,
         micro_batch_tokens: int | None = None,
+        max_prompt_tokens: int | None = None,
+        max_new_tokens: int | None = None,
     ) -> None:
         if ppo_epochs < 1:
             raise ValueError(f"module.ppo_epochs must be >= 1, got {ppo_epochs}")
@@ -172,6 +155,8 @@ class Learner:
         self.ppo_epochs, self.mini_batch_size = ppo_epochs, mini_batch_size
         self.correction = correction or RolloutCorrection()  # the default only measures
         self.external = external
+        if micro_batch_tokens is not None:  # the longest prompt and completion must fit one micro-batch
+            check_token_budget(micro_batch_tokens, max_prompt_tokens, max_new_tokens or 0)
         if micro_batches is None and micro_batch_tokens is not None:
             micro_batches = TokenMicroBatches(micro_batch_tokens, packed=lambda: logprobs.pack)
         self.micro_batches: MicroBatcher = micro_batches or RowMicroBatches(micro_batch_size)

@@ -50,6 +50,33 @@ def micro_batch_rows(micro_batch_size: int, group_size: int, whole_groups: bool)
     return micro_batch_size
 
 
+class RowMicroBatches:
+    """Micro-batches of ``micro_batch_size`` rows; with ``whole_groups`` and at least G rows, whole groups.
+
+    Args:
+        micro_batch_size: Rows per forward/backward.
+    """
+
+    def __init__(self, micro_batch_size: int) -> None:
+        if micro_batch_size < 1:
+            raise ValueError(f"module.micro_batch_size must be >= 1, got {micro_batch_size}")
+        self.micro_batch_size = micro_batch_size
+
+    def __call__(self, rows: torch.Tensor, rollouts: RolloutBatch, whole_groups: bool) -> list[torch.Tensor]:
+        """Consecutive runs of ``rows`` (``[m] -> [r], [r], ...``; see :func:`micro_batch_rows`)."""
+        return list(rows.split(micro_batch_rows(self.micro_batch_size, rollouts.group_size, whole_groups)))
+
+
+def take(tensor: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``tensor[rows]``, as a view (no copy) when ``rows`` is one ascending run ``a, a + 1, ..., b``."""
+    if len(rows) == 0:
+        return tensor[:0]
+    start, n = int(rows[0]), len(rows)
+    if int(rows[-1]) - start + 1 == n and bool((rows.diff() == 1).all()):
+        return tensor[start : start + n]
+    return tensor[rows]
+
+
 class TokenMicroBatches:
     """Micro-batches by a token budget: consecutive rows while the forwards' tokens stay within it.
 

@@ -11,26 +11,21 @@ from pathlib import Path
 import lightning as L
 import torch
 from torch import nn
-from torchmetrics import MeanMetric
 
 from longact_pl.algos.correction import RolloutCorrection, check_training_sampler
 from longact_pl.algos.protocol import Algorithm
-from longact_pl.data.dataset import drop_padding
 from longact_pl.distributed import StrategyOps, data_parallel_rank
-from longact_pl.eval.metrics import TaskLengthAccuracy, compute_accuracy, update_accuracy
-from longact_pl.eval.scoring import evaluate_batch
-from longact_pl.eval.val_records import ValRecords
+from longact_pl.eval.heldout import HeldOutValidation
 from longact_pl.gather import save_full_pretrained
-from longact_pl.guards import NonFiniteGuard, StreakGuard, reward_function_error, skipped_steps_error
+from longact_pl.guards import SafetyStops
 from longact_pl.learner import Learner, OptimizerCalls
-from longact_pl.minibatch import check_token_budget
 from longact_pl.ops.policy_logprobs import LogprobPass
 from longact_pl.optim import adamw_with_warmup, check_optimizer_settings, optimizer_step
 from longact_pl.precision import check_master_weights
 from longact_pl.rewards.scoring import RewardErrors
 from longact_pl.rewards.types import RewardFn
 from longact_pl.rollout.types import RolloutEngine
-from longact_pl.sampling import ScoredRollout, sample_and_score
+from longact_pl.sampling import ScoredRollout, more_prompt_batches, sample_and_score
 from longact_pl.step_log import format_step, step_metrics
 
 log = logging.getLogger(__name__)
@@ -134,29 +129,23 @@ class LongActModule(L.LightningModule):
         self.lr, self.weight_decay, self.betas = lr, weight_decay, tuple(betas)
         self.allow_low_precision_weights = allow_low_precision_weights
         self.warmup_steps, self.max_grad_norm = warmup_steps, max_grad_norm
-        self.guard = NonFiniteGuard(max_nonfinite_steps)
-        self.skip_guard = StreakGuard(max_skipped_steps, "module.max_skipped_steps")
-        self.reward_guard = StreakGuard(max_reward_failure_steps, "module.max_reward_failure_steps")
-        self._reward_streak_first: tuple[str, Exception] | None = None
-        if micro_batch_tokens is not None:
-            check_token_budget(micro_batch_tokens, max_prompt_tokens, rollout.max_new_tokens)
+        self.stops = SafetyStops(max_nonfinite_steps, max_skipped_steps, max_reward_failure_steps,
+                                 getattr(algorithm, "max_gen_rounds", 1))  # fmt: skip
         # the entropy bonus needs the training pass's entropy with its gradient
         logprobs = LogprobPass(
             shared_prefix, logprob_chunk, pack_completions, entropy_grad=algorithm.entropy_coef > 0
         )
         logprobs.check_model(policy)  # a model that cannot pack, with packing required, fails here
         self.learner = Learner(
-            algorithm, logprobs, self.guard, rollout.temperature, ppo_epochs, mini_batch_size,
+            algorithm, logprobs, self.stops.nonfinite, rollout.temperature, ppo_epochs, mini_batch_size,
             micro_batch_size, correction, external=getattr(rollout, "external", False),
-            micro_batch_tokens=micro_batch_tokens,
+            micro_batch_tokens=micro_batch_tokens, max_prompt_tokens=max_prompt_tokens,
+            max_new_tokens=rollout.max_new_tokens,
         )  # fmt: skip
-        self.val_max_new_tokens, self.seed = val_max_new_tokens, seed
+        self.seed = seed
         self.export_dir = Path(export_dir) if export_dir else None
         self._ref = _Frozen(copy.deepcopy(policy)) if algorithm.kl_coef > 0 else None
-        # Per task x length accuracy, summed across ranks; without task/length lists only the overall mean.
-        self.val_metric = TaskLengthAccuracy(val_tasks, val_lengths) if val_tasks and val_lengths else None
-        self.val_acc_all = MeanMetric()
-        self.val_records = ValRecords(predictions_dir)
+        self.validation = HeldOutValidation(val_tasks, val_lengths, predictions_dir, val_max_new_tokens)
         # Set around policy training forwards so saliency hooks know which tokens are real.
         self.stats_token_mask: torch.Tensor | None = None
         # Run on the accumulated gradient before the non-finite check (SaliencyMask registers its masking).
@@ -193,26 +182,15 @@ class LongActModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # --------------------------------------------------------------- training
-    def _more_samples(self):
-        """Further prompt batches for dynamic sampling, from an independently shuffled loader."""
-        dm = self.trainer.datamodule
-        extra = getattr(dm, "extra_dataloader", None)
-        rank, _ = data_parallel_rank(self.trainer)  # a sequence-parallel group draws the same prompts
-        loader = extra(seed=self.seed + 1 + rank) if extra else dm.train_dataloader()
-        while True:
-            yield from loader
-
     def _sample(self, batch: list[dict]) -> ScoredRollout | None:
         algo = self.algorithm
+        rank, _ = data_parallel_rank(self.trainer)  # a sequence-parallel group draws the same prompts
         return sample_and_score(
-            self.rollout, self.policy, self.tokenizer, self.reward_fn, batch,
-            shape=algo.shape_rewards,
+            self.rollout, self.policy, self.tokenizer, self.reward_fn, batch, shape=algo.shape_rewards,
             keep_groups=algo.keep_groups if algo.dynamic_sampling else None,
             max_rounds=getattr(algo, "max_gen_rounds", 1),
-            more_samples=self._more_samples,
-            seed=self.seed * 1_000_003 + self.global_step * 101,
-            errors=self.reward_errors,
-            dist=self.dist,
+            more_samples=lambda: more_prompt_batches(self.trainer.datamodule, self.seed + 1 + rank),
+            seed=self.seed * 1_000_003 + self.global_step * 101, errors=self.reward_errors, dist=self.dist,
         )  # fmt: skip
 
     def training_step(self, batch: list[dict], batch_idx: int) -> None:
@@ -222,8 +200,10 @@ class LongActModule(L.LightningModule):
         self.truncated_total += truncated
         self.reward_errors.new_step()
         scored = self._sample(batch)
-        self._check_reward_failures()
-        if self.skip_guard.record(scored is None, self.dist):  # every rank skips together (sampling agrees)
+        errors, save = self.reward_errors, self._save_stop_checkpoint
+        self.stops.check_rewards(errors.step_all_failed, errors.step_first, self.dist, save)
+        # every rank skips together (sampling agrees)
+        if self.stops.skipped.record(scored is None, self.dist):
             self._on_skipped_step()
             return
         rewards = scored.rewards.to(self.device)  # [N]; advantages in prepare (after a KL reward penalty)
@@ -236,7 +216,7 @@ class LongActModule(L.LightningModule):
         lr = self.optimizers().param_groups[0]["lr"]
         logs = step_metrics(scored, truncated, self.truncated_total, self.reward_errors.count,
                             time.perf_counter() - start, lr, update)  # fmt: skip
-        logs["train/skipped_steps_total"] = float(self.skip_guard.total)
+        logs["train/skipped_steps_total"] = float(self.stops.skipped.total)
         self.log_dict(logs, on_step=True, batch_size=len(batch))
         reward = logs["train/reward_mean"]
         self.log("reward", reward, prog_bar=True, on_step=True, logger=False, batch_size=len(batch))
@@ -265,37 +245,15 @@ class LongActModule(L.LightningModule):
 
     def _on_nonfinite_step(self) -> None:
         """Skip the update; after ``max_nonfinite_steps`` in a row write a checkpoint and stop."""
-        self.log("train/nonfinite_steps", float(self.guard.total), on_step=True)
-        log.warning(
-            "non-finite loss or gradient: optimizer step skipped (%d in a row)", self.guard.consecutive
-        )
-        if self.guard.exhausted:
-            raise self.guard.error(self._save_stop_checkpoint("nonfinite.ckpt"))
+        self.log("train/nonfinite_steps", float(self.stops.nonfinite.total), on_step=True)
+        self.stops.on_nonfinite_step(self._save_stop_checkpoint)
 
     def _on_skipped_step(self) -> None:
         """Log and print the skip; after ``max_skipped_steps`` in a row write a checkpoint and stop."""
         self.log("train/skipped_steps", 1.0, on_step=True, reduce_fx="sum")
-        self.log("train/skipped_steps_total", float(self.skip_guard.total), on_step=True)
-        if self.trainer.is_global_zero:  # a line of the step log (longact_pl.step_log prints the others)
-            log.info(
-                "%s skipped: dynamic sampling kept no group with mixed rewards (%d in a row, %d in total)",
-                format_step(self.global_step, self.trainer.max_steps, {}), self.skip_guard.consecutive,
-                self.skip_guard.total,
-            )  # fmt: skip
-        if self.skip_guard.exhausted:
-            rounds = getattr(self.algorithm, "max_gen_rounds", 1)
-            raise skipped_steps_error(self.skip_guard, rounds, self._save_stop_checkpoint("skipped.ckpt"))
-
-    def _check_reward_failures(self) -> None:
-        """Count a step whose every reward call raised (on every rank); too many in a row: stop."""
-        if not self.reward_guard.record(self.reward_errors.step_all_failed, self.dist):
-            return
-        if self.reward_guard.consecutive == 1:  # the streak starts: keep its first error (and traceback)
-            self._reward_streak_first = self.reward_errors.step_first
-        if self.reward_guard.exhausted:  # (a run resumed mid-streak: this step's first error)
-            text, err = self._reward_streak_first or self.reward_errors.step_first
-            path = self._save_stop_checkpoint("reward_errors.ckpt")
-            raise reward_function_error(self.reward_guard, text, path) from err
+        self.log("train/skipped_steps_total", float(self.stops.skipped.total), on_step=True)
+        step = format_step(self.global_step, self.trainer.max_steps, {})  # printed on rank 0 only
+        self.stops.on_skipped_step(self._save_stop_checkpoint, step if self.trainer.is_global_zero else None)
 
     def on_before_optimizer_step(self, optimizer) -> None:
         """Clip gradients; callbacks' hooks (gradient masking) have already run."""
@@ -307,38 +265,23 @@ class LongActModule(L.LightningModule):
     # ------------------------------------------------------------- validation
     def validation_step(self, batch: list[dict], batch_idx: int) -> None:
         """Greedy decoding on held-out prompts, scored by the task reward (as ``evaluate.py`` does)."""
-        result = evaluate_batch(
-            self.rollout, self.policy, self.tokenizer, batch, self.reward_fn,
-            max_new_tokens=self.val_max_new_tokens, errors=self.reward_errors,
-        )  # fmt: skip
-        self.val_records.add(self.global_step, batch, result.completions, result.scores)  # skips padding
-        batch, scores = drop_padding(batch, result.scores)  # a rank's padding sample (see WithPadding)
-        if not batch:
-            return
-        update_accuracy(self.val_metric, self.val_acc_all, batch, scores)
+        args = (self.rollout, self.policy, self.tokenizer, batch, self.reward_fn, self.global_step)
+        self.validation.score(*args, errors=self.reward_errors)
 
     def on_validation_epoch_end(self) -> None:
-        """Log ``val/acc``, ``val/acc/<length>`` and ``val/acc/<task>/<length>``; write per-prompt rows.
-
-        Accuracies are synced across ranks; the rows are gathered and written by rank 0.
-        """
-        self.val_records.write(self.global_step, self.dist.gather, self.trainer.is_global_zero)
-        values = {f"val/{k}": v for k, v in compute_accuracy(self.val_metric, self.val_acc_all).items()}
+        """Log ``val/acc`` (per length, per task and length); rank 0 writes the per-prompt rows."""
+        values = self.validation.finish(self.global_step, self.dist.gather, self.trainer.is_global_zero)
         if values:
             self.log_dict(values)
             self.log("val_acc", values["val/acc"], prog_bar=True, logger=False)
 
     # ------------------------------------------------------------ checkpoint
-    def _streaks(self) -> dict[str, StreakGuard]:
-        """The safety-stop counters by checkpoint prefix."""
-        return {"guard": self.guard, "skipped": self.skip_guard, "reward_failed": self.reward_guard}
-
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Run counters that must survive a resume (the reference model is never saved)."""
         checkpoint["longact_counters"] = {
             "truncated_total": self.truncated_total,
             "reward_errors": self.reward_errors.count,
-            **{f"{n}_{k}": v for n, g in self._streaks().items() for k, v in g.state_dict().items()},
+            **self.stops.state_dict(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -346,8 +289,7 @@ class LongActModule(L.LightningModule):
         state = checkpoint.get("longact_counters", {})
         self.truncated_total = int(state.get("truncated_total", 0))
         self.reward_errors.count = int(state.get("reward_errors", 0))
-        for name, guard in self._streaks().items():
-            guard.load_state_dict({k: int(state.get(f"{name}_{k}", 0)) for k in ("consecutive", "total")})
+        self.stops.load_state_dict(state)
 
     # ----------------------------------------------------------------- export
     def on_train_end(self) -> None:

@@ -40,6 +40,20 @@ class ScoredRollout:
     extra: dict = field(default_factory=dict)
 
 
+def more_prompt_batches(datamodule, seed: int) -> Iterator[list[dict]]:
+    """Endless further prompt batches for dynamic sampling, from an independently shuffled loader.
+
+    Args:
+        datamodule: The trainer's data module (its ``extra_dataloader(seed=...)`` when it has one, else its
+            training loader).
+        seed: The loader's shuffle seed (the ranks of a sequence-parallel group pass the same one).
+    """
+    extra = getattr(datamodule, "extra_dataloader", None)
+    loader = extra(seed=seed) if extra else datamodule.train_dataloader()
+    while True:
+        yield from loader
+
+
 def sample_and_score(
     engine: RolloutEngine,
     policy: torch.nn.Module,

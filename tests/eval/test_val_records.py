@@ -86,7 +86,7 @@ def test_training_run_writes_one_row_per_heldout_prompt_per_validation(tmp_path)
 
 
 def test_validating_before_training_leaves_the_training_bit_identical(tmp_path):
-    """Step 0 may be validated in one run of a multirun and lent to the others: it must not change training."""
+    """Step 0 may be validated in one run of a multirun and lent to the others: training is unchanged."""
     from safetensors.torch import load_file
 
     weights = {}

@@ -63,7 +63,8 @@ def test_paired_section_in_the_markdown_with_marks_kl_and_plots(tmp_path):
 def test_a_run_without_step0_borrows_it_and_mismatched_prompts_are_refused(tmp_path):
     root = build_paired_multirun(tmp_path / "multirun", skip_step0=("saliency", 2))
     report = build_report(root, paired=PAIRS[:1], n_boot=500)
-    assert [len(runs) for runs in report.groups.values()] == [3, 3, 3]  # validate_before_training is not a cell
+    # validate_before_training is not a cell
+    assert [len(runs) for runs in report.groups.values()] == [3, 3, 3]
     moved = {(r.label, r.scope): r.interval for r in report.paired.movement}
     assert moved["saliency: step 4 - step 0", "all"].n_seeds == 3  # seed 2 used the shared step 0
     # a run whose prompts differ (another data.val) cannot be paired: named, not silently compared
