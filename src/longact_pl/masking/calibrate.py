@@ -13,6 +13,21 @@ from longact_pl.masking.stats import ChannelStats, StatsCollector
 from longact_pl.masking.targets import Target
 
 
+def calibration_prompts(owners: Sequence[object], n: int) -> list[list[int]]:
+    """``n`` long prompts (token id lists) from the first owner with a ``calibration_prompts(n)`` method.
+
+    Raises:
+        AttributeError: If none has it (the data module is expected to).
+    """
+    for owner in owners:
+        fn = getattr(owner, "calibration_prompts", None)
+        if callable(fn):
+            return [list(p) for p in fn(n)]
+    raise AttributeError(
+        "SaliencyMask needs `trainer.datamodule.calibration_prompts(n)` (long prompts as token id lists)"
+    )
+
+
 def _trunk(policy: nn.Module) -> nn.Module:
     """Return the decoder without the LM head (``policy.model`` for HF LMs), so no ``[T, vocab]`` logits."""
     base = getattr(policy, "base_model", None)

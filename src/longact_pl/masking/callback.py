@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from longact_pl.masking.apply import RowFreezer
 from longact_pl.masking.builder import MaskBuilder
-from longact_pl.masking.calibrate import collect_stats
+from longact_pl.masking.calibrate import calibration_prompts, collect_stats
 from longact_pl.masking.export import write_masks
 from longact_pl.masking.metrics import drift_metrics, l1_share, mean
 from longact_pl.masking.moments import warm_start_rows
@@ -295,16 +295,7 @@ class SaliencyMask(pl.Callback):
         if self.rebuild_masks:  # on_train_start calibrates new masks at the resumed step
             self._rebuilt = {"step": None, "previous": saved}
             return
-        ignore = () if getattr(self.selector, "seeded", True) else ("seed",)
-        changed = self.options.changed(saved, ignore)
-        if changed:
-            diff = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
-            raise ValueError(
-                f"masking: the checkpoint's masks were built with other options ({diff}); resuming would "
-                "train them under this run's labels. Resume with the same masking options, or set "
-                "masking.rebuild_masks=true to build new masks at the resumed step (mask_summary.json then "
-                "describes the new masks)"
-            )
+        self.options.check_resume(saved, ignore=() if getattr(self.selector, "seeded", True) else ("seed",))
         self._masks = {k: v.bool().cpu() for k, v in state_dict["masks"].items()}
         self._scores = {k: v.float().cpu() for k, v in state_dict.get("scores", {}).items()}
         self._l1 = {k: v.float().cpu() for k, v in state_dict.get("l1", {}).items()}
@@ -319,15 +310,6 @@ class SaliencyMask(pl.Callback):
         if not isinstance(policy, nn.Module):
             raise AttributeError("SaliencyMask needs `pl_module.policy` (the causal LM being trained)")
         return policy
-
-    def _prompts(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[list[int]]:
-        for owner in (getattr(trainer, "datamodule", None), pl_module):
-            fn = getattr(owner, "calibration_prompts", None)
-            if callable(fn):
-                return [list(p) for p in fn(self.options.calib_samples)]
-        raise AttributeError(
-            "SaliencyMask needs `trainer.datamodule.calibration_prompts(n)` (long prompts as token id lists)"
-        )
 
     def _mask_and_measure(self) -> None:
         """Zero frozen gradient rows; with telemetry, measure the kept share of the gradient first."""
@@ -344,7 +326,10 @@ class SaliencyMask(pl.Callback):
         assert builder is not None
         bf16 = "bf16" in str(trainer.precision)
         # each data-parallel rank calibrates on its share of the prompts; _sync sums the statistics
-        mine, pad = shard_prompts(self._prompts(trainer, pl_module), trainer.global_rank, trainer.world_size)
+        prompts = calibration_prompts(
+            (getattr(trainer, "datamodule", None), pl_module), self.options.calib_samples
+        )
+        mine, pad = shard_prompts(prompts, trainer.global_rank, trainer.world_size)
         policy = self._policy(pl_module)
         stats = collect_stats(policy, builder.targets, mine, bf16, pad, units=builder.stats_units())
         stats = self._sync(trainer, stats)

@@ -89,6 +89,22 @@ class MaskingOptions:
             if f.name in saved and f.name not in ignore and _norm(saved[f.name]) != _norm(now[f.name])
         }
 
+    def check_resume(self, saved: Mapping[str, Any], ignore: tuple[str, ...] = ()) -> None:
+        """Refuse to resume masks built with other options (``saved``: the checkpoint's :meth:`as_dict`).
+
+        Raises:
+            ValueError: Naming each changed field and the two ways out.
+        """
+        changed = self.changed(saved, ignore)
+        if changed:
+            diff = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+            raise ValueError(
+                f"masking: the checkpoint's masks were built with other options ({diff}); resuming would "
+                "train them under this run's labels. Resume with the same masking options, or set "
+                "masking.rebuild_masks=true to build new masks at the resumed step (mask_summary.json then "
+                "describes the new masks)"
+            )
+
 
 def _norm(value: Any) -> Any:
     """Compare lists and tuples alike."""
