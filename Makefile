@@ -47,7 +47,7 @@ bench: install
 
 # The whole test suite (unit tests on tiny models + a few SmolLM2 integration tests).
 test: install-vllm
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q --durations=25 $(ARGS)
 
 # Unit tests only (skips the tests marked slow).
 test-fast: install
