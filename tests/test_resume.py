@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from longact_pl.train import run
+from longact_pl.train import check_config, run
 from tests.helpers import compose_train
 
 PARITY = "data.reward._target_=tests.helpers.ParityReward"
@@ -115,3 +115,21 @@ def test_unreadable_checkpoint_names_the_file_and_the_fix(finished, tmp_path, ki
     with pytest.raises(ValueError, match=rf"ckpt_path={re.escape(str(bad))} {expected}"):
         run(compose_train(run_dir, PARITY, f"ckpt_path={bad}"), run_dir)
     assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == files
+
+
+def test_resuming_across_masked_and_dense_training_is_refused_before_anything_is_touched(finished, tmp_path):
+    run_dir, files = _copy(finished, tmp_path)
+    dense = run_dir / "checkpoints" / "last.ckpt"  # the tiny default run trains densely (masking=none)
+    assert "SaliencyMask" not in torch.load(dense, weights_only=True, mmap=True)["callbacks"]
+    with pytest.raises(ValueError, match=r"trained densely .*masking.rebuild_masks=true"):
+        run(compose_train(run_dir, PARITY, "masking=saliency", f"ckpt_path={dense}"), run_dir)
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == files
+    rebuild = compose_train(
+        tmp_path, PARITY, "masking=saliency", "masking.rebuild_masks=true", f"ckpt_path={dense}"
+    )
+    assert check_config(rebuild) == 2  # masks built at the resumed step, on purpose
+    masked = tmp_path / "masked.ckpt"
+    torch.save({"global_step": 1, "callbacks": {"SaliencyMask": {"masks": {}}}}, masked)
+    with pytest.raises(ValueError, match=r"trained with LongAct masks .* masking=none"):
+        check_config(compose_train(tmp_path, PARITY, "masking=none", f"ckpt_path={masked}"))
+    assert check_config(compose_train(tmp_path, PARITY, "masking=saliency", f"ckpt_path={masked}")) == 1

@@ -17,7 +17,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from longact_pl.algos.correction import check_training_sampler
-from longact_pl.checkpoints.resume import check_checkpoint
+from longact_pl.checkpoints.resume import check_checkpoint, check_resume_masking
 from longact_pl.config_check import check_types
 from longact_pl.eval.metrics import source_task_names
 from longact_pl.loggers import ResumableLogger
@@ -71,7 +71,13 @@ def check_config(cfg: DictConfig) -> int | None:
     """
     check_types(cfg)
     check_trainer(cfg.trainer)
-    return check_checkpoint(cfg.ckpt_path) if cfg.get("ckpt_path") is not None else None
+    if cfg.get("ckpt_path") is None:
+        return None
+    info = check_checkpoint(cfg.ckpt_path)
+    masking = bool(cfg.get("masking")) and "_target_" in cfg.masking  # masking=none: no callback
+    rebuild = bool(masking and cfg.masking.get("rebuild_masks", False))
+    check_resume_masking(info, cfg.ckpt_path, masking, rebuild)
+    return info.global_step
 
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:

@@ -7,6 +7,7 @@ and containers; no code in a checkpoint ever runs).
 from __future__ import annotations
 
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -14,6 +15,21 @@ import torch
 # Lightning's ModelParallelStrategy (strategy=fsdp) writes a sharded checkpoint as a folder with this file
 SHARDED_META = "meta.pt"
 _RETRY = "Resume from an intact checkpoint, or set ckpt_path=null to start a new run."
+# the checkpoint key of LongAct's callback (SaliencyMask.state_key), for every masking but none
+MASK_STATE = "SaliencyMask"
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What a run needs to know about its checkpoint before it builds anything.
+
+    Attributes:
+        global_step: Optimizer steps the checkpoint has done.
+        callbacks: State keys of the callbacks whose state it holds (``SaliencyMask`` with LongAct masks).
+    """
+
+    global_step: int
+    callbacks: frozenset[str] = frozenset()
 
 
 def _others(path: Path) -> str:
@@ -30,8 +46,8 @@ def _first_sentence(err: Exception) -> str:
     return f"{type(err).__name__}: {text.split('. ')[0].splitlines()[0] if text else 'no message'}"
 
 
-def check_checkpoint(path: str | Path) -> int:
-    """Load the checkpoint's trainer state and return its ``global_step``.
+def check_checkpoint(path: str | Path) -> CheckpointInfo:
+    """Load the checkpoint's trainer state: its ``global_step`` and which callbacks saved state.
 
     The load uses ``mmap``, so tensors are not read into memory (cheap even for a multi-GB checkpoint).
 
@@ -71,4 +87,36 @@ def check_checkpoint(path: str | Path) -> int:
         raise _unreadable(path, _first_sentence(err)) from None
     if not isinstance(state, dict) or "global_step" not in state:
         raise _unreadable(path, "it holds no global_step, so it is not a Lightning training checkpoint")
-    return int(state["global_step"])
+    callbacks = state.get("callbacks")
+    return CheckpointInfo(
+        int(state["global_step"]), frozenset(callbacks if isinstance(callbacks, dict) else ())
+    )
+
+
+def check_resume_masking(info: CheckpointInfo, path: str | Path, masking: bool, rebuild: bool) -> None:
+    """Refuse to resume across masked and dense training, which would mislabel an ablation.
+
+    Args:
+        info: The checkpoint's :func:`check_checkpoint`.
+        path: ``ckpt_path`` (for the message).
+        masking: This run has a LongAct masking callback (any ``masking`` but ``none``).
+        rebuild: ``masking.rebuild_masks``: build masks at the resumed step (a dense checkpoint may go on
+            masked, and says so in ``mask_summary.json``).
+
+    Raises:
+        ValueError: A masked checkpoint resumed with ``masking=none``, or a dense one with masking and
+            without ``masking.rebuild_masks=true``.
+    """
+    saved = MASK_STATE in info.callbacks
+    if saved and not masking:
+        raise ValueError(
+            f"ckpt_path={path} was trained with LongAct masks (it holds SaliencyMask state) and this run has "
+            "masking=none: it would go on densely under a dense label, mislabelling the ablation. Resume "
+            "with the checkpoint's masking (its run's config.yaml), or set ckpt_path=null for a new run."
+        )
+    if masking and not saved and not rebuild:
+        raise ValueError(
+            f"ckpt_path={path} was trained densely (masking=none: no SaliencyMask state) and this run sets a "
+            "masking: its first steps would be reported as masked. Resume with masking=none, or set "
+            "masking.rebuild_masks=true to build masks at the resumed step (recorded in mask_summary.json)."
+        )
