@@ -58,32 +58,18 @@ class LongActModule(L.LightningModule):
         betas: AdamW betas.
         warmup_steps: Linear learning-rate warm-up in optimizer steps.
         max_grad_norm: Clip the global gradient norm to this (0 = off).
-        ppo_epochs: Passes over one rollout batch (these four: see :class:`~longact_pl.learner.Learner`).
-        mini_batch_size: Sequences per optimizer step (0 = the whole rollout batch).
-        micro_batch_size: Sequences per forward/backward (whole groups with ``shared_prefix``).
-        micro_batch_tokens: Tokens per forward/backward instead (``None``: ``micro_batch_size`` rows); groups
-            stay whole, a group over the budget is split by completions.
-        max_prompt_tokens: Longest prompt of the run (``data.max_prompt_tokens``), to check the budget.
-        correction: Rollout correction for an external sampler's mismatch (``None`` = none; its metrics
-            are logged whenever the rollout engine is external).
-        shared_prefix: Run each group's prompt once in the log-prob passes (exact; falls back per row).
-        logprob_chunk: Completion tokens per LM-head chunk (``None``: all at once).
-        pack_completions: Pack each micro-batch's completions in one row without padding (``"auto"``: where
-            the model's attention allows it; ``True``: required; ``False``: padded).
-        val_lengths: Target lengths of the validation set (accuracy is logged per task and length).
-        val_tasks: Task names of the validation set (empty: only the overall accuracy is logged).
-        val_max_new_tokens: Greedy budget at validation (``None`` = the rollout's).
+        ppo_epochs, mini_batch_size, micro_batch_size, micro_batch_tokens, max_prompt_tokens, correction:
+            The update's batching and off-policy rules (see :class:`~longact_pl.learner.Learner`).
+        shared_prefix, logprob_chunk, pack_completions: The log-prob pass (see
+            :class:`~longact_pl.ops.policy_logprobs.LogprobPass`).
+        val_lengths, val_tasks, val_max_new_tokens, predictions_dir: Validation (see
+            :class:`~longact_pl.eval.heldout.HeldOutValidation`).
         seed: Base seed for sampling.
         export_dir: Where the trained policy is saved at the end (``None`` = not saved).
-        predictions_dir: Where each validation pass writes one row per held-out prompt,
-            ``step_<k>.jsonl`` (``None`` = not written; see ``longact_pl.eval.val_records``).
-        max_nonfinite_steps: Consecutive non-finite steps (skipped) that stop the run with a checkpoint.
-        max_skipped_steps: Consecutive RL steps skipped by dynamic sampling (no group kept) that stop the run
-            with a checkpoint.
-        max_reward_failure_steps: Consecutive RL steps whose every reward call raised that stop the run with
-            a checkpoint and the first exception.
-        allow_low_precision_weights: Train bf16/fp16 parameters (refused by default: AdamW keeps no fp32
-            copy, see ``longact_pl.precision``).
+        max_nonfinite_steps, max_skipped_steps, max_reward_failure_steps: Bad steps in a row that stop the run
+            with a checkpoint (see :class:`~longact_pl.guards.SafetyStops`).
+        allow_low_precision_weights: Train bf16/fp16 parameters (refused by default: see
+            ``longact_pl.precision``).
     """
 
     def __init__(
