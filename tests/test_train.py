@@ -216,9 +216,12 @@ def test_preemption_signal_writes_a_checkpoint(tmp_path, sig):
            "trainer.max_steps=1000", "trainer.val_check_interval=1000", "data.train.lengths=[256]",
            "rollout.max_new_tokens=4", "validate_before_training=false",
            "callbacks.model_checkpoint.every_n_train_steps=1000"]  # fmt: skip
+    # a shell's background job (`make test &`) starts with SIGINT ignored, and children inherit that: restore
+    # the default, so the child's Python turns Ctrl-C into KeyboardInterrupt as in a terminal
     proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
     deadline = time.time() + 240
     while time.time() < deadline and not (run_dir / "metrics.csv").exists():
         time.sleep(0.5)
