@@ -12,11 +12,11 @@ from pathlib import Path
 
 import torch
 
+from longact_pl.masking.callback import STATE_KEY as MASK_STATE
+
 # Lightning's ModelParallelStrategy (strategy=fsdp) writes a sharded checkpoint as a folder with this file
 SHARDED_META = "meta.pt"
 _RETRY = "Resume from an intact checkpoint, or set ckpt_path=null to start a new run."
-# the checkpoint key of LongAct's callback (SaliencyMask.state_key), for every masking but none
-MASK_STATE = "SaliencyMask"
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,8 @@ from longact_pl.masking.stats import ChannelStats, StatsCollector, sync_stats
 from longact_pl.masking.targets import find_targets, head_dim_of, qk_norms
 from longact_pl.masking.telemetry import GradShare, shares
 
+STATE_KEY = "SaliencyMask"  # checkpoint key (one masking callback per run), read by the resume check
+
 
 class SaliencyMask(pl.Callback):
     """Train only the salient rows of the target projections (LongAct); everything else stays exact.
@@ -124,7 +126,7 @@ class SaliencyMask(pl.Callback):
     @property
     def state_key(self) -> str:
         """Stable checkpoint key (one masking callback per run)."""
-        return "SaliencyMask"
+        return STATE_KEY
 
     @property
     def masks(self) -> dict[str, Tensor]:
