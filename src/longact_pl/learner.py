@@ -89,6 +89,22 @@ def global_counts(
     return counts[0], counts[1]
 
 
+def prompt_owners(idx: torch.Tensor, group_size: int, num_rows: int) -> torch.Tensor:
+    """``[num_rows]`` bool: the first row of each group in the mini-batch ``idx [m]``.
+
+    A micro-batch holding that row counts the group's prompt tokens in LongAct's statistics; the others
+    holding part of the group run the prompt without counting it, so each prompt token counts once per
+    mini-batch pass, as when the group is one micro-batch.
+    """
+    rows = idx.sort().values  # [m]
+    groups = rows // group_size  # [m]
+    first = torch.ones_like(groups, dtype=torch.bool)  # [m]
+    first[1:] = groups[1:] != groups[:-1]
+    owners = torch.zeros(num_rows, dtype=torch.bool)  # [N]
+    owners[rows[first]] = True
+    return owners
+
+
 class Learner:
     """Policy-gradient updates from one batch of rollouts.
 
@@ -174,12 +190,14 @@ class Learner:
         with_entropy: bool = False,
         token_mask_hook: TokenMaskHook | None = None,
         pad_spans: int = 0,
+        count_prompts: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Completion log-probs ``[r, C]`` (and entropy ``[r, C]`` or ``None``) of ``rows`` under a model.
 
         Completions are cut to the rows' last real column (exact: later columns are padding in every row)
-        and the results padded back to C with zeros. ``pad_spans``: lock-step dummies (see
-        :meth:`LogprobPass.__call__ <longact_pl.ops.policy_logprobs.LogprobPass.__call__>`).
+        and the results padded back to C with zeros. ``pad_spans`` (lock-step dummies) and ``count_prompts``
+        (``[r]``: which groups' prompts the hook counts): see
+        :meth:`LogprobPass.__call__ <longact_pl.ops.policy_logprobs.LogprobPass.__call__>`.
         """
         width, full = rollouts.prompt_width, rollouts.completion_mask.shape[1]
         mask = take(rollouts.attention_mask, rows)  # [r, P + C]
@@ -188,7 +206,7 @@ class Learner:
         logp, entropy = self.logprobs(
             model, take(rollouts.input_ids, rows)[:, : width + keep], mask[:, : width + keep], keep,
             self.temperature, with_entropy, token_mask_hook=token_mask_hook,
-            row_groups=rows // rollouts.group_size, pad_spans=pad_spans,
+            row_groups=rows // rollouts.group_size, pad_spans=pad_spans, count_prompts=count_prompts,
         )  # [r, keep]  # fmt: skip
         pad = (0, full - keep)
         return F.pad(logp, pad), (F.pad(entropy, pad) if entropy is not None else None)  # [r, C]
@@ -262,6 +280,7 @@ class Learner:
         num_tokens: torch.Tensor,
         token_mask_hook: TokenMaskHook | None = None,
         pad_spans: int = 0,
+        count_prompts: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         """Loss of one micro-batch (normalised by the mini-batch's global counts) and its metrics.
 
@@ -276,10 +295,14 @@ class Learner:
             num_tokens: Valid completion tokens of the mini-batch over all ranks.
             token_mask_hook: Told the valid tokens of each forward's input (saliency statistics).
             pad_spans: Lock-step dummies (see :meth:`plan`).
+            count_prompts: ``[m]`` bool: the rows whose group's prompt the hook counts (see
+                :func:`prompt_owners`); ``None``: every group's.
         """
         ro = batch.rollouts
         mask = ro.completion_mask[rows].float()  # [m, C]
-        logp, entropy = self.logprobs_of(policy, ro, rows, True, token_mask_hook, pad_spans)  # [m, C]
+        logp, entropy = self.logprobs_of(
+            policy, ro, rows, True, token_mask_hook, pad_spans, count_prompts
+        )  # [m, C]
         behaviour = ro.behaviour_logp[rows].to(logp.device)  # [m, C]
         train_old = batch.old_logp[rows] if batch.old_logp is not None else logp.detach()  # [m, C]
         old = logp.detach()  # [m, C]: one on-policy pass
@@ -336,14 +359,16 @@ class Learner:
                 n, self.mini_batch_size or n, ro.group_size, generator, whole_groups
             ):
                 num_seqs, num_tokens = global_counts(len(idx), ro.completion_mask[idx].sum(), dist)
+                owners = prompt_owners(idx, ro.group_size, n)  # [N]: each group's prompt counted once
                 step_metrics = []
                 for rows, pad in self.plan(idx, ro, dist):
                     if len(rows) == 0:  # lock-step: another rank has more micro-batches
                         optim.backward(self.logprobs_of(policy, ro, rows, pad_spans=pad)[0].sum())  # 0
                         continue
                     loss, metrics, old = self.micro_loss(
-                        policy, batch, rows, use_behaviour, num_seqs, num_tokens, token_mask_hook, pad
-                    )
+                        policy, batch, rows, use_behaviour, num_seqs, num_tokens, token_mask_hook, pad,
+                        owners[rows],
+                    )  # fmt: skip
                     if batch.old_logp is None and train_old is not None:
                         train_old[rows] = old.to(train_old.device, train_old.dtype)
                     # DDP/FSDP average gradients over ranks while the counts are global: scale to their sum
