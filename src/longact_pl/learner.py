@@ -26,11 +26,13 @@ from longact_pl.algos.losses import masked_mean
 from longact_pl.algos.protocol import Algorithm
 from longact_pl.distributed import DistOps, LocalOps
 from longact_pl.guards import NonFiniteGuard
+from longact_pl.metric_reduce import Metric, micro_batch_metrics
 from longact_pl.minibatch import (
     RowMicroBatches,
     TokenMicroBatches,
     check_token_budget,
     minibatch_indices,
+    prompt_owners,
     take,
 )
 from longact_pl.ops.policy_logprobs import LogprobPass
@@ -87,22 +89,6 @@ def global_counts(
     counts = torch.stack([torch.tensor(float(num_seqs)), num_tokens.detach().float().cpu()])  # [2]
     counts = dist.sum(counts)  # [2]
     return counts[0], counts[1]
-
-
-def prompt_owners(idx: torch.Tensor, group_size: int, num_rows: int) -> torch.Tensor:
-    """``[num_rows]`` bool: the first row of each group in the mini-batch ``idx [m]``.
-
-    A micro-batch holding that row counts the group's prompt tokens in LongAct's statistics; the others
-    holding part of the group run the prompt without counting it, so each prompt token counts once per
-    mini-batch pass, as when the group is one micro-batch.
-    """
-    rows = idx.sort().values  # [m]
-    groups = rows // group_size  # [m]
-    first = torch.ones_like(groups, dtype=torch.bool)  # [m]
-    first[1:] = groups[1:] != groups[:-1]
-    owners = torch.zeros(num_rows, dtype=torch.bool)  # [N]
-    owners[rows[first]] = True
-    return owners
 
 
 class Learner:
@@ -337,7 +323,9 @@ class Learner:
             token_mask_hook: See :meth:`micro_loss`.
 
         Returns:
-            ``train/<metric>`` means over micro-batches, and ``train/grad_norm`` (mean over the steps taken,
+            This rank's ``train/<metric>`` (:func:`micro_batch_metrics`), each a
+            :class:`~longact_pl.metric_reduce.Metric` that knows how it combines over ranks, and
+            ``train/grad_norm`` (mean over the steps taken,
             of the gradient applied: after ``transform_grads``, before clipping); with ``transform_grads``
             also ``train/grad_norm_pre_mask`` (the same steps, before it); with an external sampler
             ``train/correction/<metric>`` of the whole batch (see
@@ -351,7 +339,8 @@ class Learner:
         train_old = batch.old_logp
         if self.external and train_old is None:
             train_old = torch.zeros_like(ro.behaviour_logp, dtype=torch.float32)  # [N, C]
-        micro_metrics: list[dict[str, torch.Tensor]] = []
+        micro_metrics: list[tuple[dict[str, torch.Tensor], float]] = []  # (metrics, valid tokens)
+        steps = 0
         norms: list[float] = []
         pre_norms: list[float] = []
         for _ in range(self.ppo_epochs):
@@ -373,9 +362,10 @@ class Learner:
                         train_old[rows] = old.to(train_old.device, train_old.dtype)
                     # DDP/FSDP average gradients over ranks while the counts are global: scale to their sum
                     optim.backward(loss * dist.world_size)
-                    step_metrics.append(metrics)
+                    step_metrics.append((metrics, float(ro.completion_mask[rows].sum())))
                 micro_metrics += step_metrics
-                loss_sum = sum(float(m["loss"]) for m in step_metrics)
+                steps += 1
+                loss_sum = sum(float(m["loss"]) for m, _ in step_metrics)
                 pre_norm = None
                 if optim.transform_grads is not None:
                     pre_norm = self.guard.grad_norm(policy.parameters())
@@ -388,15 +378,15 @@ class Learner:
                 else:
                     optim.skip()
                 optim.zero_grad()
-        keys = micro_metrics[0].keys() if micro_metrics else ()
-        out = {f"train/{k}": sum(float(m[k]) for m in micro_metrics) / len(micro_metrics) for k in keys}
-        if norms:
-            out["train/grad_norm"] = sum(norms) / len(norms)  # after LongAct masking, before clipping
+        out = micro_batch_metrics(micro_metrics, steps)
+        if norms:  # of the all-reduced gradient: the same on every rank
+            out["train/grad_norm"] = Metric(sum(norms) / len(norms), "same")  # after masking, before clipping
         if pre_norms:
-            out["train/grad_norm_pre_mask"] = sum(pre_norms) / len(pre_norms)
+            out["train/grad_norm_pre_mask"] = Metric(sum(pre_norms) / len(pre_norms), "same")
         if self.external:
             measured = self.correction.metrics(
                 train_old, ro.behaviour_logp.to(train_old.device), ro.completion_mask
             )
-            out.update({f"train/correction/{k}": float(v) for k, v in measured.items()})
+            rules = self.correction.metric_rules(ro.completion_mask)
+            out.update({f"train/correction/{k}": Metric(v, *rules[k]) for k, v in measured.items()})
         return out

@@ -158,8 +158,10 @@ def group_spans(
 
 
 def prompt_counted(spans: list[tuple[int, int]], count_prompts: torch.Tensor | None) -> list[bool]:
-    """Whether each span's prompt tokens are counted by statistics hooks: one of its rows is set in
-    ``count_prompts [N]`` (``None``: every span)."""
+    """Whether statistics hooks count each span's prompt: one of its rows is set in ``count_prompts [N]``.
+
+    ``None``: every span's.
+    """
     if count_prompts is None:
         return [True] * len(spans)
     return [bool(count_prompts[a:b].any()) for a, b in spans]
@@ -264,7 +266,9 @@ def grouped_completion_logprobs(
     with _cache_through_checkpointing(decoder):
         if pack:
             prompts = [input_ids[a, :width][attention_mask[a, :width].bool()].unsqueeze(0) for a, _ in spans]
-            states = [prompt_pass(decoder, p, num_layers, token_mask_hook, c) for p, c in zip(prompts, counted)]
+            states = [
+                prompt_pass(decoder, p, num_layers, token_mask_hook, c) for p, c in zip(prompts, counted)
+            ]
             states += [prompt_pass(decoder, dummy_prompt, num_layers, None, False) for _ in range(pad_spans)]
             return packed_completion_logprobs(
                 model, decoder, states, [p.shape[1] for p in prompts] + [1] * pad_spans, spans,
