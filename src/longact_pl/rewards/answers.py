@@ -3,7 +3,7 @@
 ``normalize_answer`` is the SQuAD / HotpotQA rule QwenLong-L1 and LongBench score with: lower case, drop
 punctuation, drop the articles ``a``/``an``/``the``, collapse whitespace. ``extract_answer`` finds the final
 answer of a reasoning completion: the text after the last ``</think>``, then the last ``\\boxed{...}`` or the
-text after the last ``the answer is`` (QwenLong-L1's ``Therefore, the answer is X``).
+text after the last ``answer is`` (QwenLong-L1's ``Therefore, the answer is X``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = str.maketrans("", "", string.punctuation)
-_PHRASE = re.compile(r"the answer is", re.IGNORECASE)
+_PHRASE = re.compile(r"\banswer is", re.IGNORECASE)
 
 
 def normalize_answer(text: str) -> str:
@@ -36,7 +36,7 @@ def last_boxed(text: str) -> str | None:
 
 
 def extract_answer(completion: str) -> str | None:
-    """The final answer of ``completion``: last ``\\boxed{}``, else after the last ``the answer is``.
+    """The final answer of ``completion``: last ``\\boxed{}``, else after the last ``answer is``.
 
     The reasoning before a ``</think>`` is dropped first; ``*`` (markdown bold) is ignored.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from longact_pl.rewards.answers import extract_answer
+from longact_pl.rewards.answers import answer_of
 from longact_pl.rewards.judge.judge import LLMJudge
 from longact_pl.rewards.judge.types import JudgeFailure
 from longact_pl.rewards.types import RewardFn
@@ -29,15 +29,22 @@ class RuleThenJudge:
         judge: The judge.
         threshold: Rule scores below this are judged (1.0: anything short of a full match).
         on_failure: ``fallback`` or ``fail``.
+        extract: Judge the completion's final answer (``the answer is X``; a completion without one is not
+            judged); ``False``: the whole completion.
     """
 
     def __init__(
-        self, rule: RewardFn, judge: LLMJudge, threshold: float = 1.0, on_failure: str = "fallback"
+        self,
+        rule: RewardFn,
+        judge: LLMJudge,
+        threshold: float = 1.0,
+        on_failure: str = "fallback",
+        extract: bool = True,
     ) -> None:
         if on_failure not in POLICIES:
             raise ValueError(f"reward.on_failure must be one of {list(POLICIES)}, got {on_failure!r}")
         self.rule, self.judge = rule, judge
-        self.threshold, self.on_failure = threshold, on_failure
+        self.threshold, self.on_failure, self.extract = threshold, on_failure, extract
         self.last_details: list[dict | None] = []
 
     def begin_step(self, step: int, phase: str) -> None:
@@ -61,7 +68,7 @@ class RuleThenJudge:
             )
         rows, items = [], []
         for i, (completion, refs) in enumerate(zip(completions, references)):
-            answer = extract_answer(completion)
+            answer = answer_of(completion, self.extract)
             if scores[i] < self.threshold and answer:
                 rows.append(i)
                 items.append((questions[i], list(refs), answer))
