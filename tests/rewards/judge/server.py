@@ -6,6 +6,7 @@ import json
 import re
 import threading
 import time
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -18,7 +19,7 @@ class JudgeServer:
 
     Attributes:
         mode: ``ok``, ``garbage`` (a non-JSON body), ``slow`` (sleeps ``delay`` s first), ``error`` (HTTP 500),
-            ``noverdict`` (a reply without YES/NO).
+            ``noverdict`` (a reply without YES/NO), ``parity`` (YES when the answer's CRC32 is odd).
         fail_first: The first N requests get HTTP 503 (then ``mode`` applies).
         requests: Requests served; ``in_flight_max``: most requests handled at once.
     """
@@ -57,6 +58,8 @@ class JudgeServer:
                 a1 = re.search(r"Answer 1: (.*)", text).group(1).strip().lower()
                 a2 = re.search(r"Answer 2: (.*)", text).group(1).strip().lower()
                 same = a1 == a2 or DIGITS.get(a2) == a1
+                if outer.mode == "parity":  # mixed verdicts for random text (a random policy's completions)
+                    same = zlib.crc32(a1.encode()) % 2 == 1
                 reply = "They match. [[YES]]" if same else "Different. [[NO]]"
                 if outer.mode == "noverdict":
                     reply = "I cannot tell."
