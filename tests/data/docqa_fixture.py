@@ -10,9 +10,15 @@ WORDS = ["amber", "birch", "cedar", "delta", "ember", "fjord", "grove", "harbor"
 
 def document(index: int, sentences: int) -> tuple[str, str, str]:
     """(document, question, answer): a list of item codes; the question asks one of them."""
-    lines = [f"The code of item {WORDS[k % len(WORDS)]}-{k} is {1000 + 37 * k + index}." for k in range(sentences)]
+    lines = [
+        f"The code of item {WORDS[k % len(WORDS)]}-{k} is {1000 + 37 * k + index}." for k in range(sentences)
+    ]
     k = (index * 3) % sentences
-    return " ".join(lines), f"What is the code of item {WORDS[k % len(WORDS)]}-{k}?", str(1000 + 37 * k + index)
+    return (
+        " ".join(lines),
+        f"What is the code of item {WORDS[k % len(WORDS)]}-{k}?",
+        str(1000 + 37 * k + index),
+    )
 
 
 def write_docqa(path: Path, rows: int = 4, sentences: int = 6, long_every: int = 2) -> Path:
@@ -21,7 +27,12 @@ def write_docqa(path: Path, rows: int = 4, sentences: int = 6, long_every: int =
         for i in range(rows):
             n = sentences * (10 if long_every and i % long_every == 1 else 1)
             doc, question, answer = document(i, n)
-            row = {"id": f"r{i}", "question": question, "answers": [answer], "source": ["synth_a", "synth_b"][i % 2]}
+            row = {
+                "id": f"r{i}",
+                "question": question,
+                "answers": [answer],
+                "source": ["synth_a", "synth_b"][i % 2],
+            }
             if i % 2:
                 parts = doc.split(". ")
                 row["chunks"] = [{"id": f"c{j}", "text": t} for j, t in enumerate(parts)]

@@ -29,7 +29,10 @@ def test_rows_become_samples_with_meta(tmp_path):
         ({"context": "d", "question": "q", "answers": []}, "answers"),
         ({"question": "q", "answers": ["a"]}, "context"),
         ({"question": "q", "answers": ["a"], "chunks": [{"id": "c1"}]}, "chunks[0]"),
-        ({"question": "q", "answers": ["a"], "chunks": [{"id": "c1", "text": "t"}], "evidence": ["c2"]}, "evidence"),
+        (
+            {"question": "q", "answers": ["a"], "chunks": [{"id": "c1", "text": "t"}], "evidence": ["c2"]},
+            "evidence",
+        ),
         ({"context": "d", "question": "q", "answers": ["a"], "source": 3}, "source"),
     ],
 )
@@ -37,7 +40,9 @@ def test_bad_rows_name_file_line_and_field(tmp_path, row, field):
     path = tmp_path / "bad.jsonl"
     good = {"context": "doc", "question": "q?", "answers": ["a"]}
     path.write_text(json.dumps(good) + "\n\n" + json.dumps(row) + "\n")
-    with pytest.raises(ValueError, match=rf"bad.jsonl:3: field '{field}'".replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(
+        ValueError, match=rf"bad.jsonl:3: field '{field}'".replace("[", r"\[").replace("]", r"\]")
+    ):
         DocQASource(str(path))
 
 
@@ -56,7 +61,7 @@ def test_over_long_document_loses_its_middle_only(tmp_path, tiny):
     text = tok.decode(record["prompt_ids"])
     doc = source[0].meta["context"]
     assert record["truncated"] and len(record["prompt_ids"]) <= 300
-    assert source[0].meta["question"] in text and 'Format your response as follows' in text
+    assert source[0].meta["question"] in text and "Format your response as follows" in text
     assert doc[:40] in text and doc[-40:] in text and doc[len(doc) // 2 : len(doc) // 2 + 40] not in text
     assert record["question"] == source[0].meta["question"]  # handed to the judge
     full = PromptDataset(source, tok, max_prompt_tokens=None)[0]

@@ -36,10 +36,14 @@ def test_docqa_eval_per_source_and_paired_comparison(tmp_path):
             by_source = {s: [r["score"] for r in rows if r["task"] == s] for s in ("synth_a", "synth_b")}
             means = {s: sum(v) / len(v) for s, v in by_source.items()}
             assert summary["scores"]["synth_a"] == round(means["synth_a"], 4)
-            assert summary["overall"] == round((summary["by_source"]["synth_a"] + summary["by_source"]["synth_b"]) / 2, 4)
+            assert summary["overall"] == round(
+                (summary["by_source"]["synth_a"] + summary["by_source"]["synth_b"]) / 2, 4
+            )
             judge = summary["judge"]
             assert summary["truncated"] == 6 and judge["calls"] + judge["cache_hits"] == len(judged)
             assert len((out / "judge_verdicts" / "rank0.jsonl").read_text().splitlines()) == len(judged)
-    assert _script.main([str(p) for p in summaries] + ["--out", str(tmp_path / "cmp"), "--n-boot", "200"]) == 0
+    assert (
+        _script.main([str(p) for p in summaries] + ["--out", str(tmp_path / "cmp"), "--n-boot", "200"]) == 0
+    )
     table = (tmp_path / "cmp" / "comparison.md").read_text()
     assert "| synth_a |" in table and "| overall |" in table and "[" in table.split("| overall |")[1]  # a CI

@@ -14,14 +14,21 @@ from longact_pl.rewards.qa_match import ExactMatch, SubstringMatch, TokenF1
 
 def test_normalize_and_extract():
     assert normalize_answer("The  Eiffel-Tower!") == "eiffeltower"
-    assert extract_answer("<think>the answer is 3</think>So... Therefore, the answer is **Paris**.") == "Paris"
+    assert (
+        extract_answer("<think>the answer is 3</think>So... Therefore, the answer is **Paris**.") == "Paris"
+    )
     assert extract_answer("x \\boxed{\\frac{1}{2}} then the answer is 7") == "\\frac{1}{2}"
     assert extract_answer("Therefore, the answer is (B).") == "B"
     assert extract_answer("no final answer here") is None
 
 
 def test_exact_and_substring_match():
-    completions = ["Therefore, the answer is The Paris.", "the answer is Paris France", "Paris", "the answer is"]
+    completions = [
+        "Therefore, the answer is The Paris.",
+        "the answer is Paris France",
+        "Paris",
+        "the answer is",
+    ]
     refs = [["paris"], ["Paris"], ["Paris"], ["Paris"]]
     assert ExactMatch()(completions, refs) == [1.0, 0.0, 0.0, 0.0]  # 3rd: no final answer, 4th: empty
     assert SubstringMatch()(completions, refs) == [1.0, 1.0, 0.0, 0.0]
@@ -36,7 +43,9 @@ def test_token_f1_by_hand():
     assert f1 == pytest.approx(2 / 3)
     # "a big car" -> "big car" (article dropped): common 2, P = 1, R = 2/3 -> F1 = 0.8; F1 > 0.5 -> 1.0
     assert TokenF1()(["the answer is a big car"], [["big red car"]]) == [pytest.approx(0.8)]
-    assert TokenF1(threshold=0.5)(["the answer is a big car", "the answer is car"], [["big red car"]] * 2) == [
+    assert TokenF1(threshold=0.5)(
+        ["the answer is a big car", "the answer is car"], [["big red car"]] * 2
+    ) == [
         1.0,
         0.0,  # "car": P = 1, R = 1/3, F1 = 0.5, not > 0.5
     ]

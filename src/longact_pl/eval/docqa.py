@@ -97,8 +97,8 @@ class DocQABenchmark:
         meta = sample.meta
         ids, truncated = fit_document(ctx.tokenizer, meta["template"], meta["context"], meta["question"],
                                       self.max_input_tokens, self.system_prompt)  # fmt: skip
-        record = {"prompt_ids": ids, "references": sample.references, "task": sample.task, "truncated": truncated,
-                  "question": meta["question"], "id": meta["id"]}  # fmt: skip
+        record = {"prompt_ids": ids, "references": sample.references, "task": sample.task,
+                  "truncated": truncated, "question": meta["question"], "id": meta["id"]}  # fmt: skip
         record.update({k: meta[k] for k in ("chunk_ids", "evidence") if k in meta})
         return record
 

@@ -104,7 +104,9 @@ def cells_of(benchmark: str, key: str, prompts: Prompts) -> tuple[dict[str, str]
         return chosen, {c: 1.0 for c in set(chosen.values())}
     if benchmark == "docqa":  # overall: the mean over sources of each source's mean
         chosen = {i: r["task"] for i, r in rows.items() if key == "overall" or r["task"] == key}
-        return (chosen, {c: 1.0 / len(set(chosen.values())) for c in set(chosen.values())}) if chosen else None
+        return (
+            (chosen, {c: 1.0 / len(set(chosen.values())) for c in set(chosen.values())}) if chosen else None
+        )
     return None
 
 

@@ -1,4 +1,4 @@
-"""Answer text rules shared by the QA rewards: SQuAD normalisation and final-answer extraction.
+r"""Answer text rules shared by the QA rewards: SQuAD normalisation and final-answer extraction.
 
 ``normalize_answer`` is the SQuAD / HotpotQA rule QwenLong-L1 and LongBench score with: lower case, drop
 punctuation, drop the articles ``a``/``an``/``the``, collapse whitespace. ``extract_answer`` finds the final
@@ -23,7 +23,7 @@ def normalize_answer(text: str) -> str:
 
 
 def last_boxed(text: str) -> str | None:
-    """The content of the last ``\\boxed{...}`` (nested braces allowed), or ``None``."""
+    r"""The content of the last ``\\boxed{...}`` (nested braces allowed), or ``None``."""
     start = text.rfind("\\boxed{")
     if start < 0:
         return None
@@ -36,7 +36,7 @@ def last_boxed(text: str) -> str | None:
 
 
 def extract_answer(completion: str) -> str | None:
-    """The final answer of ``completion``: last ``\\boxed{}``, else after the last ``answer is``.
+    r"""The final answer of ``completion``: last ``\\boxed{}``, else after the last ``answer is``.
 
     The reasoning before a ``</think>`` is dropped first; ``*`` (markdown bold) is ignored.
 

@@ -11,8 +11,10 @@ _LETTER = re.compile(r"^\(?([A-Z])\)?(?:[\s.:)]|$)")
 
 
 def chosen_letter(completion: str, letters: str) -> str | None:
-    """The option letter a completion picks: its final answer (``the answer is (B)``, ``\\boxed{B}``) when
-    it states one, else the whole completion, must start with one of ``letters`` (``B``, ``(B)``, ``B.``).
+    r"""The option letter a completion picks (one of ``letters``), or ``None``.
+
+    Its final answer (``the answer is (B)``, ``\\boxed{B}``) when it states one, else the whole completion,
+    must start with the letter (``B``, ``(B)``, ``B.``).
     """
     answer = extract_answer(completion)
     text = (answer if answer is not None else completion).strip().replace("*", "")

@@ -28,8 +28,10 @@ def f_beta(cited: set[str], gold: set[str], beta: float) -> float:
 
 
 class CitationFBeta:
-    """F-beta over cited chunk ids, for data that carries chunks and evidence (``meta`` lists
-    ``chunk_ids=[[ids of each prompt's chunks]]`` and ``evidence=[[gold ids]]``, one per completion).
+    """F-beta over cited chunk ids, for data that carries chunks and evidence.
+
+    ``meta`` lists ``chunk_ids=[[ids of each prompt's chunks]]`` and ``evidence=[[gold ids]]``, one per
+    completion (DocQA rows with ``chunks`` and ``evidence`` give both).
 
     A prompt without evidence ids scores 0.0 (so a mixed data set does not reward citing nothing).
 

@@ -1,5 +1,7 @@
-"""Rule first, then an LLM judge (QwenLong-L1): a completion the rule does not fully accept is judged, and
-scores ``max(rule, verdict)``."""
+"""Rule first, then an LLM judge (QwenLong-L1).
+
+A completion the rule does not fully accept is judged, and scores ``max(rule, verdict)``.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +16,9 @@ POLICIES = ("fallback", "fail")
 
 
 class RuleThenJudge:
-    """``rule``'s score, or where it is below ``threshold`` and the completion states a final answer,
-    ``max(rule, judge verdict)``.
+    """The rule's score, or ``max(rule, judge verdict)`` where the rule is below ``threshold``.
+
+    Only completions that state a final answer are judged (with ``extract``).
 
     All completions of one call (an RL step's ``G x B``, or an evaluation batch) are judged in one
     :meth:`LLMJudge.judge` call. A judgement that ends without a verdict (after the judge's retries) either
@@ -84,8 +87,8 @@ class RuleThenJudge:
         if failed and self.on_failure == "fail":
             raise JudgeFailure(
                 f"the judge gave no verdict for {len(failed)} of {len(items)} answers after "
-                f"{self.judge.max_retries} retries (first: {failed[0].error}); check the judge endpoint, or set "
-                "data.reward.on_failure=fallback to score those completions by the rule"
+                f"{self.judge.max_retries} retries (first: {failed[0].error}); check the judge endpoint, or "
+                "set data.reward.on_failure=fallback to score those completions by the rule"
             )
         self.judge.stats.fallbacks += len(failed)
         return scores

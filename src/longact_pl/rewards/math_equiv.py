@@ -8,8 +8,10 @@ from longact_pl.rewards.answers import answer_of, check_batch
 
 
 class MathEquivalence:
-    """1.0 when the (extracted) answer is mathematically equal to a reference (``12.50`` = ``$12.5$``,
-    ``\\frac{1}{2}`` = ``0.5``), compared by ``math_verify.verify`` after ``math_verify.parse``.
+    r"""1.0 when the (extracted) answer is mathematically equal to a reference, else 0.0.
+
+    ``12.50`` = ``$12.5$``, ``\\frac{1}{2}`` = ``0.5``: compared by ``math_verify.verify`` after
+    ``math_verify.parse``.
 
     ``math-verify``'s own time limits use ``SIGALRM``, which only works in the main thread; from another
     thread they are switched off.

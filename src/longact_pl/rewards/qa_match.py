@@ -20,7 +20,7 @@ def exact_match(prediction: str, reference: str) -> float:
 
 
 def substring_match(prediction: str, reference: str) -> float:
-    """QwenLong-L1's ``sub_em``: 1.0 when either normalised string contains the other (empty never matches)."""
+    """QwenLong-L1's ``sub_em``: 1.0 when either normalised string contains the other (empty: never)."""
     pred, ref = normalize_answer(prediction), normalize_answer(reference)
     return float(bool(pred) and bool(ref) and (ref in pred or pred in ref))
 
@@ -62,7 +62,7 @@ class _MaxOverReferences:
 
 
 class ExactMatch(_MaxOverReferences):
-    """1.0 when the (extracted) answer equals a reference after normalisation.
+    r"""1.0 when the (extracted) answer equals a reference after normalisation.
 
     Args:
         extract: Score the final answer (``the answer is X`` / ``\\boxed{X}``), not the whole completion.

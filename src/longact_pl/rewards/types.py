@@ -17,5 +17,7 @@ class RewardFn(Protocol):
 
 
 class FatalRewardError(RuntimeError):
-    """A reward failure that must stop the run (never scored 0): :func:`~longact_pl.rewards.scoring.score`
-    re-raises it instead of retrying completion by completion."""
+    """A reward failure that must stop the run (never scored 0).
+
+    :func:`~longact_pl.rewards.scoring.score` re-raises it instead of retrying completion by completion.
+    """

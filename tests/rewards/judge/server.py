@@ -9,7 +9,6 @@ import time
 import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-
 DIGITS = {"one": "1", "two": "2", "three": "3", "four": "4"}
 
 
@@ -18,8 +17,9 @@ class JudgeServer:
     (``4`` for ``four``, which no string rule accepts), else ``[[NO]]``.
 
     Attributes:
-        mode: ``ok``, ``garbage`` (a non-JSON body), ``slow`` (sleeps ``delay`` s first), ``error`` (HTTP 500),
-            ``noverdict`` (a reply without YES/NO), ``parity`` (YES when the answer's CRC32 is odd).
+        mode: ``ok``, ``garbage`` (a non-JSON body), ``error`` (HTTP 503), ``noverdict`` (a reply
+            without YES/NO), ``parity`` (YES when the answer's CRC32 is odd).
+        delay: Seconds each request sleeps first (a slow server).
         fail_first: The first N requests get HTTP 503 (then ``mode`` applies).
         requests: Requests served; ``in_flight_max``: most requests handled at once.
     """
@@ -66,7 +66,9 @@ class JudgeServer:
                 payload = (
                     b"<html>502 Bad Gateway</html>"
                     if outer.mode == "garbage"
-                    else json.dumps({"choices": [{"message": {"role": "assistant", "content": reply}}]}).encode()
+                    else json.dumps(
+                        {"choices": [{"message": {"role": "assistant", "content": reply}}]}
+                    ).encode()
                 )
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")

@@ -82,7 +82,9 @@ def test_retries_with_back_off_then_succeed():
 
 @pytest.mark.parametrize("fault", ["unreachable", "timeout", "garbage", "noverdict"])
 def test_faults_fall_back_to_the_rule_score_counted(fault, tmp_path):
-    with JudgeServer(mode="ok" if fault == "timeout" else fault, delay=1.0 if fault == "timeout" else 0.0) as s:
+    with JudgeServer(
+        mode="ok" if fault == "timeout" else fault, delay=1.0 if fault == "timeout" else 0.0
+    ) as s:
         url = closed_port_url() if fault == "unreachable" else s.url
         reward = make(url, tmp_path, timeout_s=0.3, retries=1)
         begin_step(reward, 3, "train")

@@ -30,7 +30,7 @@ QUESTIONS = ["How many legs does a dog have?"] * 4 + ["What is the capital of Fr
 
 
 def check_judged(reward: RuleThenJudge, tmp_path) -> float:
-    """Judge the step's answers; every one gets a reply (verdict or a counted no-verdict). Returns the seconds."""
+    """Judge the step's answers: each gets a reply (a verdict or a counted no-verdict); return the time."""
     reward.begin_step(0, "train")
     start = time.perf_counter()
     scores = reward(COMPLETIONS, REFS, questions=QUESTIONS)
@@ -62,7 +62,10 @@ def test_smollm2_judge_through_the_local_vllm_engine(tmp_path):
 
 
 # A 135M judge follows a plain yes/no request better than QwenLong-L1's explain-then-[[YES]] format.
-TEMPLATE = "Question: {question}\nReference answer: {reference}\nStudent answer: {answer}\nIs the student answer correct? Reply YES or NO."
+TEMPLATE = (
+    "Question: {question}\nReference answer: {reference}\nStudent answer: {answer}\n"
+    "Is the student answer correct? Reply YES or NO."
+)
 
 
 def make_reward(backend, tmp_path) -> RuleThenJudge:
@@ -82,9 +85,9 @@ def free_port() -> int:
 def test_smollm2_judge_through_vllm_serve(tmp_path):
     folder, port = str(smollm2_folder()), free_port()
     env = {**os.environ, "VLLM_CACHE_ROOT": str(tmp_path / "vllm_cache"), "VLLM_CPU_KVCACHE_SPACE": "1"}
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", folder, "--host", "127.0.0.1",
-           "--port", str(port), "--served-model-name", "judge", "--enforce-eager", "--max-model-len", "1024",
-           "--dtype", "bfloat16"]  # fmt: skip
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", folder,
+           "--host", "127.0.0.1", "--port", str(port), "--served-model-name", "judge", "--enforce-eager",
+           "--max-model-len", "1024", "--dtype", "bfloat16"]  # fmt: skip
     log = (tmp_path / "serve.log").open("w")
     server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:

@@ -143,6 +143,7 @@ class LLMJudge:
                 break
         self.stats.failures += sum(j.verdict is None for j in judgements)
         if pending:
+            first = judgements[pending[0]].error
             log.warning("judge: %d of %d requests failed after %d attempts (first: %s)",
-                        len(pending), len(items), self.max_retries + 1, judgements[pending[0]].error)  # fmt: skip
+                        len(pending), len(items), self.max_retries + 1, first)  # fmt: skip
         return judgements

@@ -24,7 +24,7 @@ _WORD = re.compile(r"\b(YES|NO)\b", re.IGNORECASE)
 
 
 def check_template(template: str) -> None:
-    """Raise unless ``template`` names every slot (``{question}``, ``{answer}``, ``{reference}``) and no other.
+    """Raise unless ``template`` uses the slots ``{question}``, ``{answer}``, ``{reference}`` and no other.
 
     Raises:
         ValueError: Naming the missing or unknown slot.

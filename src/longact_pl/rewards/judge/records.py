@@ -15,7 +15,7 @@ from longact_pl.rewards.judge.types import Judgement
 
 
 def process_rank() -> int:
-    """This process's global rank (``torch.distributed`` when initialised, else ``$RANK``, else 0)."""
+    """The process's global rank (``torch.distributed`` when initialised, else ``$RANK``, else 0)."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
@@ -35,7 +35,7 @@ class VerdictRecords:
 
     @property
     def path(self) -> Path | None:
-        """This rank's file (``None`` when nothing is kept)."""
+        """The file of this rank (``None`` when nothing is kept)."""
         return None if self.directory is None else self.directory / f"rank{process_rank()}.jsonl"
 
     def write(self, judgements: Sequence[Judgement], step: int, phase: str) -> None:
