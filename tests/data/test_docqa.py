@@ -66,3 +66,14 @@ def test_over_long_document_loses_its_middle_only(tmp_path, tiny):
     assert record["question"] == source[0].meta["question"]  # handed to the judge
     full = PromptDataset(source, tok, max_prompt_tokens=None)[0]
     assert not full["truncated"] and len(full["prompt_ids"]) > 300
+
+
+def test_a_tight_budget_still_keeps_a_long_question_whole(tmp_path, tiny):
+    question = "Considering every item listed in the text above, " * 8 + "what is the code of item amber-0?"
+    path = tmp_path / "q.jsonl"
+    path.write_text(json.dumps({"context": " ".join(["The code of item birch-1 is 1037."] * 60),
+                                "question": question, "answers": ["1000"]}) + "\n")  # fmt: skip
+    record = PromptDataset(DocQASource(str(path)), tiny.tokenizer, max_prompt_tokens=180)[0]
+    text = tiny.tokenizer.decode(record["prompt_ids"])
+    assert record["truncated"] and len(record["prompt_ids"]) <= 180
+    assert question in text and "Please read the following text" in text and "the answer is (insert" in text

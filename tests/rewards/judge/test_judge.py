@@ -14,7 +14,7 @@ from longact_pl.rewards.judge.http import OpenAIHttpBackend
 from longact_pl.rewards.judge.judge import LLMJudge
 from longact_pl.rewards.judge.types import JudgeFailure
 from longact_pl.rewards.judged import RuleThenJudge
-from longact_pl.rewards.qa_match import SubstringMatch
+from longact_pl.rewards.qa_match import SubstringMatch, TokenF1
 from longact_pl.rewards.scoring import RewardErrors, score
 from tests.rewards.judge.server import JudgeServer, closed_port_url
 
@@ -99,6 +99,13 @@ def test_faults_fall_back_to_the_rule_score_counted(fault, tmp_path):
     assert m["train/judge/retries"] == retried
     rows = [json.loads(x) for x in (tmp_path / "rank0.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all(r["verdict"] is None and r["error"] for r in rows)  # kept, with the cause
+
+
+def test_fallback_keeps_a_partial_rule_score():
+    # token F1 of "big red" vs "big red car" = 0.8 (P = 1, R = 2/3): judged (< 1), the judge unreachable
+    reward = RuleThenJudge(TokenF1(), LLMJudge(OpenAIHttpBackend(closed_port_url(), "m"), max_retries=0))
+    assert reward(["the answer is big red"], [["big red car"]], questions=["q"]) == [pytest.approx(0.8)]
+    assert reward.judge.stats.fallbacks == 1
 
 
 @pytest.mark.parametrize("fault", ["unreachable", "garbage"])
