@@ -29,8 +29,10 @@ def docqa_overrides(tmp_path, url: str, steps: int) -> list[str]:
 
 
 def test_grpo_trains_on_docqa_with_rule_then_judge(tmp_path):
-    with JudgeServer(mode="parity") as server:
-        cfg = compose_train(tmp_path, *docqa_overrides(tmp_path, server.url, steps=2), tiny=False)
+    # the server's first 3 requests fail (HTTP 503) and are not retried: step 0 falls back for them
+    with JudgeServer(mode="parity", fail_first=3) as server:
+        overrides = [*docqa_overrides(tmp_path, server.url, steps=2), "data.reward.judge.max_retries=0"]
+        cfg = compose_train(tmp_path, *overrides, tiny=False)
         run(cfg, tmp_path)
         served = server.requests
     with open(tmp_path / "metrics.csv") as f:
@@ -40,10 +42,12 @@ def test_grpo_trains_on_docqa_with_rule_then_judge(tmp_path):
     hits = [float(r["train/judge/cache_hits"]) for r in rows]
     # every completion a rule miss (random text): B * G = 8 judgements per step, requests or cache hits
     assert [c + h for c, h in zip(calls, hits)] == [8.0, 8.0] and sum(calls) == served
-    assert all(float(r["train/judge/failures"]) == 0 and float(r["train/judge/fallbacks"]) == 0 for r in rows)
+    assert [float(r["train/judge/failures"]) for r in rows] == [3.0, 0.0]
+    assert [float(r["train/judge/fallbacks"]) for r in rows] == [3.0, 0.0]  # the step went on, counted
     assert sum(float(r["train/truncated_prompts"]) for r in rows) >= 1  # the long documents were cut
     verdicts = [json.loads(x) for x in (tmp_path / "judge_verdicts" / "rank0.jsonl").read_text().splitlines()]
-    assert len(verdicts) == 16 and {v["step"] for v in verdicts} == {0, 1}
-    assert {v["verdict"] for v in verdicts} == {0.0, 1.0}  # mixed rewards: the policy trains
+    assert len(verdicts) == 16 and {v["step"] for v in verdicts} == {0, 1}  # failed ones kept too
+    assert sum("HTTP 503" in (v["error"] or "") for v in verdicts) == 3
+    assert {v["verdict"] for v in verdicts} == {None, 0.0, 1.0}  # mixed rewards: the policy trains
     start, final = tiny_llama(seed=cfg.seed).model, load_hf(str(tmp_path / "final"), dtype="float32").model
     assert any(not torch.equal(p, start.get_parameter(n)) for n, p in final.named_parameters())
