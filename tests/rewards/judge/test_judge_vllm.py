@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -73,6 +75,15 @@ def make_reward(backend, tmp_path) -> RuleThenJudge:
     return RuleThenJudge(SubstringMatch(), judge)
 
 
+def die_with_parent() -> None:
+    """In the child: receive SIGTERM when the test process dies (Linux), even if it is killed outright."""
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _stop(signum, frame) -> None:
+    raise SystemExit(128 + signum)  # a SIGTERM to pytest (e.g. `timeout`) still runs the finally below
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -89,7 +100,9 @@ def test_smollm2_judge_through_vllm_serve(tmp_path):
            "--host", "127.0.0.1", "--port", str(port), "--served-model-name", "judge", "--enforce-eager",
            "--max-model-len", "1024", "--dtype", "bfloat16"]  # fmt: skip
     log = (tmp_path / "serve.log").open("w")
-    server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    old = signal.signal(signal.SIGTERM, _stop)
+    server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                              preexec_fn=die_with_parent)  # fmt: skip
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:  # bounded wait for /v1/models
@@ -112,3 +125,4 @@ def test_smollm2_judge_through_vllm_serve(tmp_path):
             os.killpg(server.pid, 9)
             server.wait(timeout=10)
         log.close()
+        signal.signal(signal.SIGTERM, old)
