@@ -23,6 +23,7 @@ from longact_pl.metric_reduce import Metric, reduce_metrics
 from longact_pl.ops.policy_logprobs import LogprobPass
 from longact_pl.optim import adamw_with_warmup, check_optimizer_settings, optimizer_step
 from longact_pl.precision import check_master_weights
+from longact_pl.rewards import hooks as reward_hooks
 from longact_pl.rewards.scoring import RewardErrors
 from longact_pl.rewards.types import RewardFn
 from longact_pl.rollout.types import RolloutEngine
@@ -189,6 +190,7 @@ class LongActModule(L.LightningModule):
         truncated = sum(int(s.get("truncated", False)) for s in batch)
         self.truncated_total += truncated
         self.reward_errors.new_step()
+        reward_hooks.begin_step(self.reward_fn, self.global_step, "train")  # the judge's per-step counters
         scored = self._sample(batch)
         errors, save = self.reward_errors, self._save_stop_checkpoint
         self.stops.check_rewards(errors.step_all_failed, errors.step_first, self.dist, save)
@@ -207,6 +209,7 @@ class LongActModule(L.LightningModule):
         logs = step_metrics(scored, truncated, self.truncated_total, self.reward_errors.count,
                             time.perf_counter() - start, lr, update)  # fmt: skip
         logs["train/skipped_steps_total"] = Metric(self.stops.skipped.total, "same")  # ranks skip together
+        logs.update(reward_hooks.step_metrics(self.reward_fn))  # train/judge/* counts (sums over ranks)
         logs = reduce_metrics(logs, self.dist, self._counted_rank)  # the global values, one collective
         self._totals = {k: logs[k] for k in TOTALS}  # what a checkpoint keeps of the run's counters
         self.log_dict(logs, on_step=True, batch_size=len(batch))
@@ -263,6 +266,7 @@ class LongActModule(L.LightningModule):
     # ------------------------------------------------------------- validation
     def validation_step(self, batch: list[dict], batch_idx: int) -> None:
         """Greedy decoding on held-out prompts, scored by the task reward (as ``evaluate.py`` does)."""
+        reward_hooks.begin_step(self.reward_fn, self.global_step, "val")
         args = (self.rollout, self.policy, self.tokenizer, batch, self.reward_fn, self.global_step)
         self.validation.score(*args, errors=self.reward_errors)
 

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch.utils.data import Dataset
 
+from longact_pl.data.docqa import fit_document
 from longact_pl.data.prompting import encode_prompt
 from longact_pl.data.types import SampleSource
 
@@ -14,6 +15,8 @@ if TYPE_CHECKING:
 
 # Keys of every record (and so of every dict in a batch).
 RECORD_KEYS = ("prompt_ids", "references", "task", "target_length", "truncated", "index")
+# Sample meta copied into the record when present (DocQA: the judge's question, the citation reward's ids).
+META_KEYS = ("question", "chunk_ids", "evidence")
 
 
 class PromptDataset(Dataset):
@@ -46,10 +49,16 @@ class PromptDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = self.source[index]
-        ids, truncated = encode_prompt(
-            self.tokenizer, sample.prompt, self.max_prompt_tokens, self.system_prompt
-        )
+        meta = sample.meta
+        if "template" in meta and "context" in meta:  # DocQA: only the document's middle is ever cut
+            ids, truncated = fit_document(self.tokenizer, meta["template"], meta["context"], meta["question"],
+                                          self.max_prompt_tokens, self.system_prompt)  # fmt: skip
+        else:
+            ids, truncated = encode_prompt(
+                self.tokenizer, sample.prompt, self.max_prompt_tokens, self.system_prompt
+            )
         return {
+            **{k: meta[k] for k in META_KEYS if k in meta},
             "prompt_ids": ids,
             "references": list(sample.references),
             "task": sample.task,

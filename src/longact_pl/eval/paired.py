@@ -10,6 +10,7 @@ a weighted mean of per-cell means, and the interval resamples prompts within the
   the mean over lengths of those averages (as ``longact_pl.eval.report.ruler_summary`` computes them).
 * LongBench v2 ``overall`` / ``easy`` / ``hard`` / ``short`` / ``medium`` / ``long``: the plain mean over the
   questions of that split.
+* DocQA ``<source>``: the questions of that source; ``overall``: the mean over sources of those means.
 
 Prompts are checked to be the same (ids and references) before any interval is computed.
 """
@@ -101,6 +102,11 @@ def cells_of(benchmark: str, key: str, prompts: Prompts) -> tuple[dict[str, str]
         else:
             return None
         return chosen, {c: 1.0 for c in set(chosen.values())}
+    if benchmark == "docqa":  # overall: the mean over sources of each source's mean
+        chosen = {i: r["task"] for i, r in rows.items() if key == "overall" or r["task"] == key}
+        return (
+            (chosen, {c: 1.0 / len(set(chosen.values())) for c in set(chosen.values())}) if chosen else None
+        )
     return None
 
 

@@ -32,3 +32,28 @@ class WeightedSum:
                 raise ValueError(f"WeightedSum: {type(term).__name__} returned {len(scores)} scores")
             total = [t + weight * s for t, s in zip(total, scores)]
         return total
+
+
+class MaxOf:
+    """``max_k terms[k](completions, references, **meta)`` per completion (e.g. sub-string EM or F1 > 0.5).
+
+    Args:
+        terms: Reward callables.
+    """
+
+    def __init__(self, terms: Sequence[Callable[..., list[float]]]) -> None:
+        if not terms:
+            raise ValueError("MaxOf: give at least one term")
+        self.terms = list(terms)
+
+    def __call__(
+        self, completions: Sequence[str], references: Sequence[Sequence[str]], **meta
+    ) -> list[float]:
+        """The best term's score for each completion."""
+        best = [float("-inf")] * len(completions)
+        for term in self.terms:
+            scores = term(completions, references, **meta)
+            if len(scores) != len(completions):
+                raise ValueError(f"MaxOf: {type(term).__name__} returned {len(scores)} scores")
+            best = [max(b, float(s)) for b, s in zip(best, scores)]
+        return best

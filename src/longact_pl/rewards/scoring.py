@@ -7,9 +7,22 @@ from dataclasses import dataclass, field
 
 import torch
 
-from longact_pl.rewards.types import RewardFn
+from longact_pl.rewards.types import FatalRewardError, RewardFn
 
 log = logging.getLogger(__name__)
+
+# Prompt-record keys handed to reward functions as keyword lists (one value per completion), when present:
+# record key -> keyword (DocQA's question for the judge, chunk ids and evidence for the citation reward).
+META_FIELDS = {"question": "questions", "chunk_ids": "chunk_ids", "evidence": "evidence"}
+
+
+def reward_meta(samples: list[dict], group_size: int) -> dict[str, list]:
+    """``tasks=`` and the :data:`META_FIELDS` the records carry, each repeated for a prompt's completions."""
+    meta = {"tasks": [s.get("task", "") for s in samples for _ in range(group_size)]}
+    for key, keyword in META_FIELDS.items():
+        if any(key in s for s in samples):
+            meta[keyword] = [s.get(key) for s in samples for _ in range(group_size)]
+    return meta
 
 
 @dataclass
@@ -54,10 +67,12 @@ class RewardErrors:
 
 
 def _score_one(
-    reward_fn: RewardFn, completion: str, refs: list[str], task: str, errors: RewardErrors
+    reward_fn: RewardFn, completion: str, refs: list[str], meta: dict, errors: RewardErrors
 ) -> float:
     try:
-        return float(reward_fn([completion], [refs], tasks=[task])[0])
+        return float(reward_fn([completion], [refs], **meta)[0])
+    except FatalRewardError:
+        raise
     except Exception as err:  # noqa: BLE001 - a user reward must not kill a long run
         errors.record(err, completion, refs)
         return 0.0
@@ -78,19 +93,25 @@ def score(
         samples: The B prompt dicts (``references``, ``task``).
         group_size: G.
         errors: When given, a raising reward function is retried per completion and the failing ones
-            score 0 (counted here) instead of stopping the run.
+            score 0 (counted here) instead of stopping the run; a :class:`FatalRewardError` (a judge
+            failing with ``on_failure=fail``) always stops it.
 
     Returns:
         ``[B * G]`` float32 rewards.
     """
     refs = [s["references"] for s in samples for _ in range(group_size)]
-    tasks = [s.get("task", "") for s in samples for _ in range(group_size)]
+    meta = reward_meta(samples, group_size)
     try:
-        values = reward_fn(completions, refs, tasks=tasks)
+        values = reward_fn(completions, refs, **meta)  # the whole batch in one call (a judge batches it)
+    except FatalRewardError:
+        raise
     except Exception:
         if errors is None:
             raise
-        values = [_score_one(reward_fn, c, r, t, errors) for c, r, t in zip(completions, refs, tasks)]
+        values = [
+            _score_one(reward_fn, c, r, {k: [v[i]] for k, v in meta.items()}, errors)
+            for i, (c, r) in enumerate(zip(completions, refs))
+        ]
     if len(values) != len(completions):
         raise ValueError(f"reward function returned {len(values)} values for {len(completions)} completions")
     if errors is not None:

@@ -14,3 +14,10 @@ class RewardFn(Protocol):
     ) -> list[float]:
         """One score per completion."""
         ...
+
+
+class FatalRewardError(RuntimeError):
+    """A reward failure that must stop the run (never scored 0).
+
+    :func:`~longact_pl.rewards.scoring.score` re-raises it instead of retrying completion by completion.
+    """

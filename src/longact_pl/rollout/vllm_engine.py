@@ -170,3 +170,21 @@ def _this_gpu_only() -> Iterator[None]:
             os.environ.pop("CUDA_VISIBLE_DEVICES", None)
         else:
             os.environ["CUDA_VISIBLE_DEVICES"] = old
+
+
+def generate_greedy(
+    engine: Engine, prompts: list[list[int]], max_tokens: int, stop_ids: list[int]
+) -> list[list[int]]:
+    """Greedy completions (token ids) of ``prompts`` on ``engine`` in one batch (e.g. an LLM judge's replies).
+
+    Args:
+        engine: A started engine holding the weights to run.
+        prompts: Prompt token ids.
+        max_tokens: Completion budget.
+        stop_ids: Token ids that end a completion.
+    """
+    from vllm import SamplingParams
+
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, stop_token_ids=stop_ids, detokenize=False)
+    outputs = engine.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
+    return [list(out.outputs[0].token_ids) for out in outputs]

@@ -1,0 +1,1 @@
+"""The LLM judge: one :class:`~longact_pl.rewards.judge.judge.LLMJudge` over interchangeable back ends."""
