@@ -31,11 +31,12 @@ def begin_step(reward_fn: Any, step: int, phase: str) -> None:
 
 
 def step_metrics(reward_fn: Any) -> dict[str, Metric]:
-    """The counters of the current step, summed over components; each a ``sum`` over data-parallel ranks."""
-    out: dict[str, float] = {}
+    """The counters of the current step, summed over components; each combines over ranks by its rule."""
+    out: dict[str, Metric] = {}
     for part in components(reward_fn):
         hook = getattr(part, "step_metrics", None)
         if callable(hook):
             for key, value in hook().items():
-                out[key] = out.get(key, 0.0) + float(value)
-    return {key: Metric(value, "sum") for key, value in out.items()}
+                how = getattr(value, "how", "sum")  # a plain number from a component is a count
+                out[key] = Metric(float(out.get(key, 0.0)) + float(value), how)
+    return out

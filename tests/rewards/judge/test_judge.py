@@ -130,3 +130,15 @@ def test_scores_are_float32_tensor():
     with JudgeServer() as server:
         out = score(make(server.url), COMPLETIONS[:3], SAMPLES[:1], group_size=3)
     assert out.dtype == torch.float32 and out.shape == (3,)
+
+
+def test_judge_counters_add_over_ranks_and_time_is_the_slowest_ranks():
+    from longact_pl.metric_reduce import reduce_metrics
+    from longact_pl.rewards.judge.types import JudgeStats
+    from tests.helpers import FakeOps
+
+    mine, other = JudgeStats(calls=3, failures=1, seconds=2.0), JudgeStats(calls=5, fallbacks=2, seconds=0.5)
+    dist = FakeOps(world_size=2, other_gathers=[[(True, other.metrics())]])
+    got = reduce_metrics(mine.metrics(), dist)
+    assert got["train/judge/calls"] == 8 and got["train/judge/failures"] == 1
+    assert got["train/judge/fallbacks"] == 2 and got["train/judge/seconds"] == 2.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
+from longact_pl.metric_reduce import Metric
 from longact_pl.rewards.types import FatalRewardError
 
 Messages = list[dict[str, str]]
@@ -61,7 +62,7 @@ class Judgement:
 
 @dataclass
 class JudgeStats:
-    """Counters of the judge since the last :meth:`reset` (one RL step): plain counts, summed over ranks.
+    """Counters of the judge since the last :meth:`reset` (one RL step), as logged metrics.
 
     Attributes:
         calls: Judgements asked of the back end (first attempts; cache hits excluded).
@@ -86,6 +87,13 @@ class JudgeStats:
         for name in self._fields:
             setattr(self, name, 0)
 
-    def metrics(self, prefix: str = "train/judge/") -> dict[str, float]:
-        """``{prefix + name: value}`` of every counter."""
-        return {prefix + name: float(getattr(self, name)) for name in self._fields}
+    def metrics(self, prefix: str = "train/judge/") -> dict[str, Metric]:
+        """``{prefix + name: value}`` of every counter, as it combines over data-parallel ranks.
+
+        Counts add up; ``seconds`` (the judge's wall time in the step, spent by the ranks at once) is the
+        slowest rank's.
+        """
+        return {
+            prefix + name: Metric(getattr(self, name), "max" if name == "seconds" else "sum")
+            for name in self._fields
+        }
