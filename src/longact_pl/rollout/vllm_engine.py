@@ -28,6 +28,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from longact_pl.rollout.placement import (
+    TP_FIELD,
+    EnginePlacement,
+    engine_of,
+    place_engines,
+    visible_devices,
+)
 from longact_pl.rollout.weight_push import (
     PushStats,
     iter_weights,
@@ -136,7 +143,7 @@ def _start(policy: nn.Module, engine_args: dict[str, Any], sleep_level: int) -> 
     folder = tempfile.TemporaryDirectory(prefix="longact-vllm-")
     policy.config.save_pretrained(folder.name)  # config only: weights arrive by the first push
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    with _this_gpu_only():
+    with _engine_gpus(tensor_parallel_size(engine_args)):
         llm = LLM(
             model=folder.name,
             load_format="dummy",
@@ -150,19 +157,39 @@ def _start(policy: nn.Module, engine_args: dict[str, Any], sleep_level: int) -> 
     return Engine(llm=llm, folder=folder, workers=workers, sleep_level=sleep_level)
 
 
-@contextlib.contextmanager
-def _this_gpu_only() -> Iterator[None]:
-    """Start the engine's processes on this rank's GPU: they inherit ``CUDA_VISIBLE_DEVICES``.
+def tensor_parallel_size(engine_args: dict[str, Any]) -> int:
+    """The engine's TP size (``rollout.engine_kwargs.tensor_parallel_size``, default 1)."""
+    return int(engine_args.get("tensor_parallel_size") or 1)
 
-    With one training rank per GPU (DDP/FSDP), every rank starts its own engine; without this they would
-    all land on GPU 0. A no-op on CPU and with a single visible GPU.
+
+def node_engine(local_rank: int, ranks_per_node: int, gpus: int, tp: int) -> EnginePlacement:
+    """The engine of node-local rank ``local_rank`` (node-local ranks and GPUs; ``rollout/placement.py``)."""
+    return engine_of(local_rank, place_engines(ranks_per_node, ranks_per_node, gpus, tp))
+
+
+@contextlib.contextmanager
+def _engine_gpus(tp: int) -> Iterator[None]:
+    """Start the engine's processes on its TP group's GPUs: they inherit ``CUDA_VISIBLE_DEVICES``.
+
+    With one training rank per GPU (DDP/FSDP) the engine of a TP group of ``tp`` ranks sees exactly the
+    group's ``tp`` GPUs (TP = 1: this rank's GPU alone; without this every engine would land on GPU 0, and
+    with TP >= 2 vLLM's workers need ``tp`` visible devices). A no-op on CPU and with a single visible GPU.
+    Refuses a rank that does not lead its group (it hosts no engine; see ``rollout/placement.py``).
     """
     if not torch.cuda.is_available() or torch.cuda.device_count() < 2:
         yield
         return
+    gpus = torch.cuda.device_count()
+    ranks_per_node = int(os.environ.get("LOCAL_WORLD_SIZE", gpus))
+    local_rank = torch.cuda.current_device()
+    engine = node_engine(local_rank, ranks_per_node, gpus, tp)
+    if engine.leader != local_rank:
+        raise NotImplementedError(
+            f"{TP_FIELD}={tp}: this rank (GPU {local_rank}) is in the engine led by GPU {engine.leader}; "
+            "sharing one engine's rollouts within a TP group is not wired yet (docs/gpu.md): use 1"
+        )
     old = os.environ.get("CUDA_VISIBLE_DEVICES")
-    ids = old.split(",") if old else [str(i) for i in range(torch.cuda.device_count())]
-    os.environ["CUDA_VISIBLE_DEVICES"] = ids[torch.cuda.current_device()]
+    os.environ["CUDA_VISIBLE_DEVICES"] = visible_devices(engine, old.split(",") if old else None, gpus)
     try:
         yield
     finally:
