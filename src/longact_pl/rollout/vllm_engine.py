@@ -144,17 +144,38 @@ def _start(policy: nn.Module, engine_args: dict[str, Any], sleep_level: int) -> 
     policy.config.save_pretrained(folder.name)  # config only: weights arrive by the first push
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     with _engine_gpus(tensor_parallel_size(engine_args)):
-        llm = LLM(
-            model=folder.name,
-            load_format="dummy",
-            skip_tokenizer_init=True,
-            logprobs_mode="processed_logprobs",
-            worker_extension_cls=WORKER_EXTENSION,
-            **({"enable_sleep_mode": True} if sleep_level else {}),
-            **{k: v for k, v in engine_args.items() if v is not None},
-        )
+        llm = LLM(**engine_kwargs(folder.name, policy.config, engine_args, sleep_level))
     workers = len(llm.collective_rpc("worker_pid"))
     return Engine(llm=llm, folder=folder, workers=workers, sleep_level=sleep_level)
+
+
+def rope_overrides(config: Any) -> dict[str, Any]:
+    """``hf_overrides`` carrying the policy's RoPE scaling and window (``{}`` when it has none).
+
+    The engine's config folder already holds them (``save_pretrained``); passing them again keeps the engine
+    on the trainer's scaling even where vLLM re-derives a config (``longact_pl.models.rope``).
+    """
+    rope = getattr(config, "rope_parameters", None) or {}
+    if rope.get("rope_type", "default") == "default":
+        return {}
+    return {"rope_parameters": dict(rope), "max_position_embeddings": config.max_position_embeddings}
+
+
+def engine_kwargs(folder: str, config: Any, engine_args: dict[str, Any], sleep_level: int) -> dict[str, Any]:
+    """The ``vllm.LLM`` keyword arguments of an engine for a model of ``config`` saved in ``folder``."""
+    kwargs = {
+        "model": folder,
+        "load_format": "dummy",
+        "skip_tokenizer_init": True,
+        "logprobs_mode": "processed_logprobs",
+        "worker_extension_cls": WORKER_EXTENSION,
+        **({"enable_sleep_mode": True} if sleep_level else {}),
+        **{k: v for k, v in engine_args.items() if v is not None},
+    }
+    overrides = rope_overrides(config)
+    if overrides:
+        kwargs["hf_overrides"] = {**overrides, **(kwargs.get("hf_overrides") or {})}
+    return kwargs
 
 
 def tensor_parallel_size(engine_args: dict[str, Any]) -> int:
