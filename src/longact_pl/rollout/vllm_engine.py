@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from longact_pl.rollout.memory import check_engine_memory, engine_start_bytes
 from longact_pl.rollout.placement import (
     TP_FIELD,
     EnginePlacement,
@@ -60,6 +61,9 @@ class Engine:
         sleep_level: 0 (never sleeps), 1 or 2 (see the module docstring).
         owner: ``id`` of the rollout object whose weights it holds (``None``: random weights).
         asleep: Whether it is sleeping now.
+        gpu_memory_utilization: ``rollout.gpu_memory_utilization`` (named when memory is short).
+        released: GPU bytes its last sleep gave back (what waking needs free again).
+        buckets_per_node: Weight buckets alive at once in this node's ``/dev/shm`` during a push.
     """
 
     llm: Any
@@ -68,16 +72,22 @@ class Engine:
     sleep_level: int = 0
     owner: int | None = None
     asleep: bool = False
+    gpu_memory_utilization: float = 0.0
+    released: int = 0
+    buckets_per_node: int = 1
 
     def sleep(self) -> None:
         """Release the KV cache (and weights, by level) until :meth:`wake`; a no-op at level 0."""
         if self.sleep_level and not self.asleep:
+            before = _free_gpu_bytes()
             self.llm.sleep(level=self.sleep_level)
+            self.released = max(0, _free_gpu_bytes() - before)
             self.asleep = True
 
     def wake(self) -> None:
         """Reallocate everything released by :meth:`sleep`; level 2 forgets the weights (owner reset)."""
         if self.asleep:
+            _hand_off(self.released, self.gpu_memory_utilization, self.sleep_level, "wake")
             self.llm.wake_up()
             self.asleep = False
             if self.sleep_level == 2:
@@ -100,7 +110,15 @@ class Engine:
             stats = push_file(self.llm.collective_rpc, weights, dtype, sync_dir)
         else:
             largest = largest_tensor_bytes(policy, dtype)
-            stats = push_buckets(self.llm.collective_rpc, weights, dtype, self.workers, bucket_bytes, largest)
+            stats = push_buckets(
+                self.llm.collective_rpc,
+                weights,
+                dtype,
+                self.workers,
+                bucket_bytes,
+                largest,
+                self.buckets_per_node,
+            )
         self.llm.reset_prefix_cache()
         return stats
 
@@ -143,10 +161,37 @@ def _start(policy: nn.Module, engine_args: dict[str, Any], sleep_level: int) -> 
     folder = tempfile.TemporaryDirectory(prefix="longact-vllm-")
     policy.config.save_pretrained(folder.name)  # config only: weights arrive by the first push
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    with _engine_gpus(tensor_parallel_size(engine_args)):
+    tp = tensor_parallel_size(engine_args)
+    utilization = float(engine_args.get("gpu_memory_utilization") or 0.9)  # vLLM's default
+    with _engine_gpus(tp):
+        if torch.cuda.is_available():
+            total = torch.cuda.mem_get_info()[1]
+            _hand_off(engine_start_bytes(total, utilization), utilization, sleep_level, "start")
         llm = LLM(**engine_kwargs(folder.name, policy.config, engine_args, sleep_level))
     workers = len(llm.collective_rpc("worker_pid"))
-    return Engine(llm=llm, folder=folder, workers=workers, sleep_level=sleep_level)
+    buckets = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)) // tp)  # one pushing rank per TP group
+    return Engine(
+        llm=llm,
+        folder=folder,
+        workers=workers,
+        sleep_level=sleep_level,
+        gpu_memory_utilization=utilization,
+        buckets_per_node=buckets,
+    )
+
+
+def _free_gpu_bytes() -> int:
+    """Free memory of this process's GPU (0 without CUDA)."""
+    return torch.cuda.mem_get_info()[0] if torch.cuda.is_available() else 0
+
+
+def _hand_off(need: int, utilization: float, sleep_level: int, when: str) -> None:
+    """Return the trainer's cached blocks to the GPU, then check the engine's ``need`` is free (CUDA)."""
+    if not torch.cuda.is_available():
+        return
+    torch.cuda.empty_cache()  # the allocator's reserved-but-unused blocks are invisible to vLLM otherwise
+    free, total = torch.cuda.mem_get_info()
+    check_engine_memory(free, total, need, utilization, sleep_level, when)
 
 
 def rope_overrides(config: Any) -> dict[str, Any]:
