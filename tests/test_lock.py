@@ -162,3 +162,23 @@ def test_install_docs_pin_vllm():
         assert not re.search(r"pip install (-\S+ )*vllm(\s|$|`)", text), (
             f"{path.name}: unpinned `pip install vllm`"
         )
+
+
+def test_install_gpu_refuses_a_cpu_torch():
+    """scripts/install_gpu.sh stops before installing anything else when torch is a CPU build (here)."""
+    import subprocess
+    import sys
+
+    import torch
+
+    if torch.version.cuda is not None:
+        pytest.skip("a CUDA torch: the guard does not fire")
+    result = subprocess.run(
+        ["bash", "scripts/install_gpu.sh", sys.executable],
+        cwd=LOCK.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1
+    assert "FAIL: torch 2.13.0+cpu None is a CPU build" in result.stderr
