@@ -138,6 +138,8 @@ def shutdown_engines() -> None:
 
 def engine_for(policy: nn.Module, engine_args: dict[str, Any], sleep_level: int = 0) -> Engine:
     """The engine for ``policy``'s architecture and these arguments, started on first use."""
+    if not getattr(policy.config, "architectures", None):  # a model built in code: vLLM needs its class
+        policy.config.architectures = [type(policy).__name__]
     config_json = policy.config.to_json_string(use_diff=False)
     key = hashlib.sha256((config_json + repr(sorted(engine_args.items())) + str(sleep_level)).encode())
     if key.hexdigest() not in _ENGINES:
@@ -169,7 +171,7 @@ def _start(policy: nn.Module, engine_args: dict[str, Any], sleep_level: int) -> 
             _hand_off(engine_start_bytes(total, utilization), utilization, sleep_level, "start")
         llm = LLM(**engine_kwargs(folder.name, policy.config, engine_args, sleep_level))
     workers = len(llm.collective_rpc("worker_pid"))
-    buckets = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)) // tp)  # one pushing rank per TP group
+    buckets = max(1, ranks_per_node() // tp)  # one pushing rank per TP group
     return Engine(
         llm=llm,
         folder=folder,
@@ -178,6 +180,17 @@ def _start(policy: nn.Module, engine_args: dict[str, Any], sleep_level: int) -> 
         gpu_memory_utilization=utilization,
         buckets_per_node=buckets,
     )
+
+
+def ranks_per_node() -> int:
+    """Trainer processes on this node: ``LOCAL_WORLD_SIZE`` (torchrun), else ``WORLD_SIZE`` up to the GPUs.
+
+    Sizes the node's shared memory for weight buckets (one per pushing rank).
+    """
+    if os.environ.get("LOCAL_WORLD_SIZE"):
+        return int(os.environ["LOCAL_WORLD_SIZE"])
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 1
+    return max(1, min(int(os.environ.get("WORLD_SIZE", 1)), gpus))
 
 
 def _free_gpu_bytes() -> int:
@@ -246,9 +259,8 @@ def _engine_gpus(tp: int) -> Iterator[None]:
         yield
         return
     gpus = torch.cuda.device_count()
-    ranks_per_node = int(os.environ.get("LOCAL_WORLD_SIZE", gpus))
     local_rank = torch.cuda.current_device()
-    engine = node_engine(local_rank, ranks_per_node, gpus, tp)
+    engine = node_engine(local_rank, int(os.environ.get("LOCAL_WORLD_SIZE") or gpus), gpus, tp)
     if engine.leader != local_rank:
         raise NotImplementedError(
             f"{TP_FIELD}={tp}: this rank (GPU {local_rank}) is in the engine led by GPU {engine.leader}; "
