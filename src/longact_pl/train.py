@@ -21,6 +21,7 @@ from longact_pl.checkpoints.resume import check_checkpoint, check_resume_masking
 from longact_pl.config_check import check_combinations, check_types
 from longact_pl.eval.metrics import source_task_names
 from longact_pl.loggers import ResumableLogger
+from longact_pl.models.rope import check_folder_window, check_policy_window
 from longact_pl.rollout.weight_sync import WeightSync
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,10 @@ def check_config(cfg: DictConfig) -> int | None:
     check_types(cfg)
     check_trainer(cfg.trainer)
     check_combinations(cfg)  # unsupported option combinations, before anything is built or written
+    model = OmegaConf.to_container(cfg.model)  # a required '???' path stays a string: not a folder
+    check_folder_window(
+        model.get("name_or_path"), model.get("rope_scaling"), cfg.rollout.get("max_model_len")
+    )
     if cfg.get("ckpt_path") is None:
         return None
     info = check_checkpoint(cfg.ckpt_path)
@@ -141,6 +146,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     algorithm, rollout, correction, callbacks = build_light(cfg)
     loaded = instantiate(cfg.model)
     check_callbacks(callbacks, loaded.model)
+    check_policy_window(
+        getattr(rollout, "max_model_len", None), loaded.model.config
+    )  # before the engine starts
     datamodule = instantiate(cfg.data, tokenizer=loaded.tokenizer)
     module = instantiate(
         cfg.module,

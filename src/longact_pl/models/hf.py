@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+from longact_pl.models.rope import with_rope_scaling
 from longact_pl.models.types import LoadedModel, finish, resolve_dtype
 
 # Files of which a Hugging Face tokenizer needs at least one
@@ -64,6 +65,7 @@ def load_hf(
     trust_remote_code: bool = False,
     local_files_only: bool = False,
     revision: str | None = None,
+    rope_scaling: dict | None = None,
 ) -> LoadedModel:
     """Load a causal LM and tokenizer with ``from_pretrained``.
 
@@ -75,6 +77,7 @@ def load_hf(
         trust_remote_code: Run code shipped with the checkpoint (off by default; only for sources you trust).
         local_files_only: Never touch the network.
         revision: Hub revision to pin.
+        rope_scaling: RoPE scaling (YaRN etc.; ``longact_pl.models.rope``), ``None`` = the model's own.
 
     Raises:
         ValueError: If ``name_or_path`` is unset, or a local folder without config or tokenizer files.
@@ -91,7 +94,12 @@ def load_hf(
         "revision": revision,
     }
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+    config = with_rope_scaling(AutoConfig.from_pretrained(name_or_path, **kwargs), rope_scaling)
     model = AutoModelForCausalLM.from_pretrained(
-        name_or_path, dtype=resolve_dtype(dtype), attn_implementation=attn_implementation, **kwargs
+        name_or_path,
+        config=config,
+        dtype=resolve_dtype(dtype),
+        attn_implementation=attn_implementation,
+        **kwargs,
     )
     return finish(model, tokenizer, gradient_checkpointing)

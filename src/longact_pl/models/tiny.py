@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
+from longact_pl.models.rope import with_rope_scaling
 from longact_pl.models.smollm2 import smollm2_folder
 from longact_pl.models.types import LoadedModel, finish
 
@@ -31,7 +32,8 @@ def _shared(tokenizer, hidden_size: int, num_layers: int, heads: int, kv_heads: 
 
 def _build(model_cls, config_cls, seed: int, gradient_checkpointing: bool, cache_dir, extra: dict, **shape):
     tokenizer = AutoTokenizer.from_pretrained(smollm2_folder(cache_dir))
-    config = config_cls(**_shared(tokenizer, **shape), **extra)
+    rope_scaling = shape.pop("rope_scaling", None)
+    config = with_rope_scaling(config_cls(**_shared(tokenizer, **shape), **extra), rope_scaling)
     config._attn_implementation = "sdpa"
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -48,11 +50,13 @@ def tiny_llama(
     seed: int = 0,
     gradient_checkpointing: bool = False,
     cache_dir: str | None = None,
+    rope_scaling: dict | None = None,
 ) -> LoadedModel:
     """A random Llama-architecture model (GQA: ``heads`` query heads share ``kv_heads`` key heads)."""
     return _build(
         LlamaForCausalLM, LlamaConfig, seed, gradient_checkpointing, cache_dir, {},
         hidden_size=hidden_size, num_layers=num_layers, heads=heads, kv_heads=kv_heads, max_len=max_len,
+        rope_scaling=rope_scaling,
     )  # fmt: skip
 
 
@@ -65,9 +69,11 @@ def tiny_qwen3(
     seed: int = 0,
     gradient_checkpointing: bool = False,
     cache_dir: str | None = None,
+    rope_scaling: dict | None = None,
 ) -> LoadedModel:
     """A random Qwen3-architecture model (q_norm/k_norm after the projections, GQA)."""
     return _build(
         Qwen3ForCausalLM, Qwen3Config, seed, gradient_checkpointing, cache_dir, {"layer_types": None},
         hidden_size=hidden_size, num_layers=num_layers, heads=heads, kv_heads=kv_heads, max_len=max_len,
+        rope_scaling=rope_scaling,
     )  # fmt: skip

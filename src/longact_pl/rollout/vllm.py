@@ -95,6 +95,7 @@ class VLLMRollout:
         self.group_size, self.max_new_tokens = group_size, max_new_tokens
         self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
         self.dtype = dtype
+        self.max_model_len = max_model_len
         self.engine_args: dict[str, Any] = {
             "dtype": dtype,
             "max_model_len": max_model_len,

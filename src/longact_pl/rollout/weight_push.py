@@ -2,8 +2,9 @@
 
 Buckets (default): the policy's weights are gathered one tensor at a time (a collective per tensor under
 FSDP2), cast to the engine dtype and packed into one shared-memory segment of ``bucket_bytes`` (or the
-largest tensor, if bigger): a file in ``/dev/shm`` (memory, not disk; in a container give ``--shm-size``
-at least the bucket) mapped by the trainer and the workers. When the segment is full, its table of contents
+largest tensor, if bigger): a file in ``/dev/shm`` (memory, not disk; one per pushing rank, all at once: in a
+container give ``--shm-size`` at least ranks-per-node / TP buckets, ``rollout/memory.py``) mapped by the
+trainer and the workers. When the segment is full, its table of contents
 goes to every worker over a Unix socket; the workers copy the tensors out into vLLM's layer-wise reload and
 acknowledge; then the segment is refilled. Peak extra memory on the trainer: one bucket plus one tensor
 being gathered and cast; no file on disk and no second copy of the model. The workers' side is
@@ -30,6 +31,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from longact_pl.gather import full_tensor
+from longact_pl.rollout.memory import check_shm
 from longact_pl.rollout.vllm_worker import map_segment, recv_message, send_message
 
 ALIGN = 64  # bytes: every tensor starts at a multiple of this in the segment
@@ -140,6 +142,7 @@ def push_buckets(
     workers: int,
     bucket_bytes: int,
     largest_bytes: int = 0,
+    buckets_per_node: int = 1,
 ) -> PushStats:
     """Stream ``weights`` to ``workers`` vLLM workers through one reused shared-memory bucket.
 
@@ -150,13 +153,15 @@ def push_buckets(
         workers: How many workers take part in the collective call (each connects once).
         bucket_bytes: Bucket size; a bigger single tensor gets a segment of its own size.
         largest_bytes: Size of the largest tensor (:func:`largest_tensor_bytes`), so the one segment fits it.
+        buckets_per_node: Segments alive at once in this node's shared memory (one per pushing rank).
 
     Returns:
         What was sent.
     """
     stats = PushStats(segment_bytes=_aligned(max(bucket_bytes, largest_bytes, ALIGN)))
     shm_dir = SHM_DIR if os.path.isdir(SHM_DIR) else None
-    _check_room(shm_dir or tempfile.gettempdir(), stats.segment_bytes)
+    folder = shm_dir or tempfile.gettempdir()
+    check_shm(shutil.disk_usage(folder).free, stats.segment_bytes, buckets_per_node, folder)
     with (
         tempfile.TemporaryDirectory(prefix="longact-push-") as folder,
         tempfile.TemporaryDirectory(dir=shm_dir, prefix="longact-push-") as seg_dir,
@@ -201,17 +206,6 @@ def push_buckets(
             stream.close()
             del segment
     return stats
-
-
-def _check_room(folder: str, size: int) -> None:
-    """Fail early, naming the setting, when the shared-memory folder cannot hold one bucket."""
-    free = shutil.disk_usage(folder).free
-    if free < size:
-        raise RuntimeError(
-            f"{folder} has {free / 2**20:.0f} MiB free, less than one weight bucket "
-            f"({size / 2**20:.0f} MiB): lower rollout.bucket_mb, enlarge it (docker --shm-size), or use "
-            "rollout.weight_sync=file"
-        )
 
 
 def push_file(
