@@ -93,7 +93,8 @@ class SaliencyMask(pl.Callback):
             ema: Smoothing of refresh statistics: ``score = ema * score + (1 - ema) * window``.
             seed: Seed for random selectors.
             rebuild_masks: On resume, build new masks instead of restoring the checkpoint's.
-            telemetry: Log ``mask/grad_share_kept`` and ``mask/act_l1_share_kept`` every training step.
+            telemetry: Log ``mask/grad_share_kept``, ``mask/update_share_removed`` and
+                ``mask/act_l1_share_kept`` every training step.
         """
         super().__init__()
         self.selector = selector if selector is not None else TopK()
@@ -118,6 +119,7 @@ class SaliencyMask(pl.Callback):
         self._collector: StatsCollector | None = None
         self._window: dict[str, ChannelStats] = {}
         self._grad = GradShare()
+        self._everything: list[nn.Parameter] = []  # every trained parameter (whole-model update share)
         self._premasked = False
         self._transforms: list | None = None  # the loop's gradient transforms this callback joined
         self._warned_no_stats = False
@@ -218,6 +220,7 @@ class SaliencyMask(pl.Callback):
             self._calibrate(trainer, pl_module)
         self._freezer.set_masks(builder.linears, self.masks)
         self._freezer.attach(trainer.optimizers)
+        self._everything = [p for p in self._policy(pl_module).parameters() if p.requires_grad]
         transforms = getattr(pl_module, "grad_transforms", None)
         if isinstance(transforms, list) and self.mask_gradients not in transforms:
             transforms.append(self.mask_gradients)
@@ -254,7 +257,7 @@ class SaliencyMask(pl.Callback):
                 else:
                     self._window[name] = s
         if self.telemetry:
-            sums = self._grad.step_sums(stats, self._masks, pl_module.device)  # [4]
+            sums = self._grad.step_sums(stats, self._masks, pl_module.device)  # [5]
             if trainer.world_size > 1:
                 sums = trainer.strategy.reduce(sums, reduce_op="sum")
             pl_module.log_dict(shares(sums.cpu()), on_step=True, on_epoch=False)
@@ -321,7 +324,7 @@ class SaliencyMask(pl.Callback):
         params = [
             p for linear in self._builder.linears.values() for p in linear.parameters() if p.requires_grad
         ]
-        self._grad.measure(params, self._freezer.mask_grads)
+        self._grad.measure(params, self._freezer.mask_grads, self._everything)
 
     def _calibrate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         builder = self._builder
