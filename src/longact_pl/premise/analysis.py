@@ -69,6 +69,9 @@ def m1_table(records: Sequence[dict], n_boot: int) -> dict[str, Any]:
             n_boot,
         ),
     }
+    out["length_effect"]["diff-short"] = ci(
+        [r["m1"]["diff"]["mask"] - r["m1"]["short"]["mask"] for r in records], n_boot
+    )
     out["cos_long_short"] = ci([r["cos_long_short"] for r in records], n_boot)
     return out
 
@@ -127,10 +130,12 @@ def decision(m1: dict[str, Any], m2: dict[str, Any]) -> tuple[str, dict[str, boo
             "unit step."
         )
     elif (a or c) and not b:
+        le = m1["length_effect"]["mask"]
         line = (
             "PARTLY: the mask's rows are a better-than-random place for the update ("
             + ", ".join(x for x, ok in (("M1 long-specific share", a), ("M2 long gain", c)) if ok)
-            + " above random), but the concentration does not grow with length at these lengths: the "
+            + " above random), but the concentration does not grow with length at these lengths (mask share "
+            f"long - short {le['mean']:+.3f} [{le['lo']:+.3f}, {le['hi']:+.3f}], MDE {le['mde']:.3f}): the "
             "'long contexts concentrate the signal' part of the premise is not shown."
         )
     elif a or b or c:

@@ -61,7 +61,8 @@ def _m1_md(m1: dict[str, Any]) -> list[str]:
     lines += [
         "",
         f"- Length effect, mask share long minus short (per item): {_fmt(le['mask'])} "
-        f"(MDE {le['mask']['mde']:.3f}); of (mask - random): {_fmt(le['mask-random'])}.",
+        f"(MDE {le['mask']['mde']:.3f}); of (mask - random): {_fmt(le['mask-random'])}; mask share of the "
+        f"long-specific part minus of the short gradient: {_fmt(le['diff-short'])}.",
         f"- Checks: `all` share {_fmt(m1['long']['all'])} (must be 1), mask + complement "
         f"{_fmt(m1['long']['mask+complement'])} (must be 1).",
         f"- cos(g_long, g_short): {_fmt(m1['cos_long_short'])}.",
