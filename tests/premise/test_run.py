@@ -68,6 +68,8 @@ def test_run_writes_records_report_and_known_answers(tiny_run):
     text = (out / "report.md").read_text()
     assert summary["decision"] in text and "PARTIAL" not in text
     assert {"m1.png", "m2.png", "m3.png"} <= {p.name for p in out.iterdir()}
+    rows = (out / "items.csv").read_text().splitlines()  # the raw per-item numbers, flat
+    assert len(rows) == 6 and "m1_diff_mask" in rows[0] and "m3_mask_lr0.001_long" in rows[0]
 
 
 def test_report_of_a_partial_run(tiny_run, tmp_path):

@@ -32,7 +32,8 @@ def _randoms(values: dict[str, float]) -> float:
     return float(np.mean(r)) if r else float("nan")
 
 
-def _arm(values: dict[str, float], arm: str) -> float:
+def arm_value(values: dict[str, float], arm: str) -> float:
+    """One arm's value; ``random`` is the mean of the random arms."""
     return _randoms(values) if arm == "random" else float(values[arm])
 
 
@@ -54,7 +55,7 @@ def m1_table(records: Sequence[dict], n_boot: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in M1_KEYS:
         rows = [r["m1"][key] for r in records]
-        out[key] = {arm: ci([_arm(v, arm) for v in rows], n_boot) for arm in ARMS_SHOWN}
+        out[key] = {arm: ci([arm_value(v, arm) for v in rows], n_boot) for arm in ARMS_SHOWN}
         out[key]["mask-random"] = ci([v["mask"] - _randoms(v) for v in rows], n_boot)
         out[key]["mask-inverse"] = ci([v["mask"] - v["inverse"] for v in rows], n_boot)
         out[key]["mask+complement"] = ci([v["mask"] + v["complement"] for v in rows], n_boot)
@@ -85,7 +86,7 @@ def m2_table(records: Sequence[dict], n_boot: int) -> dict[str, Any]:
     for norm in ("sign", "unit"):
         for length in ("long", "short"):
             rows = [r["m2"][length][norm] for r in held]
-            cell = {arm: ci([_arm(v, arm) for v in rows], n_boot) for arm in ARMS_SHOWN}
+            cell = {arm: ci([arm_value(v, arm) for v in rows], n_boot) for arm in ARMS_SHOWN}
             cell["mask-random"] = ci([v["mask"] - _randoms(v) for v in rows], n_boot)
             cell["mask-inverse"] = ci([v["mask"] - v["inverse"] for v in rows], n_boot)
             out[f"{norm}/{length}"] = cell

@@ -5,12 +5,13 @@ Usable on a finished or a partial run: ``python -m longact_pl.premise.report out
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from longact_pl.premise.analysis import ARMS_SHOWN, decision, m1_table, m2_table, m3_table
+from longact_pl.premise.analysis import ARMS_SHOWN, arm_value, decision, m1_table, m2_table, m3_table
 from longact_pl.premise.plots import plot_all
 
 
@@ -32,6 +33,37 @@ def read_records(run_dir: Path) -> list[dict[str, Any]]:
         else:
             out[int(rec["index"])] = rec
     return list(out.values())
+
+
+def flat_row(r: dict[str, Any]) -> dict[str, Any]:
+    """One item as flat columns (M1 shares, M2 gains, M3 NLL changes; random arms as their mean)."""
+    row: dict[str, Any] = {k: r.get(k) for k in ("index", "role", "seed", "answer")}
+    for length in ("short", "long"):
+        row[f"tokens_{length}"], row[f"nll_{length}"] = r["tokens"][length], r["nll"][length]
+    row["cos_long_short"] = r["cos_long_short"]
+    for key, shares in r["m1"].items():
+        for arm in ("mask", "random", "inverse"):
+            row[f"m1_{key}_{arm}"] = arm_value(shares, arm)
+    for length, by_norm in r.get("m2", {}).items():
+        for norm, gains in by_norm.items():
+            for arm in ("mask", "random", "inverse", "all"):
+                row[f"m2_{norm}_{length}_{arm}"] = arm_value(gains, arm)
+    for arm, by_lr in r.get("m3", {}).get("delta_nll", {}).items():
+        for lr, by_len in by_lr.items():
+            for length, v in by_len.items():
+                row[f"m3_{arm}_lr{lr}_{length}"] = v
+    row["seconds"] = r["seconds"]
+    return row
+
+
+def write_csv(path: Path, records: list[dict[str, Any]]) -> None:
+    """``items.csv``: :func:`flat_row` of every record (columns: the union, in first-seen order)."""
+    rows = [flat_row(r) for r in records]
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def _fmt(c: dict[str, float] | None, digits: int = 3) -> str:
@@ -137,6 +169,7 @@ def write_report(run_dir: str | Path) -> dict[str, Any]:
         "m3": m3,
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_csv(run_dir / "items.csv", records)
     ratio = float(meta["masking"]["ratio"])
     plots = plot_all(run_dir, m1, m2, m3, ratio)
     partial = len(records) < int(opts["items"])
