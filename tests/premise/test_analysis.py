@@ -38,6 +38,18 @@ def test_supported_when_all_three_parts_hold():
     assert m1["long"]["mask+complement"]["mean"] == 1.0
     line, tests = decision(m1, m2)
     assert line.startswith("SUPPORTED") and all(tests.values())
+    assert (
+        "long-specific part" not in line
+    )  # 0.75 in the long-specific part against 0.60 of the short gradient
+    assert "1.67x at the long length and 1.67x at the short" in line  # 0.5 / 0.3 at both lengths
+
+
+def test_caveat_when_the_long_specific_part_is_less_concentrated_than_the_short_gradient():
+    records = [_record(i, 0.60, 0.66, 0.55, 0.5, 0.3) for i in range(12)]
+    line, tests = decision(m1_table(records, 500), m2_table(records, 500))
+    assert (
+        line.startswith("SUPPORTED") and "Caveats: the long-specific part g_long - g_short is no more" in line
+    )
 
 
 def test_partly_when_the_share_does_not_grow_with_length():

@@ -147,4 +147,34 @@ def decision(m1: dict[str, Any], m2: dict[str, Any]) -> tuple[str, dict[str, boo
             "NOT SUPPORTED: the mask holds no more of the long-specific gradient than random masks, its "
             "share does not grow with length, and its update helps long inputs no more than a random mask's."
         )
-    return line, tests
+    return line + _caveats(m1, m2), tests
+
+
+def _caveats(m1: dict[str, Any], m2: dict[str, Any]) -> str:
+    """What the three tests do not see, stated when it shows.
+
+    Is the *long-specific* part more concentrated than the short gradient, and is the mask's advantage over
+    random larger at the long length than at the short one?
+    """
+    out = []
+    ds = m1["length_effect"]["diff-short"]
+    if ds["lo"] <= 0:
+        out.append(
+            "the long-specific part g_long - g_short is no more concentrated in the mask than the short "
+            f"gradient (share difference {ds['mean']:+.3f} [{ds['lo']:+.3f}, {ds['hi']:+.3f}]), so the rise "
+            "of the long share comes from where short and long-specific gradients add up, not from a more "
+            "concentrated long-context signal"
+        )
+    if m2:
+        ratio = {
+            length: m2[f"sign/{length}"]["mask"]["mean"] / m2[f"sign/{length}"]["random"]["mean"]
+            for length in ("long", "short")
+            if m2[f"sign/{length}"]["random"]["mean"] > 0
+        }
+        if len(ratio) == 2 and ratio["long"] <= 1.1 * ratio["short"]:
+            out.append(
+                f"the mask's first-order gain over random is {ratio['long']:.2f}x at the long length and "
+                f"{ratio['short']:.2f}x at the short one: a better place for the update at any length, not a "
+                "long-context-specific one"
+            )
+    return (" Caveats: " + "; ".join(out) + ".") if out else ""
