@@ -54,8 +54,8 @@ def _m1(grads: dict[str, torch.Tensor], arms: dict[str, torch.Tensor]) -> dict[s
 
 def _measure_item(
     model, space: RowSpace, item: PairedItem, opts: PremiseOptions, arms, bf16: bool
-) -> tuple[dict[str, Any], torch.Tensor]:
-    """NLL, gradients, M1 and cosine of one item; returns the record and the long gradient."""
+) -> tuple[dict[str, Any], tuple[torch.Tensor, torch.Tensor]]:
+    """NLL, gradients, M1 and cosine of one item: the record and the ``[R, in]`` short and long gradients."""
     short, long = item.lengths[opts.short], item.lengths[opts.long]
     nll_s, g_s = nll_and_grad(model, space, short.ids, short.n_answer, bf16)  # g: [R, in]
     nll_l, g_l = nll_and_grad(model, space, long.ids, long.n_answer, bf16)  # [R, in]
