@@ -7,9 +7,10 @@ Example:
 Writes into ``--out``: ``heatmap_q_proj.png`` / ``heatmap_k_proj.png`` (log10 mean |act| per layer x channel),
 ``mask.png`` (the top-``ratio`` mask), ``concentration.png`` (L1 share of the top-``ratio`` channels per
 layer, per prompt length), ``short_vs_long.png`` (the observation LongAct starts from: channel concentration
-on the shortest vs the longest prompts of the same task), with ``--run`` also ``drift.png`` (mask drift) and
-``telemetry.png`` (per-step ``mask/grad_share_kept`` and ``mask/act_l1_share_kept`` from ``metrics.csv``,
-against ``ratio``), and ``summary.md``.
+on the shortest vs the longest prompts of the same task), ``concentration_by_length.png`` (the same items at
+every length: all, context and question tokens apart, layer 0 as a control; also printed per length), with
+``--run`` also ``drift.png`` (mask drift) and ``telemetry.png`` (per-step ``mask/grad_share_kept`` and
+``mask/act_l1_share_kept`` from ``metrics.csv``, against ``ratio``), and ``summary.md``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import random
 from pathlib import Path
 
 import matplotlib
@@ -27,10 +27,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from longact_pl.masking.calibrate import collect_stats  # noqa: E402
 from longact_pl.masking.metrics import jaccard, top_share  # noqa: E402
 from longact_pl.masking.selection import TopK, build_masks  # noqa: E402
 from longact_pl.masking.targets import find_targets, head_dim_of  # noqa: E402
+from longact_pl.premise.concentration import collect_split, concentration_table, niah_prompts  # noqa: E402
 
 GROUPS = ("q_proj", "k_proj")
 
@@ -48,27 +48,6 @@ def load(name: str):
     from longact_pl.models.hf import load_hf
 
     return load_hf(name, dtype="float32", local_files_only=True)
-
-
-def make_prompts(tokenizer, length: int, samples: int, seed: int) -> tuple[list[list[int]], str]:
-    """Long prompts from the project's task generator (NIAH), else random token ids."""
-    try:
-        from longact_pl.data.tasks.niah import NeedleInAHaystack
-    except ImportError:
-        rng = random.Random(seed + length)
-        ids = [[rng.randrange(100, len(tokenizer)) for _ in range(length)] for _ in range(samples)]
-        return ids, "random tokens"
-    task = NeedleInAHaystack(num_keys=4)
-    out = []
-    for i in range(samples):
-        text = task.generate(length, seed * 1000 + i, tokenizer).prompt
-        if not isinstance(text, str):
-            text = "\n".join(m["content"] for m in text)
-        chat = tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
-        )
-        out.append(tokenizer.encode(chat, add_special_tokens=False))
-    return out, f"{task.name} (longact_pl.data.tasks)"
 
 
 def per_group(targets, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -174,7 +153,50 @@ def plot_short_vs_long(
     return "short_vs_long.png"
 
 
-TELEMETRY = ("mask/grad_share_kept", "mask/act_l1_share_kept")
+def by_length_lines(rows: list[dict], ratio: float) -> list[str]:
+    """The per-length concentration table (markdown), with each column's rise from shortest to longest."""
+    cols = ("all", "context", "question", "layer0")
+    out = [
+        f"## Concentration by length: top {ratio:.0%} L1 share, same items at every length",
+        "",
+        "Layers 1+ (mean over layers), by token kind; layer 0 (all tokens) is the control: its pre-RoPE q/k "
+        "depend on the token alone, so its change is a change of token mix, not of context.",
+        "",
+        "| length | group | all tokens | context tokens | question tokens | layer 0 (control) |",
+        "|---|---|---|---|---|---|",
+    ]
+    out += [
+        f"| {r['length']} | {r['group']} | " + " | ".join(f"{r[c]:.3f}" for c in cols) + " |" for r in rows
+    ]
+    for g in dict.fromkeys(r["group"] for r in rows):
+        mine = [r for r in rows if r["group"] == g]
+        rise = {c: mine[-1][c] - mine[0][c] for c in cols}
+        out.append(
+            f"| rise {mine[0]['length']}->{mine[-1]['length']} | {g} | "
+            + " | ".join(f"{rise[c]:+.3f}" for c in cols)
+            + " |"
+        )
+    return out
+
+
+def plot_by_length(out: Path, rows: list[dict], ratio: float) -> str:
+    """Top-share against length per group: all / context / question tokens (layers 1+) and layer 0."""
+    groups = list(dict.fromkeys(r["group"] for r in rows))
+    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 3.5), squeeze=False)
+    for ax, g in zip(axes[0], groups):
+        mine = [r for r in rows if r["group"] == g]
+        for col, style in (("all", "-o"), ("context", "--s"), ("question", ":^"), ("layer0", "-.x")):
+            ax.plot([r["length"] for r in mine], [r[col] for r in mine], style, label=col)
+        ax.axhline(ratio, color="grey", lw=0.8)
+        ax.set(xscale="log", xlabel="prompt tokens (target)", ylabel=f"top {ratio:.0%} L1 share", title=g)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "concentration_by_length.png", dpi=110)
+    plt.close(fig)
+    return "concentration_by_length.png"
+
+
+TELEMETRY = ("mask/grad_share_kept", "mask/act_l1_share_kept", "mask/update_share_removed")
 
 
 def read_telemetry(metrics_csv: Path) -> dict[str, list[tuple[int, float]]]:
@@ -192,11 +214,11 @@ def read_telemetry(metrics_csv: Path) -> dict[str, list[tuple[int, float]]]:
 
 def plot_telemetry(out: Path, series: dict[str, list[tuple[int, float]]], ratio: float) -> str:
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    for key, marker in zip(TELEMETRY, ("o", "s")):
+    for key, marker in zip(TELEMETRY, ("o", "s", "^")):
         if series[key]:
             ax.plot(*zip(*series[key]), marker=marker, label=key.removeprefix("mask/"))
     ax.axhline(ratio, color="grey", lw=0.8, label=f"ratio {ratio} (a random mask)")
-    ax.set(xlabel="step", ylabel="share in kept rows", ylim=(0, 1.05), title="does saliency matter?")
+    ax.set(xlabel="step", ylabel="share", ylim=(0, 1.05), title="does saliency matter? how big is the cut?")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "telemetry.png", dpi=110)
@@ -228,10 +250,11 @@ def main(argv: list[str] | None = None) -> Path:
     per_length: dict[int, dict[str, list[torch.Tensor]]] = {}
     masks_by_len: dict[int, dict[str, torch.Tensor]] = {}
     totals: dict[str, dict[str, torch.Tensor]] = {"mean_abs": {}, "max_abs": {}}
-    source = ""
-    for length in args.lengths:
-        prompts, source = make_prompts(tok, length, args.samples, args.seed)
-        stats = collect_stats(model, targets, prompts)
+    source = "NIAH multikey items (longact_pl.data.tasks), the same items at every length"
+    split_by_length = {}
+    for length, prompts in niah_prompts(tok, args.lengths, args.samples, args.seed).items():
+        split_by_length[length] = collect_split(model, targets, prompts)
+        stats = split_by_length[length]["all"]
         mean_abs = {k: s.statistic("mean_abs") for k, s in stats.items()}
         for k, s in stats.items():
             totals["mean_abs"][k] = totals["mean_abs"].get(k, 0) + s.statistic("mean_abs") / len(args.lengths)
@@ -277,8 +300,10 @@ def main(argv: list[str] | None = None) -> Path:
     ]
     for length, m in masks_by_len.items():
         lines.append(f"- {length} tokens: {sum(jaccard(m[n], masks[n]) for n in names) / len(names):.3f}")
-    mean_conc = {g: sum(sum(c[g]) / len(c[g]) for c in conc.values()) / len(conc) for g in GROUPS}
-    lines += ["", "Mean concentration: " + ", ".join(f"{g} {v:.3f}" for g, v in mean_conc.items()), ""]
+    rows = concentration_table(split_by_length, targets, args.ratio, GROUPS)
+    files.append(plot_by_length(args.out, rows, args.ratio))
+    lines += ["", *by_length_lines(rows, args.ratio), ""]
+    print("\n".join(by_length_lines(rows, args.ratio)))
 
     if args.run is not None:
         summary_path = next(

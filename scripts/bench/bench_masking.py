@@ -85,7 +85,7 @@ class MaskedPath:
         """``on_train_batch_end``: the step's telemetry from the batch statistics."""
         stats = self.collector.reset() if self.collector is not None else {}
         if self.telemetry:
-            self.logged = torch.cat([self.grad.take(), act_l1_mass(stats, self.masks)])  # [4]
+            self.logged = torch.cat([self.grad.take(), act_l1_mass(stats, self.masks)])  # [5]
 
 
 def step(model, opt, ids, attn, path: MaskedPath | None, clock=time.perf_counter) -> float:

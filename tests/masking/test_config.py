@@ -49,6 +49,7 @@ def test_new_options_reach_the_callback(configs):
         (["masking.pairing=joint", "masking.targets=[q_proj]"], r"masking.pairing=joint"),
         (["masking.norms=frozen"], r"masking.norms=frozen: LlamaForCausalLM has no"),
         (["masking.measure_at=post_rope", "masking.targets=[gate_proj]"], r"masking.measure_at=post_rope"),
+        (["masking.measure_at=post_rope"], r"masking.unit=channel .* use masking.unit=rope_pair"),
     ],
 )
 def test_bad_combinations_fail_before_anything_is_written(tmp_path, overrides, message):

@@ -24,7 +24,14 @@ NEW = [
 def _telemetry(run_dir):
     with open(run_dir / "metrics.csv") as f:
         rows = [r for r in csv.DictReader(f) if r.get("mask/grad_share_kept")]
-    return [(float(r["mask/grad_share_kept"]), float(r["mask/entered_rows"] or 0)) for r in rows]
+    return [
+        (
+            float(r["mask/grad_share_kept"]),
+            float(r["mask/entered_rows"] or 0),
+            float(r["mask/update_share_removed"]),
+        )
+        for r in rows
+    ]
 
 
 @pytest.mark.slow
@@ -36,6 +43,7 @@ def test_fsdp_ranks_match_one_process_with_post_rope_joint_pairs_and_refresh(tmp
     for key, value in single["weights"].items():
         torch.testing.assert_close(ranks[0]["weights"][key], value, atol=2e-6, rtol=1e-4, msg=key)
     one, two = _telemetry(tmp_path / "single"), _telemetry(tmp_path / "fsdp")
-    assert len(one) == 3 and any(entered > 0 for _, entered in one[:2])  # rows entered before step 3
-    for (share_1, entered_1), (share_2, entered_2) in zip(one, two):
+    assert len(one) == 3 and any(entered > 0 for _, entered, _ in one[:2])  # rows entered before step 3
+    for (share_1, entered_1, removed_1), (share_2, entered_2, removed_2) in zip(one, two):
         assert share_2 == pytest.approx(share_1, rel=1e-5) and entered_1 == entered_2
+        assert 0 < removed_1 < 1 and removed_2 == pytest.approx(removed_1, rel=1e-4)  # global, not one rank's

@@ -43,6 +43,7 @@ def test_saliency_report_on_tiny_llama(tmp_path):
         "drift.png",
         "telemetry.png",
         "short_vs_long.png",
+        "concentration_by_length.png",
         "summary.md",
     }
     assert names <= {p.name for p in out.iterdir()}
@@ -52,4 +53,5 @@ def test_saliency_report_on_tiny_llama(tmp_path):
         "| mask/grad_share_kept | 0.620 | 0.580 | 0.600 |" in text
         and "![telemetry.png](telemetry.png)" in text
     )
+    assert "| rise 128->256 | q_proj |" in text and "| 256 | k_proj |" in text  # per length, not only a mean
     assert "| 1 | k_proj |" in text and "| 5 | 0.800 | 0.450 |" in text and "![drift.png](drift.png)" in text

@@ -16,7 +16,7 @@ class _Recorder(pl.Callback):
     """Placed before SaliencyMask: sees the gradient before masking, and the targets' training activations."""
 
     def __init__(self):
-        self.grads, self.l1 = [], {}
+        self.grads, self.l1, self.whole = [], {}, []
 
     def setup(self, trainer, pl_module, stage):
         for name in TARGETS:
@@ -31,6 +31,8 @@ class _Recorder(pl.Callback):
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
         self.grads.append({n: pl_module.policy.get_submodule(n).weight.grad.clone() for n in TARGETS})
+        grads = [p.grad for p in pl_module.policy.parameters() if p.grad is not None]
+        self.whole.append(sum(float(g.square().sum()) for g in grads))
 
 
 def test_logged_shares_equal_hand_sums_on_the_current_batch():
@@ -42,6 +44,10 @@ def test_logged_shares_equal_hand_sums_on_the_current_batch():
     logged = trainer.callback_metrics
     assert float(logged["mask/grad_share_kept"]) == pytest.approx(kept / total, rel=1e-5)
     assert 0.0 < kept / total < 1.0
+    # the whole model's update: all squared gradients before masking; the mask removes total - kept
+    assert recorder.whole[0] > total
+    removed = float(logged["mask/update_share_removed"])
+    assert removed == pytest.approx((total - kept) / recorder.whole[0], rel=1e-5)
     act_kept = sum(float(v[masks[n]].sum()) for n, v in recorder.l1.items())
     act_total = sum(float(v.sum()) for v in recorder.l1.values())
     assert float(logged["mask/act_l1_share_kept"]) == pytest.approx(act_kept / act_total, rel=1e-5)
@@ -57,11 +63,19 @@ def test_grad_share_measures_before_masking_and_counts_committed_steps_only():
 
     meter.measure([w], mask)
     assert float(w.grad.square().sum()) == 10.0  # the applied gradient
-    assert meter.take().tolist() == [0.0, 0.0]  # a measured step counts once its optimizer step runs
-    meter.measure([w], lambda: None)  # (a skipped step is measured again on the next one)
+    assert meter.take().tolist() == [0.0, 0.0, 0.0]  # a measured step counts once its optimizer step runs
+    other = torch.nn.Parameter(torch.zeros(2))
+    other.grad = torch.tensor([2.0, 4.0])  # a non-target parameter: 20 more in the whole model
+    w.grad = torch.tensor([[3.0, 0.0], [0.0, 4.0], [1.0, 0.0], [0.0, 0.0]])
+    meter.measure([w], mask, everything=[w, other])  # (a skipped step is measured again on the next one)
     meter.commit()
-    assert meter.take().tolist() == [10.0, 10.0]
-    assert shares(torch.tensor([9.0, 10.0, 1.0, 4.0])) == pytest.approx(
-        {"mask/grad_share_kept": 0.9, "mask/act_l1_share_kept": 0.25}
+    assert meter.take().tolist() == [10.0, 26.0, 46.0]  # kept 9 + 1, total 26, whole 26 + 20
+    assert shares(torch.tensor([10.0, 26.0, 46.0, 1.0, 4.0])) == pytest.approx(
+        {
+            "mask/grad_share_kept": 10 / 26,
+            "mask/update_share_removed": 16 / 46,
+            "mask/act_l1_share_kept": 0.25,
+        }
     )
-    assert shares(torch.tensor([0.0, 0.0, 1.0, 4.0])) == {"mask/act_l1_share_kept": 0.25}  # no gradient yet
+    no_grad = shares(torch.tensor([0.0, 0.0, 0.0, 1.0, 4.0]))
+    assert no_grad == {"mask/act_l1_share_kept": 0.25}  # no gradient yet

@@ -28,6 +28,48 @@ def calibration_prompts(owners: Sequence[object], n: int) -> list[list[int]]:
     )
 
 
+def select_calibration(
+    owners: Sequence[object], n: int, min_tokens: int = 0, max_scan: int = 64
+) -> tuple[list[list[int]], list[int]]:
+    """The first ``n`` calibration prompts with at least ``min_tokens`` tokens, and their source indices.
+
+    Without ``min_tokens`` these are simply the first ``n`` prompts. Otherwise the first ``n``, ``2n``,
+    ``4n``... prompts are read (up to ``max_scan * n``, or all the source holds) until ``n`` long ones are
+    found.
+
+    Raises:
+        ValueError: If fewer than ``n`` prompts are that long, naming ``masking.calib_min_tokens`` and the
+            longest prompt found.
+    """
+    if min_tokens <= 0:
+        return calibration_prompts(owners, n), list(range(n))
+    pool: list[list[int]] = []
+    m, too_many = n, None  # too_many: a count the source cannot give (it holds fewer prompts)
+    while True:
+        try:
+            pool = calibration_prompts(owners, m)
+        except ValueError:
+            too_many = m
+            if m - 1 <= len(pool):  # every prompt of the source has been read
+                break
+            m = (len(pool) + m) // 2  # bisect towards the source's size
+            continue
+        enough = sum(len(p) >= min_tokens for p in pool) >= n
+        if enough or m >= max_scan * n or (too_many is not None and m + 1 >= too_many):
+            break
+        m = min(2 * m, max_scan * n) if too_many is None else (m + too_many) // 2
+    chosen = [i for i, p in enumerate(pool) if len(p) >= min_tokens][:n]
+    if len(chosen) < n:
+        longest = max((len(p) for p in pool), default=0)
+        raise ValueError(
+            f"masking.calib_min_tokens={min_tokens}: only {len(chosen)} of the first {len(pool)} calibration "
+            f"prompts have that many tokens (the longest has {longest}), {n} are needed "
+            "(masking.calib_samples); lower masking.calib_min_tokens, or give longer prompts "
+            "(data.calib_source)"
+        )
+    return [pool[i] for i in chosen], chosen
+
+
 def _trunk(policy: nn.Module) -> nn.Module:
     """Return the decoder without the LM head (``policy.model`` for HF LMs), so no ``[T, vocab]`` logits."""
     base = getattr(policy, "base_model", None)

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from longact_pl.masking.apply import RowFreezer
 from longact_pl.masking.builder import MaskBuilder
-from longact_pl.masking.calibrate import calibration_prompts, collect_stats
+from longact_pl.masking.calibrate import collect_stats, select_calibration
 from longact_pl.masking.export import write_masks
 from longact_pl.masking.metrics import drift_metrics, l1_share, mean
 from longact_pl.masking.moments import warm_start_rows
@@ -69,6 +69,7 @@ class SaliencyMask(pl.Callback):
         others: str = "dense",
         measure_at: str = "proj",
         calib_samples: int = 8,
+        calib_min_tokens: int = 0,
         refresh_every: int = 0,
         ema: float = 0.9,
         seed: int = 0,
@@ -89,11 +90,13 @@ class SaliencyMask(pl.Callback):
             others: ``dense`` (non-target parameters train normally) or ``frozen`` (they get no update).
             measure_at: ``proj``, ``norm`` (Qwen3 ``q_norm``/``k_norm`` output) or ``post_rope``.
             calib_samples: Long prompts run before the first step to build the initial mask.
+            calib_min_tokens: Calibrate on the first prompts with at least this many tokens (0: the first).
             refresh_every: Rebuild the mask every this many optimizer steps (0 = static mask).
             ema: Smoothing of refresh statistics: ``score = ema * score + (1 - ema) * window``.
             seed: Seed for random selectors.
             rebuild_masks: On resume, build new masks instead of restoring the checkpoint's.
-            telemetry: Log ``mask/grad_share_kept`` and ``mask/act_l1_share_kept`` every training step.
+            telemetry: Log ``mask/grad_share_kept``, ``mask/update_share_removed`` and
+                ``mask/act_l1_share_kept`` every training step.
         """
         super().__init__()
         self.selector = selector if selector is not None else TopK()
@@ -102,6 +105,7 @@ class SaliencyMask(pl.Callback):
             ratio=float(ratio), statistic=statistic, unit=unit, scope=scope, pairing=pairing, norms=norms,
             others=others, measure_at=measure_at, calib_samples=int(calib_samples),
             refresh_every=int(refresh_every), ema=float(ema), seed=int(seed),
+            calib_min_tokens=int(calib_min_tokens),
         )  # fmt: skip
         for key, value in self.options.as_dict().items():
             if key != "selector":
@@ -112,12 +116,14 @@ class SaliencyMask(pl.Callback):
         self._scores: dict[str, Tensor] = {}  # target name -> unit scores (EMA over refreshes)
         self._l1: dict[str, Tensor] = {}  # target name -> mean |activation| per channel
         self._last_refresh = 0
+        self._calibration: dict[str, Any] | None = None  # which prompts built the first masks
         self._rebuilt: dict[str, Any] | None = None
         self._builder: MaskBuilder | None = None
         self._freezer = RowFreezer()
         self._collector: StatsCollector | None = None
         self._window: dict[str, ChannelStats] = {}
         self._grad = GradShare()
+        self._everything: list[nn.Parameter] = []  # every trained parameter (whole-model update share)
         self._premasked = False
         self._transforms: list | None = None  # the loop's gradient transforms this callback joined
         self._warned_no_stats = False
@@ -181,6 +187,7 @@ class SaliencyMask(pl.Callback):
             "total_rows": sum(m["rows"] for m in modules.values()),
             "l1_share": mean(shares_) if shares_ else None,
             "rebuilt": self._rebuilt,
+            "calibration": self._calibration,
             "modules": modules,
             "history": list(self.history),
         }
@@ -218,6 +225,7 @@ class SaliencyMask(pl.Callback):
             self._calibrate(trainer, pl_module)
         self._freezer.set_masks(builder.linears, self.masks)
         self._freezer.attach(trainer.optimizers)
+        self._everything = [p for p in self._policy(pl_module).parameters() if p.requires_grad]
         transforms = getattr(pl_module, "grad_transforms", None)
         if isinstance(transforms, list) and self.mask_gradients not in transforms:
             transforms.append(self.mask_gradients)
@@ -254,7 +262,7 @@ class SaliencyMask(pl.Callback):
                 else:
                     self._window[name] = s
         if self.telemetry:
-            sums = self._grad.step_sums(stats, self._masks, pl_module.device)  # [4]
+            sums = self._grad.step_sums(stats, self._masks, pl_module.device)  # [5]
             if trainer.world_size > 1:
                 sums = trainer.strategy.reduce(sums, reduce_op="sum")
             pl_module.log_dict(shares(sums.cpu()), on_step=True, on_epoch=False)
@@ -285,6 +293,7 @@ class SaliencyMask(pl.Callback):
             "history": list(self.history),
             "config": self.options.as_dict(),
             "rebuilt": self._rebuilt,
+            "calibration": self._calibration,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -304,6 +313,7 @@ class SaliencyMask(pl.Callback):
         self._last_refresh = int(state_dict.get("last_refresh", 0))
         self.history = list(state_dict.get("history", []))
         self._rebuilt = state_dict.get("rebuilt")
+        self._calibration = state_dict.get("calibration")
 
     # ------------------------------------------------------------------ internals
     @staticmethod
@@ -321,16 +331,16 @@ class SaliencyMask(pl.Callback):
         params = [
             p for linear in self._builder.linears.values() for p in linear.parameters() if p.requires_grad
         ]
-        self._grad.measure(params, self._freezer.mask_grads)
+        self._grad.measure(params, self._freezer.mask_grads, self._everything)
 
     def _calibrate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         builder = self._builder
         assert builder is not None
         bf16 = "bf16" in str(trainer.precision)
         # each data-parallel rank calibrates on its share of the prompts; _sync sums the statistics
-        prompts = calibration_prompts(
-            (getattr(trainer, "datamodule", None), pl_module), self.options.calib_samples
-        )
+        owners, opts = (getattr(trainer, "datamodule", None), pl_module), self.options
+        prompts, used = select_calibration(owners, opts.calib_samples, opts.calib_min_tokens)
+        self._calibration = {"prompt_indices": used, "prompt_tokens": [len(p) for p in prompts]}
         mine, pad = shard_prompts(prompts, trainer.global_rank, trainer.world_size)
         policy = self._policy(pl_module)
         stats = collect_stats(policy, builder.targets, mine, bf16, pad, units=builder.stats_units())

@@ -46,14 +46,18 @@ class MaskingOptions:
     refresh_every: int
     ema: float
     seed: int
+    calib_min_tokens: int = 0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.ratio <= 1.0:
             raise ValueError(f"masking.ratio={self.ratio} must be in (0, 1]")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"masking.ema={self.ema} must be in [0, 1)")
-        if self.calib_samples < 1 or self.refresh_every < 0:
-            raise ValueError("masking.calib_samples must be >= 1 and masking.refresh_every >= 0")
+        if self.calib_samples < 1 or self.refresh_every < 0 or self.calib_min_tokens < 0:
+            raise ValueError(
+                "masking.calib_samples must be >= 1, masking.refresh_every >= 0 and "
+                "masking.calib_min_tokens >= 0"
+            )
         if not self.targets:
             raise ValueError("masking.targets is empty; name at least one projection (e.g. [q_proj, k_proj])")
         check_statistic(self.statistic)
@@ -68,6 +72,14 @@ class MaskingOptions:
             raise ValueError(
                 f"masking.measure_at=post_rope measures queries and keys as attention reads them, but "
                 f"masking.targets={list(self.targets)} names other projections; use masking.measure_at=proj"
+            )
+        if self.measure_at == "post_rope" and self.unit == "channel":
+            raise ValueError(
+                "masking.measure_at=post_rope with masking.unit=channel scores each channel after RoPE "
+                "has mixed it with its rotary partner (RoPE rotates channels in pairs), so part "
+                "of a channel's score is its partner row's magnitude and the wrong row may be kept; use "
+                "masking.unit=rope_pair (each pair scored by its rotation-invariant magnitude) or "
+                "masking.unit=head, or measure before RoPE with masking.measure_at=proj"
             )
 
     def as_dict(self) -> dict[str, Any]:
