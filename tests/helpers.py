@@ -180,3 +180,18 @@ class VLLMStandIn(HFRollout):
         engine_kwargs=None, **kwargs,
     ) -> None:  # fmt: skip
         super().__init__(**{"prefill_once": True, **kwargs})
+
+
+class InterruptReward:
+    """Parity rewards, but the ``at_call``-th training call raises ``KeyboardInterrupt`` (Ctrl-C mid-step)."""
+
+    calls = 0
+
+    def __init__(self, at_call: int = 3) -> None:
+        self.at_call = at_call
+
+    def __call__(self, completions: list[str], references: list[list[str]], **meta) -> list[float]:
+        InterruptReward.calls += 1
+        if InterruptReward.calls == self.at_call:
+            raise KeyboardInterrupt
+        return ParityReward()(completions, references)
