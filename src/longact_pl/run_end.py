@@ -36,7 +36,12 @@ class StopAtStart(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Save, then raise ``SIGTERMException`` (``train.py`` exits with ``sigterm_exit_code``)."""
-        trainer.save_checkpoint(last_checkpoint_path(trainer))
+        path = last_checkpoint_path(trainer)
+        if hasattr(
+            trainer.checkpoint_callback, "last_model_path"
+        ):  # its own last.ckpt: no last-v1.ckpt later
+            trainer.checkpoint_callback.last_model_path = str(path)
+        trainer.save_checkpoint(path)
         raise SIGTERMException
 
 

@@ -17,6 +17,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from longact_pl.algos.correction import check_training_sampler
+from longact_pl.checkpoints.atomic import atomic_write_text
 from longact_pl.checkpoints.batch_boundary import BatchBoundary
 from longact_pl.checkpoints.resume import (
     CheckpointInfo,
@@ -24,14 +25,20 @@ from longact_pl.checkpoints.resume import (
     check_resume_masking,
     check_resume_weights,
 )
-from longact_pl.checkpoints.run_config import OVERRIDE, RecordRunConfig, check_resume_config
+from longact_pl.checkpoints.run_config import (
+    OVERRIDE,
+    RecordRunConfig,
+    check_override,
+    check_resume_config,
+    check_resume_steps,
+)
 from longact_pl.config_check import check_types
 from longact_pl.data.fit_check import check_prompt_fit
 from longact_pl.eval.metrics import source_task_names
 from longact_pl.loggers import ResumableLogger
 from longact_pl.rollout.weight_sync import WeightSync
 from longact_pl.run_checks import check_run_settings
-from longact_pl.run_end import finish_run, validate_before
+from longact_pl.run_end import finish_run, last_checkpoint_path, validate_before
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +96,10 @@ def check_resume(cfg: DictConfig) -> CheckpointInfo | None:
     masking = bool(cfg.get("masking")) and "_target_" in cfg.masking  # masking=none: no callback
     rebuild = bool(masking and cfg.masking.get("rebuild_masks", False))
     check_resume_masking(info, cfg.ckpt_path, masking, rebuild)
-    allow = list(cfg.get(OVERRIDE) or [])
-    check_resume_config(info.config, OmegaConf.to_container(cfg, resolve=True), cfg.ckpt_path, allow)
+    allow, new = list(cfg.get(OVERRIDE) or []), OmegaConf.to_container(cfg, resolve=True)
+    check_override(new, allow)
+    check_resume_config(info.config, new, cfg.ckpt_path, allow)
+    check_resume_steps(info.global_step, int(cfg.trainer.get("max_steps", -1)), cfg.ckpt_path)
     return info
 
 
@@ -185,7 +194,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     # Every check passed: only now is anything in the run directory written or changed.
     if main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))  # never cut short
     for lg in loggers:
         if resume_step is not None and isinstance(lg, ResumableLogger):
             lg.resume(resume_step)  # keep the history before the checkpoint, drop what is logged again
@@ -202,7 +211,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     except SIGTERMException:
         # Lightning's SystemExit has no code (exit 0): a pre-empted run must not look finished
         code = int(cfg.get("sigterm_exit_code", 143))
-        last = run_dir / "checkpoints" / "last.ckpt"
+        last = last_checkpoint_path(trainer)
         resume = f"resume with ckpt_path={last}" if last.exists() else "no checkpoint was written"
         log.warning("stopped by SIGTERM at step %d (%s); exit code %d", trainer.global_step, resume, code)
         raise SystemExit(code) from None

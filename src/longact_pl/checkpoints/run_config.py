@@ -141,6 +141,35 @@ def check_resume_config(saved: dict | None, new: dict, path: str | Path, allow: 
     )
 
 
+def check_override(new: dict, allow: Iterable[str]) -> None:
+    """Refuse a ``resume_allow_changes`` entry that names no field of the config (a typo allows nothing).
+
+    Raises:
+        ValueError: Naming the entry.
+    """
+    fields = flatten(new)
+    for entry in allow:
+        if not any(f == entry or f.startswith(f"{entry}.") for f in fields):
+            raise ValueError(
+                f"{OVERRIDE} lists {entry!r}, which names no field of this run's config: fix the spelling "
+                f"(e.g. {OVERRIDE}=[algo] or [algo.kl_coef])"
+            )
+
+
+def check_resume_steps(global_step: int, max_steps: int, path: str | Path) -> None:
+    """Refuse a checkpoint that has trained past ``trainer.max_steps`` (its weights are not that run's).
+
+    Raises:
+        ValueError: Naming both step counts and the fixes.
+    """
+    if 0 < max_steps < global_step:
+        raise ValueError(
+            f"ckpt_path={path} has trained {global_step} steps, more than trainer.max_steps={max_steps}: the "
+            f"run would end at once and report weights of step {global_step} as a {max_steps}-step run. Set "
+            f"trainer.max_steps >= {global_step}, or resume from an earlier checkpoint"
+        )
+
+
 class RecordRunConfig(L.Callback):
     """Writes the run's resolved config into every checkpoint (under :data:`CONFIG_KEY`).
 
