@@ -54,7 +54,8 @@ def test_every_frozen_setting_is_refused_by_name(tmp_path, ckpt, change, field):
 
 
 def test_how_a_run_is_computed_logged_or_validated_may_change(tmp_path, ckpt):
-    allowed = ["module.lr=3e-4", "module.warmup_steps=5", "module.weight_decay=0.1", "module.max_grad_norm=0.5",
+    allowed = ["module.lr=3e-4", "module.warmup_steps=5", "module.weight_decay=0.1",
+               "module.max_grad_norm=0.5",
                "trainer.max_steps=10", "trainer.val_check_interval=1", "logger=tensorboard",
                "callbacks.model_checkpoint.every_n_train_steps=1", "data.val.num_samples=4",
                "module.micro_batch_size=2", "train.logprob_chunk=16", "model.gradient_checkpointing=true",

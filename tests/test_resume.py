@@ -167,7 +167,7 @@ def test_a_resume_that_changes_the_experiment_is_refused_by_name_before_anything
         run(compose_train(run_dir, *resume, "rollout.group_size=8"), run_dir)
     with pytest.raises(ValueError, match=r"model\.hidden_size: 64 -> 128"):
         run(compose_train(run_dir, *resume, "model.hidden_size=128"), run_dir)
-    # the override passes the settings check; the weights of another shape are then named, still before writing
+    # the override passes the settings check; weights of another shape are then named, still before writing
     with pytest.raises(
         ValueError, match=r"holds weights of another model .*other shapes: .*\(.*64.*\) in the ch"
     ):

@@ -4,7 +4,6 @@ field and the fix; cut prompts said once with counts."""
 import logging
 
 import pytest
-import torch
 from hydra.utils import instantiate
 
 from longact_pl.algos.correction import RolloutCorrection
@@ -113,7 +112,8 @@ def test_prompts_cut_by_max_prompt_tokens_are_said_once_with_counts(tmp_path, ca
 
 def test_prompts_beyond_the_model_window_fail_at_start_naming_the_fix(tmp_path):
     model, dm = _datamodule(tmp_path, "data.train.lengths=[512]", "data.train.num_samples=4")
-    with pytest.raises(ValueError, match=r"data\.train has prompts of \d+ tokens .*max_position_embeddings=300.*"
+    with pytest.raises(ValueError, match=r"data\.train has prompts of \d+ tokens .*"
+                       r"max_position_embeddings=300.*"
                        r"data\.max_prompt_tokens <= 292"):  # fmt: skip
         check_prompt_fit(dm, model, 8)
     model, dm = _datamodule(tmp_path, "data.train.lengths=[512]", "data.max_prompt_tokens=280")

@@ -31,17 +31,19 @@ def last_checkpoint_path(trainer: L.Trainer) -> Path:
     return Path(folder) / "last.ckpt"
 
 
+def adopt_last_checkpoint(trainer: L.Trainer) -> None:
+    """Let ``ModelCheckpoint`` overwrite an existing (step-0) ``last.ckpt`` instead of adding ``-v1``."""
+    path, callback = last_checkpoint_path(trainer), trainer.checkpoint_callback
+    if path.is_file() and hasattr(callback, "last_model_path"):
+        callback.last_model_path = str(path)
+
+
 class StopAtStart(L.Callback):
     """Writes ``last.ckpt`` as ``fit`` starts (step 0, optimizer ready), then stops as a pre-emption."""
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Save, then raise ``SIGTERMException`` (``train.py`` exits with ``sigterm_exit_code``)."""
-        path = last_checkpoint_path(trainer)
-        if hasattr(
-            trainer.checkpoint_callback, "last_model_path"
-        ):  # its own last.ckpt: no last-v1.ckpt later
-            trainer.checkpoint_callback.last_model_path = str(path)
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(last_checkpoint_path(trainer))
         raise SIGTERMException
 
 

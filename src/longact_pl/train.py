@@ -38,7 +38,12 @@ from longact_pl.eval.metrics import source_task_names
 from longact_pl.loggers import ResumableLogger
 from longact_pl.rollout.weight_sync import WeightSync
 from longact_pl.run_checks import check_run_settings
-from longact_pl.run_end import finish_run, last_checkpoint_path, validate_before
+from longact_pl.run_end import (
+    adopt_last_checkpoint,
+    finish_run,
+    last_checkpoint_path,
+    validate_before,
+)
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +211,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         if cfg.get("validate_before_training") and validates and not resume_step:
             before = validate_before(trainer, module, datamodule)  # a SIGTERM in it stops before step 1
         # Checkpoints are read as plain tensors and containers: no code in a checkpoint ever runs.
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+        # a step-0 checkpoint (stopped before the first step) holds the start: the run starts again from it
+        fit_from = cfg.get("ckpt_path") if resume_step else None
+        if resume_step == 0:
+            adopt_last_checkpoint(trainer)  # its last.ckpt is overwritten, not joined by last-v1.ckpt
+        trainer.fit(module, datamodule=datamodule, ckpt_path=fit_from, weights_only=True)
         final = finish_run(trainer, module, datamodule, validates)
     except SIGTERMException:
         # Lightning's SystemExit has no code (exit 0): a pre-empted run must not look finished
