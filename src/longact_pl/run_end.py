@@ -74,6 +74,16 @@ def _validated(module: Any, step: int) -> bool:
     return folder is not None and (Path(folder) / f"step_{step}.jsonl").is_file()
 
 
+def _everywhere(module: Any, flag: bool) -> bool:
+    """Whether ``flag`` holds on every rank.
+
+    Ranks decide together: validation and export are collectives, and a node-local disk may show a file to
+    one rank only.
+    """
+    dist = getattr(module, "dist", None)
+    return bool(dist.min(int(flag))) if dist is not None else flag
+
+
 def finish_run(trainer: L.Trainer, module: Any, datamodule, validates: bool) -> dict[str, float]:
     """After ``fit``: validate the final weights unless done, export them unless done; the final metrics.
 
@@ -88,7 +98,7 @@ def finish_run(trainer: L.Trainer, module: Any, datamodule, validates: bool) -> 
     """
     final = {k: float(v) for k, v in trainer.callback_metrics.items()}
     step = trainer.global_step
-    if validates and not _validated(module, step):
+    if validates and not _everywhere(module, _validated(module, step)):
         log.info("validating the final weights (step %d): the last validation did not score them", step)
         loop = trainer.fit_loop.epoch_loop
         loop._batches_that_stepped -= 1  # logged at the last training row's step, as an in-fit validation
@@ -100,6 +110,6 @@ def finish_run(trainer: L.Trainer, module: Any, datamodule, validates: bool) -> 
             raise SIGTERMException
         final.update({k: float(v) for k, v in (result[0] if result else {}).items()})
     export = getattr(module, "export", None)
-    if callable(export) and not getattr(module, "exported", True):
+    if callable(export) and not _everywhere(module, getattr(module, "exported", True)):
         export()  # a resume at max_steps trains nothing: Lightning never calls on_train_end
     return final
