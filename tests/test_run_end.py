@@ -24,20 +24,21 @@ def _val_steps(run_dir):
 
 
 def test_the_final_validation_scores_the_final_weights(tmp_path, caplog):
-    """ppo_epochs=2 (2 optimizer steps per RL batch) and a DAPO step skipped: Lightning's batch-counted
-    validation would score step 2 only; the run validates step 4 too and prints val/acc a -> b."""
+    """ppo_epochs=2 (2 optimizer steps per RL batch) and a DAPO step skipped: Lightning's validation, every
+    val_check_interval=4 (= max_steps) RL batches, never comes in the 3 batches; the run validates the final
+    weights (step 4) and prints val/acc a -> b."""
     from tests.helpers import UniformThenParity
 
     UniformThenParity.calls = 0
     cfg = compose_train(
         tmp_path, "data.reward._target_=tests.helpers.UniformThenParity", "algo=dapo",
         "algo.max_gen_rounds=1",
-        "module.ppo_epochs=2", "trainer.max_steps=4", "trainer.val_check_interval=2",
+        "module.ppo_epochs=2", "trainer.max_steps=4", "trainer.val_check_interval=4",
         "validate_before_training=true",
     )  # fmt: skip
     with caplog.at_level(logging.INFO, logger="longact_pl"):
         metrics = run(cfg, tmp_path)
-    assert _val_steps(tmp_path)[0] == "step_0.jsonl" and _val_steps(tmp_path)[-1] == "step_4.jsonl"
+    assert _val_steps(tmp_path) == ["step_0.jsonl", "step_4.jsonl"]
     assert "val/acc" in metrics and "val/acc@step0" in metrics
     assert any(r.getMessage().startswith("val/acc: ") and " -> " in r.getMessage() for r in caplog.records)
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4

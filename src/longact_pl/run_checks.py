@@ -1,7 +1,7 @@
 """Option combinations of ``train.py`` refused before anything is built (reliability checks).
 
 Kept apart from ``config_check.py`` (types) so each stays one concern; :func:`check_run_settings` is called
-by ``train.check_resume`` with the other checks, before the run directory, its config or a model is touched.
+by ``train.check_config`` with the other checks, before the run directory, its config or a model is touched.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def check_strategy_fields(trainer: DictConfig) -> None:
 
 
 def check_run_settings(cfg: DictConfig) -> None:
-    """Every reliability check of option combinations (one call from ``train.check_resume``).
+    """Every reliability check of option combinations (one call from ``train.check_config``).
 
     Raises:
         ValueError: Naming the field and the fix.

@@ -20,18 +20,11 @@ from longact_pl.algos.correction import check_training_sampler
 from longact_pl.checkpoints.atomic import atomic_write_text
 from longact_pl.checkpoints.batch_boundary import BatchBoundary
 from longact_pl.checkpoints.resume import (
-    CheckpointInfo,
     check_checkpoint,
     check_resume_masking,
     check_resume_weights,
 )
-from longact_pl.checkpoints.run_config import (
-    OVERRIDE,
-    RecordRunConfig,
-    check_override,
-    check_resume_config,
-    check_resume_steps,
-)
+from longact_pl.checkpoints.run_config import RecordRunConfig, check_resume_settings
 from longact_pl.config_check import check_types
 from longact_pl.data.fit_check import check_prompt_fit
 from longact_pl.eval.metrics import source_task_names
@@ -83,14 +76,14 @@ def check_trainer(trainer: DictConfig) -> None:
         )
 
 
-def check_resume(cfg: DictConfig) -> CheckpointInfo | None:
+def check_config(cfg: DictConfig) -> int | None:
     """Everything checkable before a component is built or the run directory touched.
 
-    Checks the types of every component's fields, the step limit, option combinations, and the checkpoint
-    to resume from: readable, and trained with the settings a resume may not change (README, Reliability).
+    Checks the types of every component's fields, the step limit, option combinations and the checkpoint to
+    resume from (readable, and trained with the settings a resume may not change: README, Reliability).
 
     Returns:
-        What the run needs to know about ``cfg.ckpt_path`` (``None`` for a new run).
+        The ``global_step`` of ``cfg.ckpt_path`` (``None`` for a new run).
     """
     check_types(cfg)
     check_trainer(cfg.trainer)
@@ -101,17 +94,8 @@ def check_resume(cfg: DictConfig) -> CheckpointInfo | None:
     masking = bool(cfg.get("masking")) and "_target_" in cfg.masking  # masking=none: no callback
     rebuild = bool(masking and cfg.masking.get("rebuild_masks", False))
     check_resume_masking(info, cfg.ckpt_path, masking, rebuild)
-    allow, new = list(cfg.get(OVERRIDE) or []), OmegaConf.to_container(cfg, resolve=True)
-    check_override(new, allow)
-    check_resume_config(info.config, new, cfg.ckpt_path, allow)
-    check_resume_steps(info.global_step, int(cfg.trainer.get("max_steps", -1)), cfg.ckpt_path)
-    return info
-
-
-def check_config(cfg: DictConfig) -> int | None:
-    """:func:`check_resume`, returning the ``global_step`` of ``cfg.ckpt_path`` (``None`` for a new run)."""
-    info = check_resume(cfg)
-    return None if info is None else info.global_step
+    check_resume_settings(info.config, info.global_step, cfg)
+    return info.global_step
 
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
@@ -165,8 +149,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     """
     # DDP/FSDP on one node: Lightning re-runs this script for ranks > 0 in the same run directory
     main_process = rank_zero_only.rank == 0
-    info = check_resume(cfg)
-    resume_step = None if info is None else info.global_step
+    resume_step = check_config(cfg)
+    info = None if resume_step is None else check_checkpoint(cfg.ckpt_path)  # its weights' shapes (mmap)
     if main_process:
         check_run_dir(run_dir, resuming=resume_step is not None)
     L.seed_everything(cfg.seed, workers=True)

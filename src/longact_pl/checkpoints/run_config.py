@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +169,23 @@ def check_resume_steps(global_step: int, max_steps: int, path: str | Path) -> No
             f"run would end at once and report weights of step {global_step} as a {max_steps}-step run. Set "
             f"trainer.max_steps >= {global_step}, or resume from an earlier checkpoint"
         )
+
+
+def check_resume_settings(saved: dict | None, global_step: int, cfg: DictConfig) -> None:
+    """Every settings check of a resume (one call from ``train.check_config``), before anything is built.
+
+    Args:
+        saved: The config recorded in the checkpoint (``None``: not recorded).
+        global_step: The checkpoint's optimizer steps.
+        cfg: This run's composed config (``ckpt_path``, ``resume_allow_changes``, ``trainer.max_steps``).
+
+    Raises:
+        ValueError: A misspelt override, a changed frozen setting, or ``trainer.max_steps`` below the step.
+    """
+    allow, new = list(cfg.get(OVERRIDE) or []), OmegaConf.to_container(cfg, resolve=True)
+    check_override(new, allow)
+    check_resume_config(saved, new, cfg.ckpt_path, allow)
+    check_resume_steps(global_step, int(cfg.trainer.get("max_steps", -1)), cfg.ckpt_path)
 
 
 class RecordRunConfig(L.Callback):
