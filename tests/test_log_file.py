@@ -6,11 +6,14 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from tests.helpers import ROOT, child_env
 
 LOG_LINE = re.compile(r"^step (\d)/2 reward ")  # hydra/job_logging=stdout: the message alone
 
 
+@pytest.mark.slow
 def test_jsonl_without_val_trains_and_logs_one_line_per_step_in_a_file(tmp_path):
     data = tmp_path / "train.jsonl"
     rows = [{"prompt": f"Say the word number {i}.", "answer": f"w{i}"} for i in range(4)]
