@@ -33,9 +33,14 @@ def load(path: Path) -> dict:
     if not path.is_file():
         raise SystemExit(f"{path}: no such file; pass the summary.json of an evaluate.py run")
     try:
-        summary = json.loads(path.read_text())
+        summary = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise SystemExit(f"{path}: not valid JSON ({err.msg})") from None
+    except UnicodeDecodeError as err:
+        raise SystemExit(
+            f"{path}: not a text file (byte {err.start} is not UTF-8): the summary is corrupt; rerun "
+            "evaluate.py or pass another summary.json"
+        ) from None
     if not isinstance(summary, dict) or not isinstance(summary.get("scores"), dict):
         raise SystemExit(f"{path}: not an evaluate.py summary (no 'scores' field)")
     return summary

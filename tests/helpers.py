@@ -186,3 +186,50 @@ class VLLMStandIn(HFRollout):
         engine_kwargs=None, **kwargs,
     ) -> None:  # fmt: skip
         super().__init__(**{"prefill_once": True, **kwargs})
+
+
+class InterruptReward:
+    """Parity rewards, but the ``at_call``-th training call raises ``KeyboardInterrupt`` (Ctrl-C mid-step)."""
+
+    calls = 0
+
+    def __init__(self, at_call: int = 3) -> None:
+        self.at_call = at_call
+
+    def __call__(self, completions: list[str], references: list[list[str]], **meta) -> list[float]:
+        InterruptReward.calls += 1
+        if InterruptReward.calls == self.at_call:
+            raise KeyboardInterrupt
+        return ParityReward()(completions, references)
+
+
+class SigtermInValidation:
+    """A callback that sends this process SIGTERM during the step-0 validation (before training)."""
+
+    def __new__(cls):
+        import os
+        import signal
+
+        import lightning as L
+
+        class _Sigterm(L.Callback):
+            def on_validation_batch_end(self, trainer, *args) -> None:
+                if trainer.global_step == 0 and not trainer.received_sigterm:
+                    os.kill(os.getpid(), signal.SIGTERM)
+
+        return _Sigterm()
+
+
+class UniformThenParity:
+    """0 for every completion of the first ``uniform_calls`` calls (DAPO skips the step), then parity."""
+
+    calls = 0
+
+    def __init__(self, uniform_calls: int = 1) -> None:
+        self.uniform_calls = uniform_calls
+
+    def __call__(self, completions: list[str], references: list[list[str]], **meta) -> list[float]:
+        UniformThenParity.calls += 1
+        if UniformThenParity.calls <= self.uniform_calls:
+            return [0.0] * len(completions)
+        return ParityReward()(completions, references)

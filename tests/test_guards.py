@@ -93,7 +93,8 @@ def test_safety_stops_save_then_raise_and_restore_their_counters(tmp_path):
     assert saved == ["nonfinite.ckpt", "skipped.ckpt", "reward_errors.ckpt"]
     state = stops.state_dict()
     assert state == {"guard_consecutive": 2, "guard_total": 2, "skipped_consecutive": 1, "skipped_total": 1,
-                     "reward_failed_consecutive": 2, "reward_failed_total": 2}  # fmt: skip
+                     "reward_failed_consecutive": 2, "reward_failed_total": 2, "masked_out_consecutive": 0,
+                     "masked_out_total": 0}  # fmt: skip
     resumed = SafetyStops()
     resumed.load_state_dict(state)
     assert resumed.state_dict() == state

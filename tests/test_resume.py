@@ -133,3 +133,91 @@ def test_resuming_across_masked_and_dense_training_is_refused_before_anything_is
     with pytest.raises(ValueError, match=r"trained with LongAct masks .* masking=none"):
         check_config(compose_train(tmp_path, PARITY, "masking=none", f"ckpt_path={masked}"))
     assert check_config(compose_train(tmp_path, PARITY, "masking=saliency", f"ckpt_path={masked}")) == 1
+
+
+# ---------------------------------------------------------------- issue 22: what a resume may change
+
+
+def _files(run_dir):
+    """Every file of the run folder, by relative path (bytes): nothing may change before a run is valid."""
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+def test_a_resume_that_changes_the_experiment_is_refused_by_name_before_anything_is_written(
+    finished, tmp_path
+):
+    """algo=dapo on a GRPO checkpoint, another model shape, another masking: refused naming each field and
+    the override, the run folder byte-identical; lr / max_steps / loggers may change; the override lets an
+    intended change through, and a shape that still cannot load names its parameters (not torch's lines)."""
+    from longact_pl.checkpoints.run_config import CONFIG_KEY
+
+    run_dir, _ = _copy(finished, tmp_path)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True, mmap=True)[CONFIG_KEY]["algo"]["name"] == "grpo"
+    files = _files(run_dir)
+    resume = [PARITY, f"ckpt_path={last}"]
+    with pytest.raises(
+        ValueError, match=r"algo\.name: 'grpo' -> 'dapo'.*resume_allow_changes=\[algo\."
+    ) as err:
+        run(compose_train(run_dir, *resume, "algo=dapo"), run_dir)
+    assert "algo.kl_coef" in str(err.value)
+    with pytest.raises(ValueError, match=r"model\._target_: .*tiny_llama' -> .*tiny_qwen3'.*=\[model\]"):
+        run(compose_train(run_dir, *resume, "model=tiny_qwen3"), run_dir)
+    with pytest.raises(ValueError, match=r"rollout\.group_size: 4 -> 8"):
+        run(compose_train(run_dir, *resume, "rollout.group_size=8"), run_dir)
+    with pytest.raises(ValueError, match=r"model\.hidden_size: 64 -> 128"):
+        run(compose_train(run_dir, *resume, "model.hidden_size=128"), run_dir)
+    # the override passes the settings check; weights of another shape are then named, still before writing
+    with pytest.raises(
+        ValueError, match=r"holds weights of another model .*other shapes: .*\(.*64.*\) in the ch"
+    ):
+        run(compose_train(run_dir, *resume, "model.hidden_size=128", "resume_allow_changes=[model]"), run_dir)
+    assert _files(run_dir) == files
+    allowed = ["module.lr=5e-4", "trainer.max_steps=7", "logger=tensorboard", "trainer.val_check_interval=3",
+               "module.warmup_steps=2", "callbacks.step_log.every_n=2"]  # fmt: skip
+    assert check_config(compose_train(run_dir, *resume, *allowed)) == 2
+    assert check_config(compose_train(run_dir, *resume, "algo=dapo", "resume_allow_changes=[algo]")) == 2
+
+
+def test_a_masked_checkpoint_resumed_with_another_masking_is_refused_before_anything_is_written(
+    finished, tmp_path
+):
+    """A saliency checkpoint resumed with masking=random: refused by name, config.yaml and hparams kept."""
+    from omegaconf import OmegaConf
+
+    from longact_pl.checkpoints.run_config import CONFIG_KEY
+
+    run_dir, _ = _copy(finished, tmp_path)
+    saliency = OmegaConf.to_container(compose_train(run_dir, PARITY, "masking=saliency"), resolve=True)
+    ckpt = run_dir / "checkpoints" / "saliency.ckpt"
+    torch.save({"global_step": 2, "callbacks": {"SaliencyMask": {"masks": {}}}, CONFIG_KEY: saliency}, ckpt)
+    files = _files(run_dir)
+    with pytest.raises(ValueError, match=r"masking\.selector\._target_: .*TopK' -> .*RandomK'"):
+        run(compose_train(run_dir, PARITY, "masking=random", f"ckpt_path={ckpt}"), run_dir)
+    assert _files(run_dir) == files
+    rebuild = compose_train(
+        run_dir, PARITY, "masking=random", "masking.rebuild_masks=true", f"ckpt_path={ckpt}"
+    )
+    assert check_config(rebuild) == 2  # new masks on purpose: rebuilt at the resumed step
+
+
+def test_ctrl_c_inside_a_step_resumes_at_the_batch_boundary_it_holds(tmp_path):
+    """Ctrl-C in step 3 (before its optimizer step): the exception checkpoint holds 2 steps and 2 batches, and
+    the resumed run logs steps 2 and 3 as 2 and 3 (not 3 and 4) and validates the end as step_4."""
+    from tests.helpers import InterruptReward
+
+    common = ["trainer.max_steps=4", "trainer.val_check_interval=4"]
+    InterruptReward.calls = 0
+    with pytest.raises(SystemExit):
+        run(compose_train(tmp_path, "data.reward._target_=tests.helpers.InterruptReward", *common), tmp_path)
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    progress = last["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]
+    assert last["global_step"] == 2 and progress["ready"] == progress["completed"] == 2
+    reward = "data.reward._target_=tests.helpers.InterruptReward"  # the same reward, past its Ctrl-C call
+    run(
+        compose_train(tmp_path, reward, *common, f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}"),
+        tmp_path,
+    )
+    rows = _rows(tmp_path)
+    assert [r["step"] for r in rows if r["train/reward_mean"]] == ["0", "1", "2", "3"]
+    assert sorted(p.name for p in (tmp_path / "val_predictions").iterdir()) == ["step_4.jsonl"]

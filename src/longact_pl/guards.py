@@ -1,8 +1,9 @@
 """Run-level safety nets: streaks of bad steps stop a run with a checkpoint and an error saying what to do.
 
 - :class:`NonFiniteGuard`: optimizer steps whose loss or gradient is not finite are skipped;
-- skipped RL steps (DAPO's dynamic sampling kept no group) and steps where the reward function raised on
-  every completion are counted by a :class:`StreakGuard` each;
+- skipped RL steps (DAPO's dynamic sampling kept no group), steps where the reward function raised on
+  every completion and steps where the rollout correction masked out every token are counted by a
+  :class:`StreakGuard` each;
 - :class:`SafetyStops` holds the three for ``LongActModule``: what to log, when to stop, which checkpoint
   to write first, and the counters a resume restores.
 
@@ -36,6 +37,10 @@ class SkippedStepsError(RuntimeError):
 
 class RewardFunctionError(RuntimeError):
     """Raised after too many consecutive steps whose every reward call failed (a checkpoint is written)."""
+
+
+class MaskedOutError(RuntimeError):
+    """Raised after too many consecutive steps whose every token the rollout correction masked out."""
 
 
 class StreakGuard:
@@ -140,6 +145,17 @@ def skipped_steps_error(guard: StreakGuard, max_gen_rounds: int, checkpoint: obj
     )
 
 
+def masked_out_error(guard: StreakGuard, checkpoint: object) -> MaskedOutError:
+    """The error that stops a run whose rollout correction gave every token weight 0 for several steps."""
+    return MaskedOutError(
+        f"the rollout correction masked out every completion token of {guard.consecutive} RL steps in a row "
+        f"(train/correction/token_masked_frac = 1), so the loss and the gradient were 0 and nothing was "
+        f"learned; stopped and saved {checkpoint}. Widen correction.low / correction.high or "
+        f"correction.reject_low / correction.reject_high (see train/correction/log_ratio_abs_mean), or raise "
+        f"{guard.field}."
+    )
+
+
 def reward_function_error(
     guard: StreakGuard, first_error: str | None, checkpoint: object
 ) -> RewardFunctionError:
@@ -161,6 +177,7 @@ class SafetyStops:
         max_nonfinite_steps: Consecutive non-finite optimizer steps (skipped) that stop the run.
         max_skipped_steps: Consecutive RL steps skipped by dynamic sampling that stop the run.
         max_reward_failure_steps: Consecutive RL steps whose every reward call raised that stop the run.
+        max_masked_out_steps: Consecutive RL steps whose every token the rollout correction masked out.
         max_gen_rounds: Dynamic sampling's generation rounds per step (for the skipped-steps message).
     """
 
@@ -170,10 +187,12 @@ class SafetyStops:
         max_skipped_steps: int = 10,
         max_reward_failure_steps: int = 3,
         max_gen_rounds: int = 1,
+        max_masked_out_steps: int = 3,
     ) -> None:
         self.nonfinite = NonFiniteGuard(max_nonfinite_steps)
         self.skipped = StreakGuard(max_skipped_steps, "module.max_skipped_steps")
         self.reward_failed = StreakGuard(max_reward_failure_steps, "module.max_reward_failure_steps")
+        self.masked_out = StreakGuard(max_masked_out_steps, "module.max_masked_out_steps")
         self.max_gen_rounds = max_gen_rounds
         self._reward_streak_first: tuple[str, Exception] | None = None
 
@@ -217,9 +236,26 @@ class SafetyStops:
             text, err = self._reward_streak_first or step_first
             raise reward_function_error(self.reward_failed, text, save("reward_errors.ckpt")) from err
 
+    def check_masked_out(self, masked_frac: float | None, dist: DistOps, save: SaveCheckpoint) -> None:
+        """Count a step whose every completion token got weight 0 (on every rank); too many: save, raise.
+
+        Args:
+            masked_frac: The step's ``train/correction/token_masked_frac`` (``None``: no active correction).
+            dist: The ranks agree on counting the step.
+            save: Writes the stop checkpoint.
+        """
+        self.masked_out.record(masked_frac is not None and masked_frac >= 1.0, dist)
+        if self.masked_out.exhausted:
+            raise masked_out_error(self.masked_out, save("masked_out.ckpt"))
+
     def _guards(self) -> dict[str, StreakGuard]:
         """The counters by checkpoint prefix (names kept from earlier checkpoints)."""
-        return {"guard": self.nonfinite, "skipped": self.skipped, "reward_failed": self.reward_failed}
+        return {
+            "guard": self.nonfinite,
+            "skipped": self.skipped,
+            "reward_failed": self.reward_failed,
+            "masked_out": self.masked_out,
+        }
 
     def state_dict(self) -> dict[str, int]:
         """Counters for a checkpoint: ``<guard>_consecutive`` and ``<guard>_total``."""

@@ -71,7 +71,8 @@ class LongActModule(L.LightningModule):
             :class:`~longact_pl.eval.heldout.HeldOutValidation`).
         seed: Base seed for sampling.
         export_dir: Where the trained policy is saved at the end (``None`` = not saved).
-        max_nonfinite_steps, max_skipped_steps, max_reward_failure_steps: Bad steps in a row that stop the run
+        max_nonfinite_steps, max_skipped_steps, max_reward_failure_steps, max_masked_out_steps: Bad steps in
+            a row that stop the run
             with a checkpoint (see :class:`~longact_pl.guards.SafetyStops`).
         allow_low_precision_weights: Train bf16/fp16 parameters (refused by default: see
             ``longact_pl.precision``).
@@ -106,6 +107,7 @@ class LongActModule(L.LightningModule):
         max_nonfinite_steps: int = 3,
         max_skipped_steps: int = 10,
         max_reward_failure_steps: int = 3,
+        max_masked_out_steps: int = 3,
         correction: RolloutCorrection | None = None,
         allow_low_precision_weights: bool = False,
     ) -> None:
@@ -121,7 +123,7 @@ class LongActModule(L.LightningModule):
         self.allow_low_precision_weights = allow_low_precision_weights
         self.warmup_steps, self.max_grad_norm = warmup_steps, max_grad_norm
         self.stops = SafetyStops(max_nonfinite_steps, max_skipped_steps, max_reward_failure_steps,
-                                 getattr(algorithm, "max_gen_rounds", 1))  # fmt: skip
+                                 getattr(algorithm, "max_gen_rounds", 1), max_masked_out_steps)  # fmt: skip
         # the entropy bonus needs the training pass's entropy with its gradient
         logprobs = LogprobPass(
             shared_prefix, logprob_chunk, pack_completions, entropy_grad=algorithm.entropy_coef > 0
@@ -135,6 +137,8 @@ class LongActModule(L.LightningModule):
         )  # fmt: skip
         self.seed = seed
         self.export_dir = Path(export_dir) if export_dir else None
+        self.predictions_dir = Path(predictions_dir) if predictions_dir else None
+        self.validated_steps: set[int] = set()  # global steps whose weights were validated (run_end.py)
         self._ref = _Frozen(copy.deepcopy(policy)) if algorithm.kl_coef > 0 else None
         self.validation = HeldOutValidation(val_tasks, val_lengths, predictions_dir, val_max_new_tokens)
         # Set around policy training forwards so saliency hooks know which tokens are real.
@@ -205,6 +209,9 @@ class LongActModule(L.LightningModule):
             generator=torch.Generator().manual_seed(self.seed + self.global_step),
             token_mask_hook=lambda m: setattr(self, "stats_token_mask", m),  # read by saliency statistics
         )  # fmt: skip
+        active = self.learner.correction.active  # every token masked out: nothing learned
+        masked = update.get("train/correction/token_masked_frac") if active else None
+        self.stops.check_masked_out(masked, self.dist, self._save_stop_checkpoint)
         lr = self.optimizers().param_groups[0]["lr"]
         logs = step_metrics(scored, truncated, self.truncated_total, self.reward_errors.count,
                             time.perf_counter() - start, lr, update)  # fmt: skip
@@ -273,6 +280,7 @@ class LongActModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         """Log ``val/acc`` (per length, per task and length); rank 0 writes the per-prompt rows."""
         values = self.validation.finish(self.global_step, self.dist.gather, self.trainer.is_global_zero)
+        self.validated_steps.add(self.global_step)
         if values:
             self.log_dict(values)
             self.log("val_acc", values["val/acc"], prog_bar=True, logger=False)
@@ -303,7 +311,16 @@ class LongActModule(L.LightningModule):
         self.stops.load_state_dict(state)
 
     # ----------------------------------------------------------------- export
+    @property
+    def exported(self) -> bool:
+        """Whether ``export_dir`` holds the trained weights (or there is nowhere to export)."""
+        return self.export_dir is None or any(self.export_dir.glob("*.safetensors"))
+
     def on_train_end(self) -> None:
         """Save the trained policy and tokenizer with ``save_pretrained`` into ``export_dir``."""
+        self.export()
+
+    def export(self) -> None:
+        """Save the policy and tokenizer into ``export_dir`` (no-op without one)."""
         if self.export_dir is not None:  # FSDP: every rank gathers the full weights, rank 0 writes them
             save_full_pretrained(self.policy, self.tokenizer, self.export_dir, self.trainer.is_global_zero)

@@ -6,6 +6,7 @@ bounded by ``trainer.max_steps``, and a skipped step (DAPO) does not advance it.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import lightning as L
@@ -13,14 +14,22 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 
 
 class StepProgressBar(TQDMProgressBar):
-    """``step 3/16`` with the progress-bar metrics (reward, ``val_acc``); one bar for the whole run.
+    r"""``step 3/16`` with the progress-bar metrics (reward, ``val_acc``); one bar for the whole run.
+
+    In a log file (stdout not a terminal) the bar is off: its redraws end in ``\r``, not a newline, so each
+    step's log line would be glued to the end of a bar line (``...reward=0.250]step 2/2 reward ...``), and
+    ``tail`` / ``grep`` users read the per-step log lines (:class:`~longact_pl.step_log.StepLog`) instead.
 
     Args:
         refresh_rate: Steps between redraws.
+        in_files: Draw the bar when stdout is not a terminal too.
     """
 
-    def __init__(self, refresh_rate: int = 1) -> None:
+    def __init__(self, refresh_rate: int = 1, in_files: bool = False) -> None:
         super().__init__(refresh_rate=refresh_rate)
+        terminal = bool(getattr(sys.stdout, "isatty", lambda: False)())  # Lightning draws on stdout
+        if not (terminal or in_files):
+            self.disable()
 
     def _reset_to_steps(self, trainer: L.Trainer) -> None:
         bar = self.train_progress_bar

@@ -17,12 +17,27 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from longact_pl.algos.correction import check_training_sampler
-from longact_pl.checkpoints.resume import check_checkpoint, check_resume_masking
+from longact_pl.checkpoints.atomic import atomic_write_text
+from longact_pl.checkpoints.batch_boundary import BatchBoundary
+from longact_pl.checkpoints.resume import (
+    check_checkpoint,
+    check_resume_masking,
+    check_resume_weights,
+)
+from longact_pl.checkpoints.run_config import RecordRunConfig, check_resume_settings
 from longact_pl.config_check import check_combinations, check_types
+from longact_pl.data.fit_check import check_prompt_fit
 from longact_pl.eval.metrics import source_task_names
 from longact_pl.loggers import ResumableLogger
 from longact_pl.models.rope import check_folder_window, check_policy_window
 from longact_pl.rollout.weight_sync import WeightSync
+from longact_pl.run_checks import check_run_settings
+from longact_pl.run_end import (
+    adopt_last_checkpoint,
+    finish_run,
+    last_checkpoint_path,
+    validate_before,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +80,9 @@ def check_trainer(trainer: DictConfig) -> None:
 def check_config(cfg: DictConfig) -> int | None:
     """Everything checkable before a component is built or the run directory touched.
 
-    Checks the types of every component's fields, the step limit, unsupported option combinations and the
-    checkpoint to resume from.
+    Checks the types of every component's fields, the step limit, unsupported option combinations, the
+    model window and the checkpoint to resume from (readable, and trained with the settings a resume may not
+    change: README, Reliability).
 
     Returns:
         The ``global_step`` of ``cfg.ckpt_path`` (``None`` for a new run).
@@ -74,6 +90,7 @@ def check_config(cfg: DictConfig) -> int | None:
     check_types(cfg)
     check_trainer(cfg.trainer)
     check_combinations(cfg)  # unsupported option combinations, before anything is built or written
+    check_run_settings(cfg)
     model = OmegaConf.to_container(cfg.model)  # a required '???' path stays a string: not a folder
     check_folder_window(
         model.get("name_or_path"), model.get("rope_scaling"), cfg.rollout.get("max_model_len")
@@ -84,6 +101,7 @@ def check_config(cfg: DictConfig) -> int | None:
     masking = bool(cfg.get("masking")) and "_target_" in cfg.masking  # masking=none: no callback
     rebuild = bool(masking and cfg.masking.get("rebuild_masks", False))
     check_resume_masking(info, cfg.ckpt_path, masking, rebuild)
+    check_resume_settings(info.config, info.global_step, cfg)
     return info.global_step
 
 
@@ -139,17 +157,20 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     # DDP/FSDP on one node: Lightning re-runs this script for ranks > 0 in the same run directory
     main_process = rank_zero_only.rank == 0
     resume_step = check_config(cfg)
+    info = None if resume_step is None else check_checkpoint(cfg.ckpt_path)  # its weights' shapes (mmap)
     if main_process:
         check_run_dir(run_dir, resuming=resume_step is not None)
     L.seed_everything(cfg.seed, workers=True)
     # Cheap components first: invalid values fail here, before loading a model or writing a file.
     algorithm, rollout, correction, callbacks = build_light(cfg)
+    callbacks += [RecordRunConfig(OmegaConf.to_container(cfg, resolve=True)), BatchBoundary()]  # resume aids
     loaded = instantiate(cfg.model)
     check_callbacks(callbacks, loaded.model)
     check_policy_window(
         getattr(rollout, "max_model_len", None), loaded.model.config
     )  # before the engine starts
     datamodule = instantiate(cfg.data, tokenizer=loaded.tokenizer)
+    check_prompt_fit(datamodule, loaded.model, rollout.max_new_tokens)  # the model's window, cut prompts
     module = instantiate(
         cfg.module,
         policy=loaded.model,
@@ -162,34 +183,41 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         export_dir=str(run_dir / "final"),
         predictions_dir=str(run_dir / "val_predictions"),
     )
+    if info is not None:  # weights of another shape fail here, naming them, not in trainer.fit
+        check_resume_weights(info, cfg.ckpt_path, module)
     loggers = build_loggers(cfg)
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     check_model = getattr(trainer.strategy, "check_model", None)
     if callable(check_model):  # settings the strategy cannot run with this model (sequence parallel sizes)
         check_model(loaded.model)
+    # Every check passed: only now is anything in the run directory written or changed.
     if main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))  # never cut short
     for lg in loggers:
         if resume_step is not None and isinstance(lg, ResumableLogger):
             lg.resume(resume_step)  # keep the history before the checkpoint, drop what is logged again
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     before = {}
+    validates = datamodule.val is not None
     try:
-        if cfg.get("validate_before_training") and resume_step is None:
-            before = {
-                f"{k}@step0": float(v) for k, v in trainer.validate(module, datamodule=datamodule)[0].items()
-            }
+        # a checkpoint of step 0 (stopped during the step-0 validation) validates again: its rows were dropped
+        if cfg.get("validate_before_training") and validates and not resume_step:
+            before = validate_before(trainer, module, datamodule)  # a SIGTERM in it stops before step 1
         # Checkpoints are read as plain tensors and containers: no code in a checkpoint ever runs.
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+        # a step-0 checkpoint (stopped before the first step) holds the start: the run starts again from it
+        fit_from = cfg.get("ckpt_path") if resume_step else None
+        if resume_step == 0:
+            adopt_last_checkpoint(trainer)  # its last.ckpt is overwritten, not joined by last-v1.ckpt
+        trainer.fit(module, datamodule=datamodule, ckpt_path=fit_from, weights_only=True)
+        final = finish_run(trainer, module, datamodule, validates)
     except SIGTERMException:
         # Lightning's SystemExit has no code (exit 0): a pre-empted run must not look finished
         code = int(cfg.get("sigterm_exit_code", 143))
-        last = run_dir / "checkpoints" / "last.ckpt"
+        last = last_checkpoint_path(trainer)
         resume = f"resume with ckpt_path={last}" if last.exists() else "no checkpoint was written"
         log.warning("stopped by SIGTERM at step %d (%s); exit code %d", trainer.global_step, resume, code)
         raise SystemExit(code) from None
-    final = {k: float(v) for k, v in trainer.callback_metrics.items()}
     for key in sorted(k for k in final if k.startswith("val/acc")):
         start = before.get(f"{key}@step0")
         log.info("%s: %s -> %.3f", key, "n/a" if start is None else f"{start:.3f}", final[key])

@@ -102,6 +102,23 @@ class RolloutCorrection:
             raise ValueError(
                 f"correction.reject_low={reject_low} must be <= correction.reject_high={reject_high}"
             )
+        lower = low if low is not None else 1.0 / high
+        if level is not None and mode == "mask" and not lower <= 1.0 <= high:
+            source = (
+                f"correction.low={low}" if low is not None else f"1/correction.high={lower:g} (low unset)"
+            )
+            raise ValueError(
+                f"correction.mode=mask keeps weights in [{lower:g}, {high:g}] ({source}, correction.high="
+                f"{high}), which does not contain 1: even a sampler that matches the trainer exactly would "
+                "have every token masked out, a loss of 0 and nothing learned. Set correction.low <= 1 <= "
+                "correction.high (e.g. correction.low=0.5 correction.high=2.0)"
+            )
+        if (reject_low is not None and reject_low > 1.0) or (reject_high is not None and reject_high < 1.0):
+            raise ValueError(
+                f"correction.reject_low={reject_low} / correction.reject_high={reject_high} reject every "
+                "ratio of 1 (a sampler that matches the trainer exactly): every sequence would be dropped. "
+                "Set correction.reject_low <= 1 <= correction.reject_high (or null = off)"
+            )
         edges = [int(e) for e in length_buckets]
         if any(e < 1 for e in edges) or edges != sorted(set(edges)):
             raise ValueError(

@@ -7,11 +7,12 @@ and containers; no code in a checkpoint ever runs).
 from __future__ import annotations
 
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from longact_pl.checkpoints.run_config import CONFIG_KEY
 from longact_pl.masking.callback import STATE_KEY as MASK_STATE
 
 # Lightning's ModelParallelStrategy (strategy=fsdp) writes a sharded checkpoint as a folder with this file
@@ -26,10 +27,15 @@ class CheckpointInfo:
     Attributes:
         global_step: Optimizer steps the checkpoint has done.
         callbacks: State keys of the callbacks whose state it holds (``SaliencyMask`` with LongAct masks).
+        config: The resolved config the checkpoint was trained with (``None``: written before it was
+            recorded).
+        shapes: Shape of every tensor of its ``state_dict`` (empty for a sharded checkpoint).
     """
 
     global_step: int
     callbacks: frozenset[str] = frozenset()
+    config: dict | None = None
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
 
 def _others(path: Path) -> str:
@@ -88,8 +94,52 @@ def check_checkpoint(path: str | Path) -> CheckpointInfo:
     if not isinstance(state, dict) or "global_step" not in state:
         raise _unreadable(path, "it holds no global_step, so it is not a Lightning training checkpoint")
     callbacks = state.get("callbacks")
+    config = state.get(CONFIG_KEY)
+    weights = state.get("state_dict")
+    shapes = {
+        k: tuple(v.shape)
+        for k, v in (weights.items() if isinstance(weights, dict) else ())
+        if hasattr(v, "shape")
+    }
     return CheckpointInfo(
-        int(state["global_step"]), frozenset(callbacks if isinstance(callbacks, dict) else ())
+        int(state["global_step"]),
+        frozenset(callbacks if isinstance(callbacks, dict) else ()),
+        config if isinstance(config, dict) else None,
+        shapes,
+    )
+
+
+def check_resume_weights(info: CheckpointInfo, path: str | Path, module: torch.nn.Module) -> None:
+    """Refuse a checkpoint whose weights do not fit the model this run built (before anything is written).
+
+    Names the parameters that are missing, unexpected or of another shape, and the settings to look at,
+    instead of torch's ``size mismatch`` lines after the run directory has been written.
+
+    Raises:
+        ValueError: Listing up to five differences of each kind.
+    """
+    if not info.shapes:  # a sharded checkpoint keeps its weights outside meta.pt: Lightning checks them
+        return
+    mine = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    missing = sorted(set(mine) - set(info.shapes))
+    extra = sorted(set(info.shapes) - set(mine))
+    sizes = sorted(k for k in set(mine) & set(info.shapes) if mine[k] != info.shapes[k])
+    if not (missing or extra or sizes):
+        return
+    parts = []
+    if sizes:
+        parts.append(
+            "other shapes: "
+            + ", ".join(f"{k} {info.shapes[k]} in the checkpoint, {mine[k]} here" for k in sizes[:5])
+        )
+    if missing:
+        parts.append("not in the checkpoint: " + ", ".join(missing[:5]))
+    if extra:
+        parts.append("only in the checkpoint: " + ", ".join(extra[:5]))
+    raise ValueError(
+        f"ckpt_path={path} holds weights of another model than this run's model settings build "
+        f"({'; '.join(parts)}). Resume with the checkpoint's model (model=..., model.* as in the run that "
+        "wrote it), or start a new run with ckpt_path=null."
     )
 
 

@@ -151,18 +151,24 @@ def read_scored_rows(path: Path, what: str = "a val_predictions row") -> list[di
     Raises:
         ValueError: On a line that is not a JSON object with ``id`` and ``score``, naming file and line.
     """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{path}: not a text JSONL file (byte {err.start} is not UTF-8): the file is corrupt (expected "
+            f"{what} per line); rerun what wrote it or leave it out"
+        ) from None
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
-            if not isinstance(row, dict) or "id" not in row or "score" not in row:
-                raise ValueError(f"{path}:{lineno}: {what} needs 'id' and 'score'")
-            rows.append(row)
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
+        if not isinstance(row, dict) or "id" not in row or "score" not in row:
+            raise ValueError(f"{path}:{lineno}: {what} needs 'id' and 'score'")
+        rows.append(row)
     return rows
 
 

@@ -8,6 +8,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from longact_pl.models.rope import with_rope_scaling
 from longact_pl.models.types import LoadedModel, finish, resolve_dtype
+from longact_pl.models.weights_check import check_safetensors
 
 # Files of which a Hugging Face tokenizer needs at least one
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
@@ -55,6 +56,7 @@ def check_local_model(name_or_path: str) -> None:
             f"model.name_or_path={name_or_path} has no tokenizer files (one of {', '.join(TOKENIZER_FILES)}):"
             " copy them from the base model (tokenizer.save_pretrained(folder))"
         )
+    check_safetensors(path)  # a cut-short weights file names itself, not only "header too large"
 
 
 def load_hf(
@@ -80,7 +82,8 @@ def load_hf(
         rope_scaling: RoPE scaling (YaRN etc.; ``longact_pl.models.rope``), ``None`` = the model's own.
 
     Raises:
-        ValueError: If ``name_or_path`` is unset, or a local folder without config or tokenizer files.
+        ValueError: If ``name_or_path`` is unset, or a local folder without config or tokenizer files, or
+            with a corrupt ``*.safetensors`` file.
         FileNotFoundError: If ``name_or_path`` looks like a local path that does not exist.
     """
     if not name_or_path or name_or_path == "???":

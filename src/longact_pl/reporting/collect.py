@@ -102,15 +102,48 @@ def problems_of(path: Path, config: dict[str, Any], rows: list[dict[str, float]]
     return problems
 
 
+# Sections every config.yaml written by train.py has: one without them was cut short or is not a run's
+REQUIRED_SECTIONS = ("seed", "model", "data", "algo", "rollout", "masking", "trainer", "module")
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"[:200]
+
+
+def read_config(path: Path) -> tuple[dict[str, Any], list[str]]:
+    """``(config, problems)`` of a run's ``config.yaml``.
+
+    An unreadable, invalid or cut-short file is a problem named with the file, and its config is empty
+    (unknown, never a default).
+    """
+    try:
+        loaded = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    except Exception as err:  # noqa: BLE001 - binary, invalid YAML, unreadable: all mean "unknown"
+        return {}, [f"{path.name} is not a readable config ({_first_line(err)})"]
+    if not isinstance(loaded, dict):
+        return {}, [f"{path.name} is not a config (a YAML {type(loaded).__name__}, not a mapping)"]
+    missing = [k for k in REQUIRED_SECTIONS if k not in loaded]
+    if missing:
+        return {}, [f"{path.name} is incomplete (no {', '.join(missing)}): cut short, or not train.py's"]
+    return loaded, []
+
+
 def load_run(path: Path) -> RunRecord:
-    """Read one run folder (missing files give an empty config / no rows and a problem entry)."""
+    """Read one run folder (missing or unreadable files give an empty config / no rows and a problem)."""
     config_file, metrics_file = path / "config.yaml", path / "metrics.csv"
     config: dict[str, Any] = {}
+    unreadable: list[str] = []
     if config_file.is_file():
-        loaded = OmegaConf.to_container(OmegaConf.load(config_file), resolve=False)
-        config = loaded if isinstance(loaded, dict) else {}
-    rows = read_metrics(metrics_file) if metrics_file.is_file() else []
-    return RunRecord(path=path, config=config, rows=rows, problems=problems_of(path, config, rows))
+        config, unreadable = read_config(config_file)
+    rows: list[dict[str, float]] = []
+    if metrics_file.is_file():
+        try:
+            rows = read_metrics(metrics_file)
+        except (UnicodeDecodeError, csv.Error, OSError, ValueError) as err:
+            unreadable.append(f"{metrics_file.name} is not a readable CSV ({_first_line(err)})")
+    problems = unreadable + problems_of(path, config, rows)
+    return RunRecord(path=path, config=config, rows=rows, problems=problems)
 
 
 def find_run_dirs(root: Path, exclude: Path | None = None) -> list[Path]:

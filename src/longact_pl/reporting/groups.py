@@ -60,6 +60,8 @@ def algo_name(config: Mapping[str, Any]) -> str:
 
 def masking_name(config: Mapping[str, Any]) -> str:
     """The ``conf/masking`` option a resolved config was composed with (``none``: no masking callback)."""
+    if "masking" not in config:  # unknown, not dense
+        return "?"
     masking = config.get("masking") or {}
     if "_target_" not in masking:
         return "none"

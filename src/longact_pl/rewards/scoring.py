@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import numbers
 from dataclasses import dataclass, field
 
 import torch
@@ -66,16 +67,54 @@ class RewardErrors:
         return self.step_scored > 0 and self.step_failed == self.step_scored
 
 
+def _name(reward_fn: RewardFn) -> str:
+    kind = reward_fn if hasattr(reward_fn, "__qualname__") else type(reward_fn)  # a function, or an object
+    return f"{getattr(kind, '__module__', '')}.{getattr(kind, '__qualname__', repr(kind))}"
+
+
+def as_rewards(values: object, count: int, reward_fn: RewardFn) -> torch.Tensor:
+    """``[count]`` float32 rewards from what a reward function returned, or an error naming ``data.reward``.
+
+    Accepts a list, tuple, tensor or array of ``count`` real numbers (bools included).
+
+    Raises:
+        TypeError: Not a sequence, or an element that is not a number (its type and position named).
+        ValueError: Another length than ``count``.
+    """
+    who = f"data.reward ({_name(reward_fn)})"
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().reshape(-1).tolist()
+    elif hasattr(values, "tolist") and not isinstance(values, (str, bytes)):
+        values = values.tolist()  # numpy arrays
+    if not isinstance(values, (list, tuple)):
+        raise TypeError(
+            f"{who} returned {type(values).__name__} ({values!r:.80}); a reward function must return a list "
+            f"of {count} floats, one per completion"
+        )
+    if len(values) != count:
+        raise ValueError(f"{who} returned {len(values)} values for {count} completions")
+    for i, value in enumerate(values):
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        if not isinstance(value, numbers.Real):
+            raise TypeError(
+                f"{who} returned a {type(value).__name__} ({value!r:.80}) at position {i} of its list; every "
+                "reward must be a number (float, int or bool), one per completion"
+            )
+    return torch.tensor([float(v) for v in values], dtype=torch.float32)  # [count]
+
+
 def _score_one(
     reward_fn: RewardFn, completion: str, refs: list[str], meta: dict, errors: RewardErrors
 ) -> float:
     try:
-        return float(reward_fn([completion], [refs], **meta)[0])
+        values = reward_fn([completion], [refs], **meta)
     except FatalRewardError:
         raise
     except Exception as err:  # noqa: BLE001 - a user reward must not kill a long run
         errors.record(err, completion, refs)
         return 0.0
+    return float(as_rewards(values, 1, reward_fn)[0])  # a wrong return type is a bug: it stops the run
 
 
 def score(
@@ -112,8 +151,7 @@ def score(
             _score_one(reward_fn, c, r, {k: [v[i]] for k, v in meta.items()}, errors)
             for i, (c, r) in enumerate(zip(completions, refs))
         ]
-    if len(values) != len(completions):
-        raise ValueError(f"reward function returned {len(values)} values for {len(completions)} completions")
+    rewards = as_rewards(values, len(completions), reward_fn)  # [B * G]
     if errors is not None:
         errors.step_scored += len(completions)
-    return torch.tensor([float(v) for v in values], dtype=torch.float32)  # [B * G]
+    return rewards
