@@ -64,7 +64,9 @@ def test_the_shipped_sequence_mask_with_high_below_one_fails_before_the_model(tm
         InstantiationException, match=r"correction\.mode=mask keeps weights in \[0\.5, 0\.5\]"
     ):
         run(
-            compose_train(tmp_path / "run", "correction=sequence_mask", "correction.high=0.5"),
+            compose_train(
+                tmp_path / "run", "rollout=vllm", "correction=sequence_mask", "correction.high=0.5"
+            ),
             tmp_path / "run",
         )
     assert not (tmp_path / "run").exists()
