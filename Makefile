@@ -19,7 +19,7 @@ VARIANT ?= cuda
 WHEEL_DIR ?= wheelhouse-$(VARIANT)-py$(WHEEL_PY)
 ARGS ?=
 
-.PHONY: install install-vllm install-gpu wheelhouse lock lock-gpu train evaluate test test-fast lint format bench clean
+.PHONY: install install-vllm install-gpu wheelhouse lock lock-gpu train evaluate test test-install test-fast lint format bench clean
 
 install: $(STAMP)
 
@@ -74,9 +74,13 @@ evaluate: install
 bench: install
 	$(PY) scripts/bench/run_all.py
 
-# The whole test suite (unit tests on tiny models + a few SmolLM2 integration tests).
+# The whole test suite (unit tests on tiny models + a few SmolLM2 integration tests), except the offline install.
 test: install-vllm
-	$(PY) -m pytest -q --durations=25 $(ARGS)
+	$(PY) -m pytest -q --durations=25 -m "not install" $(ARGS)
+
+# The offline install from a wheelhouse in a fresh venv with the network refused (minutes; .ci/run runs it).
+test-install: install
+	$(PY) -m pytest -q -m install $(ARGS)
 
 # Unit tests only (skips the tests marked slow).
 test-fast: install

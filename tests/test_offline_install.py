@@ -55,6 +55,7 @@ def _offline(cmd: list[str]) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.install
 def test_fresh_venv_installs_from_the_wheelhouse_offline_and_passes_a_quick_subset(tmp_path):
     wheels = _wheelhouse()
     assert any(wheels.glob("antlr4_python3_runtime-4.9.3-py3-none-any.whl"))  # built from the sdist
