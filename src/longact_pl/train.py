@@ -20,7 +20,9 @@ from longact_pl.algos.correction import check_training_sampler
 from longact_pl.checkpoints.resume import check_checkpoint, check_resume_masking
 from longact_pl.config_check import check_types
 from longact_pl.eval.metrics import source_task_names
+from longact_pl.kl_fp32 import check_kl_fp32_setting
 from longact_pl.loggers import ResumableLogger
+from longact_pl.precision_choice import choose_precision
 from longact_pl.rollout.weight_sync import WeightSync
 
 log = logging.getLogger(__name__)
@@ -64,13 +66,17 @@ def check_trainer(trainer: DictConfig) -> None:
 def check_config(cfg: DictConfig) -> int | None:
     """Everything checkable before a component is built or the run directory touched.
 
-    Checks the types of every component's fields, the step limit and the checkpoint to resume from.
+    Checks the types of every component's fields, the step limit, the fp32 KL check's setting and the
+    checkpoint to resume from.
 
     Returns:
         The ``global_step`` of ``cfg.ckpt_path`` (``None`` for a new run).
     """
     check_types(cfg)
     check_trainer(cfg.trainer)
+    strategy = cfg.trainer.get("strategy")
+    sharded = isinstance(strategy, DictConfig) and str(strategy.get("_target_", "")).endswith("FSDP")
+    check_kl_fp32_setting(int(cfg.module.get("kl_fp32_check_rows", 0)), cfg.trainer.precision, sharded)
     if cfg.get("ckpt_path") is None:
         return None
     info = check_checkpoint(cfg.ckpt_path)
@@ -131,6 +137,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     """
     # DDP/FSDP on one node: Lightning re-runs this script for ranks > 0 in the same run directory
     main_process = rank_zero_only.rank == 0
+    choose_precision(cfg, announce=main_process)  # trainer.precision=auto -> what this hardware runs fast
     resume_step = check_config(cfg)
     if main_process:
         check_run_dir(run_dir, resuming=resume_step is not None)
