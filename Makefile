@@ -33,7 +33,8 @@ install-vllm: install
 lock:
 	bash scripts/refresh_lock.sh $(PYTHON)
 
-# GRPO + LongAct on SmolLM2-135M, default long-context task (about 9 minutes on 2 CPU cores).
+# GRPO + LongAct on SmolLM2-135M, default long-context task (about 9 minutes on 2 CPU cores with bf16 units;
+# trainer.precision=auto runs fp32 on CPUs without them: docs/precision.md).
 train: install
 	$(PY) train.py algo=grpo masking=saliency $(ARGS)
 

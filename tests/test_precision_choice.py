@@ -118,8 +118,8 @@ def test_choose_precision_rewrites_the_config_and_records_why(tmp_path, caplog):
     assert cfg.trainer.precision == "32-true"
     assert cfg.precision_choice.requested == "auto" and "no native bf16" in cfg.precision_choice.reason
     assert [r.getMessage() for r in caplog.records] == [
-        "trainer.precision=32-true (auto: cpu has no native bf16 (stub): bf16 autocast would be emulated and "
-        "slower than fp32 (fp16-mixed is never chosen automatically))"
+        "trainer.precision=auto -> 32-true: cpu has no native bf16 (stub): bf16 autocast would be emulated "
+        "and slower than fp32 (fp16-mixed is never chosen automatically)"
     ]
 
 

@@ -177,5 +177,5 @@ def choose_precision(
             trainer.precision = choice.precision
         cfg.precision_choice = asdict(choice)
     if announce:
-        log.info("trainer.precision=%s (%s: %s)", choice.precision, choice.requested, choice.reason)
+        log.info("trainer.precision=%s -> %s: %s", choice.requested, choice.precision, choice.reason)
     return choice
