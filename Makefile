@@ -62,7 +62,8 @@ lock:
 lock-gpu:
 	bash scripts/lock_gpu.sh $(or $(GPU_PYTHON),python3.12)
 
-# GRPO + LongAct on SmolLM2-135M, default long-context task (about 9 minutes on 2 CPU cores).
+# GRPO + LongAct on SmolLM2-135M, default long-context task (about 9 minutes on 2 CPU cores with bf16 units;
+# trainer.precision=auto runs fp32 on CPUs without them: docs/precision.md).
 train: install
 	$(PY) train.py algo=grpo masking=saliency $(ARGS)
 

@@ -12,6 +12,10 @@ import psutil
 import torch
 
 from longact_pl.models.types import LoadedModel
+from longact_pl.precision_choice import cpu_bf16_support
+
+# Lightning's names for what an arm runs: fp32 weights under bf16 autocast, or fp32 throughout
+BF16_MIXED, FP32 = "bf16-mixed", "32-true"
 
 
 def load(name: str, gradient_checkpointing: bool = False) -> LoadedModel:
@@ -91,6 +95,31 @@ def interleaved_times(fns: dict[str, Callable[[], object]], reps: int, warmup: i
 def figure(name: str, ratio: float, a: float, b: float) -> str:
     """Print and return one result line ``name ratio=<x> a=<ours> b=<baseline>``."""
     line = f"{name} ratio={ratio:.2f} a={a:.4g} b={b:.4g}"
+    print(line, flush=True)
+    return line
+
+
+def bf16_units() -> str:
+    """``yes (<units>)`` or ``no (...)``: whether this CPU computes bf16 natively (AMX, AVX512_BF16, BF16).
+
+    Without such units bf16 autocast is emulated and slower than fp32 (the default run: 2.6x), so a
+    ``bf16-mixed`` figure from one kind of CPU says little about the other.
+    """
+    found = cpu_bf16_support()
+    return f"{'yes' if found.native else 'no'} ({found.detail})"
+
+
+def precision_line(arms: dict[str, str]) -> str:
+    """Print and return ``# precision: <arm>=<precision> ...; cpu_bf16_units=<yes|no> (...)``.
+
+    Args:
+        arms: Each arm's name and the precision it ran (``BF16_MIXED`` or ``FP32``).
+    """
+    line = (
+        "# precision: "
+        + " ".join(f"{arm}={p}" for arm, p in arms.items())
+        + f"; cpu_bf16_units={bf16_units()}"
+    )
     print(line, flush=True)
     return line
 

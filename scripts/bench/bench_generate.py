@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from _common import figure, interleaved_times, load, set_threads
+from _common import BF16_MIXED, figure, interleaved_times, load, precision_line, set_threads
 
 from longact_pl.rollout.hf import HFRollout
 
@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> list[str]:
         f"shared/naive={times['shared']:.2f}/{times['naive']:.2f}",
         flush=True,
     )
+    precision_line(dict.fromkeys(engines, BF16_MIXED))
     tag = "quick" if args.quick else f"{name}_P{prompt_len}_G{args.group}_new{new}"
     return [
         figure(f"generate_tokens_per_s[{tag}]", rate["shared"] / rate["naive"], rate["shared"], rate["naive"])

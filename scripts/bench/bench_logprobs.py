@@ -26,7 +26,16 @@ import subprocess
 import sys
 
 import torch
-from _common import PeakRSS, figure, load, median_time, set_threads, synthetic_groups
+from _common import (
+    BF16_MIXED,
+    PeakRSS,
+    figure,
+    load,
+    median_time,
+    precision_line,
+    set_threads,
+    synthetic_groups,
+)
 
 from longact_pl.ops.chunked import chunked_completion_logprobs
 from longact_pl.ops.logprobs import completion_logprobs
@@ -90,6 +99,7 @@ def main(argv: list[str] | None = None) -> list[str]:
         f"ckpt={not args.no_ckpt} bf16_autocast=True; memory = peak RSS increase during fwd+bwd (MB)",
         flush=True,
     )
+    precision_line(dict.fromkeys(("chunked", "full"), BF16_MIXED))
     a, b = res["chunked"], res["full"]
     tag = "quick" if args.quick else f"{args.model}_N{args.rows}_C{args.completion}"
     return [

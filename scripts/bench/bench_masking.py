@@ -27,6 +27,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from _common import FP32, precision_line
 
 from longact_pl.masking import SaliencyMask
 from longact_pl.masking.apply import RowFreezer
@@ -160,6 +161,7 @@ def main(argv: list[str] | None = None) -> float:
             times_m.append(a)
             times_d.append(b)
     a, b = statistics.median(times_m), statistics.median(times_d)
+    precision_line({"saliency": FP32, "none": FP32})  # no autocast: fp32 weights and compute
     print(f"masking_overhead ratio={a / b:.4f} a={a:.4f} b={b:.4f}")
     return a / b
 

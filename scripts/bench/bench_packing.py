@@ -31,7 +31,7 @@ import sys
 from pathlib import Path
 
 import torch
-from _common import PeakRSS, figure, interleaved_times, load, set_threads
+from _common import BF16_MIXED, PeakRSS, figure, interleaved_times, load, precision_line, set_threads
 
 from longact_pl.ops.shared_prefix import grouped_completion_logprobs
 
@@ -149,6 +149,7 @@ def main(argv: list[str] | None = None) -> list[str]:
         f"ckpt=True bf16_autocast=True threads={torch.get_num_threads()}",
         flush=True,
     )
+    precision_line(dict.fromkeys(("packed", "padded"), BF16_MIXED))
     speedup = times["padded"] / times["packed"]
     print(
         f"# token-count ratio (the limit): (P + G*C) / (P + sum(lengths)) = "

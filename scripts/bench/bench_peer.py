@@ -47,7 +47,7 @@ import tempfile
 import time
 
 import torch
-from _common import PeakRSS, figure, load, set_threads
+from _common import BF16_MIXED, PeakRSS, figure, load, precision_line, set_threads
 
 from longact_pl.data.prompting import template_ids, to_messages
 from longact_pl.data.sources import GeneratedSource
@@ -325,6 +325,7 @@ def main(argv: list[str] | None = None) -> list[str]:
         f"trl_lm_head={'all positions (its CPU path)' if args.trl_score_all else 'completions (GPU path)'}",
         flush=True,
     )
+    precision_line(dict.fromkeys(args.arms.split(","), BF16_MIXED))  # TRL: bf16=True, fp32 weights
     lines = []
     tag = "quick" if args.quick else f"{args.model}_P{args.prompt}_G{args.group}_C{args.new}"
     if "trl" in step_s:

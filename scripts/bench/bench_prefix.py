@@ -21,7 +21,16 @@ import argparse
 import contextlib
 
 import torch
-from _common import figure, interleaved_times, load, set_threads, synthetic_groups
+from _common import (
+    BF16_MIXED,
+    FP32,
+    figure,
+    interleaved_times,
+    load,
+    precision_line,
+    set_threads,
+    synthetic_groups,
+)
 
 from longact_pl.ops.logprobs import completion_logprobs
 from longact_pl.ops.shared_prefix import grouped_completion_logprobs
@@ -81,6 +90,7 @@ def main(argv: list[str] | None = None) -> list[str]:
         f"ckpt={not args.no_ckpt} bf16_autocast={not args.fp32} threads={torch.get_num_threads()}",
         flush=True,
     )
+    precision_line(dict.fromkeys(("ours", "naive"), FP32 if args.fp32 else BF16_MIXED))
     times = interleaved_times(
         {"ours": arm(ours, args.group), "naive": arm(naive, args.micro)}, reps=args.reps, warmup=1
     )

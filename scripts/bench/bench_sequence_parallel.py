@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from _common import figure, load, set_threads, synthetic_groups
+from _common import FP32, figure, load, precision_line, set_threads, synthetic_groups
 from bench_logprobs import PeakRSS
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -144,6 +144,7 @@ def main(argv: list[str] | None = None) -> list[str]:
         "(lower is better, goal <= 0.6)",
         flush=True,
     )
+    precision_line({"N=2": FP32, "N=1": FP32})
     a, b = res[2]["peak_mb"], res[1]["peak_mb"]
     tag = "quick" if args.quick else f"{args.model}_P{args.prompt}"
     return [figure(f"sp_peak_activation_mb[{tag}]", a / max(b, 1e-9), a, b)]

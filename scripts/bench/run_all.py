@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+from _common import bf16_units
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -56,6 +57,9 @@ def machine() -> list[str]:
 
     return [
         f"- CPU: {cpu}, {os.cpu_count()} cores{mem}; load average {os.getloadavg()[0]:.1f} at start",
+        f"- CPU bf16 units: {bf16_units()} (without them bf16 autocast is emulated, slower than fp32: "
+        "compare bf16-mixed figures only between CPUs of the same kind; each benchmark's `# precision:` "
+        "line names what its arms ran)",
         f"- torch {torch.__version__}, transformers {transformers.__version__}, "
         f"Python {platform.python_version()}",
         f"- date: {dt.datetime.now().isoformat(timespec='seconds')}",

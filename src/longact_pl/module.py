@@ -18,6 +18,7 @@ from longact_pl.distributed import StrategyOps, data_parallel_rank
 from longact_pl.eval.heldout import HeldOutValidation
 from longact_pl.gather import save_full_pretrained
 from longact_pl.guards import SafetyStops
+from longact_pl.kl_fp32 import Fp32KLCheck
 from longact_pl.learner import Learner, OptimizerCalls
 from longact_pl.metric_reduce import Metric, reduce_metrics
 from longact_pl.ops.policy_logprobs import LogprobPass
@@ -76,6 +77,8 @@ class LongActModule(L.LightningModule):
             with a checkpoint (see :class:`~longact_pl.guards.SafetyStops`).
         allow_low_precision_weights: Train bf16/fp16 parameters (refused by default: see
             ``longact_pl.precision``).
+        kl_fp32_check_rows: Recompute each step's KL in fp32 on this many rows, logged beside the run's
+            precision as ``train/kl_fp32`` / ``train/kl_autocast`` (0 = off; see ``longact_pl.kl_fp32``).
     """
 
     def __init__(
@@ -110,6 +113,7 @@ class LongActModule(L.LightningModule):
         max_masked_out_steps: int = 3,
         correction: RolloutCorrection | None = None,
         allow_low_precision_weights: bool = False,
+        kl_fp32_check_rows: int = 0,
     ) -> None:
         super().__init__()
         check_master_weights(policy.parameters(), allow_low_precision_weights)  # before any file is written
@@ -140,12 +144,24 @@ class LongActModule(L.LightningModule):
         self.predictions_dir = Path(predictions_dir) if predictions_dir else None
         self.validated_steps: set[int] = set()  # global steps whose weights were validated (run_end.py)
         self._ref = _Frozen(copy.deepcopy(policy)) if algorithm.kl_coef > 0 else None
+        self.kl_check = self._kl_check(kl_fp32_check_rows, algorithm)
         self.validation = HeldOutValidation(val_tasks, val_lengths, predictions_dir, val_max_new_tokens)
         # Set around policy training forwards so saliency hooks know which tokens are real.
         self.stats_token_mask: torch.Tensor | None = None
         # Run on the accumulated gradient before the non-finite check (SaliencyMask registers its masking).
         self.grad_transforms: list[Callable[[], None]] = []
         self.truncated_total, self.reward_errors = 0, RewardErrors()
+
+    def _kl_check(self, rows: int, algorithm: Algorithm) -> Fp32KLCheck | None:
+        """The fp32 KL check of ``module.kl_fp32_check_rows`` (``None``: off)."""
+        if rows == 0:
+            return None
+        if self._ref is None:
+            raise ValueError(
+                f"module.kl_fp32_check_rows={rows} compares with the reference model, which algo.kl_coef=0 "
+                "does not load: set algo.kl_coef > 0 or module.kl_fp32_check_rows=0"
+            )
+        return Fp32KLCheck(rows, getattr(getattr(algorithm, "policy_loss", None), "kl_estimator", "k3"))
 
     @property
     def ref_model(self) -> nn.Module | None:
@@ -204,6 +220,9 @@ class LongActModule(L.LightningModule):
             return
         rewards = scored.rewards.to(self.device)  # [N]; advantages in prepare (after a KL reward penalty)
         train_batch = self.learner.prepare(self.policy, self.ref_model, scored.batch, rewards, self.dist)
+        kl_check = {}  # before the update: the weights train/kl is measured at
+        if self.kl_check is not None:
+            kl_check = self.kl_check(self.learner, self.policy, self.ref_model, train_batch, self.dist)
         update = self.learner.update(
             self.policy, train_batch, self._optimizer_calls(), self.dist,
             generator=torch.Generator().manual_seed(self.seed + self.global_step),
@@ -214,7 +233,7 @@ class LongActModule(L.LightningModule):
         self.stops.check_masked_out(masked, self.dist, self._save_stop_checkpoint)
         lr = self.optimizers().param_groups[0]["lr"]
         logs = step_metrics(scored, truncated, self.truncated_total, self.reward_errors.count,
-                            time.perf_counter() - start, lr, update)  # fmt: skip
+                            time.perf_counter() - start, lr, {**update, **kl_check})  # fmt: skip
         logs["train/skipped_steps_total"] = Metric(self.stops.skipped.total, "same")  # ranks skip together
         logs.update(reward_hooks.step_metrics(self.reward_fn))  # train/judge/* counts (sums over ranks)
         logs = reduce_metrics(logs, self.dist, self._counted_rank)  # the global values, one collective

@@ -18,6 +18,7 @@ FIELDS = (
     ("train/reward_mean", "reward", "{:.3f}"),
     ("train/accuracy", "acc", "{:.3f}"),
     ("train/kl", "kl", "{:.2e}"),
+    ("train/kl_fp32", "kl_fp32", "{:.2e}"),  # module.kl_fp32_check_rows (token mean over the checked rows)
     ("train/entropy", "entropy", "{:.3f}"),
     ("train/completion_len", "len", "{:.1f}"),
     ("train/tokens_per_s", "tok/s", "{:.0f}"),

@@ -28,8 +28,10 @@ from longact_pl.checkpoints.run_config import RecordRunConfig, check_resume_sett
 from longact_pl.config_check import check_combinations, check_types
 from longact_pl.data.fit_check import check_prompt_fit
 from longact_pl.eval.metrics import source_task_names
+from longact_pl.kl_fp32 import check_kl_fp32_setting
 from longact_pl.loggers import ResumableLogger
 from longact_pl.models.rope import check_folder_window, check_policy_window
+from longact_pl.precision_choice import choose_precision
 from longact_pl.rollout.weight_sync import WeightSync
 from longact_pl.run_checks import check_run_settings
 from longact_pl.run_end import (
@@ -81,8 +83,8 @@ def check_config(cfg: DictConfig) -> int | None:
     """Everything checkable before a component is built or the run directory touched.
 
     Checks the types of every component's fields, the step limit, unsupported option combinations, the
-    model window and the checkpoint to resume from (readable, and trained with the settings a resume may not
-    change: README, Reliability).
+    model window, the fp32 KL check's setting and the checkpoint to resume from (readable, and trained with
+    the settings a resume may not change: README, Reliability).
 
     Returns:
         The ``global_step`` of ``cfg.ckpt_path`` (``None`` for a new run).
@@ -91,6 +93,9 @@ def check_config(cfg: DictConfig) -> int | None:
     check_trainer(cfg.trainer)
     check_combinations(cfg)  # unsupported option combinations, before anything is built or written
     check_run_settings(cfg)
+    strategy = cfg.trainer.get("strategy")
+    sharded = isinstance(strategy, DictConfig) and str(strategy.get("_target_", "")).endswith("FSDP")
+    check_kl_fp32_setting(int(cfg.module.get("kl_fp32_check_rows", 0)), cfg.trainer.precision, sharded)
     model = OmegaConf.to_container(cfg.model)  # a required '???' path stays a string: not a folder
     check_folder_window(
         model.get("name_or_path"), model.get("rope_scaling"), cfg.rollout.get("max_model_len")
@@ -156,6 +161,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     """
     # DDP/FSDP on one node: Lightning re-runs this script for ranks > 0 in the same run directory
     main_process = rank_zero_only.rank == 0
+    choose_precision(cfg, announce=main_process)  # trainer.precision=auto -> what this hardware runs fast
     resume_step = check_config(cfg)
     info = None if resume_step is None else check_checkpoint(cfg.ckpt_path)  # its weights' shapes (mmap)
     if main_process:
