@@ -13,7 +13,6 @@ from pathlib import Path
 import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from longact_pl.algos.correction import check_training_sampler
@@ -21,6 +20,7 @@ from longact_pl.checkpoints.resume import check_checkpoint, check_resume_masking
 from longact_pl.config_check import check_types
 from longact_pl.eval.metrics import source_task_names
 from longact_pl.loggers import ResumableLogger
+from longact_pl.ranks import launch_global_rank_is_zero
 from longact_pl.rollout.weight_sync import WeightSync
 
 log = logging.getLogger(__name__)
@@ -129,10 +129,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         cfg: The composed config (``conf/train.yaml``).
         run_dir: Hydra's output directory for this run.
     """
-    # DDP/FSDP on one node: Lightning re-runs this script for ranks > 0 in the same run directory
-    main_process = rank_zero_only.rank == 0
+    # DDP/FSDP: every rank runs this in the same run directory (Lightning re-runs the script for the other
+    # ranks of a node; torchrun / srun start them all); global rank 0 alone checks and writes it
     resume_step = check_config(cfg)
-    if main_process:
+    if launch_global_rank_is_zero():
         check_run_dir(run_dir, resuming=resume_step is not None)
     L.seed_everything(cfg.seed, workers=True)
     # Cheap components first: invalid values fail here, before loading a model or writing a file.
@@ -157,7 +157,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     check_model = getattr(trainer.strategy, "check_model", None)
     if callable(check_model):  # settings the strategy cannot run with this model (sequence parallel sizes)
         check_model(loaded.model)
-    if main_process:
+    if trainer.is_global_zero:  # the global rank, on every node (LOCAL_RANK is 0 on each)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     for lg in loggers:
