@@ -24,7 +24,9 @@ from __future__ import annotations
 import csv
 import itertools
 import math
+import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -190,7 +192,7 @@ class RunResult:
     seconds: float
 
 
-def run(run_dir: Path, row: tuple[int, ...], timeout: int = 600) -> RunResult:
+def run(run_dir: Path, row: tuple[int, ...], timeout: int = 420) -> RunResult:
     """``train.py`` with the row's overrides in a subprocess; read back what it wrote."""
     dump = [
         "+callbacks.grad_dump._target_=longact_pl.diagnostics.GradDump",
@@ -198,11 +200,21 @@ def run(run_dir: Path, row: tuple[int, ...], timeout: int = 600) -> RunResult:
     ]
     cmd = [sys.executable, "train.py", f"hydra.run.dir={run_dir}", *COMMON, *overrides(row), *dump]
     start = time.perf_counter()
-    done = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,  # its own process group: a hung run's ranks are killed together
+    )  # fmt: skip
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        return RunResult([], [], [], f"no result after {timeout} s (hung)", time.perf_counter() - start)
     seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        lines = [x for x in (done.stdout + done.stderr).splitlines() if "Error" in x or "error" in x]
-        return RunResult([], [], [], (lines or [f"exit code {done.returncode}"])[-1][:300], seconds)
+    (run_dir / "train.log").write_text(out)
+    if proc.returncode != 0:
+        lines = [x for x in out.splitlines() if "Error" in x or "error" in x]
+        return RunResult([], [], [], (lines or [f"exit code {proc.returncode}"])[-1][:300], seconds)
     grads, masks = [], []
     for step in (1, 2):
         tensors = load_file(run_dir / "grads" / f"step{step}.safetensors")
@@ -278,6 +290,8 @@ def compare(row: tuple[int, ...], got: RunResult, want: RunResult) -> Verdict:
     error = got.error or (f"reference: {want.error}" if want.error else None)
     if error:
         return Verdict(row, (math.inf, math.inf), False, [], error, got.seconds)
+    if not all(any(float(g.abs().max()) > 0 for g in step.values()) for step in want.grads):
+        return Verdict(row, (math.inf, math.inf), False, [], "reference gradient is zero", got.seconds)
     errors = tuple(grad_error(g, w) for g, w in zip(got.grads, want.grads))
     return Verdict(
         row, errors, masks_equal(got.masks, want.masks), metric_mismatches(got.metrics, want.metrics), None,

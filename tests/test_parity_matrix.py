@@ -63,6 +63,9 @@ def test_comparison_flags_each_kind_of_mismatch():
     assert not metrics.passed and metrics.metric_mismatches == ["step2:train/reward_mean 0.5001 vs 0.5"]
     failed = compare(row, RunResult([], [], [], "ValueError: refused", 1.0), want)
     assert not failed.passed and math.isinf(failed.grad_errors[0])
+    zero = _result()
+    zero.grads[1] = {k: torch.zeros_like(v) for k, v in zero.grads[1].items()}  # nothing trained at step 2
+    assert compare(row, zero, zero).error == "reference gradient is zero"
     assert "FAIL" in table([failed]) and "PASS" in table([same])
 
 
