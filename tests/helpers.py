@@ -122,7 +122,8 @@ class FakeOps:
     ``sum(tensor)`` returns ``tensor + next(other_sums)`` (the tensor itself once it ends), ``max(tensor)``
     the elementwise maximum with ``next(other_maxes)`` (the tensor itself once it ends) and ``share(value)``
     ``next(shares)`` (the first rank of a sequence-parallel group's value; ``value`` itself once the script
-    ends), ``gather(obj)`` ``world_size`` copies of ``obj``; every min, sum and max call's input is recorded.
+    ends), ``gather(obj)`` ``obj`` then ``next(other_gathers)`` (``world_size`` copies of ``obj`` once the
+    script ends); every min, sum, max and gather call's input is recorded.
     """
 
     def __init__(
@@ -132,8 +133,11 @@ class FakeOps:
         other_sums: Iterable = (),
         other_maxes: Iterable = (),
         shares: Iterable = (),
+        other_gathers: Iterable = (),
     ) -> None:
         self.world_size = world_size
+        self._gathers = iter(other_gathers)
+        self.gather_calls: list = []
         self._mins, self._sums, self._maxes = iter(other_mins), iter(other_sums), iter(other_maxes)
         self._shares = iter(shares)
         self.min_calls: list[int] = []
@@ -162,8 +166,10 @@ class FakeOps:
         return next(self._shares, value)
 
     def gather(self, obj):
-        """This rank's object, then ``world_size - 1`` copies standing in for the other ranks'."""
-        return [obj] * self.world_size
+        """This rank's object, then the next scripted list of the other ranks' objects (or copies of it)."""
+        self.gather_calls.append(obj)
+        others = next(self._gathers, None)
+        return [obj, *others] if others is not None else [obj] * self.world_size
 
 
 class VLLMStandIn(HFRollout):

@@ -3,7 +3,7 @@
 import pytest
 from omegaconf import OmegaConf
 
-from longact_pl.config_check import check_types
+from longact_pl.config_check import check_combinations, check_types
 from longact_pl.eval.runner import run as run_eval
 from longact_pl.train import run
 from tests.eval.helpers import compose_eval
@@ -45,6 +45,50 @@ def test_bad_field_fails_before_the_model_loads(tmp_path, no_model_load, overrid
     with pytest.raises(error, match=expected):
         run(compose_train(run_dir, *override.split()), run_dir)
     assert not run_dir.exists()
+
+
+SP = "trainer.strategy.sequence_parallel_size"
+
+
+@pytest.mark.parametrize(
+    "overrides,expected",
+    [
+        (["strategy=ddp", "trainer.devices=2", f"{SP}=2"], f"{SP}=2 needs strategy=fsdp .* or {SP}=1"),
+        (["strategy=fsdp", "trainer.devices=3", f"{SP}=2"], rf"{SP}=2 must divide the world size \(3.*=1"),
+        (["strategy=fsdp", f"{SP}=0"], f"{SP} must be >= 1, got 0"),
+        (["train.pack_completions=true", "train.shared_prefix=false"], "needs train.shared_prefix=true"),
+        (["module.micro_batch_tokens=100"], "micro_batch_tokens=100 is smaller .* raise it to at least"),
+        (["module.ppo_epochs=0"], "module.ppo_epochs must be >= 1"),
+        (["module.mini_batch_size=-2"], "module.mini_batch_size must be >= 0"),
+        (["module.micro_batch_size=0"], "module.micro_batch_size must be >= 1"),
+        (["train.logprob_chunk=0"], "train.logprob_chunk must be >= 1 or null"),
+        (["train.pack_completions=maybe"], "train.pack_completions must be true, false or auto"),
+        (["correction=token_tis"], "corrects an external sampler's mismatch.*rollout=vllm or correction="),
+        (["rollout.top_p=0.9"], "training needs top_p=1.0 and top_k=0"),
+    ],
+    ids=[
+        "sp-ddp", "sp-world", "sp-zero", "pack-no-shared", "token-budget", "epochs", "mini-batch",
+        "micro-batch", "chunk", "pack-value", "correction-hf", "top-p",
+    ],
+)  # fmt: skip
+def test_unsupported_combinations_are_refused_before_anything(tmp_path, no_model_load, overrides, expected):
+    """The pure check refuses each (nothing built), and ``run`` stops there: no run directory, no model."""
+    run_dir = tmp_path / "run"
+    cfg = compose_train(run_dir, PARITY, *overrides)
+    with pytest.raises(ValueError, match=expected):
+        check_combinations(cfg)
+    with pytest.raises(ValueError, match=expected):
+        run(cfg, run_dir)
+    assert not run_dir.exists()
+
+
+def test_supported_combinations_pass(tmp_path):
+    for overrides in (
+        ["strategy=fsdp", "trainer.devices=4", f"{SP}=2", "algo.entropy_coef=0.01"],
+        ["train.pack_completions=true", "module.micro_batch_tokens=100000", "module.micro_batch_size=1"],
+        ["train.shared_prefix=false", "train.pack_completions=auto", "train.logprob_chunk=null"],
+    ):
+        check_combinations(compose_train(tmp_path, *overrides))
 
 
 def test_a_scalar_where_a_list_is_expected_becomes_a_one_element_list(tmp_path):

@@ -56,10 +56,28 @@ def _train(run_dir, *overrides, base=tuple(COMMON)):
     return [torch.load(path) for path in sorted((run_dir / "probe").glob("rank*.pt"))]
 
 
+def _metric_rows(run_dir) -> list[dict[str, float]]:
+    """The logged per-step ``train/*`` and ``mask/*`` values (rank 0 writes ``metrics.csv``)."""
+    with open(run_dir / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("train/reward_mean")]
+    return [{k: float(v) for k, v in r.items() if v and k.startswith(("train/", "mask/"))} for r in rows]
+
+
+def assert_same_metrics(got: list[dict[str, float]], want: list[dict[str, float]]) -> None:
+    """Every logged metric of every step equals one process's (up to float summation order), but timing."""
+    assert len(got) == len(want) == 2
+    for step, (g, w) in enumerate(zip(got, want)):
+        assert g.keys() == w.keys(), (step, g.keys() ^ w.keys())
+        for key, value in w.items():
+            if key != "train/tokens_per_s":  # wall time: summed over ranks, not comparable
+                assert g[key] == pytest.approx(value, rel=1e-4, abs=1e-6), (step, key, g[key], value)
+
+
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
-    (probe,) = _train(tmp_path_factory.mktemp("single"), "data.batch_size=4")
-    return probe
+    run_dir = tmp_path_factory.mktemp("single")
+    (probe,) = _train(run_dir, "data.batch_size=4")
+    return {**probe, "metrics": _metric_rows(run_dir)}
 
 
 @pytest.mark.slow
@@ -83,6 +101,12 @@ def test_two_ranks_match_one_process(tmp_path, single, strategy):
         torch.testing.assert_close(ranks[0]["weights"][key], value, atol=2e-6, rtol=1e-4, msg=key)
         moved = max(moved, float((value - start[key]).abs().max()))
     assert moved > 1e-3  # two AdamW steps at lr 1e-3 moved the weights well beyond the tolerance
+    # logged metrics are the global batch's (rewards, losses, token means, counts, mask telemetry), not
+    # rank 0's half; the reward is mixed, so the halves differ
+    metrics = _metric_rows(tmp_path)
+    assert {"train/reward_mean", "train/entropy", "train/kl", "mask/grad_share_kept"} <= metrics[0].keys()
+    assert len({r["train/reward_std"] for r in single["metrics"]} - {0.0}) > 0
+    assert_same_metrics(metrics, single["metrics"])
     # the exported policy is the full (gathered) model; checkpoints hold full masks (FSDP: sharded weights)
     final = load_file(tmp_path / "final" / "model.safetensors")
     assert final and all(torch.equal(t, ranks[0]["weights"][k]) for k, t in final.items())

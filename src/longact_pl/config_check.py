@@ -128,3 +128,105 @@ def check_types(cfg: DictConfig, prefix: str = "") -> None:
         child = cfg._get_node(key)
         if isinstance(child, DictConfig) and not OmegaConf.is_interpolation(cfg, key):
             check_types(child, field)
+
+
+def _get(cfg: DictConfig, key: str, default: Any = None) -> Any:
+    """``cfg.<key>`` resolved, or ``default`` where the node or a value it interpolates is absent."""
+    try:
+        value = OmegaConf.select(cfg, key, default=default, throw_on_missing=False)
+    except Exception:  # noqa: BLE001 - an interpolation into an absent node: not this check's to report
+        return default
+    return default if value is None else value
+
+
+def _check_sequence_parallel(cfg: DictConfig) -> None:
+    """Sequence parallelism: a size >= 1, only under FSDP (``LongActFSDP``), dividing the world size."""
+    field = "trainer.strategy.sequence_parallel_size"
+    size = _get(cfg, field, 1)
+    if not isinstance(size, int) or size == 1:
+        return
+    if size < 1:
+        raise ValueError(f"{field} must be >= 1, got {size} (1 = off)")
+    target = str(_get(cfg, "trainer.strategy._target_", ""))
+    if not target.endswith("LongActFSDP"):
+        raise ValueError(
+            f"{field}={size} needs strategy=fsdp (trainer.strategy._target_={target or None} has no "
+            f"sequence-parallel groups); use strategy=fsdp, or {field}=1"
+        )
+    devices, nodes = _get(cfg, "trainer.devices"), _get(cfg, "trainer.num_nodes", 1)
+    if isinstance(devices, int) and isinstance(nodes, int) and (devices * nodes) % size:
+        world = devices * nodes
+        raise ValueError(
+            f"{field}={size} must divide the world size ({world} = trainer.devices x trainer.num_nodes); "
+            f"use {field}={max(d for d in range(1, world + 1) if world % d == 0 and d <= size)} or change "
+            "trainer.devices"
+        )
+
+
+def _check_update(cfg: DictConfig) -> None:
+    """The learner's batching and the log-prob pass (their constructors run after the model loads)."""
+    module = cfg.get("module")
+    if not isinstance(module, DictConfig):
+        return
+    epochs, mini = _get(cfg, "module.ppo_epochs", 1), _get(cfg, "module.mini_batch_size", 0)
+    if isinstance(epochs, int) and epochs < 1:
+        raise ValueError(f"module.ppo_epochs must be >= 1, got {epochs}")
+    if isinstance(mini, int) and mini < 0:
+        raise ValueError(f"module.mini_batch_size must be >= 0 (0 = the whole rollout batch), got {mini}")
+    micro = _get(cfg, "module.micro_batch_size", 4)
+    if isinstance(micro, int) and micro < 1:
+        raise ValueError(f"module.micro_batch_size must be >= 1, got {micro}")
+    chunk = _get(cfg, "module.logprob_chunk")
+    if isinstance(chunk, int) and chunk < 1:
+        raise ValueError(f"train.logprob_chunk must be >= 1 or null (one chunk), got {chunk}")
+    pack, shared = _get(cfg, "module.pack_completions", False), _get(cfg, "module.shared_prefix", True)
+    if pack not in (True, False, "auto"):
+        raise ValueError(f"train.pack_completions must be true, false or auto, got {pack!r}")
+    if pack is True and shared is False:
+        raise ValueError(
+            "train.pack_completions=true packs completions behind a shared prompt: it needs "
+            "train.shared_prefix=true (or set train.pack_completions=auto/false)"
+        )
+    budget = _get(cfg, "module.micro_batch_tokens")
+    if isinstance(budget, int):
+        from longact_pl.minibatch import check_token_budget
+
+        new_tokens = _get(cfg, "rollout.max_new_tokens", 0)
+        check_token_budget(budget, _get(cfg, "module.max_prompt_tokens"), new_tokens or 0)
+
+
+def _check_sampler(cfg: DictConfig) -> None:
+    """A sampler whose log-probs describe what the trainer computes (see ``check_training_sampler``)."""
+    rollout = cfg.get("rollout")
+    if not isinstance(rollout, DictConfig) or "_target_" not in rollout:
+        return
+    from longact_pl.algos.correction import check_training_sampler
+
+    try:
+        external = bool(getattr(get_object(rollout._target_), "external", False))
+    except Exception:  # noqa: BLE001 - Hydra reports an unknown _target_ itself when it builds the node
+        return
+    sampler = types.SimpleNamespace(
+        top_p=_get(cfg, "rollout.top_p", 1.0), top_k=_get(cfg, "rollout.top_k", 0), external=external
+    )
+    level, low, high = (_get(cfg, f"correction.{k}") for k in ("level", "reject_low", "reject_high"))
+    correction = types.SimpleNamespace(
+        active=level is not None or low is not None or high is not None,
+        level=level, reject_low=low, reject_high=high,
+    )  # fmt: skip
+    check_training_sampler(sampler, correction if isinstance(cfg.get("correction"), DictConfig) else None)
+
+
+def check_combinations(cfg: DictConfig) -> None:
+    """Refuse option combinations the code does not support, from the composed config alone.
+
+    Pure: nothing is built, loaded or written, so a refused run leaves no run directory, ``config.yaml``
+    or model behind. Each error names the options and the nearest supported setting. Combinations that
+    depend on the model (attention heads, sliding windows) are checked once its config is known.
+
+    Raises:
+        ValueError: The first unsupported combination found.
+    """
+    _check_sequence_parallel(cfg)
+    _check_update(cfg)
+    _check_sampler(cfg)

@@ -26,11 +26,13 @@ from longact_pl.algos.losses import masked_mean
 from longact_pl.algos.protocol import Algorithm
 from longact_pl.distributed import DistOps, LocalOps
 from longact_pl.guards import NonFiniteGuard
+from longact_pl.metric_reduce import Metric, micro_batch_metrics
 from longact_pl.minibatch import (
     RowMicroBatches,
     TokenMicroBatches,
     check_token_budget,
     minibatch_indices,
+    prompt_owners,
     take,
 )
 from longact_pl.ops.policy_logprobs import LogprobPass
@@ -174,12 +176,14 @@ class Learner:
         with_entropy: bool = False,
         token_mask_hook: TokenMaskHook | None = None,
         pad_spans: int = 0,
+        count_prompts: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Completion log-probs ``[r, C]`` (and entropy ``[r, C]`` or ``None``) of ``rows`` under a model.
 
         Completions are cut to the rows' last real column (exact: later columns are padding in every row)
-        and the results padded back to C with zeros. ``pad_spans``: lock-step dummies (see
-        :meth:`LogprobPass.__call__ <longact_pl.ops.policy_logprobs.LogprobPass.__call__>`).
+        and the results padded back to C with zeros. ``pad_spans`` (lock-step dummies) and ``count_prompts``
+        (``[r]``: which groups' prompts the hook counts): see
+        :meth:`LogprobPass.__call__ <longact_pl.ops.policy_logprobs.LogprobPass.__call__>`.
         """
         width, full = rollouts.prompt_width, rollouts.completion_mask.shape[1]
         mask = take(rollouts.attention_mask, rows)  # [r, P + C]
@@ -188,7 +192,7 @@ class Learner:
         logp, entropy = self.logprobs(
             model, take(rollouts.input_ids, rows)[:, : width + keep], mask[:, : width + keep], keep,
             self.temperature, with_entropy, token_mask_hook=token_mask_hook,
-            row_groups=rows // rollouts.group_size, pad_spans=pad_spans,
+            row_groups=rows // rollouts.group_size, pad_spans=pad_spans, count_prompts=count_prompts,
         )  # [r, keep]  # fmt: skip
         pad = (0, full - keep)
         return F.pad(logp, pad), (F.pad(entropy, pad) if entropy is not None else None)  # [r, C]
@@ -262,6 +266,7 @@ class Learner:
         num_tokens: torch.Tensor,
         token_mask_hook: TokenMaskHook | None = None,
         pad_spans: int = 0,
+        count_prompts: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         """Loss of one micro-batch (normalised by the mini-batch's global counts) and its metrics.
 
@@ -276,10 +281,14 @@ class Learner:
             num_tokens: Valid completion tokens of the mini-batch over all ranks.
             token_mask_hook: Told the valid tokens of each forward's input (saliency statistics).
             pad_spans: Lock-step dummies (see :meth:`plan`).
+            count_prompts: ``[m]`` bool: the rows whose group's prompt the hook counts (see
+                :func:`prompt_owners`); ``None``: every group's.
         """
         ro = batch.rollouts
         mask = ro.completion_mask[rows].float()  # [m, C]
-        logp, entropy = self.logprobs_of(policy, ro, rows, True, token_mask_hook, pad_spans)  # [m, C]
+        logp, entropy = self.logprobs_of(
+            policy, ro, rows, True, token_mask_hook, pad_spans, count_prompts
+        )  # [m, C]
         behaviour = ro.behaviour_logp[rows].to(logp.device)  # [m, C]
         train_old = batch.old_logp[rows] if batch.old_logp is not None else logp.detach()  # [m, C]
         old = logp.detach()  # [m, C]: one on-policy pass
@@ -314,7 +323,9 @@ class Learner:
             token_mask_hook: See :meth:`micro_loss`.
 
         Returns:
-            ``train/<metric>`` means over micro-batches, and ``train/grad_norm`` (mean over the steps taken,
+            This rank's ``train/<metric>`` (:func:`micro_batch_metrics`), each a
+            :class:`~longact_pl.metric_reduce.Metric` that knows how it combines over ranks, and
+            ``train/grad_norm`` (mean over the steps taken,
             of the gradient applied: after ``transform_grads``, before clipping); with ``transform_grads``
             also ``train/grad_norm_pre_mask`` (the same steps, before it); with an external sampler
             ``train/correction/<metric>`` of the whole batch (see
@@ -328,7 +339,8 @@ class Learner:
         train_old = batch.old_logp
         if self.external and train_old is None:
             train_old = torch.zeros_like(ro.behaviour_logp, dtype=torch.float32)  # [N, C]
-        micro_metrics: list[dict[str, torch.Tensor]] = []
+        micro_metrics: list[tuple[dict[str, torch.Tensor], float]] = []  # (metrics, valid tokens)
+        steps = 0
         norms: list[float] = []
         pre_norms: list[float] = []
         for _ in range(self.ppo_epochs):
@@ -336,21 +348,24 @@ class Learner:
                 n, self.mini_batch_size or n, ro.group_size, generator, whole_groups
             ):
                 num_seqs, num_tokens = global_counts(len(idx), ro.completion_mask[idx].sum(), dist)
+                owners = prompt_owners(idx, ro.group_size, n)  # [N]: each group's prompt counted once
                 step_metrics = []
                 for rows, pad in self.plan(idx, ro, dist):
                     if len(rows) == 0:  # lock-step: another rank has more micro-batches
                         optim.backward(self.logprobs_of(policy, ro, rows, pad_spans=pad)[0].sum())  # 0
                         continue
                     loss, metrics, old = self.micro_loss(
-                        policy, batch, rows, use_behaviour, num_seqs, num_tokens, token_mask_hook, pad
-                    )
+                        policy, batch, rows, use_behaviour, num_seqs, num_tokens, token_mask_hook, pad,
+                        owners[rows],
+                    )  # fmt: skip
                     if batch.old_logp is None and train_old is not None:
                         train_old[rows] = old.to(train_old.device, train_old.dtype)
                     # DDP/FSDP average gradients over ranks while the counts are global: scale to their sum
                     optim.backward(loss * dist.world_size)
-                    step_metrics.append(metrics)
+                    step_metrics.append((metrics, float(ro.completion_mask[rows].sum())))
                 micro_metrics += step_metrics
-                loss_sum = sum(float(m["loss"]) for m in step_metrics)
+                steps += 1
+                loss_sum = sum(float(m["loss"]) for m, _ in step_metrics)
                 pre_norm = None
                 if optim.transform_grads is not None:
                     pre_norm = self.guard.grad_norm(policy.parameters())
@@ -363,15 +378,15 @@ class Learner:
                 else:
                     optim.skip()
                 optim.zero_grad()
-        keys = micro_metrics[0].keys() if micro_metrics else ()
-        out = {f"train/{k}": sum(float(m[k]) for m in micro_metrics) / len(micro_metrics) for k in keys}
-        if norms:
-            out["train/grad_norm"] = sum(norms) / len(norms)  # after LongAct masking, before clipping
+        out = micro_batch_metrics(micro_metrics, steps)
+        if norms:  # of the all-reduced gradient: the same on every rank
+            out["train/grad_norm"] = Metric(sum(norms) / len(norms), "same")  # after masking, before clipping
         if pre_norms:
-            out["train/grad_norm_pre_mask"] = sum(pre_norms) / len(pre_norms)
+            out["train/grad_norm_pre_mask"] = Metric(sum(pre_norms) / len(pre_norms), "same")
         if self.external:
             measured = self.correction.metrics(
                 train_old, ro.behaviour_logp.to(train_old.device), ro.completion_mask
             )
-            out.update({f"train/correction/{k}": float(v) for k, v in measured.items()})
+            rules = self.correction.metric_rules(ro.completion_mask)
+            out.update({f"train/correction/{k}": Metric(v, *rules[k]) for k, v in measured.items()})
         return out

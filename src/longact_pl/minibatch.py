@@ -166,3 +166,19 @@ def check_token_budget(max_tokens: int, max_prompt_tokens: int | None, max_new_t
             f"module.micro_batch_tokens={max_tokens} is smaller than one prompt + one completion "
             f"(data.max_prompt_tokens + rollout.max_new_tokens = {need}); raise it to at least {need}"
         )
+
+
+def prompt_owners(idx: torch.Tensor, group_size: int, num_rows: int) -> torch.Tensor:
+    """``[num_rows]`` bool: the first row of each group in the mini-batch ``idx [m]``.
+
+    A micro-batch holding that row counts the group's prompt tokens in LongAct's statistics; the others
+    holding part of the group run the prompt without counting it, so each prompt token counts once per
+    mini-batch pass, as when the group is one micro-batch.
+    """
+    rows = idx.sort().values  # [m]
+    groups = rows // group_size  # [m]
+    first = torch.ones_like(groups, dtype=torch.bool)  # [m]
+    first[1:] = groups[1:] != groups[:-1]
+    owners = torch.zeros(num_rows, dtype=torch.bool)  # [N]
+    owners[rows[first]] = True
+    return owners

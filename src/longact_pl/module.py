@@ -19,6 +19,7 @@ from longact_pl.eval.heldout import HeldOutValidation
 from longact_pl.gather import save_full_pretrained
 from longact_pl.guards import SafetyStops
 from longact_pl.learner import Learner, OptimizerCalls
+from longact_pl.metric_reduce import Metric, reduce_metrics
 from longact_pl.ops.policy_logprobs import LogprobPass
 from longact_pl.optim import adamw_with_warmup, check_optimizer_settings, optimizer_step
 from longact_pl.precision import check_master_weights
@@ -29,6 +30,9 @@ from longact_pl.sampling import ScoredRollout, more_prompt_batches, sample_and_s
 from longact_pl.step_log import format_step, step_metrics
 
 log = logging.getLogger(__name__)
+
+# counters summed over ranks whose run totals a checkpoint keeps
+TOTALS = ("train/truncated_prompts_total", "train/reward_errors")
 
 
 class _Frozen:
@@ -202,10 +206,18 @@ class LongActModule(L.LightningModule):
         lr = self.optimizers().param_groups[0]["lr"]
         logs = step_metrics(scored, truncated, self.truncated_total, self.reward_errors.count,
                             time.perf_counter() - start, lr, update)  # fmt: skip
-        logs["train/skipped_steps_total"] = float(self.stops.skipped.total)
+        logs["train/skipped_steps_total"] = Metric(self.stops.skipped.total, "same")  # ranks skip together
+        logs = reduce_metrics(logs, self.dist, self._counted_rank)  # the global values, one collective
+        self._totals = {k: logs[k] for k in TOTALS}  # what a checkpoint keeps of the run's counters
         self.log_dict(logs, on_step=True, batch_size=len(batch))
         reward = logs["train/reward_mean"]
         self.log("reward", reward, prog_bar=True, on_step=True, logger=False, batch_size=len(batch))
+
+    @property
+    def _counted_rank(self) -> bool:
+        """Whether this rank's metrics count: its sequence-parallel group's first rank (or no group)."""
+        sp = getattr(self.trainer.strategy, "sequence_parallel", None)
+        return sp is None or sp.rank == 0
 
     def _optimizer_calls(self) -> OptimizerCalls:
         """Lightning's backward and optimizer step (callbacks' hooks, clipping and precision plugins run)."""
@@ -263,18 +275,27 @@ class LongActModule(L.LightningModule):
 
     # ------------------------------------------------------------ checkpoint
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Run counters that must survive a resume (the reference model is never saved)."""
+        """Run counters that must survive a resume (the reference model is never saved).
+
+        The truncation and reward-error totals are the run's (summed over ranks at the last logged step);
+        each rank counts its own share, so on resume the first rank carries the saved totals alone.
+        """
+        totals = getattr(self, "_totals", None) or {
+            "train/truncated_prompts_total": self.truncated_total,
+            "train/reward_errors": self.reward_errors.count,
+        }
         checkpoint["longact_counters"] = {
-            "truncated_total": self.truncated_total,
-            "reward_errors": self.reward_errors.count,
+            "truncated_total": int(totals["train/truncated_prompts_total"]),
+            "reward_errors": int(totals["train/reward_errors"]),
             **self.stops.state_dict(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Restore the counters written by :meth:`on_save_checkpoint`."""
+        """Restore the counters written by :meth:`on_save_checkpoint` (run totals: on the first rank)."""
         state = checkpoint.get("longact_counters", {})
-        self.truncated_total = int(state.get("truncated_total", 0))
-        self.reward_errors.count = int(state.get("reward_errors", 0))
+        first = self._trainer is None or self._trainer.global_rank == 0
+        self.truncated_total = int(state.get("truncated_total", 0)) if first else 0
+        self.reward_errors.count = int(state.get("reward_errors", 0)) if first else 0
         self.stops.load_state_dict(state)
 
     # ----------------------------------------------------------------- export

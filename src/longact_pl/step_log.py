@@ -8,6 +8,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from longact_pl.metric_reduce import Metric
 from longact_pl.sampling import ScoredRollout
 
 log = logging.getLogger("longact_pl")
@@ -34,14 +35,18 @@ def step_metrics(
     seconds: float,
     lr: float,
     update: dict[str, float],
-) -> dict[str, float]:
-    """The ``train/*`` metrics of one RL step (what :func:`format_step` prints a selection of).
+) -> dict[str, Metric]:
+    """The ``train/*`` metrics of one RL step on this rank, each with its rule across ranks.
+
+    :func:`~longact_pl.metric_reduce.reduce_metrics` turns them into the global values (what is logged):
+    reward means and accuracy weighted by the first round's rows, the reward std pooled, the zero-std share
+    by groups, completion length by the trained rows, counts and tokens/s summed.
 
     Args:
         scored: The step's scored rollouts (rewards of the first round are the reward curve).
         truncated: Prompts of this step that were middle-truncated to fit.
-        truncated_total: Such prompts since the start of the run.
-        reward_errors: Completions whose reward function raised, since the start of the run.
+        truncated_total: Such prompts since the start of the run (this rank's share of the total).
+        reward_errors: Completions whose reward function raised, since the start (this rank's share).
         seconds: Wall time of the step so far (for ``train/tokens_per_s``).
         lr: The optimizer's current learning rate.
         update: The learner's metrics (``train/loss``, ``train/grad_norm``, ...).
@@ -49,23 +54,26 @@ def step_metrics(
     ro, group = scored.batch, scored.batch.group_size
     first = scored.first_round_rewards  # [N0]
     groups = first.view(-1, group)  # [B0, G]
+    rows, prompts = first.numel(), groups.shape[0]
+    mean = float(first.mean())
     logs = {
-        "train/reward_mean": first.mean(),
-        "train/reward_std": first.std(unbiased=False),
-        "train/accuracy": (first >= 1.0).float().mean(),
-        "train/zero_std_groups": (groups.std(-1, unbiased=False) == 0).float().mean(),
-        "train/completion_len": ro.completion_lengths.float().mean(),
-        "train/truncated_prompts": float(truncated),
-        "train/truncated_prompts_total": float(truncated_total),
-        "train/gen_rounds": float(scored.rounds),
-        "train/dropped_groups": float(scored.dropped_groups),
-        "train/kept_groups": float(len(ro.completions) // group),  # trained on (equal on every rank)
-        "train/reward_errors": float(reward_errors),
-        "train/tokens_per_s": int(ro.attention_mask.sum()) / seconds,
-        "train/lr": lr,
-        **update,
+        "train/reward_mean": Metric(mean, "mean", rows),
+        "train/reward_std": Metric(first.std(unbiased=False), "std", rows, center=mean),
+        "train/accuracy": Metric((first >= 1.0).float().mean(), "mean", rows),
+        "train/zero_std_groups": Metric(
+            (groups.std(-1, unbiased=False) == 0).float().mean(), "mean", prompts
+        ),
+        "train/completion_len": Metric(ro.completion_lengths.float().mean(), "mean", len(ro.completions)),
+        "train/truncated_prompts": Metric(truncated, "sum"),
+        "train/truncated_prompts_total": Metric(truncated_total, "sum"),
+        "train/gen_rounds": Metric(scored.rounds, "same"),  # sampling rounds agree across ranks
+        "train/dropped_groups": Metric(scored.dropped_groups, "sum"),
+        "train/kept_groups": Metric(len(ro.completions) // group, "sum"),  # trained on
+        "train/reward_errors": Metric(reward_errors, "sum"),
+        "train/tokens_per_s": Metric(int(ro.attention_mask.sum()) / seconds, "sum"),
+        "train/lr": Metric(lr, "same"),
     }
-    return {k: float(v) for k, v in logs.items()}
+    return {**logs, **update}
 
 
 def format_step(step: int, max_steps: int, metrics: dict[str, Any]) -> str:

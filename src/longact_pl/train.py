@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from longact_pl.algos.correction import check_training_sampler
 from longact_pl.checkpoints.resume import check_checkpoint, check_resume_masking
-from longact_pl.config_check import check_types
+from longact_pl.config_check import check_combinations, check_types
 from longact_pl.eval.metrics import source_task_names
 from longact_pl.loggers import ResumableLogger
 from longact_pl.ranks import launch_global_rank_is_zero
@@ -64,13 +64,15 @@ def check_trainer(trainer: DictConfig) -> None:
 def check_config(cfg: DictConfig) -> int | None:
     """Everything checkable before a component is built or the run directory touched.
 
-    Checks the types of every component's fields, the step limit and the checkpoint to resume from.
+    Checks the types of every component's fields, the step limit, unsupported option combinations and the
+    checkpoint to resume from.
 
     Returns:
         The ``global_step`` of ``cfg.ckpt_path`` (``None`` for a new run).
     """
     check_types(cfg)
     check_trainer(cfg.trainer)
+    check_combinations(cfg)  # unsupported option combinations, before anything is built or written
     if cfg.get("ckpt_path") is None:
         return None
     info = check_checkpoint(cfg.ckpt_path)

@@ -23,6 +23,7 @@ DELTA = torch.tensor([[1e-4, 3e-4, 2e-4, 0.0], [5e-4, 1.5e-3, 0.0, 0.0], [-2e-3,
 OLD = LOGP - DELTA
 ADV = torch.tensor([0.5, 1.0, -1.0])
 REF = LOGP + torch.tensor([[0.3, -0.2, 0.5, 0.0], [-0.4, 0.1, 0.0, 0.0], [0.25, -0.6, 0.05, 0.7]])
+LN2 = 0.6931471805599453
 AGG = {"seq-mean-token-mean": "seq_mean_token_mean", "token-mean": "token_mean"}
 
 
@@ -67,6 +68,8 @@ KL_CASES = [
       [-0.10744800418615341, -0.11227967590093613, 0.0, 0.0],
       [0.10795527696609497, 0.11612431704998016, 0.110541433095932, 0.09984719008207321]]),
 ]  # fmt: skip
+# verl's kl_penalty_forward computes "k3" and "low_var_kl" in one branch: the same numbers
+KL_CASES += [("k3", *case[1:]) for case in KL_CASES if case[0] == "low_var_kl"]
 
 
 @pytest.mark.parametrize(("estimator", "agg", "total", "kl_term", "grad"), KL_CASES)
@@ -80,16 +83,31 @@ def test_kl_loss_terms_match_verl(estimator, agg, total, kl_term, grad):
     _close(logp.grad, grad)
 
 
-def test_low_var_kl_clamps_like_verl_and_k3_does_not():
-    logp = torch.zeros(1, 3, requires_grad=True)
-    ref = torch.tensor([[15.0, -25.0, 0.5]])  # d = ref - logp
-    kl = KL_ESTIMATORS["low_var_kl"](logp, ref)
+@pytest.mark.parametrize("name", ["k3", "low_var_kl"])
+def test_k3_is_verls_clamped_k3_under_both_names(name):
+    logp = torch.zeros(1, 5, requires_grad=True)
+    ref = torch.tensor([[15.0, -25.0, 0.5, 100.0, -100.0]])  # d = ref - logp; exp(100) is inf in fp32
+    kl = KL_ESTIMATORS[name](logp, ref)
     kl.sum().backward()
-    # verl kl_penalty_forward(..., "low_var_kl"): [10, 10, 0.14872121810913086];
-    # its gradient: [0, 0, -0.6487212181091309]
-    _close(kl, [[10.0, 10.0, 0.14872121810913086]])
-    _close(logp.grad, [[0.0, 0.0, -0.6487212181091309]])
-    assert KL_ESTIMATORS["k3"](torch.zeros(1), torch.tensor([15.0])).item() > 3e6  # k3 is not clamped
+    # verl kl_penalty_forward(..., "k3") and (..., "low_var_kl"), one branch: d clamped to [-20, 20], then
+    # exp(d) - d - 1 clamped to [-10, 10]: exp(15) - 16, exp(-20) + 19, exp(20) - 21 are all > 10;
+    # exp(0.5) - 1.5 = 0.14872121810913086, gradient -(exp(0.5) - 1) = -0.6487212181091309, 0 where clamped
+    _close(kl, [[10.0, 10.0, 0.14872121810913086, 10.0, 10.0]])
+    _close(logp.grad, [[0.0, 0.0, -0.6487212181091309, 0.0, 0.0]])
+
+
+def test_default_grpo_kl_is_finite_for_a_log_ratio_past_fp32_exp():
+    logp = torch.zeros(1, 2, requires_grad=True)  # fp32
+    ref = torch.tensor([[100.0, LN2]])  # ref - logp = 100 > 88.72 = ln(fp32 max): an unclamped k3 is inf
+    algo = preset("grpo")  # kl_coef 0.04, kl_estimator k3 (the default), seq-mean-token-mean
+    loss, metrics = algo.loss(logp, logp.detach(), ref, torch.zeros(1), torch.ones(1, 2))
+    loss.backward()
+    # advantage 0: no policy term; KL per token [10 (clamped), 2 - ln 2 - 1], mean 5.153426, times 0.04
+    k3 = 1.0 - LN2
+    _close(metrics["kl"], (10.0 + k3) / 2)
+    _close(loss, 0.04 * (10.0 + k3) / 2)
+    # the clamped token has no gradient; d k3 / d logp = 1 - exp(ln 2) = -1 on the other, times 0.04 / 2
+    _close(logp.grad, [[0.0, -0.02]])
 
 
 @pytest.mark.parametrize(

@@ -48,6 +48,8 @@ class Case(NamedTuple):
     fsdp: bool = False  # FSDP2 over the 2 ranks
     pack: bool = False  # completions packed in one row
     pad_spans: int = 0  # lock-step dummy spans (parallel side only: they change nothing)
+    entropy_grad: bool = False  # the entropy keeps its gradient and enters the loss (the entropy bonus)
+    skip_prompt: bool = False  # group 1's prompt is not counted (another micro-batch counted it)
 
 
 CASES = [
@@ -63,6 +65,10 @@ CASES = [
     Case("llama", 2, "sdpa", True, True, 4, 13, 7, pack=True),
     Case("qwen3", 1, "eager", True, False, None, 12, 6, pack=True, pad_spans=2),
     Case("qwen3", 2, "sdpa", True, True, None, 11, 5, fsdp=True, pack=True),
+    Case("llama", 1, "sdpa", True, False, 4, 13, 6, entropy_grad=True, skip_prompt=True),
+    Case("qwen3", 2, "eager", True, True, None, 12, 7, pack=True, pad_spans=1, entropy_grad=True,
+         skip_prompt=True),
+    Case("llama", 2, "sdpa", False, False, 3, 11, 5, entropy_grad=True),
 ]
 
 
@@ -104,11 +110,16 @@ def _run(case: Case, fn, sp: SPGroup | None = None, prepare=None):
     collectors = {at: StatsCollector(p, gate=lambda: current[0]) for at, p in probes.items()}
     for collector in collectors.values():
         collector.attach()
+    extra = {"count_prompts": torch.arange(2 * G) < G} if case.skip_prompt else {}  # [N]
     logp, ent = fn(model, ids, mask, completion, temperature=0.7, with_entropy=True,
-                   token_mask_hook=lambda m: current.__setitem__(0, m))  # fmt: skip
+                   token_mask_hook=lambda m: current.__setitem__(0, m), **extra)  # fmt: skip
     comp = mask[:, -completion:].float()
     weights = torch.linspace(-1.0, 2.0, ids.shape[0])[:, None]  # distinct per-row "advantages"
-    (logp * weights * comp).sum().backward()  # gradient checkpointing replays forwards: the gate is None
+    loss = (logp * weights * comp).sum()
+    if case.entropy_grad:  # an entropy bonus with its own per-row weights: its gradient must be exact too
+        assert ent.requires_grad
+        loss = loss - (ent * torch.linspace(0.5, -1.5, ids.shape[0])[:, None] * comp).sum()
+    loss.backward()  # gradient checkpointing replays forwards: the gate is None
     stats = {at: c.reset() for at, c in collectors.items()}
     for collector in collectors.values():
         collector.detach()
@@ -123,20 +134,24 @@ def _run(case: Case, fn, sp: SPGroup | None = None, prepare=None):
         for per_target in stats.values():
             sync_stats(per_target, _reduce)
     summary = {(at, k): (s.sum_abs, s.max_abs, s.count) for at, per in stats.items() for k, s in per.items()}
-    return logp.detach() * comp, ent * comp, grads, summary
+    return logp.detach() * comp, ent.detach() * comp, grads, summary
 
 
 def _single(case: Case):
     if case.shared:
         fn = functools.partial(
-            grouped_completion_logprobs, group_size=G, chunk_size=case.chunk, pack=case.pack
-        )
+            grouped_completion_logprobs, group_size=G, chunk_size=case.chunk, pack=case.pack,
+            entropy_grad=case.entropy_grad,
+        )  # fmt: skip
         return _run(case, lambda m, i, a, c, **kw: fn(m, i, a, c, **kw))
 
     def per_row(m, i, a, c, token_mask_hook, **kw):
         return _with_hook(
-            token_mask_hook, a, lambda: chunked_completion_logprobs(m, i, a, c, chunk_size=case.chunk, **kw)
-        )
+            token_mask_hook, a,
+            lambda: chunked_completion_logprobs(
+                m, i, a, c, chunk_size=case.chunk, entropy_grad=case.entropy_grad, **kw
+            ),
+        )  # fmt: skip
 
     return _run(case, per_row)
 
@@ -151,7 +166,8 @@ def _with_hook(hook, mask, fn):
 
 def _parallel(case: Case, sp: SPGroup):
     """Through the trainer's ``LogprobPass`` with its sequence-parallel group (as ``LongActFSDP`` sets)."""
-    lp = LogprobPass(shared_prefix=case.shared, chunk_size=case.chunk, pack_completions=case.pack)
+    lp = LogprobPass(shared_prefix=case.shared, chunk_size=case.chunk, pack_completions=case.pack,
+                     entropy_grad=case.entropy_grad)  # fmt: skip
     lp.sequence_parallel = sp
 
     def prepare(model):

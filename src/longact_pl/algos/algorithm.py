@@ -26,7 +26,7 @@ class GroupPolicyGradient:
         eps_low: Lower clip range, in ``[0, 1)``.
         eps_high: Upper clip range, ``>= 0``.
         kl_coef: KL weight to the frozen reference policy (0 = no reference model).
-        kl_estimator: ``k1``, ``k2``, ``k3`` or ``low_var_kl`` (k3 clamped, verl).
+        kl_estimator: ``k1``, ``k2``, ``k3`` = ``low_var_kl`` (the clamped k3, as verl names them).
         kl_in_reward: Subtract ``kl_coef * sum_t KL_t`` from each sequence's reward before advantages
             (verl's ``use_kl_in_reward``) instead of adding the KL to the loss.
         aggregation: Loss aggregation (see ``longact_pl.algos.aggregation.AGGREGATIONS``).

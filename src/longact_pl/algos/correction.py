@@ -168,15 +168,33 @@ class RolloutCorrection:
         log_r = log_ratios(train_logp, sampler_logp, mask)  # [N, T]
         decision = self._decide(log_r, keep)
         out = _summary(log_r, keep, decision)
+        for name, rows in self._buckets(keep):
+            picked = _Decision(*(t[rows] for t in (decision.weights, decision.truncated,
+                                                   decision.dropped, decision.rejected)))  # fmt: skip
+            out.update({f"{k}/{name}": v for k, v in _summary(log_r[rows], keep[rows], picked).items()})
+        return out
+
+    def metric_rules(self, mask: torch.Tensor) -> dict[str, tuple[str, float]]:
+        """How each of :meth:`metrics`' values combines over ranks: ``name -> (how, weight)``.
+
+        Token means weigh by their tokens, sequence fractions by their rows (with a token), the maxima are
+        maxima (see :class:`~longact_pl.metric_reduce.Metric`).
+        """
+        keep = mask.bool()  # [N, T]
+        out = _rules(keep, "")
+        for name, rows in self._buckets(keep):
+            out.update(_rules(keep[rows], f"/{name}"))
+        return out
+
+    def _buckets(self, keep: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+        """``(name, rows bool [N])`` of each completion-length bucket holding rows."""
         lengths = keep.sum(-1)  # [N]
+        out = []
         lows = (0, *self.length_buckets)
         for low, high in zip(lows, (*self.length_buckets, None)):
             rows = (lengths > low) if high is None else (lengths > low) & (lengths <= high)  # [N]
             if rows.any():
-                name = f"len_gt{low}" if high is None else f"len_le{high}"
-                picked = _Decision(*(t[rows] for t in (decision.weights, decision.truncated,
-                                                       decision.dropped, decision.rejected)))  # fmt: skip
-                out.update({f"{k}/{name}": v for k, v in _summary(log_r[rows], keep[rows], picked).items()})
+                out.append((f"len_gt{low}" if high is None else f"len_le{high}", rows))
         return out
 
     def _decide(self, log_r: torch.Tensor, keep: torch.Tensor) -> _Decision:
@@ -228,6 +246,18 @@ def _summary(log_r: torch.Tensor, keep: torch.Tensor, decision: _Decision) -> di
         "seq_truncated_frac": masked_mean(decision.truncated.any(-1), rows),
         "seq_masked_frac": masked_mean(decision.dropped.any(-1), rows),
         "seq_rejected_frac": masked_mean(decision.rejected.any(-1), rows),
+    }
+
+
+def _rules(keep: torch.Tensor, suffix: str) -> dict[str, tuple[str, float]]:
+    """:func:`_summary`'s names (with ``suffix``) -> ``(how, weight)`` across ranks."""
+    tokens, rows = float(keep.sum()), float(keep.any(-1).sum())
+    token_means = ("k3_kl", "log_ratio_abs_mean", "token_truncated_frac", "token_masked_frac")
+    seq_means = ("seq_truncated_frac", "seq_masked_frac", "seq_rejected_frac")
+    return {
+        **{f"{k}{suffix}": ("mean", tokens) for k in token_means},
+        **{f"{k}{suffix}": ("mean", rows) for k in seq_means},
+        f"log_ratio_abs_max{suffix}": ("max", 1.0),
     }
 
 

@@ -1,12 +1,14 @@
 """Per-token estimators of ``KL(policy || ref)`` from sampled tokens, chosen by name (pure functions).
 
 With ``d = ref_logp - logp`` (tokens sampled from the policy), following Schulman's "Approximating KL
-divergence" (2020) and verl's ``kl_penalty``:
+divergence" (2020). Every name means what it means in verl's ``kl_penalty`` (``core_algos.py``), where
+``k3`` and ``low_var_kl`` are one estimator, clamped, so that a copied ``kl_loss_type`` gives the same loss:
 
 * ``k1``: ``-d``; unbiased, high variance, can be negative.
 * ``k2``: ``d^2 / 2``; biased, low variance; its gradient is the one of the true KL.
-* ``k3``: ``exp(d) - d - 1``; unbiased, low variance, always ``>= 0`` (GRPO's estimator).
-* ``low_var_kl``: k3 with ``d`` clamped to ``[-20, 20]`` and the result to ``[-10, 10]`` (verl's name).
+* ``k3`` = ``low_var_kl`` (GRPO's estimator, the default): ``exp(d) - d - 1`` with ``d`` clamped to
+  ``[-20, 20]`` and the result to ``[-10, 10]``: finite for any log-ratio (unclamped, ``exp(d)`` is inf in
+  fp32 from ``d > 88.7`` and the loss then NaN); identical to the unclamped k3 while it is below 10.
 """
 
 from __future__ import annotations
@@ -27,25 +29,23 @@ def k2_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
 
 
 def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """Per-token k3 estimator of ``KL(policy || ref)``: ``exp(d) - d - 1`` with ``d = ref_logp - logp``.
+    """Per-token k3 estimate of ``KL(policy || ref)`` as verl's ``k3`` / ``low_var_kl``: finite for any input.
 
-    Unbiased for samples drawn from the policy and always ``>= 0``.
+    ``exp(d) - d - 1`` with ``d = clamp(ref_logp - logp, -20, 20)``, then clamped to ``[-10, 10]``: the
+    unbiased, ``>= 0`` k3 wherever it is below 10; a token past either clamp contributes 10 and no gradient.
 
     Args:
         logp: ``[N, T]`` policy log-probs of the sampled tokens.
         ref_logp: ``[N, T]`` reference-model log-probs of the same tokens.
 
     Returns:
-        ``[N, T]`` non-negative KL estimates.
+        ``[N, T]`` KL estimates in ``[0, 10]``.
     """
-    d = ref_logp - logp  # [N, T]
-    return d.exp() - d - 1.0  # [N, T]
-
-
-def low_var_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """k3 with ``d`` clamped to ``[-20, 20]`` and the estimate to ``[-10, 10]`` (verl's ``low_var_kl``)."""
     d = (ref_logp - logp).clamp(min=-20.0, max=20.0)  # [N, T]
     return (d.exp() - d - 1.0).clamp(min=-10.0, max=10.0)  # [N, T]
+
+
+low_var_kl = k3_kl  # verl's other name of the same estimator
 
 
 KLEstimator = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

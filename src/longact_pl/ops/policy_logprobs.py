@@ -138,6 +138,7 @@ class LogprobPass:
         token_mask_hook: TokenMaskHook | None = None,
         row_groups: torch.Tensor | None = None,
         pad_spans: int = 0,
+        count_prompts: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Log-probs ``[n, C]`` (float32 on the shared path) and entropy ``[n, C]`` or ``None``.
 
@@ -157,6 +158,9 @@ class LogprobPass:
             pad_spans: Lock-step dummies: extra spans of a dummy prompt and completion (shared path), or
                 one dummy forward when ``n == 0`` (per-row path), so that data-parallel ranks run as many
                 forwards as the rank with the most (:meth:`passes`); outputs discarded, hooks not told.
+            count_prompts: ``[n]`` bool, shared path: a span's prompt pass is told to ``token_mask_hook``
+                only if one of its rows is set, so a group split over micro-batches counts its prompt once
+                (``None``: every span's).
         """
         if self.shared_prefix:
             self.check_model(model)
@@ -165,13 +169,14 @@ class LogprobPass:
             return through_root(model, functools.partial(
                 sp_grouped_completion_logprobs, model, input_ids, attention_mask, completion_width, sp,
                 temperature, with_entropy, self.chunk_size, token_mask_hook, row_groups, pack=self.pack,
-                pad_spans=pad_spans,
+                pad_spans=pad_spans, entropy_grad=self.entropy_grad, count_prompts=count_prompts,
             ))  # fmt: skip
         if self.shared_prefix:
             return through_root(model, functools.partial(
                 grouped_completion_logprobs, model, input_ids, attention_mask, completion_width, None,
                 temperature, with_entropy, self.chunk_size, token_mask_hook=token_mask_hook,
                 row_groups=row_groups, pack=self.pack, pad_spans=pad_spans, entropy_grad=self.entropy_grad,
+                count_prompts=count_prompts,
             ))  # fmt: skip
         if len(input_ids) == 0:
             return self._dummy(model, input_ids, completion_width, pad_spans, with_entropy)
@@ -179,7 +184,7 @@ class LogprobPass:
         if sp is not None:
             return through_root(model, functools.partial(
                 sp_completion_logprobs, model, ids, mask, completion_width, sp, temperature, with_entropy,
-                self.chunk_size, token_mask_hook,
+                self.chunk_size, token_mask_hook, self.entropy_grad,
             ))  # fmt: skip
         if token_mask_hook is not None:
             token_mask_hook(mask.bool())

@@ -157,6 +157,16 @@ def group_spans(
     return [(s, s + group_size) for s in range(0, n, group_size)]
 
 
+def prompt_counted(spans: list[tuple[int, int]], count_prompts: torch.Tensor | None) -> list[bool]:
+    """Whether statistics hooks count each span's prompt: one of its rows is set in ``count_prompts [N]``.
+
+    ``None``: every span's.
+    """
+    if count_prompts is None:
+        return [True] * len(spans)
+    return [bool(count_prompts[a:b].any()) for a, b in spans]
+
+
 def prompt_pass(
     decoder: nn.Module, prompt: torch.Tensor, num_layers: int, hook: TokenMaskHook | None, count: bool = True
 ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
@@ -208,6 +218,7 @@ def grouped_completion_logprobs(
     pack: bool = False,
     pad_spans: int = 0,
     entropy_grad: bool = False,
+    count_prompts: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token completion log-probs with the prompt of each group computed once.
 
@@ -234,6 +245,8 @@ def grouped_completion_logprobs(
         pad_spans: Extra dummy spans (a 1-token prompt and a 2-token completion each, outputs discarded) so
             that data-parallel ranks with fewer spans run as many forwards (FSDP's lock-step).
         entropy_grad: The entropy keeps its gradient (entropy bonus).
+        count_prompts: ``[N]`` bool: a span's prompt pass is told to ``token_mask_hook`` only if one of its
+            rows is set (a group split over micro-batches counts its prompt in one of them); ``None``: all.
 
     Returns:
         ``(logp [N, C] float32, entropy [N, C] or None)``; with ``pack`` zeros at padding.
@@ -247,12 +260,15 @@ def grouped_completion_logprobs(
     if pad_spans < 0:
         raise ValueError(f"pad_spans must be >= 0, got {pad_spans}")
     spans = group_spans(input_ids, attention_mask, width, group_size, row_groups) if len(input_ids) else []
+    counted = prompt_counted(spans, count_prompts)
     dummy_prompt = input_ids.new_zeros(1, 1)  # [1, 1]
     targets = input_ids[:, width:]  # [N, C]
     with _cache_through_checkpointing(decoder):
         if pack:
             prompts = [input_ids[a, :width][attention_mask[a, :width].bool()].unsqueeze(0) for a, _ in spans]
-            states = [prompt_pass(decoder, p, num_layers, token_mask_hook) for p in prompts]
+            states = [
+                prompt_pass(decoder, p, num_layers, token_mask_hook, c) for p, c in zip(prompts, counted)
+            ]
             states += [prompt_pass(decoder, dummy_prompt, num_layers, None, False) for _ in range(pad_spans)]
             return packed_completion_logprobs(
                 model, decoder, states, [p.shape[1] for p in prompts] + [1] * pad_spans, spans,
@@ -260,10 +276,10 @@ def grouped_completion_logprobs(
                 entropy_grad,
             )  # fmt: skip
         hidden, ties = [], []
-        for start, stop in spans:
+        for (start, stop), count in zip(spans, counted):
             keep = attention_mask[start, :width].bool()  # [P]
             prompt = input_ids[start, :width][keep].unsqueeze(0)  # [1, P_g]
-            kv, last = prompt_pass(decoder, prompt, num_layers, token_mask_hook)
+            kv, last = prompt_pass(decoder, prompt, num_layers, token_mask_hook, count)
             out = _padded_completions(
                 decoder, kv, prompt.shape[1], input_ids[start:stop, width:],
                 attention_mask[start:stop, width:], token_mask_hook,

@@ -39,7 +39,7 @@ from longact_pl.ops.positions import position_ids_from_mask
 from longact_pl.ops.sequence_parallel.attention import KVRecord, UlyssesCall, inner_implementation
 from longact_pl.ops.sequence_parallel.comm import SPGroup
 from longact_pl.ops.sequence_parallel.owned import OwnedTokens
-from longact_pl.ops.shared_prefix import check_shared_prefix, group_spans
+from longact_pl.ops.shared_prefix import check_shared_prefix, group_spans, prompt_counted
 
 
 def full_mask(
@@ -96,6 +96,7 @@ def sp_completion_logprobs(
     with_entropy: bool = False,
     chunk_size: int | None = None,
     token_mask_hook: TokenMaskHook | None = None,
+    entropy_grad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-row completion log-probs with each row split along the sequence over the group.
 
@@ -107,10 +108,11 @@ def sp_completion_logprobs(
         completion_width: C.
         sp: The sequence-parallel group.
         temperature: Sampling temperature of the completions.
-        with_entropy: Also return the per-token entropy (no gradient).
+        with_entropy: Also return the per-token entropy.
         chunk_size: Tokens per LM-head chunk (``None``: one chunk).
         token_mask_hook: Called with this rank's real-token mask ``[n, S]`` before the forward, ``None``
             after.
+        entropy_grad: The entropy keeps its gradient (the entropy bonus); else a detached metric.
 
     Returns:
         ``(logp [n, C] float32, entropy [n, C] or None)``, equal on every rank of the group.
@@ -132,7 +134,9 @@ def sp_completion_logprobs(
     owned = OwnedTokens(n, width)
     owned.add_grid(hidden, torch.arange(n, device=ids.device), own.nonzero()[:, 0], cols[own])
     weight, bias = lm_head_of(model)
-    return owned.logprobs(weight, bias, input_ids[:, -width:], temperature, with_entropy, chunk_size, sp)
+    return owned.logprobs(
+        weight, bias, input_ids[:, -width:], temperature, with_entropy, chunk_size, sp, entropy_grad
+    )
 
 
 def _prompt_pass(model, decoder, sp: SPGroup, prompt: torch.Tensor, hook, count: bool = True):
@@ -243,6 +247,8 @@ def sp_grouped_completion_logprobs(
     group_size: int | None = None,
     pack: bool = False,
     pad_spans: int = 0,
+    entropy_grad: bool = False,
+    count_prompts: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Completion log-probs with each group's prompt run once, prompts and completions split over the group.
 
@@ -253,7 +259,7 @@ def sp_grouped_completion_logprobs(
         completion_width: C.
         sp: The sequence-parallel group.
         temperature: Sampling temperature of the completions.
-        with_entropy: Also return the per-token entropy (no gradient).
+        with_entropy: Also return the per-token entropy.
         chunk_size: Tokens per LM-head chunk (``None``: one chunk).
         token_mask_hook: Called with this rank's real-token mask of each forward (``[1, S_p]`` before a
             prompt pass, ``[G, S_c]`` before a padded completion pass, ``[1, S]`` before the packed one) and
@@ -262,6 +268,9 @@ def sp_grouped_completion_logprobs(
         group_size: G, used when ``row_groups`` is ``None``.
         pack: Run all completions in one packed row (:mod:`longact_pl.ops.packed`), split along it.
         pad_spans: Lock-step dummy spans (see ``grouped_completion_logprobs``).
+        entropy_grad: The entropy keeps its gradient (the entropy bonus); else a detached metric.
+        count_prompts: ``[N]`` bool: which spans' prompt passes the hook is told about (see
+            ``grouped_completion_logprobs``); ``None``: all.
 
     Returns:
         ``(logp [N, C] float32, entropy [N, C] or None)``, equal on every rank of the group; with ``pack``
@@ -277,7 +286,8 @@ def sp_grouped_completion_logprobs(
     owned = OwnedTokens(*targets.shape)
     dummy = input_ids.new_zeros(1)  # a 1-token prompt
     real = [input_ids[a, :width][attention_mask[a, :width].bool()] for a, _ in spans]  # [P_g] each
-    prompts = [_prompt_pass(model, decoder, sp, p, token_mask_hook) for p in real]
+    counted = prompt_counted(spans, count_prompts)
+    prompts = [_prompt_pass(model, decoder, sp, p, token_mask_hook, c) for p, c in zip(real, counted)]
     prompts += [_prompt_pass(model, decoder, sp, dummy, None, count=False) for _ in range(pad_spans)]
     for _, out, _ in prompts:
         owned.tie(out)
@@ -298,4 +308,4 @@ def sp_grouped_completion_logprobs(
             ids, mask = dummy_rows(1, 2, input_ids)  # [1, 2]
             owned.tie(_padded_pass(model, decoder, sp, record, ids, mask, None, count=False))
     weight, bias = lm_head_of(model)
-    return owned.logprobs(weight, bias, targets, temperature, with_entropy, chunk_size, sp)
+    return owned.logprobs(weight, bias, targets, temperature, with_entropy, chunk_size, sp, entropy_grad)

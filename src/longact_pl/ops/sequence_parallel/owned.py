@@ -46,7 +46,9 @@ class OwnedTokens:
             out[:, at].reshape(-1, out.shape[-1]), (rows[:, None] * self.width + cols[None, :]).reshape(-1)
         )
 
-    def logprobs(self, weight, bias, targets, temperature, with_entropy, chunk_size, sp: SPGroup):
+    def logprobs(
+        self, weight, bias, targets, temperature, with_entropy, chunk_size, sp: SPGroup, entropy_grad=False
+    ):
         """Summed over the group: ``(logp [n, C] float32, entropy [n, C] or None)``.
 
         Args:
@@ -54,9 +56,11 @@ class OwnedTokens:
             bias: ``[V]`` or ``None``.
             targets: ``[n, C]`` token ids (the same on every rank).
             temperature: Log-probs at this temperature.
-            with_entropy: Also the entropy (no gradient).
+            with_entropy: Also the entropy.
             chunk_size: LM-head chunk (tokens).
             sp: The group.
+            entropy_grad: The entropy keeps its gradient (the entropy bonus), summed over the group like the
+                log-probs (each token's gradient reaches the rank that computed it, once).
         """
         n, width = self.rows, self.width
         device = targets.device
@@ -66,7 +70,7 @@ class OwnedTokens:
         tie = zero_tie(self.outputs)
         if n == 0:  # only lock-step dummies
             logp = torch.zeros(0, width, device=device)  # [0, C]
-            return logp + tie, (torch.zeros_like(logp) if with_entropy else None)
+            return logp + tie, (torch.zeros_like(logp) + tie if with_entropy else None)
         owned = bool(self.hidden)
         # a rank that predicts no completion token still runs the head once, on any hidden state, and ties it
         # in: the LM head gets a (zero) gradient on every rank, as FSDP2's reduce-scatter expects
@@ -76,14 +80,14 @@ class OwnedTokens:
         index = torch.cat(self.index) if owned else torch.zeros(1, dtype=torch.long, device=device)  # [m]
         logp, entropy = head_logprobs(
             hidden.unsqueeze(0), weight, bias, targets.reshape(-1)[index].unsqueeze(0), temperature,
-            with_entropy, chunk_size,
+            with_entropy, chunk_size, entropy_grad,
         )  # [1, m]  # fmt: skip
         full = torch.zeros(n * width, dtype=torch.float32, device=device)  # [n * C]
         full = full.index_put((index,), logp[0]) if owned else full + zero_tie([logp])  # [n * C]
         ent = None
         if entropy is not None:
             ent = torch.zeros(n * width, dtype=torch.float32, device=device)  # [n * C]
-            if owned:
-                ent[index] = entropy[0]
-            ent = sum_over_group(ent, sp).view(n, width)  # [n, C]
+            # out of place, so the entropy's graph (entropy_grad) reaches the sum; tied in like the log-probs
+            ent = ent.index_put((index,), entropy[0]) if owned else ent + zero_tie([entropy])  # [n * C]
+            ent = sum_over_group(ent + tie, sp).view(n, width)  # [n, C]
         return sum_over_group(full + tie, sp).view(n, width), ent
