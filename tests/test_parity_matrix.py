@@ -56,8 +56,8 @@ def test_comparison_flags_each_kind_of_mismatch():
     want = _result()
     same = compare(row, _result(tokens_per_s=50.0), want)  # a timing metric may differ
     assert same.passed and same.grad_errors == (0.0, 0.0)
-    grads = compare(row, _result(scale=1 + 10 * GRAD_RTOL), want)  # step 2 off by 1e-4 relative
-    assert not grads.passed and grads.grad_errors[0] == 0 and grads.grad_errors[1] > GRAD_RTOL
+    grads = compare(row, _result(scale=1 + 1e-3), want)  # one tensor of step 2 off by 1e-3 relative
+    assert not grads.passed and grads.grad_errors[0] == 0 and grads.grad_errors[1] > GRAD_RTOL[1]
     assert not compare(row, _result(flip=True), want).passed
     metrics = compare(row, _result(metric=0.5001), want)
     assert not metrics.passed and metrics.metric_mismatches == ["step2:train/reward_mean 0.5001 vs 0.5"]
@@ -71,7 +71,7 @@ def test_comparison_flags_each_kind_of_mismatch():
 
 @pytest.mark.slow
 def test_every_configuration_trains_like_one_padded_process(tmp_path):
-    """6 configurations and their 5 references through train.py (2 optimizer steps each, fp32)."""
+    """6 configurations (13 ranks) and their 5 references through train.py, 2 optimizer steps each, fp32."""
     verdicts = run_matrix(tmp_path, covering_design(), log=lambda message: None)
     failed = [label(v.row) for v in verdicts if not v.passed]
     assert not failed, "\n" + table(verdicts)
