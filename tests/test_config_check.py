@@ -65,10 +65,14 @@ SP = "trainer.strategy.sequence_parallel_size"
         (["train.pack_completions=maybe"], "train.pack_completions must be true, false or auto"),
         (["correction=token_tis"], "corrects an external sampler's mismatch.*rollout=vllm or correction="),
         (["rollout.top_p=0.9"], "training needs top_p=1.0 and top_k=0"),
+        (
+            ["masking=saliency", "masking.norms=frozen", "masking.targets=[gate_proj]"],
+            r"masking.norms=frozen needs q_proj/k_proj among masking.targets .*masking.norms=dense",
+        ),
     ],
     ids=[
         "sp-ddp", "sp-world", "sp-zero", "pack-no-shared", "token-budget", "epochs", "mini-batch",
-        "micro-batch", "chunk", "pack-value", "correction-hf", "top-p",
+        "micro-batch", "chunk", "pack-value", "correction-hf", "top-p", "norms-frozen",
     ],
 )  # fmt: skip
 def test_unsupported_combinations_are_refused_before_anything(tmp_path, no_model_load, overrides, expected):

@@ -16,7 +16,7 @@ from longact_pl.train import run
 from tests.distributed_helpers import train_cli
 from tests.helpers import compose_train
 from tests.test_distributed import COMMON as DISTRIBUTED
-from tests.test_distributed import SEED
+from tests.test_distributed import SEED, _metric_rows, assert_same_metrics
 
 SP = "trainer.strategy.sequence_parallel_size"
 
@@ -125,3 +125,5 @@ def test_dp2_sp2_trains_like_dp2(tmp_path):
     for key in ("train/loss", "train/grad_norm", "train/entropy"):
         for a, b in zip(dp_rows, sp_rows):
             assert float(b[key]) == pytest.approx(float(a[key]), rel=1e-4, abs=1e-7), key
+    # every logged metric is the global one, each sequence-parallel group counted once (rewards, counts)
+    assert_same_metrics(_metric_rows(tmp_path / "sp"), _metric_rows(tmp_path / "dp"))

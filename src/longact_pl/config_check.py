@@ -217,6 +217,21 @@ def _check_sampler(cfg: DictConfig) -> None:
     check_training_sampler(sampler, correction if isinstance(cfg.get("correction"), DictConfig) else None)
 
 
+def _check_masking(cfg: DictConfig) -> None:
+    """``masking.norms=frozen`` freezes the q/k norms of the masked projections: it needs them as targets."""
+    if _get(cfg, "masking.norms") != "frozen":
+        return
+    from longact_pl.masking.fused import FUSED_NAMES
+    from longact_pl.masking.targets import ROLES
+
+    targets = [str(t).rpartition(".")[2] for t in _get(cfg, "masking.targets", [])]
+    if not any(t in ROLES or t in FUSED_NAMES for t in targets):
+        raise ValueError(
+            f"masking.norms=frozen needs q_proj/k_proj among masking.targets (got {targets}); add them, or "
+            "use masking.norms=dense"
+        )
+
+
 def check_combinations(cfg: DictConfig) -> None:
     """Refuse option combinations the code does not support, from the composed config alone.
 
@@ -230,3 +245,4 @@ def check_combinations(cfg: DictConfig) -> None:
     _check_sequence_parallel(cfg)
     _check_update(cfg)
     _check_sampler(cfg)
+    _check_masking(cfg)

@@ -68,8 +68,17 @@ KL_CASES = [
       [-0.10744800418615341, -0.11227967590093613, 0.0, 0.0],
       [0.10795527696609497, 0.11612431704998016, 0.110541433095932, 0.09984719008207321]]),
 ]  # fmt: skip
-# verl's kl_penalty_forward computes "k3" and "low_var_kl" in one branch: the same numbers
-KL_CASES += [("k3", *case[1:]) for case in KL_CASES if case[0] == "low_var_kl"]
+# verl's kl_penalty_forward computes "k3" and "low_var_kl" in one branch, "kl" as "k1", "mse" as "k2"
+ALIASES = {"low_var_kl": "k3", "k1": "kl", "k2": "mse"}
+KL_CASES += [(ALIASES[case[0]], *case[1:]) for case in KL_CASES if case[0] in ALIASES]
+
+
+def test_abs_is_verls_abs():
+    logp = torch.zeros(1, 2, requires_grad=True)
+    kl = KL_ESTIMATORS["abs"](logp, torch.tensor([[0.5, -2.0]]))
+    kl.sum().backward()
+    _close(kl, [[0.5, 2.0]])  # verl: (logprob - ref_logprob).abs()
+    _close(logp.grad, [[-1.0, 1.0]])
 
 
 @pytest.mark.parametrize(("estimator", "agg", "total", "kl_term", "grad"), KL_CASES)

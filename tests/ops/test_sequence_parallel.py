@@ -66,8 +66,7 @@ CASES = [
     Case("qwen3", 1, "eager", True, False, None, 12, 6, pack=True, pad_spans=2),
     Case("qwen3", 2, "sdpa", True, True, None, 11, 5, fsdp=True, pack=True),
     Case("llama", 1, "sdpa", True, False, 4, 13, 6, entropy_grad=True, skip_prompt=True),
-    Case("qwen3", 2, "eager", True, True, None, 12, 7, pack=True, pad_spans=1, entropy_grad=True,
-         skip_prompt=True),
+    Case("qwen3", 2, "eager", True, True, None, 12, 7, False, True, 1, entropy_grad=True, skip_prompt=True),
     Case("llama", 2, "sdpa", False, False, 3, 11, 5, entropy_grad=True),
 ]
 

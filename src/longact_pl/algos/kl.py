@@ -4,8 +4,9 @@ With ``d = ref_logp - logp`` (tokens sampled from the policy), following Schulma
 divergence" (2020). Every name means what it means in verl's ``kl_penalty`` (``core_algos.py``), where
 ``k3`` and ``low_var_kl`` are one estimator, clamped, so that a copied ``kl_loss_type`` gives the same loss:
 
-* ``k1``: ``-d``; unbiased, high variance, can be negative.
-* ``k2``: ``d^2 / 2``; biased, low variance; its gradient is the one of the true KL.
+* ``k1`` (verl also ``kl``): ``-d``; unbiased, high variance, can be negative.
+* ``k2`` (verl also ``mse``): ``d^2 / 2``; biased, low variance; its gradient is the one of the true KL.
+* ``abs``: ``|d|`` (verl's).
 * ``k3`` = ``low_var_kl`` (GRPO's estimator, the default): ``exp(d) - d - 1`` with ``d`` clamped to
   ``[-20, 20]`` and the result to ``[-10, 10]``: finite for any log-ratio (unclamped, ``exp(d)`` is inf in
   fp32 from ``d > 88.7`` and the loss then NaN); identical to the unclamped k3 while it is below 10.
@@ -48,10 +49,17 @@ def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
 low_var_kl = k3_kl  # verl's other name of the same estimator
 
 
+def abs_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """``[N, T], [N, T] -> [N, T]``: ``|logp - ref_logp|`` (verl's ``abs``)."""
+    return (logp - ref_logp).abs()  # [N, T]
+
+
 KLEstimator = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-# name (the algo.kl_estimator value) -> (logp [N, T], ref_logp [N, T]) -> [N, T]
-KL_ESTIMATORS: dict[str, KLEstimator] = {"k1": k1_kl, "k2": k2_kl, "k3": k3_kl, "low_var_kl": low_var_kl}
+# name (the algo.kl_estimator value, verl's kl_loss_type names) -> (logp [N, T], ref_logp [N, T]) -> [N, T]
+KL_ESTIMATORS: dict[str, KLEstimator] = {
+    "k1": k1_kl, "kl": k1_kl, "k2": k2_kl, "mse": k2_kl, "k3": k3_kl, "low_var_kl": low_var_kl, "abs": abs_kl,
+}  # fmt: skip
 
 
 def sequence_kl(
