@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from longact_pl.data.datamodule import LongContextDataModule
 from longact_pl.data.dataset import keep_list
+from longact_pl.distributed import data_parallel_rank
 from longact_pl.gather import full_state_dict
 from longact_pl.masking import SaliencyMask
 from longact_pl.rollout.hf import HFRollout
@@ -70,12 +71,15 @@ def _cut(ro: RolloutBatch, tokenizer, seed: int) -> RolloutBatch:
 
 
 class RankShardedData(LongContextDataModule):
-    """Training batches ``perm(seed)[rank::world]`` in order: one step's rank batches = one global batch."""
+    """Training batches ``perm(seed)[rank::world]`` in order: one step's rank batches = one global batch.
+
+    ``rank`` and ``world`` count data-parallel ranks: the ranks of a sequence-parallel group get one slice.
+    """
 
     def train_dataloader(self) -> DataLoader:
         data = self._dataset(self.train)
         perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(self.seed)).tolist()
-        rank, world = self.trainer.global_rank, self.trainer.world_size
+        rank, world = data_parallel_rank(self.trainer)  # a sequence-parallel group shares one slice
         return DataLoader(data, batch_size=self.batch_size, sampler=perm[rank::world], collate_fn=keep_list)
 
 
@@ -125,6 +129,26 @@ class ShiftedRollout(HFRollout):
     def generate(self, *args, **kwargs) -> RolloutBatch:
         ro = super().generate(*args, **kwargs)
         ro.behaviour_logp = (ro.behaviour_logp + self.shift) * ro.completion_mask
+        return ro
+
+
+class ExternalPerPromptRollout(PerPromptRollout):
+    """``PerPromptRollout`` as an external sampler whose log-probs are off by a per-token amount.
+
+    Each completion token's behaviour log-prob is shifted by ``shift * (token_id % 3 - 1)``, so a rollout
+    correction (``correction=token_tis``) weighs tokens differently, the same way in every process layout.
+    """
+
+    external = True
+
+    def __init__(self, shift: float = 0.0, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.shift = shift
+
+    def generate(self, *args, **kwargs) -> RolloutBatch:
+        ro = super().generate(*args, **kwargs)
+        ids = ro.input_ids[:, ro.prompt_width :]  # [N, C]
+        ro.behaviour_logp = (ro.behaviour_logp + self.shift * (ids % 3 - 1)) * ro.completion_mask
         return ro
 
 

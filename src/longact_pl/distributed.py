@@ -102,7 +102,8 @@ class StrategyOps:
         """
         if self.world_size == 1:
             return tensor
-        total = self.strategy.reduce(tensor.to(self.strategy.root_device), reduce_op="sum")
+        # a copy: Lightning's reduce works in place, and .to() of a tensor already there is the tensor itself
+        total = self.strategy.reduce(tensor.to(self.strategy.root_device, copy=True), reduce_op="sum")
         sp = getattr(self.strategy, "sequence_parallel", None)
         return (total / sp.size if sp is not None else total).to(tensor.device)
 
@@ -118,7 +119,8 @@ class StrategyOps:
         """Elementwise maximum over ranks, computed on the strategy's device, returned on the input's."""
         if self.world_size == 1:
             return tensor
-        return self.strategy.reduce(tensor.to(self.strategy.root_device), reduce_op="max").to(tensor.device)
+        mine = tensor.to(self.strategy.root_device, copy=True)  # reduced in place: the caller's stays its own
+        return self.strategy.reduce(mine, reduce_op="max").to(tensor.device)
 
     def gather(self, obj: Any) -> list[Any]:
         """Every rank's ``obj`` in rank order (``torch.distributed.all_gather_object``: small objects)."""

@@ -13,7 +13,6 @@ from pathlib import Path
 import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from longact_pl.algos.correction import check_training_sampler
@@ -32,6 +31,7 @@ from longact_pl.kl_fp32 import check_kl_fp32_setting
 from longact_pl.loggers import ResumableLogger
 from longact_pl.models.rope import check_folder_window, check_policy_window
 from longact_pl.precision_choice import choose_precision
+from longact_pl.ranks import launch_global_rank_is_zero
 from longact_pl.rollout.weight_sync import WeightSync
 from longact_pl.run_checks import check_run_settings
 from longact_pl.run_end import (
@@ -159,8 +159,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         cfg: The composed config (``conf/train.yaml``).
         run_dir: Hydra's output directory for this run.
     """
-    # DDP/FSDP on one node: Lightning re-runs this script for ranks > 0 in the same run directory
-    main_process = rank_zero_only.rank == 0
+    # DDP/FSDP: every rank runs this in the same run directory (Lightning re-runs the script for the other
+    # ranks of a node; torchrun / srun start them all); global rank 0 alone checks and writes it
+    main_process = launch_global_rank_is_zero()
     choose_precision(cfg, announce=main_process)  # trainer.precision=auto -> what this hardware runs fast
     resume_step = check_config(cfg)
     info = None if resume_step is None else check_checkpoint(cfg.ckpt_path)  # its weights' shapes (mmap)
@@ -197,7 +198,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     if callable(check_model):  # settings the strategy cannot run with this model (sequence parallel sizes)
         check_model(loaded.model)
     # Every check passed: only now is anything in the run directory written or changed.
-    if main_process:
+    if trainer.is_global_zero:  # the global rank, on every node (LOCAL_RANK is 0 on each)
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))  # never cut short
     for lg in loggers:

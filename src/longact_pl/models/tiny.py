@@ -13,9 +13,21 @@ from longact_pl.models.smollm2 import smollm2_folder
 from longact_pl.models.types import LoadedModel, finish
 
 
-def _shared(tokenizer, hidden_size: int, num_layers: int, heads: int, kv_heads: int, max_len: int) -> dict:
+def _shared(
+    tokenizer,
+    hidden_size: int,
+    num_layers: int,
+    heads: int,
+    kv_heads: int,
+    max_len: int,
+    vocab_size: int | None,
+) -> dict:
+    if vocab_size is not None and vocab_size < len(tokenizer):
+        raise ValueError(
+            f"model.vocab_size must be >= the tokenizer's {len(tokenizer)} tokens, got {vocab_size}"
+        )
     return dict(
-        vocab_size=len(tokenizer),
+        vocab_size=vocab_size or len(tokenizer),
         hidden_size=hidden_size,
         intermediate_size=hidden_size * 2,
         num_hidden_layers=num_layers,
@@ -47,16 +59,21 @@ def tiny_llama(
     heads: int = 4,
     kv_heads: int = 2,
     max_len: int = 8192,
+    vocab_size: int | None = None,
     seed: int = 0,
     gradient_checkpointing: bool = False,
     cache_dir: str | None = None,
     rope_scaling: dict | None = None,
 ) -> LoadedModel:
-    """A random Llama-architecture model (GQA: ``heads`` query heads share ``kv_heads`` key heads)."""
+    """A random Llama-architecture model (GQA: ``heads`` query heads share ``kv_heads`` key heads).
+
+    ``vocab_size`` above the tokenizer's size adds embedding rows no prompt uses (odd sizes for tests);
+    ``None`` = the tokenizer's size.
+    """
     return _build(
         LlamaForCausalLM, LlamaConfig, seed, gradient_checkpointing, cache_dir, {},
         hidden_size=hidden_size, num_layers=num_layers, heads=heads, kv_heads=kv_heads, max_len=max_len,
-        rope_scaling=rope_scaling,
+        rope_scaling=rope_scaling, vocab_size=vocab_size,
     )  # fmt: skip
 
 
@@ -66,14 +83,18 @@ def tiny_qwen3(
     heads: int = 4,
     kv_heads: int = 2,
     max_len: int = 8192,
+    vocab_size: int | None = None,
     seed: int = 0,
     gradient_checkpointing: bool = False,
     cache_dir: str | None = None,
     rope_scaling: dict | None = None,
 ) -> LoadedModel:
-    """A random Qwen3-architecture model (q_norm/k_norm after the projections, GQA)."""
+    """A random Qwen3-architecture model (q_norm/k_norm after the projections, GQA).
+
+    ``vocab_size`` as in :func:`tiny_llama`.
+    """
     return _build(
         Qwen3ForCausalLM, Qwen3Config, seed, gradient_checkpointing, cache_dir, {"layer_types": None},
         hidden_size=hidden_size, num_layers=num_layers, heads=heads, kv_heads=kv_heads, max_len=max_len,
-        rope_scaling=rope_scaling,
+        rope_scaling=rope_scaling, vocab_size=vocab_size,
     )  # fmt: skip
