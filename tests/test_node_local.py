@@ -98,7 +98,7 @@ def test_vllm_engine_starts_on_the_node_local_gpu(monkeypatch, launcher_env):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)  # torch.cuda.set_device(LOCAL_RANK)
-    with vllm_engine._this_gpu_only():
+    with vllm_engine._engine_gpus(tp=1):
         assert os.environ["CUDA_VISIBLE_DEVICES"] == "5"
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "4,5"
 
