@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from longact_pl.rewards.answers import check_batch
+
 _CONTROL = re.compile(r"[\x00-\x1f]")
 
 
@@ -30,17 +32,6 @@ def match_part(prediction: str, references: Sequence[str]) -> float:
     return max(1.0 if r.lower() in pred else 0.0 for r in references)
 
 
-def _check(completions: Sequence[str], references: Sequence[Sequence[str]]) -> None:
-    if len(completions) != len(references):
-        raise ValueError(
-            f"got {len(completions)} completions but {len(references)} reference lists; "
-            "repeat each prompt's references once per completion"
-        )
-    for i, refs in enumerate(references):
-        if isinstance(refs, str) or not refs:
-            raise ValueError(f"references[{i}] must be a non-empty list of strings, got {refs!r}")
-
-
 class StringMatchAll:
     """RULER ``string_match_all``: the fraction of references present in each completion."""
 
@@ -48,7 +39,7 @@ class StringMatchAll:
         self, completions: Sequence[str], references: Sequence[Sequence[str]], **meta
     ) -> list[float]:
         """Score each completion against its references (``meta`` is ignored)."""
-        _check(completions, references)
+        check_batch(completions, references, "StringMatchAll")
         return [match_all(c, r) for c, r in zip(completions, references)]
 
 
@@ -59,5 +50,5 @@ class StringMatchPart:
         self, completions: Sequence[str], references: Sequence[Sequence[str]], **meta
     ) -> list[float]:
         """Score each completion against its references (``meta`` is ignored)."""
-        _check(completions, references)
+        check_batch(completions, references, "StringMatchPart")
         return [match_part(c, r) for c, r in zip(completions, references)]
