@@ -203,12 +203,13 @@ def _check_sampler(cfg: DictConfig) -> None:
     from longact_pl.algos.correction import check_training_sampler
 
     try:
-        external = bool(getattr(get_object(rollout._target_), "external", False))
+        engine = get_object(rollout._target_)
     except Exception:  # noqa: BLE001 - Hydra reports an unknown _target_ itself when it builds the node
         return
-    sampler = types.SimpleNamespace(
-        top_p=_get(cfg, "rollout.top_p", 1.0), top_k=_get(cfg, "rollout.top_k", 0), external=external
-    )
+    # a stand-in of the engine's class (its name is what the error shows) with the fields the check reads
+    sampler = type(getattr(engine, "__name__", "rollout"), (), {})()
+    sampler.top_p, sampler.top_k = _get(cfg, "rollout.top_p", 1.0), _get(cfg, "rollout.top_k", 0)
+    sampler.external = bool(getattr(engine, "external", False))
     level, low, high = (_get(cfg, f"correction.{k}") for k in ("level", "reject_low", "reject_high"))
     correction = types.SimpleNamespace(
         active=level is not None or low is not None or high is not None,
