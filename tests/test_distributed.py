@@ -156,7 +156,8 @@ def test_dapo_dynamic_sampling_keeps_fsdp_ranks_in_lock_step(tmp_path):
         rows = [r for r in csv.DictReader(f) if r.get("train/gen_rounds")]
     assert sum(float(r["train/dropped_groups"]) for r in rows) > 0
     assert max(float(r["train/gen_rounds"]) for r in rows) > 1
-    assert all(1 <= float(r["train/kept_groups"]) <= 2 for r in rows)  # at most data.batch_size per rank
+    # the global count (summed over ranks): each rank trains on 1 to data.batch_size groups
+    assert all(2 <= float(r["train/kept_groups"]) <= 4 for r in rows)
 
 
 @pytest.mark.slow

@@ -36,6 +36,7 @@ CPU = [
     "data.reward._target_=tests.helpers.ParityReward", "callbacks.model_checkpoint.save_last=false",
     "seed=0",  # (with seed 42 the 4 completions of model=hf all get reward 1: no gradient)
     "rollout._target_=tests.helpers.VLLMStandIn",  # the presets' rollout=vllm, sampled by HF here
+    "rollout.max_model_len=8192",  # the tiny model's window (the presets' 37888 needs Qwen3's, with YaRN)
 ]  # fmt: skip
 
 

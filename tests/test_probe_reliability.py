@@ -39,7 +39,7 @@ def ckpt(tmp_path):
         ("rollout.temperature=0.9", "rollout.temperature"),
         ("module.ppo_epochs=2", "module.ppo_epochs"),
         ("data.train.lengths=[512]", "data.train.lengths"),
-        ("correction=token_tis", "correction.level"),
+        ("rollout=vllm correction=token_tis", "correction.level"),  # a correction needs an external sampler
         ("data.max_prompt_tokens=2048", "data.max_prompt_tokens"),
         ("algo.kl_coef=0.1", "algo.kl_coef"),
     ],
@@ -48,9 +48,9 @@ def test_every_frozen_setting_is_refused_by_name(tmp_path, ckpt, change, field):
     """Refused naming the field; the override the message suggests lets the change through."""
     escaped = field.replace(".", r"\.")
     with pytest.raises(ValueError, match=rf"{escaped}: .* -> .*resume_allow_changes=") as err:
-        check_config(compose_train(tmp_path, PARITY, f"ckpt_path={ckpt}", change))
+        check_config(compose_train(tmp_path, PARITY, f"ckpt_path={ckpt}", *change.split()))
     override = re.search(r"resume_allow_changes=\[[^\]]*\]", str(err.value)).group(0)
-    assert check_config(compose_train(tmp_path, PARITY, f"ckpt_path={ckpt}", change, override)) == 2
+    assert check_config(compose_train(tmp_path, PARITY, f"ckpt_path={ckpt}", *change.split(), override)) == 2
 
 
 def test_how_a_run_is_computed_logged_or_validated_may_change(tmp_path, ckpt):

@@ -136,10 +136,17 @@ def shutdown_engines() -> None:
         engine.folder.cleanup()
 
 
+def model_class(policy: nn.Module) -> type:
+    """The model's own class (FSDP2's ``fully_shard`` makes ``LlamaForCausalLM`` ``FSDPLlamaForCausalLM``)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return next(c for c in type(policy).__mro__ if not issubclass(c, FSDPModule))
+
+
 def engine_for(policy: nn.Module, engine_args: dict[str, Any], sleep_level: int = 0) -> Engine:
     """The engine for ``policy``'s architecture and these arguments, started on first use."""
     if not getattr(policy.config, "architectures", None):  # a model built in code: vLLM needs its class
-        policy.config.architectures = [type(policy).__name__]
+        policy.config.architectures = [model_class(policy).__name__]
     config_json = policy.config.to_json_string(use_diff=False)
     key = hashlib.sha256((config_json + repr(sorted(engine_args.items())) + str(sleep_level)).encode())
     if key.hexdigest() not in _ENGINES:
