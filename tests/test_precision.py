@@ -20,10 +20,12 @@ from longact_pl.train import run
 from tests.helpers import compose_train
 
 MATRIX = "model.layers.0.mlp.down_proj.weight"
-# how a user trains: each preset, and model=hf on the default config
+# the presets' vLLM context (37888, Qwen3's window) capped at the tiny model's window (8192)
+TINY_WINDOW = ["rollout.max_model_len=8192"]
+# how a user trains: each preset (DAPO's overlong cache of the 4 new tokens), and model=hf by default
 SETUPS = {
-    "paper_qwen3_8b_dapo": ["experiment=paper_qwen3_8b_dapo", "algo.overlong_cache_len=2"],  # of 4 tokens
-    "paper_qwen3_4b_grpo": ["experiment=paper_qwen3_4b_grpo"],
+    "paper_qwen3_8b_dapo": ["experiment=paper_qwen3_8b_dapo", "algo.overlong_cache_len=2", *TINY_WINDOW],
+    "paper_qwen3_4b_grpo": ["experiment=paper_qwen3_4b_grpo", *TINY_WINDOW],
     "cpu_longact": ["experiment=cpu_longact", "model=hf"],
     "model_hf": ["model=hf"],
 }
@@ -36,7 +38,6 @@ CPU = [
     "data.reward._target_=tests.helpers.ParityReward", "callbacks.model_checkpoint.save_last=false",
     "seed=0",  # (with seed 42 the 4 completions of model=hf all get reward 1: no gradient)
     "rollout._target_=tests.helpers.VLLMStandIn",  # the presets' rollout=vllm, sampled by HF here
-    "rollout.max_model_len=8192",  # the tiny model's window (the presets' 37888 needs Qwen3's, with YaRN)
 ]  # fmt: skip
 
 
