@@ -16,6 +16,17 @@ def tiny():
     return tiny_llama(seed=0)
 
 
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Fail the test if the tiny model is loaded."""
+    import longact_pl.models.tiny as tiny
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the config was checked")
+
+    monkeypatch.setattr(tiny, "tiny_llama", refuse)
+
+
 @pytest.fixture(params=["llama", "qwen3"])
 def tiny_any(request):
     """A fresh tiny Llama or Qwen3."""

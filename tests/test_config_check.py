@@ -12,17 +12,6 @@ from tests.helpers import compose_train
 PARITY = "data.reward._target_=tests.helpers.ParityReward"
 
 
-@pytest.fixture
-def no_model_load(monkeypatch):
-    """Fail the test if the tiny model is loaded."""
-    import longact_pl.models.tiny as tiny
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("the model was loaded before the config was checked")
-
-    monkeypatch.setattr(tiny, "tiny_llama", refuse)
-
-
 @pytest.mark.parametrize(
     "override,error,expected",
     [

@@ -15,17 +15,6 @@ from tests.helpers import FakeOps, compose_train
 PARITY = "data.reward._target_=tests.helpers.ParityReward"
 
 
-@pytest.fixture
-def no_model_load(monkeypatch):
-    """Fail the test if the tiny model is loaded."""
-    import longact_pl.models.tiny as tiny
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("the model was loaded before the config was checked")
-
-    monkeypatch.setattr(tiny, "tiny_llama", refuse)
-
-
 def test_sequence_parallel_with_the_single_strategy_names_strategy_fsdp(tmp_path, no_model_load):
     run_dir = tmp_path / "run"
     with pytest.raises(ValueError, match=r"sequence_parallel_size=2 needs strategy=fsdp"):
