@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from longact_pl.reporting.collect import RunRecord  # noqa: E402
 from longact_pl.reporting.groups import GroupKey, stat  # noqa: E402
-from longact_pl.reporting.paired import PairedRow  # noqa: E402
+from longact_pl.reporting.paired_arms import PairedRow  # noqa: E402
 from longact_pl.reporting.summary import RunSummary  # noqa: E402
 
 
