@@ -84,7 +84,7 @@ def check_config(cfg: DictConfig) -> int | None:
 
     Checks the types of every component's fields, the step limit, unsupported option combinations, the
     model window, the fp32 KL check's setting and the checkpoint to resume from (readable, and trained with
-    the settings a resume may not change: README, Reliability).
+    the settings a resume may not change: docs/reliability.md).
 
     Returns:
         The ``global_step`` of ``cfg.ckpt_path`` (``None`` for a new run).
