@@ -143,7 +143,7 @@ def plot_accuracy_by_step(accuracy: Mapping[GroupKey, Mapping[int, Mapping[str, 
     """Held-out accuracy per eval point: one panel per scope (``all``, each task@length), a line per cell.
 
     Args:
-        accuracy: ``{cell: {step: {scope: mean score}}}`` (see ``reporting.paired.accuracy_by_step``).
+        accuracy: ``{cell: {step: {scope: mean score}}}`` (see ``reporting.paired_arms.accuracy_by_step``).
         path: Output PNG.
     """
     scopes = sorted(
