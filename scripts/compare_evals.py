@@ -19,8 +19,8 @@ import json
 import sys
 from pathlib import Path
 
-from longact_pl.eval.paired import intervals_vs_first
-from longact_pl.eval.plots import plot_comparison
+from longact_pl.eval.benchmark_plots import plot_comparison
+from longact_pl.eval.paired_evals import intervals_vs_first
 from longact_pl.stats import Interval
 
 

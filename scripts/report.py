@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from longact_pl.reporting import build_report
-from longact_pl.reporting.paired import DEFAULT_PAIRS
+from longact_pl.reporting.paired_arms import DEFAULT_PAIRS
 
 
 def parse_pair(text: str) -> tuple[str, str]:

@@ -27,7 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from longact_pl.masking.metrics import jaccard, top_share  # noqa: E402
+from longact_pl.masking.mask_metrics import jaccard, top_share  # noqa: E402
 from longact_pl.masking.selection import TopK, build_masks  # noqa: E402
 from longact_pl.masking.targets import find_targets, head_dim_of  # noqa: E402
 from longact_pl.premise.concentration import collect_split, concentration_table, niah_prompts  # noqa: E402

@@ -155,9 +155,9 @@ def test_gpu_lock_agrees_with_the_cpu_lock():
 
 
 def test_install_docs_pin_vllm():
-    """No unpinned `pip install vllm` left in the README or the Makefile (it would replace torch)."""
+    """No unpinned `pip install vllm` left in the README, docs/ or the Makefile (it would replace torch)."""
     root = LOCK.parent
-    for path in (root / "README.md", root / "Makefile", root / "docs" / "gpu.md"):
+    for path in (root / "README.md", root / "Makefile", *sorted((root / "docs").glob("*.md"))):
         text = path.read_text()
         assert not re.search(r"pip install (-\S+ )*vllm(\s|$|`)", text), (
             f"{path.name}: unpinned `pip install vllm`"

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 TOTALS = ("train/truncated_prompts_total", "train/reward_errors")
 
 
-class _Frozen:
+class _FrozenReference:
     """Holds the reference model outside ``nn.Module`` registration: not trained, not checkpointed."""
 
     def __init__(self, model: nn.Module) -> None:
@@ -143,7 +143,7 @@ class LongActModule(L.LightningModule):
         self.export_dir = Path(export_dir) if export_dir else None
         self.predictions_dir = Path(predictions_dir) if predictions_dir else None
         self.validated_steps: set[int] = set()  # global steps whose weights were validated (run_end.py)
-        self._ref = _Frozen(copy.deepcopy(policy)) if algorithm.kl_coef > 0 else None
+        self._ref = _FrozenReference(copy.deepcopy(policy)) if algorithm.kl_coef > 0 else None
         self.kl_check = self._kl_check(kl_fp32_check_rows, algorithm)
         self.validation = HeldOutValidation(val_tasks, val_lengths, predictions_dir, val_max_new_tokens)
         # Set around policy training forwards so saliency hooks know which tokens are real.

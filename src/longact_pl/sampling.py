@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -27,7 +27,6 @@ class ScoredRollout:
         first_round_rewards: ``[N0]`` unshaped rewards of the first round (logged as the reward curve).
         rounds: Generation rounds used.
         dropped_groups: Groups dropped because all their rewards were equal.
-        reward_errors: Completions whose reward function raised (scored 0).
     """
 
     batch: RolloutBatch
@@ -36,8 +35,6 @@ class ScoredRollout:
     first_round_rewards: torch.Tensor
     rounds: int = 1
     dropped_groups: int = 0
-    reward_errors: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 def more_prompt_batches(datamodule, seed: int) -> Iterator[list[dict]]:

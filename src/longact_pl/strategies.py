@@ -9,8 +9,9 @@ contiguous block of ``W_Q``/``W_K`` rows and LongAct's row masks map onto local 
 (``masking/sharding.py``), with optimizer hooks seeing ordinary per-parameter tensors. FSDP1 flattens a
 wrapped module's parameters into one ``FlatParameter`` whose shard boundaries cut through rows.
 
-The frozen reference model (held outside ``nn.Module`` registration, see ``module._Frozen``) is sharded the
-same way, so it costs ``1 / world_size`` of a full copy per rank; its forward all-gathers layer by layer.
+The frozen reference model (held outside ``nn.Module`` registration, see ``module._FrozenReference``) is
+sharded the same way, so it costs ``1 / world_size`` of a full copy per rank; its forward all-gathers layer by
+layer.
 
 Sequence parallelism (``LongActFSDP(sequence_parallel_size=N)``): the ranks form a 2-D mesh
 ``(data_parallel, sequence_parallel)``; FSDP2 shards over all of it (the flattened mesh), the N ranks of a

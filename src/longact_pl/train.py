@@ -26,7 +26,7 @@ from longact_pl.checkpoints.resume import (
 from longact_pl.checkpoints.run_config import RecordRunConfig, check_resume_settings
 from longact_pl.config_check import check_combinations, check_types
 from longact_pl.data.fit_check import check_prompt_fit
-from longact_pl.eval.metrics import source_task_names
+from longact_pl.eval.accuracy import source_task_names
 from longact_pl.kl_fp32 import check_kl_fp32_setting
 from longact_pl.loggers import ResumableLogger
 from longact_pl.models.rope import check_folder_window, check_policy_window
@@ -84,7 +84,7 @@ def check_config(cfg: DictConfig) -> int | None:
 
     Checks the types of every component's fields, the step limit, unsupported option combinations, the
     model window, the fp32 KL check's setting and the checkpoint to resume from (readable, and trained with
-    the settings a resume may not change: README, Reliability).
+    the settings a resume may not change: docs/reliability.md).
 
     Returns:
         The ``global_step`` of ``cfg.ckpt_path`` (``None`` for a new run).

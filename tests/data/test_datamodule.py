@@ -115,7 +115,7 @@ def test_val_shares_are_padded_to_equal_batch_counts_across_ranks(tokenizer):
 def test_two_heldout_families_in_one_concatenated_source(tokenizer):
     from longact_pl.data.concat import ConcatSource
     from longact_pl.data.haystack import EssayHaystack
-    from longact_pl.eval.metrics import source_task_names
+    from longact_pl.eval.accuracy import source_task_names
 
     multikey = GeneratedSource(NeedleInAHaystack(num_keys=4), num_samples=3, lengths=[384], seed=1234)
     multivalue = GeneratedSource(

@@ -37,7 +37,7 @@ def test_effective_window_is_base_times_factor():
 
 
 def test_max_model_len_above_the_window_names_the_fix():
-    """The README's sequence-parallel length on Qwen3's 40,960 positions: refused unless YaRN is set."""
+    """The sequence-parallel length of docs/gpu.md on Qwen3's 40,960 positions: refused unless YaRN is set."""
     with pytest.raises(ValueError) as err:
         check_max_model_len(70656, 40960, None)
     message = str(err.value)

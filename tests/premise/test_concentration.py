@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from longact_pl.masking.metrics import top_share
+from longact_pl.masking.mask_metrics import top_share
 from longact_pl.masking.targets import find_targets
 from longact_pl.models.tiny import tiny_llama
 from longact_pl.premise.concentration import collect_split, concentration_table, niah_prompts

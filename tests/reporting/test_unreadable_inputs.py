@@ -7,7 +7,7 @@ import pytest
 
 from longact_pl.reporting import build_report
 from longact_pl.reporting.collect import load_run
-from tests.eval.test_compare_paired import _ruler_eval, _scores
+from tests.eval.test_paired_evals import _ruler_eval, _scores
 from tests.helpers import ROOT
 from tests.reporting.synthetic import build_multirun
 

@@ -95,7 +95,7 @@ def test_bad_values_name_the_field(field, value):
 def test_samples_equal_generate_with_num_return_sequences(tiny):
     """The engine repeats prompts itself (so both HF paths share one code path): same samples as HF's own
     ``num_return_sequences`` for a seed."""
-    from longact_pl.rollout.masks import left_pad
+    from longact_pl.rollout.batch_builder import left_pad
 
     prompts = _prompts(tiny.tokenizer)
     ro = HFRollout(group_size=3, max_new_tokens=6).generate(tiny.model, tiny.tokenizer, prompts, seed=4)
@@ -113,7 +113,7 @@ def test_samples_equal_generate_with_num_return_sequences(tiny):
 def test_eos_ids_resolved_once_for_every_engine(tiny):
     from types import SimpleNamespace
 
-    from longact_pl.rollout.masks import eos_token_ids
+    from longact_pl.rollout.batch_builder import eos_token_ids
 
     tok = SimpleNamespace(eos_token_id=7)
 
@@ -125,7 +125,7 @@ def test_eos_ids_resolved_once_for_every_engine(tiny):
 
 
 def test_build_batch_masks_after_eos_and_beyond_lengths(tiny):
-    from longact_pl.rollout.masks import build_batch
+    from longact_pl.rollout.batch_builder import build_batch
 
     tok = tiny.tokenizer
     prompt_ids, prompt_mask = torch.tensor([[0, 5, 6]]), torch.tensor([[0, 1, 1]])

@@ -3,8 +3,8 @@ import torch
 
 from longact_pl.models.tiny import tiny_llama, tiny_qwen3
 from longact_pl.ops.logprobs import completion_logprobs
+from longact_pl.rollout.batch_builder import left_pad
 from longact_pl.rollout.hf import HFRollout
-from longact_pl.rollout.masks import left_pad
 from longact_pl.rollout.prefix_generate import (
     ATTN_NAME,
     SharedPrefixCache,

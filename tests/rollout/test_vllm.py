@@ -16,8 +16,8 @@ import torch
 
 from longact_pl.ops.logprobs import completion_logprobs
 from longact_pl.ops.positions import position_ids_from_mask
+from longact_pl.rollout.batch_builder import eos_token_ids
 from longact_pl.rollout.hf import HFRollout
-from longact_pl.rollout.masks import eos_token_ids
 from longact_pl.rollout.vllm import VLLMRollout, prompt_seed
 from longact_pl.rollout.weight_sync import WeightSync
 from longact_pl.train import rollout_callbacks

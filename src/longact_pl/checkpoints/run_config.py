@@ -138,7 +138,7 @@ def check_resume_config(saved: dict | None, new: dict, path: str | Path, allow: 
         f"with ckpt_path=null. If the change is intended, add {OVERRIDE}=[{fields}] (recorded in "
         "config.yaml)"
         + ("; a model of another shape still cannot load the checkpoint's weights." if shape else ".")
-        + " What may change on resume: README, Reliability."
+        + " What may change on resume: docs/reliability.md."
     )
 
 

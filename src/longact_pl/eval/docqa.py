@@ -12,9 +12,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from longact_pl.data.docqa import DocQASource, fit_document
+from longact_pl.eval.batch_scoring import evaluate_batch
 from longact_pl.eval.context import EvalContext, check_decoding, chunks
 from longact_pl.eval.report import write_summary
-from longact_pl.eval.scoring import evaluate_batch
 from longact_pl.rewards import hooks as reward_hooks
 from longact_pl.rewards.answers import extract_answer
 from longact_pl.rewards.types import RewardFn

@@ -10,8 +10,8 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from longact_pl.data.dataset import drop_padding
-from longact_pl.eval.metrics import TaskLengthAccuracy, compute_accuracy, update_accuracy
-from longact_pl.eval.scoring import evaluate_batch
+from longact_pl.eval.accuracy import TaskLengthAccuracy, compute_accuracy, update_accuracy
+from longact_pl.eval.batch_scoring import evaluate_batch
 from longact_pl.eval.val_records import ValRecords
 from longact_pl.rewards.scoring import RewardErrors
 from longact_pl.rewards.types import RewardFn

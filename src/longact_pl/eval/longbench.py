@@ -14,11 +14,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from longact_pl.data.prompting import encode_prompt, middle_truncate, template_ids, to_messages
+from longact_pl.eval.batch_scoring import BatchResult, evaluate_batch
+from longact_pl.eval.benchmark_plots import plot_longbench
 from longact_pl.eval.context import EvalContext, check_decoding, chunks
 from longact_pl.eval.longbench_data import load_longbench
-from longact_pl.eval.plots import plot_longbench
 from longact_pl.eval.report import longbench_markdown, longbench_summary, write_summary
-from longact_pl.eval.scoring import BatchResult, evaluate_batch
 
 _QUESTION = (
     "Please read the following text and answer the question below.\n\n<text>\n$DOC$\n</text>\n\n"

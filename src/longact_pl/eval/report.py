@@ -49,7 +49,7 @@ def ruler_summary(
     threshold: float,
     **info,
 ) -> dict:
-    """Build the RULER summary from :class:`~longact_pl.eval.metrics.TaskLengthAccuracy` output.
+    """Build the RULER summary from :class:`~longact_pl.eval.accuracy.TaskLengthAccuracy` output.
 
     Args:
         computed: ``metric.compute()`` (scores in ``[0, 1]``).

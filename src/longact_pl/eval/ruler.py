@@ -15,11 +15,11 @@ from pathlib import Path
 
 from longact_pl.data.prompting import encode_prompt
 from longact_pl.data.types import Task
+from longact_pl.eval.accuracy import TaskLengthAccuracy
+from longact_pl.eval.batch_scoring import evaluate_batch
+from longact_pl.eval.benchmark_plots import plot_ruler
 from longact_pl.eval.context import EvalContext, check_decoding
-from longact_pl.eval.metrics import TaskLengthAccuracy
-from longact_pl.eval.plots import plot_ruler
 from longact_pl.eval.report import ruler_markdown, ruler_summary, write_summary
-from longact_pl.eval.scoring import evaluate_batch
 from longact_pl.rewards.string_match import postprocess
 from longact_pl.rewards.types import RewardFn
 

@@ -38,7 +38,7 @@ from longact_pl.masking.sharding import local_rows
 
 
 @dataclass
-class _Frozen:
+class _FrozenRows:
     """Frozen rows of one parameter (a target weight or bias) inside this rank's row block."""
 
     param: nn.Parameter
@@ -50,7 +50,7 @@ class RowFreezer:
     """Keeps the rows outside the masks of target ``nn.Linear`` modules fixed through optimizer steps."""
 
     def __init__(self) -> None:
-        self._frozen: list[_Frozen] = []
+        self._frozen: list[_FrozenRows] = []
         self._handles: list[RemovableHandle] = []
 
     def set_masks(self, linears: Mapping[str, nn.Linear], masks: Mapping[str, Tensor]) -> None:
@@ -63,7 +63,7 @@ class RowFreezer:
         Raises:
             ValueError: If a mask length differs from the module's ``out_features``.
         """
-        frozen: list[_Frozen] = []
+        frozen: list[_FrozenRows] = []
         for name, linear in linears.items():
             mask = masks[name]
             if mask.numel() != linear.out_features:
@@ -79,7 +79,7 @@ class RowFreezer:
                 buffer = torch.empty(
                     (index.numel(), *local.shape[1:]), dtype=local.dtype, device=local.device
                 )
-                frozen.append(_Frozen(param, index.to(local.device), buffer))
+                frozen.append(_FrozenRows(param, index.to(local.device), buffer))
         self._frozen = frozen
 
     @property

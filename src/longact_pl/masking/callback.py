@@ -34,7 +34,7 @@ from longact_pl.masking.apply import RowFreezer
 from longact_pl.masking.builder import MaskBuilder
 from longact_pl.masking.calibrate import collect_stats, select_calibration
 from longact_pl.masking.export import write_masks
-from longact_pl.masking.metrics import drift_metrics, l1_share, mean
+from longact_pl.masking.mask_metrics import drift_metrics, l1_share, mean
 from longact_pl.masking.moments import warm_start_rows
 from longact_pl.masking.options import MaskingOptions
 from longact_pl.masking.rope import rope_pairs

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from longact_pl.masking.builder import MaskBuilder
 from longact_pl.masking.calibrate import collect_stats
-from longact_pl.masking.metrics import l1_share
+from longact_pl.masking.mask_metrics import l1_share
 from longact_pl.masking.selection import BottomK, RandomK, Selector
 
 

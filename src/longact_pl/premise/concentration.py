@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from longact_pl.data.prompting import to_messages
-from longact_pl.masking.metrics import top_share
+from longact_pl.masking.mask_metrics import top_share
 from longact_pl.masking.stats import ChannelStats, StatsCollector
 from longact_pl.masking.targets import Target
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from longact_pl.premise.analysis import ARMS_SHOWN, arm_value, decision, m1_table, m2_table, m3_table
-from longact_pl.premise.plots import plot_all
+from longact_pl.premise.figures import plot_all
 
 
 def read_records(run_dir: Path) -> list[dict[str, Any]]:

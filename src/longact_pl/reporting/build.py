@@ -6,15 +6,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from longact_pl.reporting.collect import MissingJob, RunRecord, collect
-from longact_pl.reporting.groups import GroupKey, group_runs
-from longact_pl.reporting.paired_section import PairedSection, paired_section
-from longact_pl.reporting.plots import (
+from longact_pl.reporting.ablation_plots import (
     plot_accuracy_by_step,
     plot_accuracy_vs_length,
     plot_paired,
     plot_rewards,
 )
+from longact_pl.reporting.collect import MissingJob, RunRecord, collect
+from longact_pl.reporting.groups import GroupKey, group_runs
+from longact_pl.reporting.paired_section import PairedSection, paired_section
 from longact_pl.reporting.summary import RunSummary, summarize
 from longact_pl.reporting.tables import report_markdown
 

@@ -8,8 +8,15 @@ from dataclasses import dataclass, field, replace
 
 from longact_pl.reporting.collect import RunRecord, train_rows
 from longact_pl.reporting.groups import GroupKey
-from longact_pl.reporting.paired import ALL, ArmRuns, PairedRow, accuracy_by_step, compare_arms, load_arms
-from longact_pl.reporting.paired import movement as arm_movement
+from longact_pl.reporting.paired_arms import (
+    ALL,
+    ArmRuns,
+    PairedRow,
+    accuracy_by_step,
+    compare_arms,
+    load_arms,
+)
+from longact_pl.reporting.paired_arms import movement as arm_movement
 
 # How the section's numbers are made (its first paragraph).
 METHOD = " ".join([

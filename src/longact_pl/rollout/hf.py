@@ -17,7 +17,7 @@ import contextlib
 import torch
 
 from longact_pl.ops.shared_prefix import full_attention_only
-from longact_pl.rollout.masks import build_batch, check_sampling, eos_token_ids, left_pad
+from longact_pl.rollout.batch_builder import build_batch, check_sampling, eos_token_ids, left_pad
 from longact_pl.rollout.prefix_generate import SharedPrefixCache, prefill, shared_prefix_decoding
 from longact_pl.rollout.types import RolloutBatch
 

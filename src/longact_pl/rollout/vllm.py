@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from longact_pl.models.types import resolve_dtype
-from longact_pl.rollout.masks import build_batch, check_sampling, eos_token_ids, left_pad
+from longact_pl.rollout.batch_builder import build_batch, check_sampling, eos_token_ids, left_pad
 from longact_pl.rollout.types import RolloutBatch
 from longact_pl.rollout.vllm_engine import SYNC_METHODS, Engine, engine_for
 from longact_pl.rollout.weight_push import PushStats

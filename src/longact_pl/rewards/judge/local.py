@@ -56,7 +56,7 @@ class VllmJudgeBackend:
     @torch.no_grad()
     def complete(self, requests: list[Messages]) -> list[str | BaseException]:
         """Greedy replies to every request in one engine call (an engine error fails all of them)."""
-        from longact_pl.rollout.masks import eos_token_ids
+        from longact_pl.rollout.batch_builder import eos_token_ids
         from longact_pl.rollout.vllm_engine import engine_for, generate_greedy
 
         if not requests:

@@ -7,7 +7,7 @@ from longact_pl.data.sources import GeneratedSource, JsonlSource
 from longact_pl.data.tasks.mixture import TaskMixture
 from longact_pl.data.tasks.niah import NeedleInAHaystack
 from longact_pl.data.tasks.words import FrequentWords
-from longact_pl.eval.metrics import TaskLengthAccuracy, source_task_names, task_names
+from longact_pl.eval.accuracy import TaskLengthAccuracy, source_task_names, task_names
 
 TASKS, LENGTHS = ["niah", "vt", "qa"], [512, 1024]
 # (task, length, score) updates in two batches; qa is never seen at 1024

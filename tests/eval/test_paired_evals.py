@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from longact_pl.eval.metrics import TaskLengthAccuracy
-from longact_pl.eval.paired import intervals_vs_first, load_prompts, row_interval
+from longact_pl.eval.accuracy import TaskLengthAccuracy
+from longact_pl.eval.paired_evals import intervals_vs_first, load_prompts, row_interval
 from longact_pl.eval.report import longbench_summary, ruler_summary
 from tests.helpers import ROOT
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from longact_pl.eval.scoring import evaluate_batch, string_match_all, string_match_part
+from longact_pl.eval.batch_scoring import evaluate_batch, string_match_all, string_match_part
 from longact_pl.rewards.string_match import StringMatchAll
 from longact_pl.rollout.hf import HFRollout
 from tests.conftest import chat_ids

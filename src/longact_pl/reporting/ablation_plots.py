@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from longact_pl.reporting.collect import RunRecord  # noqa: E402
 from longact_pl.reporting.groups import GroupKey, stat  # noqa: E402
-from longact_pl.reporting.paired import PairedRow  # noqa: E402
+from longact_pl.reporting.paired_arms import PairedRow  # noqa: E402
 from longact_pl.reporting.summary import RunSummary  # noqa: E402
 
 
@@ -143,7 +143,7 @@ def plot_accuracy_by_step(accuracy: Mapping[GroupKey, Mapping[int, Mapping[str, 
     """Held-out accuracy per eval point: one panel per scope (``all``, each task@length), a line per cell.
 
     Args:
-        accuracy: ``{cell: {step: {scope: mean score}}}`` (see ``reporting.paired.accuracy_by_step``).
+        accuracy: ``{cell: {step: {scope: mean score}}}`` (see ``reporting.paired_arms.accuracy_by_step``).
         path: Output PNG.
     """
     scopes = sorted(

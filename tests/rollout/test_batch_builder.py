@@ -1,7 +1,7 @@
 import torch
 
 from longact_pl.ops.positions import position_ids_from_mask
-from longact_pl.rollout.masks import completion_mask_after_eos, left_pad
+from longact_pl.rollout.batch_builder import completion_mask_after_eos, left_pad
 
 
 def test_completion_mask_keeps_tokens_up_to_and_including_first_eos():
