@@ -205,9 +205,18 @@ def test_packed_logprobs_on_flex_match_the_padded_path(build, monkeypatch):
     torch.testing.assert_close(got[1], want[1], atol=1e-4, rtol=1e-5)
 
 
+def test_flex_and_flash_get_one_dtype_under_autocast():
+    """Under bf16 autocast a float32 q/k (Qwen3's q/k norms) meets a bf16 v: both kernels need one dtype."""
+    q, k, v = torch.zeros(1, 2, 3, 8), torch.zeros(1, 1, 5, 8), torch.zeros(1, 1, 5, 8, dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert {t.dtype for t in kernels.same_dtype(q, k, v)} == {torch.bfloat16}
+    assert {t.dtype for t in kernels.same_dtype(q, k, v)} == {torch.float32}
+
+
 @BUILDS
-def test_packed_logprobs_on_merged_varlen_match_the_padded_path_with_grads(build, monkeypatch):
-    model = build(seed=0).model.train()
+@pytest.mark.parametrize("ckpt", [False, True], ids=["plain", "ckpt"])
+def test_packed_logprobs_on_merged_varlen_match_the_padded_path_with_grads(build, ckpt, monkeypatch):
+    model = build(seed=0, gradient_checkpointing=ckpt).model.train()
     ids, mask, groups = _batch(model.config.vocab_size)
     want = _run(model, _grouped(False), ids, mask, groups)
     _assert_same(_run(model, _packed_fn("flash_varlen", monkeypatch), ids, mask, groups), want)

@@ -168,6 +168,17 @@ def install() -> None:
 install()  # before any attention tap captures the functions it wraps
 
 
+def same_dtype(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Query, key and value in one dtype: autocast's where it is on, else the query's.
+
+    Under bf16 autocast a model's q/k can come out float32 (Qwen3's q/k RMSNorm multiplies by a float32
+    weight) while v is bf16; SDPA casts them itself, FlexAttention and flash-attn need one dtype.
+    """
+    device = tensors[0].device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else tensors[0].dtype
+    return tuple(t.to(dtype) for t in tensors)
+
+
 def kernel_call(kernel: str, layout, part=None) -> KernelCall:
     """The :class:`KernelCall` running ``kernel`` on a packed layout.
 
@@ -183,6 +194,7 @@ def kernel_call(kernel: str, layout, part=None) -> KernelCall:
         flex = _flex_function(layout.owner.device)
 
         def run(q, k, v, scale):
+            q, k, v = same_dtype(q, k, v)
             out = flex(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=True)  # [1, h, T, d]
             return out.transpose(1, 2).contiguous()  # [1, T, h, d]
 
@@ -190,7 +202,7 @@ def kernel_call(kernel: str, layout, part=None) -> KernelCall:
         plan, part = VarlenPlan.from_layout(layout), part or FlashVarlen()
 
         def run(q, k, v, scale):
-            return varlen_attention(q, k, v, plan, part, scale)  # [1, T, h, d]
+            return varlen_attention(*same_dtype(q, k, v), plan, part, scale)  # [1, T, h, d]
 
     elif kernel == "sdpa_mask":
         dense_mask = sdpa_mask(

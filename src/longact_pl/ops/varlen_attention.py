@@ -176,11 +176,17 @@ class FlashVarlen:
         out, lse, _ = self._api.flash_attn_varlen_func(
             q, k, v, cu_q, cu_k, max_q, max_k, softmax_scale=scale, causal=causal, return_attn_probs=True
         )
+        if tuple(lse.shape) != (q.shape[1], q.shape[0]):
+            raise RuntimeError(
+                f"flash-attn returned a log-sum-exp of shape {tuple(lse.shape)}, not [heads, tokens] "
+                f"{(q.shape[1], q.shape[0])} (flash-attn >= 2.5 needed); use model.attn_implementation=sdpa"
+            )
         return out, lse
 
     def backward(self, do, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, causal, scale):
         """The part's ``dq``, ``dk``, ``dv`` given the merged ``out`` and ``lse``."""
-        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        # zeros: keys of a span without packed tokens get no query, and may not be written
+        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
         args = dict(
             dout=do.contiguous(), q=q, k=k, v=v, out=out, softmax_lse=lse, dq=dq, dk=dk, dv=dv,
             cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=max_q, max_seqlen_k=max_k, dropout_p=0.0,
