@@ -141,6 +141,18 @@ def test_choose_kernel_by_implementation_and_device():
     assert kernel == "flex" and "flash-attn" in reason
     with pytest.raises(ValueError, match="model.attn_implementation='paged|sdpa'"):
         choose_kernel("paged|sdpa", "cuda")
+    # forced kernels (the escape hatch a plan's config field can offer), refused where they cannot run
+    assert choose_kernel("sdpa", "cuda", requested="sdpa_mask", field="f") == ("sdpa_mask", "f=sdpa_mask")
+    assert choose_kernel("sdpa", "cpu", requested="sdpa_mask")[0] == "sdpa_mask"
+    assert choose_kernel("sdpa", "cuda", False, requested="flex")[0] == "flex"
+    for impl, device, kernel, match in [
+        ("sdpa", "cpu", "flex", "needs a CUDA device"),
+        ("eager", "cuda", "flex", "eager attention only takes sdpa_mask"),
+        ("sdpa", "cuda", "flash_varlen", "needs flash-attn"),
+        ("sdpa", "cuda", "dense", "one of auto, sdpa_mask, flex, flash_varlen"),
+    ]:
+        with pytest.raises(ValueError, match=f"train.packed_kernel='?{kernel}'?.*{match}"):
+            choose_kernel(impl, device, False, requested=kernel, field="train.packed_kernel")
 
 
 def _packed_fn(kernel: str, monkeypatch):

@@ -49,7 +49,11 @@ def flash_attn_available() -> bool:
 
 
 def choose_kernel(
-    attn_implementation: str, device: torch.device | str, flash_available: bool | None = None
+    attn_implementation: str,
+    device: torch.device | str,
+    flash_available: bool | None = None,
+    requested: str = "auto",
+    field: str = "requested",
 ) -> tuple[str, str]:
     """The packed pass's kernel for a model's attention implementation on a device, and why.
 
@@ -58,16 +62,23 @@ def choose_kernel(
     Args:
         attn_implementation: ``sdpa``, ``eager``, ``flex_attention``, ``flash_attention_2`` or ``auto`` (the
             inner one under sequence parallelism: ``sdpa`` for ``ulysses_sdpa``).
-        device: Where the pass runs.
+        device: Where the pass runs (the training device, not where the weights sit before setup).
         flash_available: Whether flash-attn is installed (``None``: probe).
+        requested: ``auto`` (the table in docs/kernels.md) or a kernel of :data:`KERNELS` to force (an
+            escape hatch: ``sdpa_mask`` runs anywhere; ``flex`` trains on CUDA only; ``flash_varlen`` needs
+            CUDA and flash-attn).
+        field: The config field ``requested`` came from (named in errors).
 
     Returns:
         ``(kernel, reason)``; ``kernel`` in :data:`KERNELS`.
 
     Raises:
-        ValueError: For an implementation the packed pass does not cover.
+        ValueError: For an implementation the packed pass does not cover, or a requested kernel that
+            cannot run here.
     """
     cuda = torch.device(device).type == "cuda"
+    if requested != "auto":
+        return _requested(requested, attn_implementation, cuda, flash_available, field)
     if attn_implementation == "eager":
         return "sdpa_mask", "eager attention: the dense packed mask in its additive format (reference path)"
     if attn_implementation not in ("sdpa", "flex_attention", "flash_attention_2", "auto"):
@@ -90,6 +101,23 @@ def choose_kernel(
         f"{attn_implementation} on CUDA: FlexAttention block mask (only tiles with real pairs; the dense "
         "mask would compute the whole [T, P + T] rectangle and repeat KV heads)"
     )
+
+
+def _requested(
+    kernel: str, attn_implementation: str, cuda: bool, flash_available: bool | None, field: str
+) -> tuple[str, str]:
+    """A forced kernel, checked against the implementation and the device."""
+    if kernel not in KERNELS:
+        raise ValueError(f"{field}={kernel!r}: one of auto, {', '.join(KERNELS)}")
+    if kernel != "sdpa_mask" and attn_implementation == "eager":
+        raise ValueError(f"{field}={kernel!r} with {_FIELD}=eager: eager attention only takes sdpa_mask")
+    if kernel != "sdpa_mask" and not cuda:
+        raise ValueError(f"{field}={kernel!r} needs a CUDA device (use auto or sdpa_mask)")
+    if kernel == "flash_varlen" and not (
+        flash_attn_available() if flash_available is None else flash_available
+    ):
+        raise ValueError(f"{field}=flash_varlen needs flash-attn (pip install flash-attn), or use auto")
+    return kernel, f"{field}={kernel}"
 
 
 def _flex_function(device: torch.device):
