@@ -324,3 +324,21 @@ def test_packed_kernels_match_the_padded_path_in_bf16_on_cuda(build, kernel, mon
         ]  # [5, C - 2] each
     real = mask2[:, -width:].bool()
     torch.testing.assert_close(logp[0][real], logp[1][real], atol=5e-2, rtol=5e-2)
+
+
+@pytest.mark.slow  # ~10 s: one inductor compile of FlexAttention for the CPU (a C++ build)
+def test_compiled_flex_takes_a_new_layout_without_recompiling():
+    """The CUDA path compiles FlexAttention once with dynamic shapes; another layout (other lengths, a new
+    mask-function closure) must reuse the graph. Checked here with the CPU compiler (forward only)."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    flex = torch.compile(flex_attention, dynamic=True)
+    for prompts, rows in [([150, 40], [[30, 5, 77], [9, 100]]), ([200, 33, 7], [[130, 1], [4, 60, 2], [50]])]:
+        layout = _layout(prompts, rows)
+        q, k, v = _qkv(layout, dim=16, dtype=torch.float32)
+        with torch.no_grad():
+            got = flex(q, k, v, block_mask=packed_block_mask(layout), enable_gqa=True)
+        torch.testing.assert_close(got, _sdpa(q, k, v, _reference_mask(prompts, rows)), atol=1e-5, rtol=1e-5)
+    assert counters["stats"]["unique_graphs"] == 1
