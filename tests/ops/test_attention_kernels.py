@@ -10,7 +10,13 @@ import longact_pl.ops.packed as packed
 from longact_pl.masking.attention_tap import tap_attention
 from longact_pl.models.tiny import tiny_llama, tiny_qwen3
 from longact_pl.ops.attention_kernels import KernelCall, choose_kernel, packed_attention
-from longact_pl.ops.flex_block_mask import block_layout, block_work, packed_block_mask, real_pairs
+from longact_pl.ops.flex_block_mask import (
+    block_layout,
+    block_work,
+    mark_tiles_dynamic,
+    packed_block_mask,
+    real_pairs,
+)
 from longact_pl.ops.packed import PackedCompletions, packing_unsupported
 from longact_pl.ops.shared_prefix import grouped_completion_logprobs
 from longact_pl.ops.varlen_attention import MergedVarlen, TorchVarlen, VarlenPlan
@@ -326,19 +332,24 @@ def test_packed_kernels_match_the_padded_path_in_bf16_on_cuda(build, kernel, mon
     torch.testing.assert_close(logp[0][real], logp[1][real], atol=5e-2, rtol=5e-2)
 
 
-@pytest.mark.slow  # ~10 s: one inductor compile of FlexAttention for the CPU (a C++ build)
+@pytest.mark.slow  # ~15-30 s: one inductor compile of FlexAttention for the CPU (a C++ build)
 def test_compiled_flex_takes_a_new_layout_without_recompiling():
-    """The CUDA path compiles FlexAttention once with dynamic shapes; another layout (other lengths, a new
-    mask-function closure) must reuse the graph. Checked here with the CPU compiler (forward only)."""
+    """The CUDA path compiles FlexAttention once with dynamic shapes and tile counts; another layout (other
+    lengths and tile counts, a new mask closure) must reuse the graph. Checked with the CPU compiler."""
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
     counters.clear()
     flex = torch.compile(flex_attention, dynamic=True)
-    for prompts, rows in [([150, 40], [[30, 5, 77], [9, 100]]), ([200, 33, 7], [[130, 1], [4, 60, 2], [50]])]:
+    cases = [  # (2, 4) tiles twice, then (5, 9): other lengths and tile counts, a new mask closure each
+        ([150, 40], [[30, 5, 77], [9, 100]]),
+        ([200, 33, 7], [[130, 1], [4, 60, 2], [50]]),
+        ([300, 140], [[10, 20, 256], [300]]),
+    ]
+    for prompts, rows in cases:
         layout = _layout(prompts, rows)
         q, k, v = _qkv(layout, dim=16, dtype=torch.float32)
         with torch.no_grad():
-            got = flex(q, k, v, block_mask=packed_block_mask(layout), enable_gqa=True)
+            got = flex(q, k, v, block_mask=mark_tiles_dynamic(packed_block_mask(layout)), enable_gqa=True)
         torch.testing.assert_close(got, _sdpa(q, k, v, _reference_mask(prompts, rows)), atol=1e-5, rtol=1e-5)
     assert counters["stats"]["unique_graphs"] == 1

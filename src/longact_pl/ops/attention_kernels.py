@@ -30,7 +30,7 @@ from torch import nn
 from transformers import AttentionInterface
 from transformers.masking_utils import sdpa_mask
 
-from longact_pl.ops.flex_block_mask import packed_block_mask
+from longact_pl.ops.flex_block_mask import mark_tiles_dynamic, packed_block_mask
 from longact_pl.ops.varlen_attention import FlashVarlen, VarlenPlan, varlen_attention
 
 KERNELS = ("sdpa_mask", "flex", "flash_varlen")
@@ -218,7 +218,7 @@ def kernel_call(kernel: str, layout, part=None) -> KernelCall:
             :class:`~longact_pl.ops.varlen_attention.TorchVarlen`).
     """
     if kernel == "flex":
-        block_mask = packed_block_mask(layout)
+        block_mask = mark_tiles_dynamic(packed_block_mask(layout))
         flex = _flex_function(layout.owner.device)
 
         def run(q, k, v, scale):

@@ -130,6 +130,27 @@ def packed_block_mask(layout: PackedCompletions, block: int = BLOCK) -> BlockMas
     )  # fmt: skip
 
 
+def mark_tiles_dynamic(mask: BlockMask) -> BlockMask:
+    """Mark the tile-count dimensions of ``mask``'s tensors dynamic for ``torch.compile`` (returns ``mask``).
+
+    Every micro-batch packs another length, so another number of tiles; unmarked, the compiled
+    FlexAttention specialises on the tile counts and recompiles for each micro-batch (then, past the
+    recompile limit, falls back to the unfused kernel that materialises the scores).
+    """
+    for side in ("kv", "q"):
+        for name in (
+            f"{side}_num_blocks",
+            f"{side}_indices",
+            f"full_{side}_num_blocks",
+            f"full_{side}_indices",
+        ):
+            tensor = getattr(mask, name)
+            if tensor is not None:
+                for dim in range(2, tensor.dim()):  # [B, H, tiles] and [B, H, tiles, tiles]
+                    torch._dynamo.maybe_mark_dynamic(tensor, dim)
+    return mask
+
+
 def real_pairs(layout: PackedCompletions) -> int:
     """Allowed query-key pairs: each token sees its prompt and its row up to itself."""
     return int((layout.prompt_lengths[layout.owner] + layout.col + 1).sum())
