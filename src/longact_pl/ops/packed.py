@@ -212,7 +212,6 @@ def packed_completion_logprobs(
     hook: TokenMaskHook | None,
     entropy_grad: bool = False,
     kernel: str | None = None,
-    varlen_part=None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs of every row's completion from one packed forward on the spans' recorded prompts.
 
@@ -233,7 +232,6 @@ def packed_completion_logprobs(
         entropy_grad: The entropy keeps its gradient (entropy bonus).
         kernel: Attention kernel (:data:`~longact_pl.ops.attention_kernels.KERNELS`); ``None``: chosen from
             the model's attention implementation and the device (``choose_kernel``).
-        varlen_part: Part kernel of ``flash_varlen`` (``None``: flash-attn; tests pass the torch reference).
 
     Returns:
         ``(logp [N, C], entropy [N, C] or None)``, zeros at padding.
@@ -261,7 +259,7 @@ def packed_completion_logprobs(
     real_tokens = int(layout.cu_seqlens[rows])  # the real rows' tokens come first
     implementation = inner_implementation(model)
     kernel = kernel or choose_kernel(implementation, targets.device)[0]
-    attention, call = packed_attention(model, implementation, layout, kernel, varlen_part)
+    attention, call = packed_attention(model, implementation, layout, kernel)
     hidden = hooked_forward(
         decoder,
         hook,
