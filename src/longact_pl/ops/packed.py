@@ -17,9 +17,12 @@ packed pass runs one row of ``T = sum(lengths)`` tokens instead, with no padding
 * **Head**: the token at ``col = 0`` is predicted by its prompt's last hidden state, any other by the
   previous token of its row; log-probs come back scattered into ``[R, C]`` (zeros at padding).
 
-Covered: attention implementations whose Hugging Face mask builder produces a full 4D mask (``sdpa``,
-``eager``). Flash-attention varlen cannot express a shared prompt without one copy of its key/values per
-row, so ``flash_attention_*`` models take the padded pass (:func:`packing_unsupported` says why).
+Kernels (:mod:`longact_pl.ops.attention_kernels`, its ``choose_kernel`` picks one from the attention
+implementation and the device): the 4D mask above (``sdpa_mask``: the CPU path and the
+reference), FlexAttention on a block mask built from the layout (``flex``) or two flash-attn varlen calls
+merged by log-sum-exp (``flash_varlen``); the last two compute only (tiles of) real query-key pairs.
+Covered: ``sdpa``, ``eager``, ``flex_attention`` and, with flash-attn installed, ``flash_attention_2``
+(:func:`packing_unsupported` says why another takes the padded pass).
 """
 
 from __future__ import annotations
@@ -33,12 +36,13 @@ from torch import nn
 from transformers.cache_utils import Cache, DynamicLayer
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 
+from longact_pl.ops.attention_kernels import choose_kernel, flash_attn_available, packed_attention
 from longact_pl.ops.chunked import head_logprobs, lm_head_of
 from longact_pl.ops.passes import TokenMaskHook, dummy_rows, hooked_forward, zero_tie
 from longact_pl.ops.sequence_parallel.attention import inner_implementation
 
-# attention implementations whose mask builder returns a full [1, 1, T, K] mask from a mask function
-PACKABLE_ATTENTION = ("sdpa", "eager")
+# attention implementations the packed pass has a kernel for (see longact_pl.ops.attention_kernels)
+PACKABLE_ATTENTION = ("sdpa", "eager", "flex_attention", "flash_attention_2")
 
 
 def packing_unsupported(model: nn.Module) -> str | None:
@@ -46,6 +50,10 @@ def packing_unsupported(model: nn.Module) -> str | None:
     impl = inner_implementation(model)  # sdpa for ulysses_sdpa (sequence parallelism wraps it)
     if impl not in PACKABLE_ATTENTION:
         return f"attn_implementation={impl!r} (packing covers {list(PACKABLE_ATTENTION)})"
+    if impl == "flash_attention_2" and not flash_attn_available():
+        return (
+            "attn_implementation='flash_attention_2' without the flash-attn package (pip install flash-attn)"
+        )
     return None
 
 
@@ -203,6 +211,7 @@ def packed_completion_logprobs(
     chunk_size: int | None,
     hook: TokenMaskHook | None,
     entropy_grad: bool = False,
+    kernel: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs of every row's completion from one packed forward on the spans' recorded prompts.
 
@@ -221,6 +230,8 @@ def packed_completion_logprobs(
         chunk_size: LM-head chunk (tokens).
         hook: Told ``[1, T]`` (``False`` at dummy tokens) around the packed forward.
         entropy_grad: The entropy keeps its gradient (entropy bonus).
+        kernel: Attention kernel (:data:`~longact_pl.ops.attention_kernels.KERNELS`); ``None``: chosen from
+            the model's attention implementation and the device (``choose_kernel``).
 
     Returns:
         ``(logp [N, C], entropy [N, C] or None)``, zeros at padding.
@@ -246,15 +257,20 @@ def packed_completion_logprobs(
         for i in range(len(prompts[0][0]))
     ]  # per layer: the prompts' key/values, span after span
     real_tokens = int(layout.cu_seqlens[rows])  # the real rows' tokens come first
+    implementation = inner_implementation(model)
+    kernel = kernel or choose_kernel(implementation, targets.device)[0]
+    attention, call = packed_attention(model, implementation, layout, kernel)
     hidden = hooked_forward(
         decoder,
         hook,
         (torch.arange(layout.num_tokens, device=targets.device) < real_tokens).unsqueeze(0),  # [1, T]
         input_ids=layout.input_ids,
-        attention_mask=layout.attention_mask(model, torch.float32),
         position_ids=layout.position_ids,
         past_key_values=Cache(layers=layers),
+        **attention,  # attention_mask (and the kernel call)
     )  # [1, T, H]
+    if call is not None:
+        call.check(len(layers))
     lasts = torch.cat([last[0] for _, last in prompts])  # [S, H]
     tie = zero_tie([hidden, lasts])
     if real_tokens == 0:  # only lock-step dummies
