@@ -108,6 +108,31 @@ def test_one_rank_per_engine_needs_no_group():
     assert isinstance(tp_share_group(1, 8), SoloGroup)
 
 
+@pytest.mark.parametrize(
+    "devices,nodes,tp,error",
+    [(4, 2, 2, None), (1, 1, 2, None), (8, 1, 8, None),
+     (4, 2, 3, r"tensor_parallel_size=3 must divide the ranks per node \(4\)"),
+     (2, 1, 4, r"=4 must divide the ranks per node \(2\)"), (1, 1, 0, "must be >= 1")],
+)  # fmt: skip
+def test_tp_groups_that_do_not_tile_the_nodes_are_refused_from_the_config(devices, nodes, tp, error):
+    """Before anything is built: a TP group must fit in a node's ranks (one process may use any TP size)."""
+    from omegaconf import OmegaConf
+
+    from longact_pl.config_check import check_combinations
+
+    cfg = OmegaConf.create(
+        {
+            "trainer": {"devices": devices, "num_nodes": nodes},
+            "rollout": {"engine_kwargs": {"tensor_parallel_size": tp}},
+        }
+    )
+    if error is None:
+        check_combinations(cfg)
+    else:
+        with pytest.raises(ValueError, match=error):
+            check_combinations(cfg)
+
+
 # ------------------------------------------------------------------------------- 4 gloo ranks, 2 groups
 WORLD = 4
 
