@@ -233,6 +233,17 @@ def _check_masking(cfg: DictConfig) -> None:
         )
 
 
+def _check_tensor_parallel(cfg: DictConfig) -> None:
+    """The engines' TP groups (``rollout/placement.py``) tile each node's ranks; one process: any TP size."""
+    tp = _get(cfg, "rollout.engine_kwargs.tensor_parallel_size", 1)
+    devices, nodes = _get(cfg, "trainer.devices"), _get(cfg, "trainer.num_nodes", 1)
+    if not all(isinstance(v, int) for v in (tp, devices, nodes)) or (devices * nodes == 1 and tp >= 1):
+        return
+    from longact_pl.rollout.placement import place_engines
+
+    place_engines(devices * nodes, devices, devices, tp)  # raises naming the field and the fix
+
+
 def check_combinations(cfg: DictConfig) -> None:
     """Refuse option combinations the code does not support, from the composed config alone.
 
@@ -247,3 +258,4 @@ def check_combinations(cfg: DictConfig) -> None:
     _check_update(cfg)
     _check_sampler(cfg)
     _check_masking(cfg)
+    _check_tensor_parallel(cfg)

@@ -116,9 +116,11 @@ def test_engine_start_sees_its_tp_groups_gpus(monkeypatch, tp, current, visible,
     assert os.environ.get("CUDA_VISIBLE_DEVICES") == visible
 
 
-def test_non_leader_rank_is_refused_naming_the_setting(monkeypatch):
+def test_a_non_leader_rank_starting_its_own_engine_is_refused_naming_the_fix(monkeypatch):
+    """Only a TP group's leader starts an engine (the others share it: rollout/tp_share.py)."""
     from longact_pl.rollout.vllm_engine import _engine_gpus
 
     _fake_gpus(monkeypatch, 4, 3, None)
-    with pytest.raises(NotImplementedError, match="tensor_parallel_size=2"), _engine_gpus(2):
+    match = r"tensor_parallel_size=2: .* led by GPU 2.*tp_share.*must use tensor_parallel_size=1"
+    with pytest.raises(NotImplementedError, match=match), _engine_gpus(2):
         pass

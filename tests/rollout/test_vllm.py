@@ -18,6 +18,7 @@ from longact_pl.ops.logprobs import completion_logprobs
 from longact_pl.ops.positions import position_ids_from_mask
 from longact_pl.rollout.batch_builder import eos_token_ids
 from longact_pl.rollout.hf import HFRollout
+from longact_pl.rollout.tp_share import Sample
 from longact_pl.rollout.vllm import VLLMRollout, prompt_seed
 from longact_pl.rollout.weight_sync import WeightSync
 from longact_pl.train import rollout_callbacks
@@ -35,9 +36,7 @@ def vllm_engine(fn):
 
 # ----------------------------------------------------------------------------- no engine needed
 def _sample(tokens, logps):
-    return SimpleNamespace(
-        token_ids=tokens, logprobs=[{t: SimpleNamespace(logprob=lp)} for t, lp in zip(tokens, logps)]
-    )
+    return Sample(tuple(tokens), tuple(logps))
 
 
 def test_batch_layout_from_engine_outputs(tiny):

@@ -12,6 +12,8 @@ it once into its shared-memory bucket, from which each of the engine's t TP work
 and keeps its own TP slice (vLLM's weight loaders narrow full tensors). So per engine: one sender, t
 receivers, each parameter sent exactly once; the other ranks of the group send nothing and hold no bucket.
 Ranks are assumed to use GPU ``LOCAL_RANK`` of their node (one process per GPU, as Lightning launches them).
+Rollouts: the group's ranks send their prompts to the leader and get their samples back
+(``rollout/tp_share.py``).
 """
 
 from __future__ import annotations

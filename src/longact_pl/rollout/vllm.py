@@ -8,6 +8,10 @@ Behaviour log-probs are vLLM's ``processed_logprobs`` of the sampled tokens: ``l
 like the HF engine and the trainer (with ``top_p < 1`` or ``top_k > 0`` they are renormalised over the
 kept tokens, which the trainer does not do: training refuses those settings). Engine numerics (bf16, other
 kernels) differ from the trainer's; the ``correction`` group measures and corrects the mismatch.
+
+With ``engine_kwargs.tensor_parallel_size`` >= 2 the ranks of a TP group share their leader's engine
+(``rollout/tp_share.py``): the leader samples every rank's prompts in one engine call and pushes the weights;
+the other ranks send their prompts, join the push's all-gathers and get their own samples back.
 """
 
 from __future__ import annotations
@@ -20,9 +24,16 @@ import torch
 
 from longact_pl.models.types import resolve_dtype
 from longact_pl.rollout.batch_builder import build_batch, check_sampling, eos_token_ids, left_pad
+from longact_pl.rollout.tp_share import Call, Sample, ShareGroup, shared_generate, tp_share_group
 from longact_pl.rollout.types import RolloutBatch
-from longact_pl.rollout.vllm_engine import SYNC_METHODS, Engine, engine_for
-from longact_pl.rollout.weight_push import PushStats
+from longact_pl.rollout.vllm_engine import (
+    SYNC_METHODS,
+    Engine,
+    engine_for,
+    ranks_per_node,
+    tensor_parallel_size,
+)
+from longact_pl.rollout.weight_push import PushStats, iter_weights
 
 
 def prompt_seed(seed: int, prompt: list[int]) -> int:
@@ -55,6 +66,10 @@ class VLLMRollout:
             both (GPUs only; ignored elsewhere).
         engine_kwargs: Further ``vllm.LLM`` keyword arguments (e.g. ``tensor_parallel_size``).
         tis_cap: Removed; raises with its replacement (the ``correction`` group).
+
+    Attributes:
+        share_group: The ranks sharing this rank's engine (``rollout/tp_share.py``); ``None`` until the first
+            push or rollout derives it from the TP size (tests set it).
     """
 
     # a separate engine samples from its own copy of the weights (the trainer corrects for the mismatch)
@@ -110,6 +125,7 @@ class VLLMRollout:
         self.last_push: PushStats | None = None
         self.syncs = 0
         self._stale = True
+        self.share_group: ShareGroup | None = None
 
     # ------------------------------------------------------------------ weights
     def mark_stale(self) -> None:
@@ -120,9 +136,15 @@ class VLLMRollout:
     def sync(self, policy: torch.nn.Module) -> float:
         """Push the policy's current weights into the engine now; returns the seconds it took.
 
-        Under FSDP every rank must call it at the same point (gathering the shards is a collective).
+        Under FSDP every rank must call it at the same point (gathering the shards is a collective); in a
+        shared engine's TP group the leader pushes and the other ranks join the gathers.
         """
-        return self._sync(self._engine(policy), policy)
+        group = self._group()
+        _release_gpu_cache()
+        group.gather(None)  # every rank's cache is back before the leader's engine may start
+        if group.rank == 0:
+            return self._sync(self._engine(policy), policy)
+        return self._follow(policy)
 
     def _sync(self, engine: Engine, policy: torch.nn.Module) -> float:
         start = time.perf_counter()
@@ -134,8 +156,23 @@ class VLLMRollout:
         self.last_sync_s = time.perf_counter() - start
         return self.last_sync_s
 
+    def _follow(self, policy: torch.nn.Module) -> float:
+        """A rank without an engine takes part in its leader's push: the FSDP all-gathers, nothing sent."""
+        start = time.perf_counter()
+        for _ in iter_weights(policy):
+            pass
+        self._stale = False
+        self.syncs += 1
+        self.last_sync_s = time.perf_counter() - start
+        return self.last_sync_s
+
     def _engine(self, policy: torch.nn.Module) -> Engine:
         return engine_for(policy, self.engine_args, self.sleep_level)
+
+    def _group(self) -> ShareGroup:
+        if self.share_group is None:
+            self.share_group = tp_share_group(tensor_parallel_size(self.engine_args), ranks_per_node())
+        return self.share_group
 
     # --------------------------------------------------------------- sampling
     def _params(self, n: int, greedy: bool, seed: int, budget: int, eos_ids: list[int]):
@@ -176,26 +213,21 @@ class VLLMRollout:
         Returns:
             A :class:`RolloutBatch` with ``B * G`` rows (``B`` when greedy).
         """
-        engine = self._engine(policy)
-        engine.wake()
-        if self._stale or engine.owner != id(self):
-            self._sync(engine, policy)
         eos_ids = eos_token_ids(policy, tokenizer)
         n = 1 if greedy else self.group_size
         budget = max_new_tokens or self.max_new_tokens
-        params = [self._params(n, greedy, prompt_seed(seed, p), budget, eos_ids) for p in prompts]
-        outputs = engine.llm.generate(
-            [{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False
-        )
-        engine.sleep()
-        samples = [o for out in outputs for o in sorted(out.outputs, key=lambda o: o.index)]
-        return self.to_batch(prompts, samples, n, tokenizer, eos_ids)
+        calls = [
+            Call(tuple(p), 0 if greedy else prompt_seed(seed, p), n, greedy, budget, tuple(eos_ids))
+            for p in prompts
+        ]
+        per_call = shared_generate(self._group(), calls, _EngineSide(self, policy))
+        return self.to_batch(prompts, [s for samples in per_call for s in samples], n, tokenizer, eos_ids)
 
     @staticmethod
     def to_batch(
-        prompts: list[list[int]], samples: list, n: int, tokenizer, eos_ids: list[int]
+        prompts: list[list[int]], samples: list[Sample], n: int, tokenizer, eos_ids: list[int]
     ) -> RolloutBatch:
-        """The engine's outputs (``token_ids``, ``logprobs`` per sample) as a :class:`RolloutBatch`."""
+        """The engine's samples (``n`` per prompt, in prompt order) as a :class:`RolloutBatch`."""
         ids, mask = left_pad(prompts, tokenizer.pad_token_id)  # [B, P]
         width = max(1, max(len(s.token_ids) for s in samples))
         completion = torch.full((len(samples), width), tokenizer.pad_token_id, dtype=torch.long)  # [N, C]
@@ -204,7 +236,49 @@ class VLLMRollout:
         for i, s in enumerate(samples):
             tokens = list(s.token_ids)
             completion[i, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-            behaviour[i, : len(tokens)] = torch.tensor(
-                [lp[t].logprob for lp, t in zip(s.logprobs, tokens)], dtype=torch.float32
-            )
+            behaviour[i, : len(tokens)] = torch.tensor(s.logprobs, dtype=torch.float32)
         return build_batch(ids, mask, completion, behaviour, n, eos_ids, tokenizer, lengths)
+
+
+def _release_gpu_cache() -> None:
+    """Hand the trainer's cached allocator blocks back: an engine's TP workers may use this rank's GPU."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class _EngineSide:
+    """:class:`~longact_pl.rollout.tp_share.EngineSide` of a :class:`VLLMRollout` for one rollout."""
+
+    def __init__(self, rollout: VLLMRollout, policy: torch.nn.Module) -> None:
+        self.rollout, self.policy = rollout, policy
+        self.engine: Engine | None = None
+
+    def release(self) -> None:
+        _release_gpu_cache()
+
+    def open(self) -> bool:
+        self.engine = self.rollout._engine(self.policy)
+        self.engine.wake()
+        return self.rollout._stale or self.engine.owner != id(self.rollout)
+
+    def push(self, lead: bool) -> None:
+        if lead:
+            self.rollout._sync(self.engine, self.policy)
+        else:
+            self.rollout._follow(self.policy)
+
+    def run(self, calls: list[Call]) -> list[list[Sample]]:
+        params = [self.rollout._params(c.n, c.greedy, c.seed, c.max_tokens, list(c.stop_ids)) for c in calls]
+        prompts = [{"prompt_token_ids": list(c.prompt)} for c in calls]
+        outputs = self.engine.llm.generate(prompts, params, use_tqdm=False)
+        return [[_sample(o) for o in sorted(out.outputs, key=lambda o: o.index)] for out in outputs]
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.sleep()
+
+
+def _sample(output) -> Sample:
+    """A vLLM ``CompletionOutput`` as a picklable :class:`~longact_pl.rollout.tp_share.Sample`."""
+    tokens = tuple(output.token_ids)
+    return Sample(tokens, tuple(float(lp[t].logprob) for lp, t in zip(output.logprobs, tokens)))

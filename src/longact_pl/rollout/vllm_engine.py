@@ -260,7 +260,8 @@ def _engine_gpus(tp: int) -> Iterator[None]:
     With one training rank per GPU (DDP/FSDP) the engine of a TP group of ``tp`` ranks sees exactly the
     group's ``tp`` GPUs (TP = 1: this rank's GPU alone; without this every engine would land on GPU 0, and
     with TP >= 2 vLLM's workers need ``tp`` visible devices). A no-op on CPU and with a single visible GPU.
-    Refuses a rank that does not lead its group (it hosts no engine; see ``rollout/placement.py``).
+    Refuses a rank that does not lead its group: it hosts no engine, it shares its leader's
+    (``rollout/tp_share.py``, as ``VLLMRollout`` does).
     """
     if not torch.cuda.is_available() or torch.cuda.device_count() < 2:
         yield
@@ -270,8 +271,10 @@ def _engine_gpus(tp: int) -> Iterator[None]:
     engine = node_engine(local_rank, int(os.environ.get("LOCAL_WORLD_SIZE") or gpus), gpus, tp)
     if engine.leader != local_rank:
         raise NotImplementedError(
-            f"{TP_FIELD}={tp}: this rank (GPU {local_rank}) is in the engine led by GPU {engine.leader}; "
-            "sharing one engine's rollouts within a TP group is not wired yet (docs/gpu.md): use 1"
+            f"{TP_FIELD}={tp}: this rank (GPU {local_rank}) is in the engine led by GPU {engine.leader}, "
+            "which alone starts it; the group's other ranks share it through rollout/tp_share.py "
+            "(VLLMRollout does). An engine started on its own on every rank (e.g. a local judge) must use "
+            "tensor_parallel_size=1"
         )
     old = os.environ.get("CUDA_VISIBLE_DEVICES")
     os.environ["CUDA_VISIBLE_DEVICES"] = visible_devices(engine, old.split(",") if old else None, gpus)
