@@ -17,6 +17,7 @@ import contextlib
 import torch
 
 from longact_pl.ops.shared_prefix import full_attention_only
+from longact_pl.rollout.async_loop import AsyncSettings
 from longact_pl.rollout.masks import build_batch, check_sampling, eos_token_ids, left_pad
 from longact_pl.rollout.prefix_generate import SharedPrefixCache, prefill, shared_prefix_decoding
 from longact_pl.rollout.types import RolloutBatch
@@ -37,6 +38,9 @@ class HFRollout:
         prefill_once: Prefill each prompt once per group instead of once per sample (``rollout=hf_shared``).
         shared_attention: With ``prefill_once``, keep one copy of each prompt's key/values while decoding
             (full-attention models; sliding-window or hybrid ones repeat the cache G times instead).
+        mode, max_staleness, round_tokens, placement: Asynchronous rollouts (see
+            :class:`~longact_pl.rollout.async_loop.AsyncSettings`); in ``async`` mode a copy of the policy
+            samples, so the engine counts as external (its log-probs lag the trainer's).
     """
 
     # the policy samples itself: no engine holds a copy of the weights
@@ -51,8 +55,14 @@ class HFRollout:
         top_k: int = 0,
         prefill_once: bool = False,
         shared_attention: bool = True,
+        mode: str = "sync",
+        max_staleness: int = 1,
+        round_tokens: int | None = None,
+        placement: str = "colocated",
     ) -> None:
         check_sampling(group_size, max_new_tokens, temperature, top_p, top_k)
+        self.schedule = AsyncSettings(mode, max_staleness, round_tokens, placement)
+        self.external = self.schedule.is_async  # a sampler copy one or more versions behind
         self.group_size = group_size
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature

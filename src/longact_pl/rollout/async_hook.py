@@ -1,0 +1,154 @@
+"""The training step's side of ``rollout.mode=async``: which engine samples a step, and what follows it.
+
+``LongActModule.training_step`` asks :func:`step_engine` for the engine of its step: in sync mode the rollout
+engine itself; in async mode a :class:`PrefetchedEngine` whose ``generate`` hands over the batch the
+producer (:class:`~longact_pl.rollout.async_loop.AsyncRollouts`) sampled for this step, after requesting
+the *next* step's batch, whose prompts Lightning's data fetcher already holds (it prefetches one batch).
+After the update :func:`after_step` publishes the new weights and adds the ``train/async/*`` metrics.
+
+Every batch Lightning hands the step is the batch trained at that step, so Lightning's batch count (which
+a checkpoint keeps) counts trained samples exactly: a batch sampled ahead and not yet trained when the run
+stops (SIGTERM, a crash) is dropped and sampled again after the resume, never trained twice or lost.
+"""
+
+from __future__ import annotations
+
+import time
+
+from longact_pl.metric_reduce import Metric
+from longact_pl.rollout.async_buffer import VersionedRollout, staleness_metrics
+from longact_pl.rollout.async_loop import AsyncRollouts, AsyncSettings, EngineFailure
+from longact_pl.rollout.types import RolloutBatch
+
+ATTR = "_async_rollouts"
+
+
+def step_seed(seed: int, index: int) -> int:
+    """The sampling seed of step ``index`` (the synchronous step's formula, by RL step)."""
+    return seed * 1_000_003 + index * 101
+
+
+def peek_next_batch(trainer) -> list[dict] | None:
+    """The batch Lightning will hand the next training step, when its data fetcher holds it already."""
+    fetcher = getattr(getattr(trainer, "fit_loop", None), "_data_fetcher", None)
+    batches = getattr(fetcher, "batches", None)
+    if not batches:
+        return None  # the last batch of an epoch: the next one is sampled when its step asks
+    item = batches[0]
+    return item[0] if isinstance(item, tuple) else item
+
+
+class PrefetchedEngine:
+    """An engine whose ``generate`` returns the batch the producer sampled for this step.
+
+    Other attributes (``group_size``, ``temperature``, ...) are the rollout engine's.
+    """
+
+    def __init__(self, engine, rollouts: AsyncRollouts, index: int, seed: int, on_failure=None) -> None:
+        self._engine, self._rollouts, self._index, self._seed = engine, rollouts, index, seed
+        self._on_failure = on_failure
+        self.taken: VersionedRollout | None = None
+        self.wait_s = 0.0
+
+    def __getattr__(self, name: str):
+        return getattr(self._engine, name)
+
+    def generate(self, policy, tokenizer, prompts, greedy=False, seed=0, max_new_tokens=None) -> RolloutBatch:
+        """The batch the producer sampled ahead for this step (with the step's seed, given at request)."""
+        if self.taken is not None:
+            raise RuntimeError("rollout.mode=async samples one batch per step (no further rounds)")
+        start = time.perf_counter()
+        try:
+            self.taken = self._rollouts.take(self._index, prompts, self._seed)
+        except EngineFailure as err:  # before anything of this step is applied: a clean resume point
+            path = self._on_failure("async_engine_failed") if self._on_failure else None
+            where = f"; resume from the checkpoint {path}" if path else ""
+            raise EngineFailure(f"{err}{where}") from err.__cause__
+        self.wait_s = time.perf_counter() - start
+        return self.taken.batch
+
+
+class AsyncState:
+    """The producer and the step counter of one fit (kept on the module)."""
+
+    def __init__(self, rollouts: AsyncRollouts, first_index: int) -> None:
+        self.rollouts, self.index = rollouts, first_index
+        self.current: PrefetchedEngine | None = None
+
+
+def step_engine(module, batch: list[dict], save_checkpoint=None):
+    """The engine that samples this step: ``module.rollout`` (sync) or this step's prefetched batch (async).
+
+    Args:
+        module: The ``LongActModule`` (its ``rollout``, ``policy``, ``tokenizer``, ``seed``, ``trainer``).
+        batch: This step's prompt dicts.
+        save_checkpoint: ``(name) -> path``: writes a checkpoint when the engine failed (before this step
+            applied anything), named in the error.
+    """
+    settings: AsyncSettings | None = getattr(module.rollout, "schedule", None)
+    if settings is None or not settings.is_async:
+        return module.rollout
+    state: AsyncState | None = getattr(module, ATTR, None)
+    if state is None:
+        check_placement(module)
+        # versions count this process's RL steps; the first step trains with version global_step
+        rollouts = AsyncRollouts(
+            module.rollout, module.tokenizer, module.policy, settings, module.global_step
+        )
+        state = AsyncState(rollouts, module.global_step)
+        setattr(module, ATTR, state)
+    index = state.index
+    nxt = peek_next_batch(module.trainer)
+    if nxt is not None:  # requested now, sampled while this step trains (once its version is published)
+        state.rollouts.submit(index + 1, [s["prompt_ids"] for s in nxt], step_seed(module.seed, index + 1))
+    seed = step_seed(module.seed, index)
+    state.current = PrefetchedEngine(module.rollout, state.rollouts, index, seed, save_checkpoint)
+    return state.current
+
+
+def after_step(module, logs: dict | None = None) -> None:
+    """Publish the step's weights (the next version) and add ``train/async/*`` to ``logs`` (async only)."""
+    state: AsyncState | None = getattr(module, ATTR, None)
+    if state is None or state.current is None:
+        return
+    current, state.current = state.current, None
+    train_version = state.rollouts.version
+    state.index += 1
+    state.rollouts.publish(module.policy)
+    if logs is None or current.taken is None:
+        return
+    taken = current.taken
+    logs.update(staleness_metrics(taken.token_versions, taken.batch.completion_mask, train_version))
+    logs["train/async/wait_s"] = Metric(current.wait_s, "max")
+    logs["train/async/generate_s"] = Metric(taken.generate_s, "max")
+
+
+def close(module) -> None:
+    """Stop the producer of ``module`` (end of fit); a batch sampled ahead is dropped."""
+    state: AsyncState | None = getattr(module, ATTR, None)
+    if state is not None:
+        state.rollouts.close()
+        setattr(module, ATTR, None)
+
+
+def check_placement(module) -> None:
+    """Refuse strategies the producer thread cannot run beside: sharded weights, sequence parallelism.
+
+    Raises:
+        ValueError: Naming the setting and the fix.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    strategy = getattr(module.trainer, "strategy", None)
+    if isinstance(module.policy, FSDPModule) or any(
+        isinstance(m, FSDPModule) for m in module.policy.modules()
+    ):
+        raise ValueError(
+            "rollout.mode=async keeps a full copy of the policy for the sampler thread, which FSDP-sharded "
+            "weights do not allow in this version: use strategy=ddp (or one device), or rollout.mode=sync"
+        )
+    if getattr(strategy, "sequence_parallel", None) is not None:
+        raise ValueError(
+            "rollout.mode=async does not run with sequence parallelism in this version: set "
+            "rollout.mode=sync or turn sequence parallelism off"
+        )

@@ -1,0 +1,177 @@
+"""The async driver on a tiny model: staleness 0 is the synchronous loop bit for bit; staleness 1 lags <= 1
+and corrects with the sampler's log-probs; partial rollouts switch weights between rounds."""
+
+import copy
+
+import pytest
+import torch
+
+from longact_pl.algos.algorithm import GroupPolicyGradient
+from longact_pl.algos.correction import RolloutCorrection
+from longact_pl.distributed import LocalOps
+from longact_pl.guards import NonFiniteGuard
+from longact_pl.learner import Learner, OptimizerCalls
+from longact_pl.ops.policy_logprobs import LogprobPass
+from longact_pl.rollout.async_hook import step_seed
+from longact_pl.rollout.async_loop import AsyncRollouts, AsyncSettings, EngineFailure, generate_in_rounds
+from longact_pl.rollout.hf import HFRollout
+
+STEPS, B, G, NEW = 3, 2, 2, 6
+
+
+def _prompts(step: int, vocab: int) -> list[list[int]]:
+    gen = torch.Generator().manual_seed(100 + step)
+    return [torch.randint(3, vocab, (5 + i,), generator=gen).tolist() for i in range(B)]
+
+
+def _rewards(batch) -> torch.Tensor:
+    """Mixed rewards from the sampled tokens (parity of their sum), so the groups have advantages."""
+    ids = batch.input_ids[:, batch.prompt_width :] * batch.completion_mask  # [N, C]
+    return (ids.sum(-1) % 2).float()  # [N]
+
+
+class _Trainer:
+    """A learner with a real optimizer (SGD) and a spy on the correction's sampler log-probs."""
+
+    def __init__(self, policy, engine):
+        self.policy = policy
+        self.correction = RolloutCorrection(level="token", high=2.0)
+        self.learner = Learner(
+            GroupPolicyGradient(kl_coef=0.0), LogprobPass(shared_prefix=True, chunk_size=None),
+            NonFiniteGuard(3), engine.temperature, correction=self.correction, external=True,
+        )  # fmt: skip
+        self.opt = torch.optim.SGD(policy.parameters(), lr=0.5)
+        self.sampler_logps = []
+        weights = self.correction.weights
+
+        def spy(train_logp, sampler_logp, mask):
+            self.sampler_logps.append(sampler_logp.clone())
+            return weights(train_logp, sampler_logp, mask)
+
+        self.correction.weights = spy
+
+    def step(self, batch, index):
+        calls = OptimizerCalls(
+            backward=lambda loss: loss.backward(), step=self.opt.step,
+            zero_grad=lambda: self.opt.zero_grad(set_to_none=True), skip=lambda: None,
+        )  # fmt: skip
+        train = self.learner.prepare(self.policy, None, batch, _rewards(batch))
+        self.learner.update(self.policy, train, calls, LocalOps(), torch.Generator().manual_seed(index))
+
+
+def _engine(**kwargs) -> HFRollout:
+    return HFRollout(group_size=G, max_new_tokens=NEW, temperature=1.0, mode="async", **kwargs)
+
+
+def _async_run(tiny, max_staleness, steps=STEPS):
+    """``steps`` steps through the driver: (weights, [(batch, training version)], trainer, snapshots)."""
+    policy, tok = tiny.model, tiny.tokenizer
+    engine = _engine(max_staleness=max_staleness)
+    trainer = _Trainer(policy, engine)
+    rollouts = AsyncRollouts(engine, tok, policy, engine.schedule)
+    vocab, taken, snapshots = len(tok), [], {0: copy.deepcopy(policy.state_dict())}
+    try:
+        for k in range(steps):
+            if k + 1 < steps:  # the next batch is requested before this one is trained
+                rollouts.submit(k + 1, _prompts(k + 1, vocab), step_seed(0, k + 1))
+            got = rollouts.take(k, _prompts(k, vocab), step_seed(0, k))
+            taken.append((got, rollouts.version))
+            trainer.step(got.batch, k)
+            rollouts.publish(policy)
+            snapshots[k + 1] = copy.deepcopy(policy.state_dict())
+    finally:
+        rollouts.close()
+    return policy.state_dict(), taken, trainer, snapshots
+
+
+def test_staleness_zero_reproduces_the_synchronous_run_bit_for_bit(tiny):
+    sync_model = copy.deepcopy(tiny.model)
+    engine = _engine(max_staleness=0)
+    trainer = _Trainer(sync_model, engine)
+    for k in range(STEPS):  # the synchronous loop: sample with the current weights, then train
+        batch = engine.generate(
+            sync_model, tiny.tokenizer, _prompts(k, len(tiny.tokenizer)), seed=step_seed(0, k)
+        )
+        trainer.step(batch, k)
+    start = copy.deepcopy(tiny.model.state_dict())
+    weights, taken, _, _ = _async_run(tiny, max_staleness=0)
+    assert all(got.oldest == version for got, version in taken)  # every batch sampled by the training version
+    changed = [k for k in weights if not torch.equal(weights[k], start[k])]
+    assert changed, "nothing trained: the comparison would be vacuous"
+    for k, v in sync_model.state_dict().items():
+        assert torch.equal(weights[k], v), k
+
+
+def test_staleness_one_lags_at_most_one_and_corrects_with_the_samplers_logprobs(tiny):
+    _, taken, trainer, snapshots = _async_run(tiny, max_staleness=1)
+    lags = [version - got.oldest for got, version in taken]
+    assert max(lags) <= 1
+    assert lags[1:] == [1] * (STEPS - 1)  # batch k + 1 was sampled while step k trained, by version k
+    # the importance weights were computed from exactly the sampler's log-probs of each batch
+    assert len(trainer.sampler_logps) == STEPS
+    for (got, _), seen in zip(taken, trainer.sampler_logps):
+        assert torch.equal(seen, got.batch.behaviour_logp)
+    # ... and those are the log-probs of the version that sampled, not of the one that trained
+    got, version = taken[-1]
+    model = copy.deepcopy(trainer.policy)
+    learner = trainer.learner
+    logp = {}
+    for v in (got.oldest, version):
+        model.load_state_dict(snapshots[v])
+        logp[v] = learner.no_grad_logprobs(model, got.batch)  # [N, C]
+    mask = got.batch.completion_mask.bool()
+    sampler = got.batch.behaviour_logp[mask]
+    assert torch.allclose(sampler, logp[got.oldest][mask], atol=1e-4)
+    assert not torch.allclose(sampler, logp[version][mask], atol=1e-3)
+
+
+def test_partial_rollouts_resume_with_the_new_weights(tiny):
+    policy, tok = tiny.model, tiny.tokenizer
+    engine = _engine(round_tokens=2)
+    sampler = copy.deepcopy(policy)
+    newer = copy.deepcopy(policy)
+    with torch.no_grad():
+        for p in newer.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    version = {"v": 0}
+
+    def refresh():  # the trainer published version 1 during the first round
+        if version["v"] == 0:
+            sampler.load_state_dict(newer.state_dict())
+            version["v"] = 1
+
+    prompts = _prompts(0, len(tok))
+    batch, versions = generate_in_rounds(engine, sampler, tok, prompts, 0, 2, lambda: version["v"], refresh)
+    mask = batch.completion_mask.bool()  # [N, C]
+    long_rows = mask.sum(-1) > 2
+    assert long_rows.any()
+    assert (versions[:, :2][mask[:, :2]] == 0).all()  # the first round: version 0
+    assert (versions[:, 2:][mask[:, 2:]] == 1).all()  # resumed after the update: version 1
+    learner = Learner(GroupPolicyGradient(), LogprobPass(chunk_size=None), NonFiniteGuard(3), 1.0)
+    old, new = learner.no_grad_logprobs(policy, batch), learner.no_grad_logprobs(newer, batch)  # [N, C]
+    first, later = mask.clone(), mask.clone()
+    first[:, 2:], later[:, :2] = False, False
+    assert torch.allclose(batch.behaviour_logp[first], old[first], atol=1e-4)
+    assert torch.allclose(batch.behaviour_logp[later], new[later], atol=1e-4)
+    assert not torch.allclose(batch.behaviour_logp[later], old[later], atol=1e-3)
+    assert batch.completion_mask.shape[0] == B * G and (batch.completion_mask.sum(-1) <= NEW).all()
+
+
+def test_an_engine_failure_reaches_the_trainer_with_its_cause(tiny):
+    engine = _engine()
+
+    def broken(*args, **kwargs):
+        raise OSError("engine process died")
+
+    engine.generate = broken
+    rollouts = AsyncRollouts(engine, tiny.tokenizer, tiny.model, engine.schedule)
+    try:
+        with pytest.raises(EngineFailure, match="sampling batch 0 .*engine process died") as err:
+            rollouts.take(0, _prompts(0, len(tiny.tokenizer)), 0)
+        assert isinstance(err.value.__cause__, OSError)
+    finally:
+        rollouts.close()
+
+
+def test_settings_reach_the_engine():
+    assert _engine(max_staleness=0).schedule == AsyncSettings("async", 0)
