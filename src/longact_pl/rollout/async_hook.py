@@ -3,7 +3,7 @@
 ``LongActModule.training_step`` asks :func:`step_engine` for the engine of its step: in sync mode the rollout
 engine itself; in async mode a :class:`PrefetchedEngine` whose ``generate`` hands over the batch the
 producer (:class:`~longact_pl.rollout.async_loop.AsyncRollouts`) sampled for this step, after requesting
-the *next* step's batch, whose prompts Lightning's data fetcher already holds (it prefetches one batch).
+the *next* step's batch, whose prompts a second pass over the training loader tells (:class:`Lookahead`).
 After the update :func:`after_step` publishes the new weights and adds the ``train/async/*`` metrics.
 
 Every batch Lightning hands the step is the batch trained at that step, so Lightning's batch count (which
@@ -28,14 +28,38 @@ def step_seed(seed: int, index: int) -> int:
     return seed * 1_000_003 + index * 101
 
 
-def peek_next_batch(trainer) -> list[dict] | None:
-    """The batch Lightning will hand the next training step, when its data fetcher holds it already."""
-    fetcher = getattr(getattr(trainer, "fit_loop", None), "_data_fetcher", None)
-    batches = getattr(fetcher, "batches", None)
-    if not batches:
-        return None  # the last batch of an epoch: the next one is sampled when its step asks
-    item = batches[0]
-    return item[0] if isinstance(item, tuple) else item
+def _ids(batch: list[dict]) -> list[list[int]]:
+    return [list(s["prompt_ids"]) for s in batch]
+
+
+class Lookahead:
+    """The batch Lightning will hand the next step, from a second pass over the trainer's training loader.
+
+    The loader's order is a seeded permutation per epoch that resumes mid-epoch
+    (:class:`~longact_pl.data.order.ResumableOrder`), so a second iterator over it yields the same batches.
+    It is aligned on the current batch's prompts (searched from the start of a fresh pass when they differ:
+    first step, new epoch, resume); at an epoch's last batch there is no next one and the next step samples
+    its batch when it asks (no overlap for that step).
+
+    Args:
+        loader: ``() -> iterable of batches``: the trainer's training loader.
+    """
+
+    def __init__(self, loader) -> None:
+        self.loader, self._it, self._peeked = loader, None, None
+
+    def after(self, batch: list[dict]) -> list[dict] | None:
+        """The batch after ``batch`` (``None``: none, or it cannot be told)."""
+        key = _ids(batch)
+        if self._it is None or self._peeked is None or _ids(self._peeked) != key:
+            self._it = iter(self.loader() or ())
+            if not any(_ids(b) == key for b in self._it):
+                self._it = None
+                return None
+        self._peeked = next(self._it, None)
+        if self._peeked is None:
+            self._it = None
+        return self._peeked
 
 
 class PrefetchedEngine:
@@ -61,7 +85,7 @@ class PrefetchedEngine:
         try:
             self.taken = self._rollouts.take(self._index, prompts, self._seed)
         except EngineFailure as err:  # before anything of this step is applied: a clean resume point
-            path = self._on_failure("async_engine_failed") if self._on_failure else None
+            path = self._on_failure("async_engine_failed.ckpt") if self._on_failure else None
             where = f"; resume from the checkpoint {path}" if path else ""
             raise EngineFailure(f"{err}{where}") from err.__cause__
         self.wait_s = time.perf_counter() - start
@@ -71,8 +95,8 @@ class PrefetchedEngine:
 class AsyncState:
     """The producer and the step counter of one fit (kept on the module)."""
 
-    def __init__(self, rollouts: AsyncRollouts, first_index: int) -> None:
-        self.rollouts, self.index = rollouts, first_index
+    def __init__(self, rollouts: AsyncRollouts, first_index: int, lookahead: Lookahead) -> None:
+        self.rollouts, self.index, self.lookahead = rollouts, first_index, lookahead
         self.current: PrefetchedEngine | None = None
 
 
@@ -95,10 +119,11 @@ def step_engine(module, batch: list[dict], save_checkpoint=None):
         rollouts = AsyncRollouts(
             module.rollout, module.tokenizer, module.policy, settings, module.global_step
         )
-        state = AsyncState(rollouts, module.global_step)
+        trainer = module.trainer
+        state = AsyncState(rollouts, module.global_step, Lookahead(lambda: trainer.train_dataloader))
         setattr(module, ATTR, state)
     index = state.index
-    nxt = peek_next_batch(module.trainer)
+    nxt = state.lookahead.after(batch)
     if nxt is not None:  # requested now, sampled while this step trains (once its version is published)
         state.rollouts.submit(index + 1, [s["prompt_ids"] for s in nxt], step_seed(module.seed, index + 1))
     seed = step_seed(module.seed, index)

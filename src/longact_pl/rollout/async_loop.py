@@ -102,7 +102,9 @@ def check_async(rollout, correction, algorithm) -> None:
     settings: AsyncSettings | None = getattr(rollout, "schedule", None)
     if settings is None or not settings.is_async:
         return
-    if type(rollout).__name__ != "HFRollout":
+    from longact_pl.rollout.hf import HFRollout  # (hf.py imports this module)
+
+    if not isinstance(rollout, HFRollout):
         raise ValueError(
             f"rollout.mode=async samples with a copy of the policy through HF generate in this version; "
             f"rollout={type(rollout).__name__} is not supported yet (use rollout=hf or rollout=hf_shared, "

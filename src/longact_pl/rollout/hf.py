@@ -13,6 +13,7 @@ and the model's own attention runs.
 from __future__ import annotations
 
 import contextlib
+import threading
 
 import torch
 
@@ -21,6 +22,9 @@ from longact_pl.rollout.async_loop import AsyncSettings
 from longact_pl.rollout.masks import build_batch, check_sampling, eos_token_ids, left_pad
 from longact_pl.rollout.prefix_generate import SharedPrefixCache, prefill, shared_prefix_decoding
 from longact_pl.rollout.types import RolloutBatch
+
+# generate seeds the process-wide CPU generator: one sampling at a time (async rollouts sample in a thread)
+_GENERATOR_LOCK = threading.Lock()
 
 
 class HFRollout:
@@ -105,7 +109,7 @@ class HFRollout:
         was_training = policy.training
         policy.eval()
         try:
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            with _GENERATOR_LOCK, torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 torch.manual_seed(seed)
                 cache = prefill(policy, ids, mask) if self.prefill_once else None
                 decoding = contextlib.nullcontext()
