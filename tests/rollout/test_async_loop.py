@@ -12,6 +12,7 @@ from longact_pl.distributed import LocalOps
 from longact_pl.guards import NonFiniteGuard
 from longact_pl.learner import Learner, OptimizerCalls
 from longact_pl.ops.policy_logprobs import LogprobPass
+from longact_pl.rollout.async_buffer import staleness_metrics
 from longact_pl.rollout.async_hook import step_seed
 from longact_pl.rollout.async_loop import AsyncRollouts, AsyncSettings, EngineFailure, generate_in_rounds
 from longact_pl.rollout.hf import HFRollout
@@ -155,6 +156,52 @@ def test_partial_rollouts_resume_with_the_new_weights(tiny):
     assert torch.allclose(batch.behaviour_logp[later], new[later], atol=1e-4)
     assert not torch.allclose(batch.behaviour_logp[later], old[later], atol=1e-3)
     assert batch.completion_mask.shape[0] == B * G and (batch.completion_mask.sum(-1) <= NEW).all()
+
+
+class _PausingHF(HFRollout):
+    """HF rollouts whose first continuation round of batch 1 waits until the trainer published version 1."""
+
+    published = None  # threading.Event, set by the test after the publish
+
+    def generate(self, *args, **kwargs):
+        seed = kwargs.get("seed", 0) - step_seed(0, 1)  # continuation rounds of batch 1: 7919 * round
+        if self.group_size == 1 and seed > 0 and seed % 7919 == 0:
+            assert _PausingHF.published.wait(timeout=30)
+        return super().generate(*args, **kwargs)
+
+
+def test_the_driver_pauses_a_long_completion_at_the_weight_update_and_resumes_with_the_new_weights(tiny):
+    """Rounds of 2 tokens (6 in all): batch 1's 2nd round waits for the publish of version 1, so its 3rd
+    round samples with version 1; the trained batch records versions [0, 0, 0, 0, 1, 1] for a long row."""
+    import threading
+
+    policy, tok = tiny.model, tiny.tokenizer
+    _PausingHF.published = threading.Event()
+    engine = _PausingHF(group_size=G, max_new_tokens=NEW, temperature=1.0, mode="async", round_tokens=2)
+    trainer = _Trainer(policy, engine)
+    rollouts = AsyncRollouts(engine, tok, policy, engine.schedule)
+    vocab = len(tok)
+    try:
+        rollouts.submit(1, _prompts(1, vocab), step_seed(0, 1))
+        first = rollouts.take(0, _prompts(0, vocab), step_seed(0, 0))
+        trainer.step(first.batch, 0)
+        rollouts.publish(policy)
+        _PausingHF.published.set()
+        second = rollouts.take(1, _prompts(1, vocab), step_seed(0, 1))
+    finally:
+        rollouts.close()
+    mask = second.batch.completion_mask.bool()  # [N, C]
+    full = mask.sum(-1) == NEW
+    assert full.any()
+    assert second.token_versions[full].tolist() == [[0, 0, 0, 0, 1, 1]] * int(full.sum())
+    metrics = staleness_metrics(second.token_versions, second.batch.completion_mask, rollouts.version)
+    assert metrics["train/async/version_span_max"] == 1 and metrics["train/async/lag_max"] == 1
+    # the resumed tokens' log-probs are the new weights' (the sampler loaded version 1 at the pause)
+    learner = trainer.learner
+    new = learner.no_grad_logprobs(policy, second.batch)  # [N, C]: policy holds version 1
+    late = mask.clone()
+    late[:, :4] = False
+    assert torch.allclose(second.batch.behaviour_logp[late], new[late], atol=1e-4)
 
 
 def test_an_engine_failure_reaches_the_trainer_with_its_cause(tiny):
