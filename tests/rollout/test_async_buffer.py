@@ -113,3 +113,16 @@ def test_async_with_vllm_is_refused_naming_the_fix():
 
     with pytest.raises(ValueError, match="rollout=hf"):
         check_async(VLLMRollout(mode="async"), RolloutCorrection(level="token"), GroupPolicyGradient())
+
+
+def test_staleness_metrics_over_two_ranks_are_those_of_the_whole_batch():
+    from longact_pl.metric_reduce import reduce_metrics
+    from tests.helpers import FakeOps
+
+    a = torch.tensor([[4, 4, 5, -1], [5, -1, -1, -1]])  # [N, C] rank 0
+    b = torch.tensor([[3, 3, 3, 3], [5, 5, 5, -1]])  # rank 1
+    local = [staleness_metrics(v, (v >= 0).long(), 5) for v in (a, b)]
+    width = torch.cat([a, b])  # the union of the ranks' rows
+    whole = staleness_metrics(width, (width >= 0).long(), 5)
+    got = reduce_metrics(local[0], FakeOps(world_size=2, other_gathers=[[(True, local[1])]]))
+    assert got == pytest.approx({k: float(v) for k, v in whole.items()})

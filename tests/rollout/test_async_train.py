@@ -14,6 +14,8 @@ from tests.helpers import ParityReward, compose_train
 
 PARITY = "data.reward._target_=tests.helpers.ParityReward"
 ASYNC = ["rollout.mode=async", "correction=token_tis", "trainer.val_check_interval=100", "data.val=null"]
+# validation at step 2: HF generation on the policy (main thread) beside the producer's on its copy
+WITH_VAL = ["rollout.mode=async", "correction=token_tis", "trainer.val_check_interval=2"]
 
 
 def _rows(run_dir):
@@ -57,7 +59,9 @@ class CountingHF(HFRollout):
 
 
 def test_async_run_trains_one_step_off_policy_and_logs_staleness(tmp_path):
-    run(compose_train(tmp_path, *ASYNC, PARITY, "trainer.max_steps=3"), tmp_path)
+    run(compose_train(tmp_path, *WITH_VAL, PARITY, "trainer.max_steps=3"), tmp_path)
+    with open(tmp_path / "metrics.csv", newline="") as f:
+        assert any(r.get("val/acc") for r in csv.DictReader(f))
     rows = _rows(tmp_path)
     assert [float(r["train/async/lag_max"]) for r in rows] == [
         0.0,
