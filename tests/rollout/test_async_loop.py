@@ -222,3 +222,20 @@ def test_an_engine_failure_reaches_the_trainer_with_its_cause(tiny):
 
 def test_settings_reach_the_engine():
     assert _engine(max_staleness=0).schedule == AsyncSettings("async", 0)
+
+
+def test_the_samplers_forwards_do_not_reach_the_policys_hooks(tiny):
+    """Saliency statistics hook the policy's modules: the producer's copy samples without calling them."""
+    calls = []
+    layer = tiny.model.model.layers[0].self_attn.q_proj
+    handle = layer.register_forward_hook(lambda *args: calls.append(1))
+    engine = _engine()
+    rollouts = AsyncRollouts(engine, tiny.tokenizer, tiny.model, engine.schedule)
+    try:
+        got = rollouts.take(0, _prompts(0, len(tiny.tokenizer)), 0)
+        assert got.batch.completion_mask.sum() > 0 and calls == []
+        tiny.model(input_ids=got.batch.input_ids[:1])  # the policy's own forward still reaches it
+        assert calls == [1]
+    finally:
+        rollouts.close()
+        handle.remove()

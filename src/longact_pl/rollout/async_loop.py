@@ -170,6 +170,33 @@ def generate_in_rounds(
     return batch, versions
 
 
+# nn.Module's hook registries (cleared on the sampler copy)
+HOOK_DICTS = (
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+)
+
+
+def sampler_copy(policy: nn.Module) -> nn.Module:
+    """A frozen copy of ``policy`` without its module hooks.
+
+    The hooks belong to the trainer's model (LongAct's saliency statistics observe training forwards);
+    sampling forwards in the producer thread must not reach them.
+    """
+    sampler = copy.deepcopy(policy).eval().requires_grad_(False)
+    for module in sampler.modules():
+        for name in HOOK_DICTS:
+            hooks = getattr(module, name, None)
+            if hooks is not None:
+                hooks.clear()
+    return sampler
+
+
 class AsyncRollouts:
     """A producer thread that samples requested batches with a copy of the policy, version-tagged.
 
@@ -190,9 +217,10 @@ class AsyncRollouts:
         start_version: int = 0,
     ) -> None:
         self.engine, self.tokenizer, self.settings = engine, tokenizer, settings
-        self.sampler = copy.deepcopy(policy).eval().requires_grad_(False)
+        self.sampler = sampler_copy(policy)
         self._sampler_version = start_version
         self._published = start_version
+        self._next_index = start_version  # batches are sampled in index order, the first at start_version
         self._pending: dict[str, torch.Tensor] | None = None
         self._cond = threading.Condition()
         self._requests: dict[int, tuple[list[list[int]], int]] = {}  # index -> (prompts, seed), to sample
@@ -240,6 +268,8 @@ class AsyncRollouts:
             RuntimeError: ``prompts`` differ from the request.
             StalenessError: A token lags more than ``max_staleness`` versions.
         """
+        if index < self._next_index and index not in self._submitted:
+            raise RuntimeError(f"batch {index} comes before the next one to sample ({self._next_index})")
         self.submit(index, prompts, seed)
         with self._cond:
             if self._submitted[index] != [list(p) for p in prompts]:
@@ -277,14 +307,14 @@ class AsyncRollouts:
     def _next_request(self) -> tuple[int, list[list[int]], int] | None:
         """The next request to sample, waiting for one; ``None`` once closed.
 
-        The lowest requested index whose version is published (bounded staleness: batch ``j`` starts with
-        version ``>= j - max_staleness``).
+        Batches are sampled in index order (a request for ``j + 1`` made before the one for ``j`` waits);
+        batch ``j`` starts once version ``j - max_staleness`` is published (bounded staleness).
         """
         with self._cond:
             while not self._closed:
-                ready = [i for i in self._requests if self._published >= i - self.settings.max_staleness]
-                if ready:
-                    index = min(ready)
+                index = self._next_index
+                if index in self._requests and self._published >= index - self.settings.max_staleness:
+                    self._next_index += 1
                     return (index, *self._requests.pop(index))
                 self._cond.wait()
             return None
