@@ -118,3 +118,7 @@ def test_sigterm_during_async_generation_resumes_without_training_a_sample_twice
     assert CountingHF.started >= 3  # batch 2 was being sampled ahead when the run stopped: it is dropped
     run(compose_train(part, *common, f"ckpt_path={part / 'checkpoints' / 'last.ckpt'}"), part)
     assert Counter(CountingReward.seen) == expected  # every prompt trained once, none lost
+    for thread in threading.enumerate():  # the stopped run's producer ended too (no leaked sampler)
+        if thread.name == "async-rollouts":
+            thread.join(timeout=30)
+            assert not thread.is_alive()

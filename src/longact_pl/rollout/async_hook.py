@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import time
 
+import lightning as L
+
 from longact_pl.metric_reduce import Metric
 from longact_pl.rollout.async_buffer import VersionedRollout, staleness_metrics
 from longact_pl.rollout.async_loop import AsyncRollouts, AsyncSettings, EngineFailure
@@ -122,6 +124,7 @@ def step_engine(module, batch: list[dict], save_checkpoint=None):
         trainer = module.trainer
         state = AsyncState(rollouts, module.global_step, Lookahead(lambda: trainer.train_dataloader))
         setattr(module, ATTR, state)
+        trainer.callbacks.append(CloseOnExit(module))  # stopped on SIGTERM or an error too
     index = state.index
     nxt = state.lookahead.after(batch)
     if nxt is not None:  # requested now, sampled while this step trains (once its version is published)
@@ -148,12 +151,27 @@ def after_step(module, logs: dict | None = None) -> None:
     logs["train/async/generate_s"] = Metric(taken.generate_s, "max")
 
 
-def close(module) -> None:
+def close(module, wait_s: float = 60.0) -> None:
     """Stop the producer of ``module`` (end of fit); a batch sampled ahead is dropped."""
     state: AsyncState | None = getattr(module, ATTR, None)
     if state is not None:
-        state.rollouts.close()
         setattr(module, ATTR, None)
+        state.rollouts.close(wait_s)
+
+
+class CloseOnExit(L.Callback):
+    """Stops the producer when fit ends or fails (SIGTERM, an error: the module gets no hook for those)."""
+
+    def __init__(self, module) -> None:
+        self.module = module
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        """Signal the producer to stop without waiting for the batch it samples."""
+        close(self.module, wait_s=0)
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        """Stop the producer at the end of fit."""
+        close(self.module)
 
 
 def check_placement(module) -> None:

@@ -286,12 +286,17 @@ class AsyncRollouts:
         check_lag(result, self._published, self.settings.max_staleness)
         return result
 
-    def close(self) -> None:
-        """Stop the producer (a batch being sampled is finished first, then dropped)."""
+    def close(self, wait_s: float = 60.0) -> None:
+        """Stop the producer (a batch being sampled is finished first, then dropped).
+
+        Args:
+            wait_s: How long to wait for the thread to end (0: signal it and return).
+        """
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        self._thread.join(timeout=60)
+        if wait_s > 0:
+            self._thread.join(timeout=wait_s)
 
     # ------------------------------------------------------------------ producer side
     @torch.no_grad()
