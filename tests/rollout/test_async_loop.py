@@ -89,14 +89,19 @@ def test_staleness_zero_reproduces_the_synchronous_run_bit_for_bit(tiny):
     sync_model = copy.deepcopy(tiny.model)
     engine = _engine(max_staleness=0)
     trainer = _Trainer(sync_model, engine)
+    sync_batches = []
     for k in range(STEPS):  # the synchronous loop: sample with the current weights, then train
         batch = engine.generate(
             sync_model, tiny.tokenizer, _prompts(k, len(tiny.tokenizer)), seed=step_seed(0, k)
         )
         trainer.step(batch, k)
+        sync_batches.append(batch)
     start = copy.deepcopy(tiny.model.state_dict())
     weights, taken, _, _ = _async_run(tiny, max_staleness=0)
     assert all(got.oldest == version for got, version in taken)  # every batch sampled by the training version
+    for (got, _), want in zip(taken, sync_batches):  # the same samples and sampler log-probs, bit for bit
+        assert torch.equal(got.batch.input_ids, want.input_ids)
+        assert torch.equal(got.batch.behaviour_logp, want.behaviour_logp)
     changed = [k for k in weights if not torch.equal(weights[k], start[k])]
     assert changed, "nothing trained: the comparison would be vacuous"
     for k, v in sync_model.state_dict().items():
@@ -239,3 +244,17 @@ def test_the_samplers_forwards_do_not_reach_the_policys_hooks(tiny):
     finally:
         rollouts.close()
         handle.remove()
+
+
+@pytest.mark.parametrize("prefill_once", [False, True], ids=["hf", "hf_shared"])
+def test_the_producer_samples_what_the_engine_samples_on_the_policy(tiny, prefill_once):
+    """Same weights and seed: the thread's batch equals the synchronous one (rollout=hf and hf_shared)."""
+    engine = _engine(prefill_once=prefill_once)
+    prompts = _prompts(0, len(tiny.tokenizer))
+    want = engine.generate(tiny.model, tiny.tokenizer, prompts, seed=7)
+    rollouts = AsyncRollouts(engine, tiny.tokenizer, tiny.model, engine.schedule)
+    try:
+        got = rollouts.take(0, prompts, 7).batch
+    finally:
+        rollouts.close()
+    assert torch.equal(got.input_ids, want.input_ids) and torch.equal(got.behaviour_logp, want.behaviour_logp)

@@ -183,12 +183,14 @@ HOOK_DICTS = (
 
 
 def sampler_copy(policy: nn.Module) -> nn.Module:
-    """A frozen copy of ``policy`` without its module hooks.
+    """A copy of ``policy`` for sampling (eval mode), without its module hooks.
 
     The hooks belong to the trainer's model (LongAct's saliency statistics observe training forwards);
     sampling forwards in the producer thread must not reach them.
     """
-    sampler = copy.deepcopy(policy).eval().requires_grad_(False)
+    # requires_grad stays as it is: turning it off changes CPU kernels' rounding (1e-6 in the log-probs),
+    # and sampling runs without a graph anyway
+    sampler = copy.deepcopy(policy).eval()
     for module in sampler.modules():
         for name in HOOK_DICTS:
             hooks = getattr(module, name, None)
