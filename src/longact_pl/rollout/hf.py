@@ -66,7 +66,8 @@ class HFRollout:
     ) -> None:
         check_sampling(group_size, max_new_tokens, temperature, top_p, top_k)
         self.schedule = AsyncSettings(mode, max_staleness, round_tokens, placement)
-        self.external = self.schedule.is_async  # a sampler copy one or more versions behind
+        # async: a sampler copy one or more versions behind the trainer (a subclass may be external anyway)
+        self.external = type(self).external or self.schedule.is_async
         self.group_size = group_size
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
