@@ -34,6 +34,7 @@ BENCHES = {
     "peer": "bench_peer.py",
     "sequence_parallel": "bench_sequence_parallel.py",
     "attention": "bench_attention.py",
+    "async": "bench_async.py",
 }
 FIGURE = re.compile(r"^\S+ ratio=\S+ a=\S+ b=\S+$")
 

@@ -209,7 +209,8 @@ def _check_sampler(cfg: DictConfig) -> None:
     # a stand-in of the engine's class (its name is what the error shows) with the fields the check reads
     sampler = type(getattr(engine, "__name__", "rollout"), (), {})()
     sampler.top_p, sampler.top_k = _get(cfg, "rollout.top_p", 1.0), _get(cfg, "rollout.top_k", 0)
-    sampler.external = bool(getattr(engine, "external", False))
+    # rollout.mode=async samples with a copy of the policy: an external sampler (rollout/async_loop.py)
+    sampler.external = bool(getattr(engine, "external", False)) or _get(cfg, "rollout.mode") == "async"
     level, low, high = (_get(cfg, f"correction.{k}") for k in ("level", "reject_low", "reject_high"))
     correction = types.SimpleNamespace(
         active=level is not None or low is not None or high is not None,

@@ -32,6 +32,7 @@ from longact_pl.loggers import ResumableLogger
 from longact_pl.models.rope import check_folder_window, check_policy_window
 from longact_pl.precision_choice import choose_precision
 from longact_pl.ranks import launch_global_rank_is_zero
+from longact_pl.rollout.async_loop import check_async
 from longact_pl.rollout.weight_sync import WeightSync
 from longact_pl.run_checks import check_run_settings
 from longact_pl.run_end import (
@@ -149,6 +150,7 @@ def build_light(cfg: DictConfig) -> tuple:
     rollout = instantiate(cfg.rollout)
     correction = instantiate(cfg.correction) if cfg.get("correction") else None
     check_training_sampler(rollout, correction)  # sampler and trainer must describe one distribution
+    check_async(rollout, correction, algorithm)  # rollout.mode=async: a correction, no dynamic sampling
     return algorithm, rollout, correction, build_callbacks(cfg) + rollout_callbacks(rollout)
 
 

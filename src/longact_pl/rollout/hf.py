@@ -13,13 +13,18 @@ and the model's own attention runs.
 from __future__ import annotations
 
 import contextlib
+import threading
 
 import torch
 
 from longact_pl.ops.shared_prefix import full_attention_only
+from longact_pl.rollout.async_loop import AsyncSettings
 from longact_pl.rollout.batch_builder import build_batch, check_sampling, eos_token_ids, left_pad
 from longact_pl.rollout.prefix_generate import SharedPrefixCache, prefill, shared_prefix_decoding
 from longact_pl.rollout.types import RolloutBatch
+
+# generate seeds the process-wide CPU generator: one sampling at a time (async rollouts sample in a thread)
+_GENERATOR_LOCK = threading.Lock()
 
 
 class HFRollout:
@@ -37,6 +42,9 @@ class HFRollout:
         prefill_once: Prefill each prompt once per group instead of once per sample (``rollout=hf_shared``).
         shared_attention: With ``prefill_once``, keep one copy of each prompt's key/values while decoding
             (full-attention models; sliding-window or hybrid ones repeat the cache G times instead).
+        mode, max_staleness, round_tokens, placement: Asynchronous rollouts (see
+            :class:`~longact_pl.rollout.async_loop.AsyncSettings`); in ``async`` mode a copy of the policy
+            samples, so the engine counts as external (its log-probs lag the trainer's).
     """
 
     # the policy samples itself: no engine holds a copy of the weights
@@ -51,8 +59,15 @@ class HFRollout:
         top_k: int = 0,
         prefill_once: bool = False,
         shared_attention: bool = True,
+        mode: str = "sync",
+        max_staleness: int = 1,
+        round_tokens: int | None = None,
+        placement: str = "colocated",
     ) -> None:
         check_sampling(group_size, max_new_tokens, temperature, top_p, top_k)
+        self.schedule = AsyncSettings(mode, max_staleness, round_tokens, placement)
+        # async: a sampler copy one or more versions behind the trainer (a subclass may be external anyway)
+        self.external = type(self).external or self.schedule.is_async
         self.group_size = group_size
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
@@ -95,7 +110,7 @@ class HFRollout:
         was_training = policy.training
         policy.eval()
         try:
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            with _GENERATOR_LOCK, torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 torch.manual_seed(seed)
                 cache = prefill(policy, ids, mask) if self.prefill_once else None
                 decoding = contextlib.nullcontext()

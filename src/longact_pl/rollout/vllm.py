@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from longact_pl.models.types import resolve_dtype
+from longact_pl.rollout.async_loop import AsyncSettings
 from longact_pl.rollout.batch_builder import build_batch, check_sampling, eos_token_ids, left_pad
 from longact_pl.rollout.tp_share import Call, Sample, ShareGroup, shared_generate, tp_share_group
 from longact_pl.rollout.types import RolloutBatch
@@ -66,6 +67,8 @@ class VLLMRollout:
             both (GPUs only; ignored elsewhere).
         engine_kwargs: Further ``vllm.LLM`` keyword arguments (e.g. ``tensor_parallel_size``).
         tis_cap: Removed; raises with its replacement (the ``correction`` group).
+        mode, max_staleness, round_tokens, placement: Asynchronous rollouts (see
+            :class:`~longact_pl.rollout.async_loop.AsyncSettings`; ``async`` is refused with vLLM for now).
 
     Attributes:
         share_group: The ranks sharing this rank's engine (``rollout/tp_share.py``); ``None`` until the first
@@ -93,7 +96,12 @@ class VLLMRollout:
         sleep_level: int = 0,
         engine_kwargs: dict[str, Any] | None = None,
         tis_cap: float | None = None,
+        mode: str = "sync",
+        max_staleness: int = 1,
+        round_tokens: int | None = None,
+        placement: str = "colocated",
     ) -> None:
+        self.schedule = AsyncSettings(mode, max_staleness, round_tokens, placement)
         if tis_cap is not None:
             raise ValueError(
                 f"rollout.tis_cap={tis_cap} was replaced by the correction group: use "
