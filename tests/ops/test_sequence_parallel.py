@@ -21,7 +21,7 @@ from longact_pl.masking.stats import StatsCollector, sync_stats
 from longact_pl.masking.targets import find_targets
 from longact_pl.models.tiny import tiny_llama, tiny_qwen3
 from longact_pl.ops.chunked import chunked_completion_logprobs
-from longact_pl.ops.policy_logprobs import LogprobPass
+from longact_pl.ops.policy_logprobs import LogprobCall, LogprobPass
 from longact_pl.ops.sequence_parallel import SPGroup, enable_ulysses, kv_repeats
 from longact_pl.ops.sequence_parallel.comm import from_first_rank
 from longact_pl.ops.shared_prefix import grouped_completion_logprobs
@@ -165,19 +165,18 @@ def _with_hook(hook, mask, fn):
 
 def _parallel(case: Case, sp: SPGroup):
     """Through the trainer's ``LogprobPass`` with its sequence-parallel group (as ``LongActFSDP`` sets)."""
-    lp = LogprobPass(shared_prefix=case.shared, chunk_size=case.chunk, pack_completions=case.pack,
-                     entropy_grad=case.entropy_grad)  # fmt: skip
-    lp.sequence_parallel = sp
+    lp = []
 
-    def prepare(model):
+    def prepare(model):  # planned before the strategy wraps the model, as LongActModule does
+        lp.append(LogprobPass.for_model(model, case.shared, case.chunk, case.pack, case.entropy_grad))
         enable_ulysses(model, sp.size)
         if case.fsdp:
             shard_model(model, init_device_mesh("cpu", (WORLD,)))
 
-    def fn(model, ids, mask, width, **kw):
-        logp, ent = lp(model, ids, mask, width, pad_spans=case.pad_spans, **kw)
-        assert lp.pack == case.pack  # packing was not turned off for the Ulysses-wrapped attention
-        return logp, ent
+    def fn(model, ids, mask, width, token_mask_hook, count_prompts=None, **kw):
+        call = LogprobCall(ids, mask, width, **kw, count_prompts=count_prompts, pad_spans=case.pad_spans)
+        assert lp[0].plan.pack == case.pack
+        return lp[0](model, call, token_mask_hook, sp)  # the group, as the learner takes it from its dist
 
     return _run(case, fn, sp, prepare)
 
@@ -185,11 +184,10 @@ def _parallel(case: Case, sp: SPGroup):
 def _only_dummies(sp: SPGroup) -> torch.Tensor:
     """A rank with no rows left runs lock-step dummies only: ``[0, C]`` log-probs and a backward."""
     model = _model(CASES[1])
+    lp = LogprobPass.for_model(model, chunk_size=4, pack_completions=True)
     enable_ulysses(model, sp.size)
-    lp = LogprobPass(chunk_size=4, pack_completions=True)
-    lp.sequence_parallel = sp
     ids, mask = _batch(model.config.vocab_size, 9, 5)
-    logp, _ = lp(model, ids[:0], mask[:0], 5, pad_spans=2)
+    logp, _ = lp(model, LogprobCall(ids[:0], mask[:0], 5, pad_spans=2), sp=sp)
     logp.sum().backward()
     return logp
 
