@@ -4,16 +4,13 @@
 across micro-batches and data-parallel ranks, when an optimizer step is skipped. What belongs to the
 training framework comes in as arguments: the collectives (:class:`~longact_pl.distributed.DistOps`), and
 backward and the optimizer step (:class:`OptimizerCalls`; in ``LongActModule`` Lightning's
-``manual_backward`` and ``LightningOptimizer.step``, so gradient-masking callbacks, clipping and precision
-plugins run as they would in any Lightning module).
+``manual_backward`` and ``LightningOptimizer.step``, so clipping and precision plugins run as they would in
+any Lightning module). Components that ride on the update (LongAct's gradient masking and statistics)
+register a :class:`~longact_pl.learner_hooks.LearnerHook` with :meth:`Learner.add_hook`.
 
 Two places are meant to be replaced by longer-context variants: how rows are cut into micro-batches
 (:attr:`Learner.micro_batches`, any :data:`MicroBatcher`) and the log-prob pass (:meth:`Learner.logprobs_of`,
 the only caller of the model).
-
-Components that ride on the update (LongAct's gradient masking and statistics) register a
-:class:`~longact_pl.learner_hooks.LearnerHook` with :meth:`Learner.add_hook`; the learner calls it around
-each training forward, on the accumulated gradient and after each optimizer step.
 """
 
 from __future__ import annotations
@@ -130,9 +127,6 @@ class Learner:
         micro_batches: How rows are cut into micro-batches (default :class:`RowMicroBatches`).
         max_prompt_tokens: Longest prompt of the run, to check ``micro_batch_tokens`` (``None``: unchecked).
         max_new_tokens: Longest completion, to check ``micro_batch_tokens`` (``None``: unchecked).
-
-    Attributes:
-        hooks: The registered :class:`~longact_pl.learner_hooks.LearnerHook` s (:meth:`add_hook`).
     """
 
     def __init__(
@@ -167,7 +161,7 @@ class Learner:
         if micro_batches is None and micro_batch_tokens is not None:
             micro_batches = TokenMicroBatches(micro_batch_tokens, packed=lambda: logprobs.plan.pack)
         self.micro_batches: MicroBatcher = micro_batches or RowMicroBatches(micro_batch_size)
-        self.hooks = LearnerHooks()
+        self.hooks = LearnerHooks()  # called in update(): see add_hook
 
     def add_hook(self, hook: LearnerHook) -> None:
         """Register ``hook`` with the update loop (when it is called: :mod:`longact_pl.learner_hooks`)."""
@@ -194,12 +188,10 @@ class Learner:
         """Completion log-probs ``[r, C]`` (and entropy ``[r, C]`` or ``None``) of ``rows`` under a model.
 
         Completions are cut to the rows' last real column (exact: later columns are padding in every row)
-        and the results padded back to C with zeros. The pass runs split over the collectives' sequence-
-        parallel group, if any. ``pad_spans``: lock-step dummies (see :class:`LogprobCall
-        <longact_pl.ops.policy_logprobs.LogprobCall>`).
-
-        ``count_prompts`` given (``[r]``: which groups' prompts the hooks count), this is a training pass:
-        it also returns the entropy, and its forwards are announced to the hooks (``on_forward``).
+        and the results padded back to C with zeros; the pass is split over ``dist``'s sequence-parallel
+        group, if any; ``pad_spans``: lock-step dummies (see ``LogprobCall``). With ``count_prompts``
+        (``[r]``: which groups' prompts the hooks count) it is a training pass: it returns the entropy
+        too, and tells the hooks its forwards (``on_forward``).
         """
         width, full = rollouts.prompt_width, rollouts.completion_mask.shape[1]
         mask = take(rollouts.attention_mask, rows)  # [r, P + C]
@@ -287,8 +279,8 @@ class Learner:
         num_seqs: torch.Tensor,
         num_tokens: torch.Tensor,
         dist: DistOps,
-        pad_spans: int = 0,
-        count_prompts: torch.Tensor | None = None,
+        pad_spans: int,
+        count_prompts: torch.Tensor,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         """Loss of one micro-batch (normalised by the mini-batch's global counts) and its metrics.
 
@@ -304,12 +296,10 @@ class Learner:
             dist: Data-parallel collectives (their sequence-parallel group splits the pass).
             pad_spans: Lock-step dummies (see :meth:`plan`).
             count_prompts: ``[m]`` bool: the rows whose group's prompt the hooks count (see
-                :func:`prompt_owners`); ``None``: every group's.
+                :func:`prompt_owners`).
         """
         ro = batch.rollouts
         mask = ro.completion_mask[rows].float()  # [m, C]
-        if count_prompts is None:
-            count_prompts = torch.ones(len(rows), dtype=torch.bool)  # [m]
         logp, entropy = self.logprobs_of(policy, ro, rows, dist, pad_spans, count_prompts)  # [m, C]
         behaviour = ro.behaviour_logp[rows].to(logp.device)  # [m, C]
         train_old = batch.old_logp[rows] if batch.old_logp is not None else logp.detach()  # [m, C]
@@ -343,13 +333,10 @@ class Learner:
             generator: Shuffles the mini-batches.
 
         Returns:
-            This rank's ``train/<metric>`` (:func:`micro_batch_metrics`), each a
-            :class:`~longact_pl.metric_reduce.Metric` that knows how it combines over ranks, and
-            ``train/grad_norm`` (mean over the steps taken,
-            of the gradient applied: after the hooks' ``transform_grads``, before clipping); with hooks
-            also ``train/grad_norm_pre_mask`` (the same steps, before them); with an external sampler
-            ``train/correction/<metric>`` of the whole batch (see
-            :class:`~longact_pl.algos.correction.RolloutCorrection`).
+            This rank's ``train/<metric>`` (:func:`micro_batch_metrics`), each a ``Metric`` that knows how
+            it combines over ranks; ``train/grad_norm`` (mean over the steps taken, of the gradient applied:
+            after the hooks' ``transform_grads``, before clipping); with hooks ``train/grad_norm_pre_mask``
+            (before them); with an external sampler ``train/correction/<metric>`` of the whole batch.
         """
         ro = batch.rollouts
         n = ro.completion_mask.shape[0]
