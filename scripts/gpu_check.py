@@ -44,6 +44,7 @@ from longact_pl.masking.apply import RowFreezer
 from longact_pl.masking.calibrate import collect_stats
 from longact_pl.masking.selection import TopK, build_masks
 from longact_pl.masking.targets import find_targets
+from longact_pl.ops.logprob_plan import LogprobPlan
 from longact_pl.ops.policy_logprobs import LogprobPass
 from longact_pl.rollout.types import RolloutBatch
 
@@ -133,7 +134,8 @@ def grpo_learner(group: int) -> Learner:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("train", overrides=["algo=grpo", "algo.kl_coef=0"])
     algorithm = instantiate(cfg.algo)
-    passes = LogprobPass(shared_prefix=True, chunk_size=1024, pack_completions=True)
+    # the packed path the trainer plans for Qwen3 with sdpa attention (the model every length loads)
+    passes = LogprobPass(LogprobPlan("packed", "sdpa", chunk_size=1024, reason="gpu_check: packed"))
     return Learner(algorithm, passes, NonFiniteGuard(), 1.0, micro_batch_size=group)
 
 

@@ -136,6 +136,7 @@ class FakeOps:
         other_gathers: Iterable = (),
     ) -> None:
         self.world_size = world_size
+        self.sequence_parallel = None  # no sequence-parallel group: the log-prob passes run whole
         self._gathers = iter(other_gathers)
         self.gather_calls: list = []
         self._mins, self._sums, self._maxes = iter(other_mins), iter(other_sums), iter(other_maxes)

@@ -30,7 +30,9 @@ def setup():
     with torch.no_grad():
         for p in policy.parameters():
             p += 2e-6 * torch.randn(p.shape, generator=gen).sign()  # [*p.shape]
-    learner = Learner(GroupPolicyGradient(kl_coef=0.04), LogprobPass(), NonFiniteGuard(), temperature=0.7)
+    learner = Learner(
+        GroupPolicyGradient(kl_coef=0.04), LogprobPass.for_model(reference), NonFiniteGuard(), temperature=0.7
+    )
     rollouts = _rollouts(reference.config.vocab_size)
     with torch.autocast("cpu", torch.bfloat16):
         ref_bf16 = learner.no_grad_logprobs(reference, rollouts)  # [N, C]: the step's reference pass

@@ -11,6 +11,7 @@ from longact_pl.distributed import LocalOps
 from longact_pl.guards import NonFiniteGuard
 from longact_pl.learner import Learner, OptimizerCalls, TrainBatch
 from longact_pl.minibatch import take
+from longact_pl.ops.logprob_plan import LogprobPlan
 from longact_pl.ops.logprobs import completion_logprobs
 from longact_pl.ops.policy_logprobs import LogprobPass
 from longact_pl.rollout.types import RolloutBatch
@@ -86,10 +87,10 @@ class _SpyLoss(GroupPolicyGradient):
         return super().loss(logp, old_logp, ref_logp, advantages, mask, **kwargs)
 
 
-def _learner(algorithm, **kwargs) -> Learner:
-    return Learner(
-        algorithm, LogprobPass(shared_prefix=True, chunk_size=None), NonFiniteGuard(3), T, **kwargs
-    )
+def _learner(algorithm, pack: bool = False, entropy_grad: bool = False, **kwargs) -> Learner:
+    """A learner on the shared-prompt path (``pack``: completions packed), LM head in one chunk."""
+    plan = LogprobPlan("packed" if pack else "padded", "sdpa", entropy_grad=entropy_grad)
+    return Learner(algorithm, LogprobPass(plan), NonFiniteGuard(3), T, **kwargs)
 
 
 def _update(learner, model, batch, dist=None, sgd_lr=0.0):
@@ -212,8 +213,70 @@ def test_a_step_that_is_not_finite_on_some_rank_is_skipped(tiny):
     assert rec.skips == 1 and rec.grads == []
 
 
+class _Hook:
+    """A ``LearnerHook`` that records what the learner tells it; ``transform`` changes the gradient."""
+
+    def __init__(self, transform=None) -> None:
+        self.transform = transform
+        self.masks: list[torch.Tensor | None] = []
+        self.transforms: list[int] = []  # optimizer steps (after_step calls) seen at each transform_grads
+        self.steps = 0
+        self.params: list = []
+
+    def on_forward(self, token_mask):
+        self.masks.append(None if token_mask is None else token_mask.clone())
+
+    def transform_grads(self, params):
+        self.transforms.append(self.steps)
+        self.params = list(params)
+        if self.transform is not None:
+            self.transform()
+
+    def after_step(self):
+        self.steps += 1
+
+
+def test_hooks_see_each_training_forward_and_transform_each_optimizer_step_once(tiny):
+    """2 epochs x 2 mini-batches of one group: 4 optimizer steps, one ``transform_grads`` before each and one
+    ``after_step`` after it; every real token of each step's training forwards is announced once (prompt
+    pass ``[1, P_g]``, completion pass ``[G, C]``), the no-grad passes of ``prepare`` never."""
+    model = tiny.model.train()
+    ro = _rollouts(model.config.vocab_size)
+    learner = _learner(GRPO(kl_coef=0.04), ppo_epochs=2, mini_batch_size=2)
+    hook, other = _Hook(), _Hook()
+    learner.add_hook(hook)
+    learner.add_hook(other)
+    learner.add_hook(hook)  # once only
+    batch = learner.prepare(model, copy.deepcopy(model), ro, torch.tensor([1.0, 0.0, 0.0, 1.0]))
+    assert hook.masks == []  # the reference pass is not announced
+    rec, _ = _update(learner, model, batch)
+    assert len(rec.grads) == 4 and hook.steps == other.steps == 4
+    assert hook.transforms == [0, 1, 2, 3]  # exactly once per optimizer step, before it
+    assert [p.data_ptr() for p in hook.params] == [p.data_ptr() for p in model.parameters()]
+    assert hook.masks[1::2] == [None] * 8  # closed after each of the 8 forwards
+    shapes = [tuple(m.shape) for m in hook.masks[::2]]
+    told = sum(int(m.sum()) for m in hook.masks[::2])
+    real_prompts, real_completions = P + (P - 2), sum(LENGTHS)
+    assert told == 2 * (real_prompts + real_completions)  # each epoch: every real token once
+    assert sorted(set(shapes)) == [(1, P - 2), (1, P), (G, max(LENGTHS[2:])), (G, max(LENGTHS[:2]))]
+    learner.remove_hook(hook)
+    _update(learner, model, batch)
+    assert hook.steps == 4 and other.steps == 8
+    with pytest.raises(TypeError, match="not a LearnerHook"):
+        learner.add_hook(object())
+
+
+def test_a_skipped_step_is_transformed_but_not_reported_as_taken(tiny):
+    model = tiny.model.train()
+    nan = TrainBatch(_rollouts(model.config.vocab_size), torch.full_like(ADVANTAGES, float("nan")))
+    learner, hook = _learner(GRPO(kl_coef=0.0)), _Hook()
+    learner.add_hook(hook)
+    rec, _ = _update(learner, model, nan)
+    assert rec.skips == 1 and hook.transforms == [0] and hook.steps == 0
+
+
 def test_the_guard_and_grad_norm_see_the_transformed_gradient(tiny):
-    """``transform_grads`` (LongAct zeroing frozen rows) runs before the guard.
+    """A hook's ``transform_grads`` (LongAct zeroing frozen rows) runs before the guard.
 
     A NaN only in a zeroed row does not skip the step; ``train/grad_norm`` is the applied gradient's norm and
     ``train/grad_norm_pre_mask`` the one before the transform.
@@ -224,10 +287,9 @@ def test_the_guard_and_grad_norm_see_the_transformed_gradient(tiny):
     weight = model.get_parameter(name)
 
     def run(transform):
-        rec = _Recorder(model)
-        calls = rec.calls()
-        calls.transform_grads = transform
-        return rec, _learner(GRPO(kl_coef=0.0)).update(model, batch, calls, LocalOps(), torch.Generator())
+        rec, learner = _Recorder(model), _learner(GRPO(kl_coef=0.0))
+        learner.add_hook(_Hook(transform))
+        return rec, learner.update(model, batch, rec.calls(), LocalOps(), torch.Generator())
 
     def zero_row_3():
         weight.grad[3] = 0.0

@@ -31,6 +31,7 @@ class ProcessGroupOps:
     """``DistOps`` over the default ``torch.distributed`` process group."""
 
     world_size = WORLD
+    sequence_parallel = None
 
     def sum(self, tensor):
         out = tensor.clone()
@@ -63,8 +64,7 @@ def _advantages(rank: int) -> torch.Tensor:
 
 def _step(model, reference, ro, ops, advantages):
     """prepare (``advantages`` are rewards there: normalised per group) + update; the step's gradient."""
-    learner = _learner(GRPO(kl_coef=0.1, aggregation="token_mean"), micro_batch_tokens=BUDGET)
-    learner.logprobs.pack = True
+    learner = _learner(GRPO(kl_coef=0.1, aggregation="token_mean"), micro_batch_tokens=BUDGET, pack=True)
     batch = learner.prepare(model, reference, ro, advantages, ops)
     grads, backwards = {}, []
 

@@ -84,9 +84,9 @@ def test_learner_metrics_do_not_depend_on_micro_batching(tiny):
     algo = GRPO(kl_coef=0.5, entropy_coef=0.01)
     ref = _learner(algo).no_grad_logprobs(model, ro) + 0.3 * ro.completion_mask  # [N, C]
     batch = TrainBatch(ro, ADVANTAGES, ref_logp=ref)
-    whole_learner, micro_learner = _learner(algo, micro_batch_size=4), _learner(algo, micro_batch_size=1)
-    for learner in (whole_learner, micro_learner):
-        learner.logprobs.entropy_grad = True  # the entropy bonus (as LongActModule sets it)
+    # the entropy bonus: entropy with its gradient (as LongActModule plans it)
+    whole_learner = _learner(algo, micro_batch_size=4, entropy_grad=True)
+    micro_learner = _learner(algo, micro_batch_size=1, entropy_grad=True)
     _, whole = _update(whole_learner, model, batch)
     _, micro = _update(micro_learner, model, batch)
     keys = {

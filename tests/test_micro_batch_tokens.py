@@ -80,8 +80,7 @@ def test_token_budget_gives_the_fixed_size_gradient(tiny, pack):
     batch = TrainBatch(ro, torch.linspace(-1.0, 1.0, 9))
     algo = GRPO(kl_coef=0.0, aggregation="token_mean")
     fixed, _ = _update(_learner(algo, micro_batch_size=9), model, batch)
-    learner = _learner(algo, micro_batch_tokens=16)
-    learner.logprobs.pack = pack
+    learner = _learner(algo, micro_batch_tokens=16, pack=pack)
     budget, _ = _update(learner, model, batch)
     assert len(fixed.losses) == 1 and len(budget.losses) >= 3  # several micro-batches, one optimizer step
     torch.testing.assert_close(sum(budget.losses), fixed.losses[0], rtol=1e-5, atol=1e-7)
@@ -94,8 +93,7 @@ def test_ranks_agree_on_micro_batches_and_spans(tiny):
     """This rank has 3 micro-batches of 1 span; the other 4 with 2, 1, 1, 1: pad spans, add an empty one."""
     model = tiny.model.train()
     ro = _rollouts(model.config.vocab_size)
-    learner = _learner(GRPO(kl_coef=0.0), micro_batch_tokens=17)
-    learner.logprobs.pack = True
+    learner = _learner(GRPO(kl_coef=0.0), micro_batch_tokens=17, pack=True)
     other = torch.tensor([2, 1, 1, 1, 0, 0, 0, 0, 0])
     dist = FakeOps(world_size=2, other_maxes=[other])
     plan = learner.plan(torch.arange(9), ro, dist)

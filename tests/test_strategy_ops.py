@@ -37,8 +37,7 @@ def test_sum_and_max_leave_the_callers_tensor_alone():
 
 def test_a_rank_with_fewer_token_budget_micro_batches_pads_them_with_dummy_spans():
     ro = _rollouts(49152)  # 3 groups of 3 rows; a budget of 17 packed tokens gives 3 micro-batches of 1 group
-    learner = _learner(GRPO(), micro_batch_tokens=17)
-    learner.logprobs.pack = True
+    learner = _learner(GRPO(), micro_batch_tokens=17, pack=True)
     rows = torch.arange(ro.completion_mask.shape[0])
     alone = learner.plan(rows, ro, StrategyOps(SimpleNamespace(world_size=1)))
     assert [p.tolist() for p, _ in alone] == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]

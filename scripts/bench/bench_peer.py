@@ -71,7 +71,7 @@ def run_ours(args, folder: str, data: list, shared: bool) -> tuple[list[float], 
 
     from longact_pl.algos.algorithm import GroupPolicyGradient
     from longact_pl.models.types import finish
-    from longact_pl.ops.policy_logprobs import LogprobPass
+    from longact_pl.ops.policy_logprobs import LogprobCall, LogprobPass
     from longact_pl.rewards.scoring import score
     from longact_pl.rollout.hf import HFRollout
 
@@ -91,10 +91,12 @@ def run_ours(args, folder: str, data: list, shared: bool) -> tuple[list[float], 
     algo = GroupPolicyGradient(eps_low=EPS, eps_high=EPS, kl_coef=BETA, aggregation="seq_mean_token_mean")
     reward, group = StringMatchAll(), args.group
 
-    logprob_pass = LogprobPass(shared, 1024, "auto" if shared else False)  # the module's defaults
+    logprob_pass = LogprobPass.for_model(
+        policy, shared, 1024, "auto" if shared else False
+    )  # module's defaults
 
     def logprobs(model, ids, am, width, entropy=False):
-        return logprob_pass(model, ids, am, width, TEMPERATURE, entropy)
+        return logprob_pass(model, LogprobCall(ids, am, width, TEMPERATURE, entropy))
 
     times, phases = [], Phases()
     with PeakRSS() as rss:

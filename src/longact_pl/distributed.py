@@ -19,15 +19,22 @@ from typing import Any, Protocol, TypeVar
 
 import torch
 
-from longact_pl.ops.sequence_parallel.comm import from_first_rank
+from longact_pl.ops.sequence_parallel.comm import SPGroup, from_first_rank
 
 T = TypeVar("T")
 
 
 class DistOps(Protocol):
-    """Data-parallel collectives: count, sum, min, max, gather of objects, sharing in a sequence group."""
+    """Data-parallel collectives: count, sum, min, max, gather of objects, sharing in a sequence group.
+
+    Attributes:
+        world_size: Ranks that gradients are averaged over.
+        sequence_parallel: The sequence-parallel group whose ranks split every sequence of this rank's
+            rollouts (``None``: off); the log-prob passes run split over it.
+    """
 
     world_size: int
+    sequence_parallel: SPGroup | None
 
     def sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """Elementwise sum of ``tensor`` over data-parallel ranks (same shape and device as the input)."""
@@ -57,6 +64,7 @@ class LocalOps:
     """One process: sums and minima are the values themselves."""
 
     world_size = 1
+    sequence_parallel = None
 
     def sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """The tensor itself."""
@@ -94,6 +102,11 @@ class StrategyOps:
         """Ranks that gradients are averaged over (1 on a single device, as ``Trainer.world_size``)."""
         return getattr(self.strategy, "world_size", 1)
 
+    @property
+    def sequence_parallel(self) -> SPGroup | None:
+        """The strategy's sequence-parallel group (``LongActFSDP``; ``None`` for other strategies or off)."""
+        return getattr(self.strategy, "sequence_parallel", None)
+
     def sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum over data-parallel ranks, computed on the strategy's device and returned on the input's device.
 
@@ -104,7 +117,7 @@ class StrategyOps:
             return tensor
         # a copy: Lightning's reduce works in place, and .to() of a tensor already there is the tensor itself
         total = self.strategy.reduce(tensor.to(self.strategy.root_device, copy=True), reduce_op="sum")
-        sp = getattr(self.strategy, "sequence_parallel", None)
+        sp = self.sequence_parallel
         return (total / sp.size if sp is not None else total).to(tensor.device)
 
     def min(self, value: int) -> int:
@@ -132,7 +145,7 @@ class StrategyOps:
 
     def share(self, value: T) -> T:
         """The sequence-parallel group's first rank's ``value``, tensors on this rank's device."""
-        sp = getattr(self.strategy, "sequence_parallel", None)
+        sp = self.sequence_parallel
         return value if sp is None else from_first_rank(value, sp, self.strategy.root_device)
 
 

@@ -119,6 +119,4 @@ class Fp32KLCheck:
     ) -> torch.Tensor:
         """``[n, C]`` log-probs of ``rows``, micro-batches in lock-step (as ``Learner.no_grad_logprobs``)."""
         parts = learner.plan(rows, batch.rollouts, dist)
-        return torch.cat(
-            [learner.logprobs_of(model, batch.rollouts, p, pad_spans=pad)[0] for p, pad in parts]
-        )
+        return torch.cat([learner.logprobs_of(model, batch.rollouts, p, dist, pad)[0] for p, pad in parts])

@@ -4,8 +4,9 @@
 across micro-batches and data-parallel ranks, when an optimizer step is skipped. What belongs to the
 training framework comes in as arguments: the collectives (:class:`~longact_pl.distributed.DistOps`), and
 backward and the optimizer step (:class:`OptimizerCalls`; in ``LongActModule`` Lightning's
-``manual_backward`` and ``LightningOptimizer.step``, so gradient-masking callbacks, clipping and precision
-plugins run as they would in any Lightning module).
+``manual_backward`` and ``LightningOptimizer.step``, so clipping and precision plugins run as they would in
+any Lightning module). Components that ride on the update (LongAct's gradient masking and statistics)
+register a :class:`~longact_pl.learner_hooks.LearnerHook` with :meth:`Learner.add_hook`.
 
 Two places are meant to be replaced by longer-context variants: how rows are cut into micro-batches
 (:attr:`Learner.micro_batches`, any :data:`MicroBatcher`) and the log-prob pass (:meth:`Learner.logprobs_of`,
@@ -26,6 +27,7 @@ from longact_pl.algos.losses import masked_mean
 from longact_pl.algos.protocol import Algorithm
 from longact_pl.distributed import DistOps, LocalOps
 from longact_pl.guards import NonFiniteGuard
+from longact_pl.learner_hooks import LearnerHook, LearnerHooks
 from longact_pl.metric_reduce import Metric, micro_batch_metrics
 from longact_pl.minibatch import (
     RowMicroBatches,
@@ -35,8 +37,7 @@ from longact_pl.minibatch import (
     prompt_owners,
     take,
 )
-from longact_pl.ops.policy_logprobs import LogprobPass
-from longact_pl.ops.shared_prefix import TokenMaskHook
+from longact_pl.ops.policy_logprobs import LogprobCall, LogprobPass
 from longact_pl.rollout.types import RolloutBatch
 
 # (row indices [m] of one mini-batch or pass, the rollouts, whole_groups) -> row indices of each micro-batch
@@ -71,15 +72,12 @@ class OptimizerCalls:
         step: One optimizer (and learning-rate schedule) step; ``on_before_optimizer_step`` hooks run in it.
         zero_grad: Drop the gradients (after every mini-batch, stepped or skipped).
         skip: Called instead of ``step`` when the guard rejects a step (non-finite loss or gradient).
-        transform_grads: Applied to the accumulated gradient before the guard checks and measures it (LongAct
-            zeroes the frozen rows here), so the guard and ``train/grad_norm`` see the gradient applied.
     """
 
     backward: Callable[[torch.Tensor], None]
     step: Callable[[], None]
     zero_grad: Callable[[], None]
     skip: Callable[[], None]
-    transform_grads: Callable[[], None] | None = None
 
 
 def global_counts(
@@ -114,7 +112,8 @@ class Learner:
 
     Args:
         algorithm: Advantages (after ``kl_reward``) and the loss (token weights, entropy: see ``Algorithm``).
-        logprobs: The log-prob pass (shared prompt, chunked head).
+        logprobs: The log-prob pass, planned for the model (:meth:`LogprobPass.for_model
+            <longact_pl.ops.policy_logprobs.LogprobPass.for_model>`).
         guard: Decides whether an optimizer step runs (non-finite loss or gradient).
         temperature: Sampling temperature of the rollouts (log-probs are taken at it).
         ppo_epochs: Passes over one rollout batch.
@@ -160,8 +159,17 @@ class Learner:
         if micro_batch_tokens is not None:  # the longest prompt and completion must fit one micro-batch
             check_token_budget(micro_batch_tokens, max_prompt_tokens, max_new_tokens or 0)
         if micro_batches is None and micro_batch_tokens is not None:
-            micro_batches = TokenMicroBatches(micro_batch_tokens, packed=lambda: logprobs.pack)
+            micro_batches = TokenMicroBatches(micro_batch_tokens, packed=lambda: logprobs.plan.pack)
         self.micro_batches: MicroBatcher = micro_batches or RowMicroBatches(micro_batch_size)
+        self.hooks = LearnerHooks()  # called in update(): see add_hook
+
+    def add_hook(self, hook: LearnerHook) -> None:
+        """Register ``hook`` with the update loop (when it is called: :mod:`longact_pl.learner_hooks`)."""
+        self.hooks.add(hook)
+
+    def remove_hook(self, hook: LearnerHook) -> None:
+        """Unregister ``hook`` (no-op if it is not registered)."""
+        self.hooks.remove(hook)
 
     def uses_behaviour(self, num_rows: int) -> bool:
         """Whether the ratio needs stored old log-probs: more than one optimizer step per rollout batch."""
@@ -173,27 +181,31 @@ class Learner:
         model: nn.Module,
         rollouts: RolloutBatch,
         rows: torch.Tensor,
-        with_entropy: bool = False,
-        token_mask_hook: TokenMaskHook | None = None,
+        dist: DistOps | None = None,
         pad_spans: int = 0,
         count_prompts: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Completion log-probs ``[r, C]`` (and entropy ``[r, C]`` or ``None``) of ``rows`` under a model.
 
         Completions are cut to the rows' last real column (exact: later columns are padding in every row)
-        and the results padded back to C with zeros. ``pad_spans`` (lock-step dummies) and ``count_prompts``
-        (``[r]``: which groups' prompts the hook counts): see
-        :meth:`LogprobPass.__call__ <longact_pl.ops.policy_logprobs.LogprobPass.__call__>`.
+        and the results padded back to C with zeros; the pass is split over ``dist``'s sequence-parallel
+        group, if any; ``pad_spans``: lock-step dummies (see ``LogprobCall``). With ``count_prompts``
+        (``[r]``: which groups' prompts the hooks count) it is a training pass: it returns the entropy
+        too, and tells the hooks its forwards (``on_forward``).
         """
         width, full = rollouts.prompt_width, rollouts.completion_mask.shape[1]
         mask = take(rollouts.attention_mask, rows)  # [r, P + C]
         used = mask[:, width:].any(0).nonzero()  # real completion columns
         keep = int(used[-1]) + 1 if len(used) else 1
-        logp, entropy = self.logprobs(
-            model, take(rollouts.input_ids, rows)[:, : width + keep], mask[:, : width + keep], keep,
-            self.temperature, with_entropy, token_mask_hook=token_mask_hook,
-            row_groups=rows // rollouts.group_size, pad_spans=pad_spans, count_prompts=count_prompts,
-        )  # [r, keep]  # fmt: skip
+        training = count_prompts is not None
+        ids = take(rollouts.input_ids, rows)[:, : width + keep]  # [r, P + keep]
+        call = LogprobCall(
+            ids, mask[:, : width + keep], keep, self.temperature, with_entropy=training,
+            row_groups=rows // rollouts.group_size, count_prompts=count_prompts, pad_spans=pad_spans,
+        )  # fmt: skip
+        hook = self.hooks.token_mask_hook if training else None
+        sp = dist.sequence_parallel if dist is not None else None
+        logp, entropy = self.logprobs(model, call, hook, sp)  # [r, keep]
         pad = (0, full - keep)
         return F.pad(logp, pad), (F.pad(entropy, pad) if entropy is not None else None)  # [r, C]
 
@@ -207,11 +219,12 @@ class Learner:
         spans of each micro-batch index; a rank with fewer pads that micro-batch with dummy spans, and a
         rank with fewer micro-batches runs empty ones (``rows`` of length 0) of dummies only.
         """
-        parts = self.micro_batches(rows, rollouts, self.logprobs.shared_prefix)
+        plan = self.logprobs.plan
+        parts = self.micro_batches(rows, rollouts, plan.shared)
         if dist.world_size == 1:
             return [(part, 0) for part in parts]
         spans = torch.zeros(len(rows), dtype=torch.long)  # [m]: a micro-batch holds >= 1 row
-        spans[: len(parts)] = torch.tensor([self.logprobs.passes(p // rollouts.group_size) for p in parts])
+        spans[: len(parts)] = torch.tensor([plan.passes(p // rollouts.group_size) for p in parts])
         agreed = dist.max(spans)  # [m] (every rank has m rows: the same mini-batch size)
         parts += [rows[:0]] * (int((agreed > 0).sum()) - len(parts))
         return [(part, int(agreed[i] - spans[i])) for i, part in enumerate(parts)]
@@ -222,8 +235,9 @@ class Learner:
     ) -> torch.Tensor:
         """Log-probs ``[N, C]`` of every row, micro-batch by micro-batch, without a graph."""
         rows = torch.arange(rollouts.completion_mask.shape[0])  # [N]
-        parts = self.plan(rows, rollouts, dist or LocalOps())
-        return torch.cat([self.logprobs_of(model, rollouts, part, pad_spans=pad)[0] for part, pad in parts])
+        dist = dist or LocalOps()
+        parts = self.plan(rows, rollouts, dist)
+        return torch.cat([self.logprobs_of(model, rollouts, part, dist, pad)[0] for part, pad in parts])
 
     def prepare(
         self,
@@ -264,9 +278,9 @@ class Learner:
         use_behaviour: bool,
         num_seqs: torch.Tensor,
         num_tokens: torch.Tensor,
-        token_mask_hook: TokenMaskHook | None = None,
-        pad_spans: int = 0,
-        count_prompts: torch.Tensor | None = None,
+        dist: DistOps,
+        pad_spans: int,
+        count_prompts: torch.Tensor,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         """Loss of one micro-batch (normalised by the mini-batch's global counts) and its metrics.
 
@@ -279,16 +293,14 @@ class Learner:
             use_behaviour: Take the old log-probs from the batch (else ``logp.detach()``: ratio 1).
             num_seqs: Sequences of the mini-batch over all ranks.
             num_tokens: Valid completion tokens of the mini-batch over all ranks.
-            token_mask_hook: Told the valid tokens of each forward's input (saliency statistics).
+            dist: Data-parallel collectives (their sequence-parallel group splits the pass).
             pad_spans: Lock-step dummies (see :meth:`plan`).
-            count_prompts: ``[m]`` bool: the rows whose group's prompt the hook counts (see
-                :func:`prompt_owners`); ``None``: every group's.
+            count_prompts: ``[m]`` bool: the rows whose group's prompt the hooks count (see
+                :func:`prompt_owners`).
         """
         ro = batch.rollouts
         mask = ro.completion_mask[rows].float()  # [m, C]
-        logp, entropy = self.logprobs_of(
-            policy, ro, rows, True, token_mask_hook, pad_spans, count_prompts
-        )  # [m, C]
+        logp, entropy = self.logprobs_of(policy, ro, rows, dist, pad_spans, count_prompts)  # [m, C]
         behaviour = ro.behaviour_logp[rows].to(logp.device)  # [m, C]
         train_old = batch.old_logp[rows] if batch.old_logp is not None else logp.detach()  # [m, C]
         old = logp.detach()  # [m, C]: one on-policy pass
@@ -310,7 +322,6 @@ class Learner:
         optim: OptimizerCalls,
         dist: DistOps,
         generator: torch.Generator,
-        token_mask_hook: TokenMaskHook | None = None,
     ) -> dict[str, float]:
         """``ppo_epochs`` x mini-batches optimizer steps, each accumulating its micro-batches' gradients.
 
@@ -320,21 +331,17 @@ class Learner:
             optim: Backward and optimizer calls.
             dist: Data-parallel collectives (global counts, world-size scaling, agreeing on skips).
             generator: Shuffles the mini-batches.
-            token_mask_hook: See :meth:`micro_loss`.
 
         Returns:
-            This rank's ``train/<metric>`` (:func:`micro_batch_metrics`), each a
-            :class:`~longact_pl.metric_reduce.Metric` that knows how it combines over ranks, and
-            ``train/grad_norm`` (mean over the steps taken,
-            of the gradient applied: after ``transform_grads``, before clipping); with ``transform_grads``
-            also ``train/grad_norm_pre_mask`` (the same steps, before it); with an external sampler
-            ``train/correction/<metric>`` of the whole batch (see
-            :class:`~longact_pl.algos.correction.RolloutCorrection`).
+            This rank's ``train/<metric>`` (:func:`micro_batch_metrics`), each a ``Metric`` that knows how
+            it combines over ranks; ``train/grad_norm`` (mean over the steps taken, of the gradient applied:
+            after the hooks' ``transform_grads``, before clipping); with hooks ``train/grad_norm_pre_mask``
+            (before them); with an external sampler ``train/correction/<metric>`` of the whole batch.
         """
         ro = batch.rollouts
         n = ro.completion_mask.shape[0]
         use_behaviour = self.uses_behaviour(n)
-        whole_groups = self.logprobs.shared_prefix
+        whole_groups = self.logprobs.plan.shared
         # one on-policy pass: the trainer's pre-update log-probs are the pass's own, gathered for the metrics
         train_old = batch.old_logp
         if self.external and train_old is None:
@@ -352,12 +359,11 @@ class Learner:
                 step_metrics = []
                 for rows, pad in self.plan(idx, ro, dist):
                     if len(rows) == 0:  # lock-step: another rank has more micro-batches
-                        optim.backward(self.logprobs_of(policy, ro, rows, pad_spans=pad)[0].sum())  # 0
+                        optim.backward(self.logprobs_of(policy, ro, rows, dist, pad)[0].sum())  # 0
                         continue
                     loss, metrics, old = self.micro_loss(
-                        policy, batch, rows, use_behaviour, num_seqs, num_tokens, token_mask_hook, pad,
-                        owners[rows],
-                    )  # fmt: skip
+                        policy, batch, rows, use_behaviour, num_seqs, num_tokens, dist, pad, owners[rows]
+                    )
                     if batch.old_logp is None and train_old is not None:
                         train_old[rows] = old.to(train_old.device, train_old.dtype)
                     # DDP/FSDP average gradients over ranks while the counts are global: scale to their sum
@@ -367,14 +373,15 @@ class Learner:
                 steps += 1
                 loss_sum = sum(float(m["loss"]) for m, _ in step_metrics)
                 pre_norm = None
-                if optim.transform_grads is not None:
+                if self.hooks:  # e.g. LongAct zeroes the frozen rows: the guard and norm see what is applied
                     pre_norm = self.guard.grad_norm(policy.parameters())
-                    optim.transform_grads()
+                    self.hooks.transform_grads(list(policy.parameters()))
                 norm = self.guard.grad_norm(policy.parameters())  # of the gradient that is applied
                 if self.guard.allow(loss_sum, norm, dist):
                     norms.append(float(norm))
                     pre_norms += [float(pre_norm)] if pre_norm is not None else []
                     optim.step()
+                    self.hooks.after_step()
                 else:
                     optim.skip()
                 optim.zero_grad()

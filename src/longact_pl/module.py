@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -52,7 +51,8 @@ class LongActModule(L.LightningModule):
     advantages -> ``Learner.prepare`` (no-grad passes) -> ``Learner.update`` (``ppo_epochs`` passes over
     mini-batches, each split into micro-batches whose gradients accumulate into one optimizer step).
     Optimisation is manual; backward and the optimizer step are Lightning's, and gradient clipping happens in
-    :meth:`on_before_optimizer_step`, after callbacks (e.g. ``SaliencyMask``) have masked the gradient.
+    :meth:`on_before_optimizer_step`, after the learner's hooks (``SaliencyMask`` registers itself with
+    ``self.learner`` in its ``setup``) have masked the gradient.
 
     Args:
         policy: The causal LM to train.
@@ -130,10 +130,10 @@ class LongActModule(L.LightningModule):
         self.stops = SafetyStops(max_nonfinite_steps, max_skipped_steps, max_reward_failure_steps,
                                  getattr(algorithm, "max_gen_rounds", 1), max_masked_out_steps)  # fmt: skip
         # the entropy bonus needs the training pass's entropy with its gradient
-        logprobs = LogprobPass(
-            shared_prefix, logprob_chunk, pack_completions, entropy_grad=algorithm.entropy_coef > 0
+        # the path is planned once, here (a model that cannot pack, with packing required, fails here)
+        logprobs = LogprobPass.for_model(
+            policy, shared_prefix, logprob_chunk, pack_completions, entropy_grad=algorithm.entropy_coef > 0
         )
-        logprobs.check_model(policy)  # a model that cannot pack, with packing required, fails here
         self.learner = Learner(
             algorithm, logprobs, self.stops.nonfinite, rollout.temperature, ppo_epochs, mini_batch_size,
             micro_batch_size, correction, external=getattr(rollout, "external", False),
@@ -147,10 +147,6 @@ class LongActModule(L.LightningModule):
         self._ref = _FrozenReference(copy.deepcopy(policy)) if algorithm.kl_coef > 0 else None
         self.kl_check = self._kl_check(kl_fp32_check_rows, algorithm)
         self.validation = HeldOutValidation(val_tasks, val_lengths, predictions_dir, val_max_new_tokens)
-        # Set around policy training forwards so saliency hooks know which tokens are real.
-        self.stats_token_mask: torch.Tensor | None = None
-        # Run on the accumulated gradient before the non-finite check (SaliencyMask registers its masking).
-        self.grad_transforms: list[Callable[[], None]] = []
         self.truncated_total, self.reward_errors = 0, RewardErrors()
 
     def _kl_check(self, rows: int, algorithm: Algorithm) -> Fp32KLCheck | None:
@@ -229,7 +225,6 @@ class LongActModule(L.LightningModule):
         update = self.learner.update(
             self.policy, train_batch, self._optimizer_calls(), self.dist,
             generator=torch.Generator().manual_seed(self.seed + self.global_step),
-            token_mask_hook=lambda m: setattr(self, "stats_token_mask", m),  # read by saliency statistics
         )  # fmt: skip
         active = self.learner.correction.active  # every token masked out: nothing learned
         masked = update.get("train/correction/token_masked_frac") if active else None
@@ -260,13 +255,7 @@ class LongActModule(L.LightningModule):
             step=lambda: optimizer_step(opt, sched),  # also drops autocast's cached bf16 weights
             zero_grad=lambda: opt.zero_grad(set_to_none=True),
             skip=self._on_nonfinite_step,
-            transform_grads=self._transform_grads if self.grad_transforms else None,
         )
-
-    def _transform_grads(self) -> None:
-        """Apply the registered gradient transforms (LongAct's row masking) in order."""
-        for transform in self.grad_transforms:
-            transform()
 
     def _save_stop_checkpoint(self, name: str) -> Path:
         """Write ``checkpoints/<name>`` before a safety stop (every rank calls it: ranks agree to stop)."""
@@ -287,7 +276,7 @@ class LongActModule(L.LightningModule):
         self.stops.on_skipped_step(self._save_stop_checkpoint, step if self.trainer.is_global_zero else None)
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        """Clip gradients; callbacks' hooks (gradient masking) have already run."""
+        """Clip gradients (learner hooks, e.g. LongAct's gradient masking, have already run)."""
         if self.max_grad_norm > 0:
             self.clip_gradients(
                 optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm"

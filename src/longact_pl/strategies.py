@@ -204,8 +204,8 @@ class LongActFSDP(ModelParallelStrategy):
     def parallelize(self, module: pl.LightningModule) -> None:
         """Shard the policy and the frozen reference model over the whole mesh (once).
 
-        With sequence parallelism both switch to Ulysses attention and the log-prob passes to the
-        sequence-split paths.
+        With sequence parallelism both switch to Ulysses attention; the log-prob passes take the
+        sequence-split paths through the collectives' group (``StrategyOps.sequence_parallel``).
         """
         if isinstance(module.policy, FSDPModule):
             return
@@ -219,5 +219,3 @@ class LongActFSDP(ModelParallelStrategy):
                 if self.sequence_parallel_size > 1:
                     enable_ulysses(model, self.sequence_parallel_size)
                 shard_model(model, mesh, self.reshard_after_forward, mp_policy)
-        if self.sequence_parallel is not None:
-            module.learner.logprobs.sequence_parallel = self.sequence_parallel

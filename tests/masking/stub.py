@@ -9,9 +9,25 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from longact_pl.learner_hooks import LearnerHook, LearnerHooks
+
+
+class StubLearner:
+    """What ``SaliencyMask`` needs of the learner: a place to register its hook (the stub calls the hooks)."""
+
+    def __init__(self) -> None:
+        self.hooks = LearnerHooks()
+
+    def add_hook(self, hook: LearnerHook) -> None:
+        self.hooks.add(hook)
+
+    def remove_hook(self, hook: LearnerHook) -> None:
+        self.hooks.remove(hook)
+
 
 class StubModule(pl.LightningModule):
-    """Manual optimization: micro-batch forwards + manual_backward, clip in on_before_optimizer_step, step."""
+    """Manual optimization: micro-batch forwards + manual_backward, the learner hooks' gradient transform,
+    clip in on_before_optimizer_step, step (the learner's order)."""
 
     def __init__(
         self,
@@ -27,7 +43,7 @@ class StubModule(pl.LightningModule):
         self.automatic_optimization = False
         self.policy = policy
         self.lr, self.weight_decay, self.micro, self.clip = lr, weight_decay, micro, clip
-        self.stats_token_mask = None
+        self.learner = StubLearner()
         self.export_dir = export_dir
         self.steps: list[dict] = []  # per optimizer step: grads/weights seen by the module, and the mask
         self.record_from = record_from  # first optimizer step (0-based) recorded in `steps`
@@ -35,15 +51,18 @@ class StubModule(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         ids, attn = batch  # [B, T], [B, T]
         opt = self.optimizers()
+        hooks = self.learner.hooks
         for mids, mattn in zip(ids.split(self.micro), attn.split(self.micro)):
-            self.stats_token_mask = mattn.bool()
+            hooks.on_forward(mattn.bool())
             logits = self.policy(input_ids=mids, attention_mask=mattn, use_cache=False).logits  # [b, T, V]
-            self.stats_token_mask = None
+            hooks.on_forward(None)
             self.policy(input_ids=mids[:, :3], use_cache=False)  # other shape: must not count
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), mids[:, 1:].flatten(), reduction="none")
             loss = (loss * mattn[:, 1:].flatten()).sum() / mattn[:, 1:].sum()
             self.manual_backward(loss)
+        hooks.transform_grads(list(self.policy.parameters()))
         opt.step()
+        hooks.after_step()
         opt.zero_grad()
 
     def on_before_optimizer_step(self, optimizer):
@@ -116,7 +135,7 @@ class NaNInFrozenRow(pl.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if self.row is not None:
             return
-        masks = next(c for c in trainer.callbacks if hasattr(c, "mask_gradients")).masks
+        masks = next(c for c in trainer.callbacks if hasattr(c, "masks")).masks
         self.row = int((~masks[self.module]).nonzero()[0])
         weight = pl_module.policy.get_submodule(self.module).weight
         weight.register_hook(lambda g: g.index_fill(0, torch.tensor([self.row]), float("nan")))

@@ -28,13 +28,15 @@ def test_none_composes_to_an_empty_node(configs):
 def test_options_instantiate_the_callback_with_their_selector(configs, name, selector):
     cb = instantiate(configs[name].masking)
     assert isinstance(cb, SaliencyMask) and type(cb.selector) is selector
-    assert cb.targets == ("q_proj", "k_proj") and cb.ratio == 0.3 and cb.seed == 5
-    assert isinstance(cb.targets, tuple)
+    opts = cb.options
+    assert opts.targets == ("q_proj", "k_proj") and opts.ratio == 0.3 and opts.seed == 5
+    assert isinstance(opts.targets, tuple)
 
 
 def test_new_options_reach_the_callback(configs):
     cb = instantiate(configs["saliency"].masking)
-    assert (cb.pairing, cb.norms, cb.measure_at, cb.rebuild_masks, cb.telemetry) == (
+    opts = cb.options
+    assert (opts.pairing, opts.norms, opts.measure_at, cb.rebuild_masks, cb.telemetry) == (
         "independent", "dense", "proj", False, True,
     )  # fmt: skip
 

@@ -30,21 +30,29 @@ def _stats(model, **learner_kwargs):
     probes = {t.name: t.probe for t in find_targets(model, ("q_proj", "k_proj"))}
     collector = StatsCollector(probes, gate=lambda: current[0])
     collector.attach()
-    pack = learner_kwargs.pop("pack", False)
     learner = _learner(GroupPolicyGradient(kl_coef=0.0), **learner_kwargs)
-    learner.logprobs.pack = pack
+    learner.add_hook(_Gate(current))
     ro = _rollouts(model.config.vocab_size)
     batch = TrainBatch(ro, torch.linspace(-1.0, 1.0, 9))
-    rec = _update_with_hook(learner, model, batch, lambda m: current.__setitem__(0, m))
+    rec, _ = _update(learner, model, batch)
     collector.detach()
     return collector.reset(), rec.grads[0]
 
 
-def _update_with_hook(learner, model, batch, hook):
-    update = learner.update
-    learner.update = lambda *a, **kw: update(*a, **kw, token_mask_hook=hook)
-    rec, _ = _update(learner, model, batch)
-    return rec
+class _Gate:
+    """A learner hook that only holds the announced real-token mask (the statistics collector's gate)."""
+
+    def __init__(self, current: list) -> None:
+        self.current = current
+
+    def on_forward(self, token_mask):
+        self.current[0] = token_mask
+
+    def transform_grads(self, params):
+        pass
+
+    def after_step(self):
+        pass
 
 
 @pytest.mark.parametrize(

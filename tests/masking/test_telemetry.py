@@ -13,26 +13,35 @@ TARGETS = [f"model.layers.{i}.self_attn.{p}_proj" for i in range(2) for p in ("q
 
 
 class _Recorder(pl.Callback):
-    """Placed before SaliencyMask: sees the gradient before masking, and the targets' training activations."""
+    """Registered with the learner before SaliencyMask: sees the gradient before masking, and the targets'
+    training activations (the real tokens the learner announces)."""
 
     def __init__(self):
         self.grads, self.l1, self.whole = [], {}, []
+        self.token_mask = None
 
     def setup(self, trainer, pl_module, stage):
+        self.policy = pl_module.policy
+        pl_module.learner.add_hook(self)
         for name in TARGETS:
-            pl_module.policy.get_submodule(name).register_forward_hook(self._hook(pl_module, name))
+            pl_module.policy.get_submodule(name).register_forward_hook(self._hook(name))
 
-    def _hook(self, pl_module, name):
+    def _hook(self, name):
         def hook(mod, args, out):
-            if pl_module.stats_token_mask is not None:
-                self.l1[name] = self.l1.get(name, 0) + out.detach()[pl_module.stats_token_mask].abs().sum(0)
+            if self.token_mask is not None:
+                self.l1[name] = self.l1.get(name, 0) + out.detach()[self.token_mask].abs().sum(0)
 
         return hook
 
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
-        self.grads.append({n: pl_module.policy.get_submodule(n).weight.grad.clone() for n in TARGETS})
-        grads = [p.grad for p in pl_module.policy.parameters() if p.grad is not None]
-        self.whole.append(sum(float(g.square().sum()) for g in grads))
+    def on_forward(self, token_mask):
+        self.token_mask = token_mask
+
+    def transform_grads(self, params):
+        self.grads.append({n: self.policy.get_submodule(n).weight.grad.clone() for n in TARGETS})
+        self.whole.append(sum(float(p.grad.square().sum()) for p in params if p.grad is not None))
+
+    def after_step(self):
+        pass
 
 
 def test_logged_shares_equal_hand_sums_on_the_current_batch():

@@ -13,7 +13,7 @@ from torch.distributed.device_mesh import init_device_mesh
 
 from longact_pl.models.tiny import tiny_llama
 from longact_pl.ops.fsdp_root import through_root
-from longact_pl.ops.policy_logprobs import LogprobPass
+from longact_pl.ops.policy_logprobs import LogprobCall, LogprobPass
 from longact_pl.strategies import enable_activation_checkpointing, shard_model
 from tests.ops.test_shared_prefix import C, _assert_same, _batch, _naive, _run
 
@@ -27,7 +27,7 @@ def _sharded_run(model, lp: LogprobPass, ids, mask):
     """Like ``_run``, with each gradient gathered from its shards."""
     model.zero_grad(set_to_none=True)
     comp = mask[:, -C:].float()
-    logp, ent = lp(model, ids, mask, C, temperature=0.7, with_entropy=True)
+    logp, ent = lp(model, LogprobCall(ids, mask, C, temperature=0.7, with_entropy=True))
     weights = torch.linspace(-1.0, 2.0, ids.shape[0])[:, None]
     (logp * weights * comp).sum().backward()
     grads = {n: p.grad.full_tensor() for n, p in model.named_parameters() if p.grad is not None}
@@ -44,9 +44,9 @@ def _worker(rank: int, init_file: str, out: str) -> None:
             if ckpt:
                 enable_activation_checkpointing(model)
             shard_model(model, init_device_mesh("cpu", (WORLD,)), reshard_after_forward=reshard)
-            lp = LogprobPass(shared_prefix=shared, chunk_size=chunk)
+            lp = LogprobPass.for_model(model, shared_prefix=shared, chunk_size=chunk)
             ids, mask = _batch(model.config.vocab_size)
-            results.append((_sharded_run(model, lp, ids, mask), lp.shared_prefix, "forward" in vars(model)))
+            results.append((_sharded_run(model, lp, ids, mask), lp.plan.shared, "forward" in vars(model)))
         if rank == 0:
             torch.save(results, out)
     finally:

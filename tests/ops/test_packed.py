@@ -7,9 +7,10 @@ import torch
 
 from longact_pl.masking.stats import StatsCollector
 from longact_pl.models.tiny import tiny_llama, tiny_qwen3
+from longact_pl.ops.logprob_plan import plan_logprobs
 from longact_pl.ops.logprobs import completion_logprobs
 from longact_pl.ops.packed import PackedCompletions
-from longact_pl.ops.policy_logprobs import LogprobPass
+from longact_pl.ops.policy_logprobs import LogprobCall, LogprobPass
 from longact_pl.ops.shared_prefix import grouped_completion_logprobs
 from tests.ops.test_shared_prefix import _assert_same, _one_thread  # noqa: F401 (autouse: one thread)
 
@@ -173,10 +174,11 @@ def test_rows_without_a_call_run_one_dummy_forward_per_span():
     model = tiny_llama(seed=0).model.train()
     ids, mask = _batch(model.config.vocab_size)
     for shared, pack, forwards in [(True, True, 3), (True, False, 4), (False, False, 1)]:
-        lp = LogprobPass(shared_prefix=shared, chunk_size=None, pack_completions=pack)
         model = tiny_llama(seed=0).model.train()
+        lp = LogprobPass.for_model(model, shared_prefix=shared, chunk_size=None, pack_completions=pack)
         counts = _layer_calls(model)
-        logp, _ = lp(model, ids[:0], mask[:0], C, pad_spans=2, row_groups=torch.zeros(0).long())
+        empty = LogprobCall(ids[:0], mask[:0], C, row_groups=torch.zeros(0).long(), pad_spans=2)
+        logp, _ = lp(model, empty)
         assert logp.shape == (0, C)
         logp.sum().backward()
         assert counts == {"forward": forwards, "backward": forwards}
@@ -185,18 +187,16 @@ def test_rows_without_a_call_run_one_dummy_forward_per_span():
 def test_models_that_cannot_pack(caplog):
     model = tiny_llama(seed=0).model
     model.config._attn_implementation = "flash_attention_2"  # never run: the check comes first
-    with pytest.raises(ValueError, match="train.pack_completions=true"):
-        LogprobPass(pack_completions=True).check_model(model)
-    lp = LogprobPass(pack_completions="auto")
+    with pytest.raises(ValueError, match="train.pack_completions=true.*flash_attention_2"):
+        plan_logprobs(model, pack_completions=True)  # refused when the model is configured
     with caplog.at_level(logging.WARNING):
-        lp.check_model(model)
-        lp.check_model(model)
-    assert not lp.pack and lp.shared_prefix
+        plan = plan_logprobs(model, pack_completions="auto")
+    assert plan.path == "padded" and "flash_attention_2" in plan.reason
     assert sum("train.pack_completions" in r.message for r in caplog.records) == 1
     with pytest.raises(ValueError, match="train.shared_prefix=true"):
-        LogprobPass(shared_prefix=False, pack_completions=True)
+        plan_logprobs(model, shared_prefix=False, pack_completions=True)
     with pytest.raises(ValueError, match="train.pack_completions must be"):
-        LogprobPass(pack_completions="yes")
+        plan_logprobs(model, pack_completions="yes")
 
 
 @pytest.mark.gpu

@@ -4,14 +4,15 @@ import pytest
 import torch
 
 from longact_pl.models.tiny import tiny_qwen3
+from longact_pl.ops.logprob_plan import plan_logprobs
 from longact_pl.ops.logprobs import completion_logprobs
-from longact_pl.ops.policy_logprobs import LogprobPass, trim_left_padding
+from longact_pl.ops.policy_logprobs import LogprobCall, LogprobPass, trim_left_padding
 from tests.ops.test_shared_prefix import C, G, P, _assert_same, _batch, _run
 
 
 def _pass(lp: LogprobPass, calls: list | None = None):
     hook = calls.append if calls is not None else None
-    return lambda m, i, a: lp(m, i, a, C, temperature=0.7, with_entropy=True, token_mask_hook=hook)
+    return lambda m, i, a: lp(m, LogprobCall(i, a, C, temperature=0.7, with_entropy=True), hook)
 
 
 @pytest.mark.parametrize("chunk", [None, 5])
@@ -20,11 +21,11 @@ def test_shared_and_per_row_paths_give_the_same_values_and_grads(tiny_any, chunk
     ids, mask = _batch(model.config.vocab_size)
     naive = _run(model, lambda m, i, a: completion_logprobs(m, i, a, C, 0.7, True), ids, mask)
     shared_calls, row_calls = [], []
-    shared = LogprobPass(shared_prefix=True, chunk_size=chunk)
-    per_row = LogprobPass(shared_prefix=False, chunk_size=chunk)
+    shared = LogprobPass.for_model(model, shared_prefix=True, chunk_size=chunk)
+    per_row = LogprobPass.for_model(model, shared_prefix=False, chunk_size=chunk)
     _assert_same(_run(model, _pass(shared, shared_calls), ids, mask), naive)
     _assert_same(_run(model, _pass(per_row, row_calls), ids, mask), naive)
-    assert shared.shared_prefix  # no fallback happened
+    assert shared.plan.path == "padded" and per_row.plan.path == "per_row"  # no fallback happened
     # shared: a prompt pass and a completion pass per group; per row: one forward over the trimmed rows
     assert [None if c is None else tuple(c.shape) for c in shared_calls] == [
         (1, P),
@@ -43,11 +44,11 @@ def test_unsupported_model_falls_back_to_per_row_once(caplog):
     model = tiny_qwen3(seed=0).model.eval()
     model.config.use_sliding_window = True  # what the shared caches refuse (the forward ignores it)
     ids, mask = _batch(model.config.vocab_size)
-    lp = LogprobPass(shared_prefix=True, chunk_size=None)
     with caplog.at_level(logging.WARNING), torch.no_grad():
-        got = lp(model, ids, mask, C)[0]
-        lp(model, ids, mask, C)
-    assert not lp.shared_prefix
+        lp = LogprobPass.for_model(model, shared_prefix=True, chunk_size=None)  # warns here, once
+        got = lp(model, LogprobCall(ids, mask, C))[0]
+        lp(model, LogprobCall(ids, mask, C))
+    assert lp.plan.path == "per_row" and "full-attention" in lp.plan.reason
     assert sum("one row at a time" in r.message for r in caplog.records) == 1
     with torch.no_grad():
         want = completion_logprobs(model, *trim_left_padding(ids, mask), C)[0]
@@ -63,7 +64,7 @@ def test_trim_left_padding_drops_only_all_padding_columns():
 
 def test_bad_chunk_size_names_the_field():
     with pytest.raises(ValueError, match="train.logprob_chunk"):
-        LogprobPass(chunk_size=0)
+        plan_logprobs(tiny_qwen3(seed=0).model, chunk_size=0)
 
 
 def _entropy_loss_grads(model, fn, ids, mask):
@@ -84,15 +85,13 @@ def test_entropy_with_gradient_matches_autograd_through_full_logits(shared, chun
     want = _entropy_loss_grads(
         model, lambda m, i, a: completion_logprobs(m, i, a, C, 0.7, True, entropy_grad=True), ids, mask
     )
-    lp = LogprobPass(shared_prefix=shared, chunk_size=chunk, entropy_grad=True)
-    got = _entropy_loss_grads(model, lambda m, i, a: lp(m, i, a, C, 0.7, with_entropy=True), ids, mask)
+    lp = LogprobPass.for_model(model, shared_prefix=shared, chunk_size=chunk, entropy_grad=True)
+    got = _entropy_loss_grads(model, _pass(lp), ids, mask)
     for name, g in want.items():
         scale = g.abs().max().clamp(min=1e-8)
         torch.testing.assert_close(got[name] / scale, g / scale, atol=1e-5, rtol=0, msg=name)
     # the entropy term does change the gradient (a detached entropy would leave only the log-prob part)
-    plain = _entropy_loss_grads(
-        model, lambda m, i, a: LogprobPass(shared, chunk)(m, i, a, C, 0.7, with_entropy=True), ids, mask
-    )
+    plain = _entropy_loss_grads(model, _pass(LogprobPass.for_model(model, shared, chunk)), ids, mask)
     name = "lm_head.weight" if "lm_head.weight" in want else next(iter(want))
     assert not torch.allclose(plain[name], want[name], atol=1e-6)
 
@@ -100,6 +99,7 @@ def test_entropy_with_gradient_matches_autograd_through_full_logits(shared, chun
 def test_entropy_is_detached_by_default():
     model = tiny_qwen3(seed=0).model.train()
     ids, mask = _batch(model.config.vocab_size)
-    for lp in (LogprobPass(True, 5), LogprobPass(False, 5), LogprobPass(False, None)):
-        logp, ent = lp(model, ids, mask, C, 0.7, with_entropy=True)
+    for shared, chunk in [(True, 5), (False, 5), (False, None)]:
+        lp = LogprobPass.for_model(model, shared, chunk)
+        logp, ent = lp(model, LogprobCall(ids, mask, C, 0.7, with_entropy=True))
         assert logp.requires_grad and not ent.requires_grad

@@ -17,16 +17,21 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.distributed.device_mesh import init_device_mesh
 
+from longact_pl.algos.algorithm import GroupPolicyGradient
+from longact_pl.distributed import LocalOps
+from longact_pl.guards import NonFiniteGuard
+from longact_pl.learner import Learner
 from longact_pl.masking.stats import StatsCollector, sync_stats
 from longact_pl.masking.targets import find_targets
 from longact_pl.models.tiny import tiny_llama, tiny_qwen3
 from longact_pl.ops.chunked import chunked_completion_logprobs
-from longact_pl.ops.policy_logprobs import LogprobPass
+from longact_pl.ops.policy_logprobs import LogprobCall, LogprobPass
 from longact_pl.ops.sequence_parallel import SPGroup, enable_ulysses, kv_repeats
 from longact_pl.ops.sequence_parallel.comm import from_first_rank
 from longact_pl.ops.shared_prefix import grouped_completion_logprobs
 from longact_pl.strategies import shard_model
 from tests.ops.test_shared_prefix import _assert_same
+from tests.test_learner import _rollouts
 
 WORLD = 2
 G = 3
@@ -165,19 +170,18 @@ def _with_hook(hook, mask, fn):
 
 def _parallel(case: Case, sp: SPGroup):
     """Through the trainer's ``LogprobPass`` with its sequence-parallel group (as ``LongActFSDP`` sets)."""
-    lp = LogprobPass(shared_prefix=case.shared, chunk_size=case.chunk, pack_completions=case.pack,
-                     entropy_grad=case.entropy_grad)  # fmt: skip
-    lp.sequence_parallel = sp
+    lp = []
 
-    def prepare(model):
+    def prepare(model):  # planned before the strategy wraps the model, as LongActModule does
+        lp.append(LogprobPass.for_model(model, case.shared, case.chunk, case.pack, case.entropy_grad))
         enable_ulysses(model, sp.size)
         if case.fsdp:
             shard_model(model, init_device_mesh("cpu", (WORLD,)))
 
-    def fn(model, ids, mask, width, **kw):
-        logp, ent = lp(model, ids, mask, width, pad_spans=case.pad_spans, **kw)
-        assert lp.pack == case.pack  # packing was not turned off for the Ulysses-wrapped attention
-        return logp, ent
+    def fn(model, ids, mask, width, token_mask_hook, count_prompts=None, **kw):
+        call = LogprobCall(ids, mask, width, **kw, count_prompts=count_prompts, pad_spans=case.pad_spans)
+        assert lp[0].plan.pack == case.pack
+        return lp[0](model, call, token_mask_hook, sp)  # the group, as the learner takes it from its dist
 
     return _run(case, fn, sp, prepare)
 
@@ -185,13 +189,36 @@ def _parallel(case: Case, sp: SPGroup):
 def _only_dummies(sp: SPGroup) -> torch.Tensor:
     """A rank with no rows left runs lock-step dummies only: ``[0, C]`` log-probs and a backward."""
     model = _model(CASES[1])
+    lp = LogprobPass.for_model(model, chunk_size=4, pack_completions=True)
     enable_ulysses(model, sp.size)
-    lp = LogprobPass(chunk_size=4, pack_completions=True)
-    lp.sequence_parallel = sp
     ids, mask = _batch(model.config.vocab_size, 9, 5)
-    logp, _ = lp(model, ids[:0], mask[:0], 5, pad_spans=2)
+    logp, _ = lp(model, LogprobCall(ids[:0], mask[:0], 5, pad_spans=2), sp=sp)
     logp.sum().backward()
     return logp
+
+
+def _through_learner(sp: SPGroup | None):
+    """The learner's training pass (entropy bonus: entropy with its gradient) on a shared-prompt plan, the
+    sequence-parallel group taken from the collectives it is given (``DistOps.sequence_parallel``)."""
+    model = _model(CASES[0])
+    plan = LogprobPass.for_model(model, shared_prefix=True, chunk_size=4, entropy_grad=True)
+    learner = Learner(GroupPolicyGradient(entropy_coef=0.01), plan, NonFiniteGuard(), temperature=0.7)
+    ops = LocalOps()
+    if sp is not None:
+        enable_ulysses(model, sp.size)
+        ops.sequence_parallel = sp  # what StrategyOps reads from LongActFSDP
+    ro = _rollouts(model.config.vocab_size)
+    rows = torch.arange(4)
+    logp, ent = learner.logprobs_of(model, ro, rows, ops, count_prompts=torch.ones(4, dtype=torch.bool))
+    assert ent.requires_grad
+    comp = ro.completion_mask.float()  # [N, C]
+    loss = (logp * torch.linspace(-1.0, 2.0, 4)[:, None] * comp).sum()
+    (loss - (ent * torch.linspace(0.5, -1.5, 4)[:, None] * comp).sum()).backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    if sp is not None:  # the sum of the ranks' partial gradients (FSDP2's reduce-scatter)
+        for g in grads.values():
+            dist.all_reduce(g)
+    return logp.detach() * comp, ent.detach() * comp, grads
 
 
 @dataclass
@@ -209,8 +236,10 @@ def _worker(rank: int, init_file: str, out: str) -> None:
         mine = _Box(torch.full((2,), float(rank)), [f"rank {rank}"])
         shared = from_first_rank(mine, sp, "cpu")  # what DistOps.share does with a round of rollouts
         empty = _only_dummies(sp)
+        learner = _through_learner(sp)
         if rank == 1:  # the other rank's results are equal by construction (summed over the group)
-            torch.save({"results": results, "shared": (shared.tensor, shared.texts), "empty": empty}, out)
+            saved = {"results": results, "shared": (shared.tensor, shared.texts), "empty": empty}
+            torch.save({**saved, "learner": learner}, out)
     finally:
         dist.destroy_process_group()
 
@@ -226,6 +255,14 @@ def parallel_results(tmp_path_factory):
 def test_from_first_rank_gives_every_rank_the_first_ranks_value(parallel_results):
     tensor, texts = parallel_results["shared"]  # rank 1's, after the broadcast
     assert torch.equal(tensor, torch.zeros(2)) and texts == ["rank 0"]
+
+
+@pytest.mark.slow
+def test_the_learner_takes_the_group_from_its_collectives_with_the_entropy_bonus(parallel_results):
+    """``Learner.logprobs_of`` under the collectives' group equals one process: log-probs, entropy, and every
+    gradient of a loss with an entropy bonus (the path that once crashed under sequence parallelism)."""
+    torch.set_num_threads(1)
+    _assert_same(parallel_results["learner"], _through_learner(None))
 
 
 @pytest.mark.slow

@@ -3,16 +3,13 @@
 Contract with the LightningModule (manual optimization):
 
 * ``pl_module.policy``: the Hugging Face causal LM being trained.
-* ``pl_module.stats_token_mask``: a bool ``[B, T]`` tensor of valid tokens, set right before each policy
-  training forward and reset to ``None`` right after (refresh statistics and activation telemetry).
+* ``pl_module.learner``: the update loop (:class:`~longact_pl.learner.Learner`: ``add_hook`` /
+  ``remove_hook``). In ``setup`` the callback registers its
+  :class:`~longact_pl.masking.step_hook.MaskingStepHook` there: the learner tells it the real tokens of each
+  training forward (statistics) and lets it mask the accumulated gradient once per optimizer step, before
+  the non-finite guard, the gradient norm and the module's clipping see it.
 * ``pl_module.export_dir``: a ``pathlib.Path`` (or ``None``) where the masks are written at the end of fit.
 * ``trainer.datamodule.calibration_prompts(n) -> list[list[int]]`` (or the same method on the module).
-* Optionally ``pl_module.grad_transforms``: callables the training loop runs on the accumulated gradient
-  before it checks it for non-finite values and measures its norm; :meth:`SaliencyMask.mask_gradients` is
-  appended to it, so both see the gradient actually applied. Without it the gradient is masked in
-  ``on_before_optimizer_step``: inside ``LightningOptimizer.step()`` Lightning 2.6 runs the callbacks'
-  ``on_before_optimizer_step`` first, then the module's (where it clips gradients), then the torch update,
-  so the clip norm sees the masked gradient either way.
 
 Data parallel (DDP, FSDP2): each rank calibrates on its share of the prompts, the statistics are summed over
 ranks before top-k (so every rank builds the single-process mask, which is also broadcast from rank 0), the
@@ -26,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
@@ -41,8 +37,9 @@ from longact_pl.masking.rope import rope_pairs
 from longact_pl.masking.selection import Selector, TopK
 from longact_pl.masking.sharding import shard_prompts
 from longact_pl.masking.stats import ChannelStats, StatsCollector, sync_stats
+from longact_pl.masking.step_hook import MaskingStepHook
 from longact_pl.masking.targets import find_targets, head_dim_of, qk_norms
-from longact_pl.masking.telemetry import GradShare, shares
+from longact_pl.masking.telemetry import shares
 
 STATE_KEY = "SaliencyMask"  # checkpoint key (one masking callback per run), read by the resume check
 
@@ -107,9 +104,6 @@ class SaliencyMask(pl.Callback):
             refresh_every=int(refresh_every), ema=float(ema), seed=int(seed),
             calib_min_tokens=int(calib_min_tokens),
         )  # fmt: skip
-        for key, value in self.options.as_dict().items():
-            if key != "selector":
-                setattr(self, key, tuple(value) if key == "targets" else value)
         self.rebuild_masks, self.telemetry = bool(rebuild_masks), bool(telemetry)
         self.history: list[dict[str, Any]] = []
         self._masks: dict[str, Tensor] = {}  # target name -> row mask over the target's rows
@@ -120,12 +114,10 @@ class SaliencyMask(pl.Callback):
         self._rebuilt: dict[str, Any] | None = None
         self._builder: MaskBuilder | None = None
         self._freezer = RowFreezer()
+        self._step = MaskingStepHook(self._freezer, self.telemetry)  # registered with the learner in setup
+        self._learner = None  # the learner it is registered with
         self._collector: StatsCollector | None = None
         self._window: dict[str, ChannelStats] = {}
-        self._grad = GradShare()
-        self._everything: list[nn.Parameter] = []  # every trained parameter (whole-model update share)
-        self._premasked = False
-        self._transforms: list | None = None  # the loop's gradient transforms this callback joined
         self._warned_no_stats = False
 
     # ------------------------------------------------------------------ public API
@@ -161,15 +153,6 @@ class SaliencyMask(pl.Callback):
             qk_norms(model, targets)
         return MaskBuilder(targets, opts, self.selector, head_dim, pairs)
 
-    def mask_gradients(self) -> None:
-        """Zero the gradient rows outside the mask now (the training loop's hook).
-
-        The loop calls it before its finiteness check and gradient norm, so both see the gradient that is
-        applied; ``on_before_optimizer_step`` then does not mask again.
-        """
-        self._mask_and_measure()
-        self._premasked = True
-
     def summary(self) -> dict[str, Any]:
         """JSON-serialisable description of the masks in use, the options they were built with, and drift."""
         modules = {
@@ -198,11 +181,26 @@ class SaliencyMask(pl.Callback):
 
     # ------------------------------------------------------------------ Lightning hooks
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Find the targets; freeze other parameters (``others=frozen``) and q/k norms (``norms=frozen``)."""
+        """Find the targets, freeze what the options freeze, register the step hook with the learner.
+
+        Freezes other parameters with ``others=frozen`` and q/k norms with ``norms=frozen``.
+
+        Raises:
+            AttributeError: If the module has no learner to register with.
+        """
         if stage != "fit":
             return
         policy = self._policy(pl_module)
         self._builder = self.check_model(policy)
+        try:
+            learner = pl_module.learner
+        except AttributeError:
+            raise AttributeError(
+                "SaliencyMask needs `pl_module.learner` (a longact_pl.learner.Learner: add_hook, "
+                "remove_hook) to mask each optimizer step's gradient"
+            ) from None
+        learner.add_hook(self._step)
+        self._learner = learner
         frozen: list[nn.Parameter] = []
         if self.options.norms == "frozen":
             frozen += [p for norm in qk_norms(policy, self._builder.targets) for p in norm.parameters()]
@@ -225,30 +223,17 @@ class SaliencyMask(pl.Callback):
             self._calibrate(trainer, pl_module)
         self._freezer.set_masks(builder.linears, self.masks)
         self._freezer.attach(trainer.optimizers)
-        self._everything = [p for p in self._policy(pl_module).parameters() if p.requires_grad]
-        transforms = getattr(pl_module, "grad_transforms", None)
-        if isinstance(transforms, list) and self.mask_gradients not in transforms:
-            transforms.append(self.mask_gradients)
-            self._transforms = transforms
+        self._step.everything = [p for p in self._policy(pl_module).parameters() if p.requires_grad]
+        self._step.targets = [p for linear in builder.linears.values() for p in linear.parameters()]
         refresh = self.options.refresh_every > 0
         if refresh or self.telemetry:
             self._collector = StatsCollector(
                 {t.name: t.probe for t in builder.targets},
-                gate=lambda: getattr(pl_module, "stats_token_mask", None),
+                gate=lambda: self._step.token_mask,
                 units=builder.stats_units() if refresh else None,
                 scores=refresh,
             )
             self._collector.attach()
-
-    def on_before_optimizer_step(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
-    ) -> None:
-        """Zero the gradient rows outside the mask (unless the loop did), before the module clips."""
-        if self._premasked:
-            self._premasked = False
-        else:
-            self._mask_and_measure()
-        self._grad.commit()
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -262,7 +247,7 @@ class SaliencyMask(pl.Callback):
                 else:
                     self._window[name] = s
         if self.telemetry:
-            sums = self._grad.step_sums(stats, self._masks, pl_module.device)  # [5]
+            sums = self._step.grad.step_sums(stats, self._masks, pl_module.device)  # [5]
             if trainer.world_size > 1:
                 sums = trainer.strategy.reduce(sums, reduce_op="sum")
             pl_module.log_dict(shares(sums.cpu()), on_step=True, on_epoch=False)
@@ -323,16 +308,6 @@ class SaliencyMask(pl.Callback):
             raise AttributeError("SaliencyMask needs `pl_module.policy` (the causal LM being trained)")
         return policy
 
-    def _mask_and_measure(self) -> None:
-        """Zero frozen gradient rows; with telemetry, measure the kept share of the gradient first."""
-        if not self.telemetry or self._builder is None:
-            self._freezer.mask_grads()
-            return
-        params = [
-            p for linear in self._builder.linears.values() for p in linear.parameters() if p.requires_grad
-        ]
-        self._grad.measure(params, self._freezer.mask_grads, self._everything)
-
     def _calibrate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         builder = self._builder
         assert builder is not None
@@ -368,7 +343,8 @@ class SaliencyMask(pl.Callback):
         if not window:
             if not self._warned_no_stats:
                 rank_zero_warn(
-                    "SaliencyMask: no tokens seen since the last mask build; is `stats_token_mask` set?"
+                    "SaliencyMask: no tokens seen since the last mask build; does the learner call its "
+                    "hooks' on_forward around the training forwards?"
                 )
                 self._warned_no_stats = True
             return
@@ -404,7 +380,8 @@ class SaliencyMask(pl.Callback):
 
     def _detach(self) -> None:
         self._freezer.detach()
-        if self._transforms is not None and self.mask_gradients in self._transforms:
-            self._transforms.remove(self.mask_gradients)
+        if self._learner is not None:
+            self._learner.remove_hook(self._step)
+            self._learner = None
         if self._collector is not None:
             self._collector.detach()

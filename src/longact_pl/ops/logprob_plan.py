@@ -1,0 +1,165 @@
+"""Which log-prob path a run takes, chosen once when the model is configured, with the reason.
+
+:func:`plan_logprobs` looks at the model once (before training, before any sharding) and settles:
+
+* ``path``: ``"per_row"`` (every row through the whole model), ``"padded"`` (each group's prompt once, its
+  completions padded behind it: :mod:`longact_pl.ops.shared_prefix`) or ``"packed"`` (each group's prompt
+  once, every completion of a call packed in one row: :mod:`longact_pl.ops.packed`);
+* ``kernel``: the attention kernel the passes run (:func:`attention_kernel`, the one place it is chosen);
+* ``chunk_size``: LM-head chunk, or ``None`` for the model's own head.
+
+What the options ask for and the model cannot do falls back with one warning each (``reason`` records
+it); packing asked for with ``pack_completions=true`` on a model that cannot pack is refused here.
+Sequence parallelism is not part of the plan: each path has a split variant, chosen by whether the
+collectives carry a sequence-parallel group (:mod:`longact_pl.ops.policy_logprobs`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from longact_pl.ops.chunked import lm_head_of
+from longact_pl.ops.packed import packing_unsupported
+from longact_pl.ops.sequence_parallel.attention import inner_implementation
+from longact_pl.ops.shared_prefix import check_shared_prefix
+
+log = logging.getLogger(__name__)
+
+Path = Literal["per_row", "padded", "packed"]
+
+
+@dataclass(frozen=True)
+class LogprobPlan:
+    """How every log-prob pass of a run is computed (frozen: chosen once, by :func:`plan_logprobs`).
+
+    Attributes:
+        path: ``"per_row"``, ``"padded"`` (shared prompt, padded completions) or ``"packed"`` (shared
+            prompt, packed completions).
+        kernel: Attention kernel of the passes (the model's attention implementation).
+        chunk_size: Completion tokens per LM-head chunk (``None``: the head over all of them at once on the
+            shared paths, the model's own head on the per-row path).
+        entropy_grad: The entropy keeps its gradient where gradients are on (the entropy bonus).
+        reason: Why this path (and any fallback), in words.
+    """
+
+    path: Path
+    kernel: str
+    chunk_size: int | None = None
+    entropy_grad: bool = False
+    reason: str = ""
+
+    @property
+    def shared(self) -> bool:
+        """Each group's prompt runs once (``padded`` or ``packed``)."""
+        return self.path != "per_row"
+
+    @property
+    def pack(self) -> bool:
+        """Completions run packed in one row."""
+        return self.path == "packed"
+
+    def passes(self, row_groups: torch.Tensor) -> int:
+        """Prompt passes (spans) a call on rows with these group indices runs: its lock-step unit count.
+
+        The per-row path runs one forward for any non-empty call; see
+        :func:`~longact_pl.ops.shared_prefix.group_spans`.
+        """
+        if len(row_groups) == 0:
+            return 0
+        if not self.shared:
+            return 1
+        return 1 + int((row_groups[1:] != row_groups[:-1]).sum())
+
+
+def attention_kernel(model: nn.Module) -> str:
+    """The attention kernel the log-prob passes run ``model`` with (the one place a kernel is chosen).
+
+    Today the model's own attention implementation (``sdpa`` under sequence parallelism's wrapper).
+    """
+    return inner_implementation(model)
+
+
+def check_options(shared_prefix: bool, chunk_size: int | None, pack_completions: bool | str) -> None:
+    """Refuse option values no model can take.
+
+    Raises:
+        ValueError: For a chunk below 1, a ``pack_completions`` that is not a bool or ``"auto"``, or packing
+            required without the shared prefix.
+    """
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"train.logprob_chunk must be >= 1 or null, got {chunk_size}")
+    if pack_completions not in (True, False, "auto"):
+        raise ValueError(f"train.pack_completions must be true, false or auto, got {pack_completions!r}")
+    if pack_completions is True and not shared_prefix:
+        raise ValueError(
+            "train.pack_completions=true packs completions behind a shared prompt: it needs "
+            "train.shared_prefix=true (or set train.pack_completions=auto/false)"
+        )
+
+
+def plan_logprobs(
+    model: nn.Module,
+    shared_prefix: bool = True,
+    chunk_size: int | None = None,
+    pack_completions: bool | str = False,
+    entropy_grad: bool = False,
+) -> LogprobPlan:
+    """Choose the log-prob path for ``model`` from the options (warns once per fallback).
+
+    Args:
+        model: The policy (before sharding; the reference model has the same architecture).
+        shared_prefix: Compute each shared prompt once where the model allows it.
+        chunk_size: Completion tokens per LM-head chunk (``None``: one chunk).
+        pack_completions: ``True``: pack the completions (refused if the model cannot); ``"auto"``: pack
+            where the model can, else pad them; ``False``: pad them.
+        entropy_grad: See :attr:`LogprobPlan.entropy_grad`.
+
+    Raises:
+        ValueError: For invalid options (:func:`check_options`), or ``pack_completions=true`` on a model
+            that cannot pack.
+    """
+    check_options(shared_prefix, chunk_size, pack_completions)
+    kernel = attention_kernel(model)
+    reasons: list[str] = []
+    shared = shared_prefix
+    if not shared_prefix:
+        reasons.append("train.shared_prefix is off")
+    else:
+        try:
+            check_shared_prefix(model)
+        except NotImplementedError as err:
+            log.warning("train.shared_prefix: %s; computing log-probs one row at a time", err)
+            reasons.append(f"the shared prompt is unavailable ({err})")
+            shared = False
+    why_not_pack = packing_unsupported(model) if shared else reasons[-1]
+    if pack_completions is True and why_not_pack is not None:
+        raise ValueError(
+            f"train.pack_completions=true, but this model cannot pack completions: {why_not_pack}; set "
+            "train.pack_completions=auto (padded completions where packing is unavailable) or false"
+        )
+    pack = bool(pack_completions) and shared and why_not_pack is None
+    if shared and bool(pack_completions) and why_not_pack is not None:
+        log.warning("train.pack_completions: %s; completions are padded", why_not_pack)
+        reasons.append(f"completions padded: {why_not_pack}")
+    if shared:
+        path: Path = "packed" if pack else "padded"
+        reasons.append(
+            f"each group's prompt runs once; completions {'packed in one row' if pack else 'padded'} "
+            f"(train.pack_completions={pack_completions})"
+        )
+    else:
+        path = "per_row"
+        reasons.append("every row runs through the whole model")
+    if not shared and chunk_size is not None:
+        try:
+            lm_head_of(model)
+        except NotImplementedError as err:
+            log.warning("chunked LM head unavailable (%s): using the model's own head", err)
+            reasons.append(f"the model's own LM head ({err})")
+            chunk_size = None
+    return LogprobPlan(path, kernel, chunk_size, entropy_grad, "; ".join(reasons) + f"; attention {kernel}")
