@@ -37,9 +37,9 @@ class _Trainer:
     def __init__(self, policy, engine):
         self.policy = policy
         self.correction = RolloutCorrection(level="token", high=2.0)
+        passes = LogprobPass.for_model(policy, shared_prefix=True, chunk_size=None)
         self.learner = Learner(
-            GroupPolicyGradient(kl_coef=0.0), LogprobPass(shared_prefix=True, chunk_size=None),
-            NonFiniteGuard(3), engine.temperature, correction=self.correction, external=True,
+            GroupPolicyGradient(kl_coef=0.0), passes, NonFiniteGuard(3), engine.temperature, correction=self.correction, external=True,
         )  # fmt: skip
         self.opt = torch.optim.SGD(policy.parameters(), lr=0.5)
         self.sampler_logps = []
@@ -153,7 +153,9 @@ def test_partial_rollouts_resume_with_the_new_weights(tiny):
     assert long_rows.any()
     assert (versions[:, :2][mask[:, :2]] == 0).all()  # the first round: version 0
     assert (versions[:, 2:][mask[:, 2:]] == 1).all()  # resumed after the update: version 1
-    learner = Learner(GroupPolicyGradient(), LogprobPass(chunk_size=None), NonFiniteGuard(3), 1.0)
+    learner = Learner(
+        GroupPolicyGradient(), LogprobPass.for_model(policy, chunk_size=None), NonFiniteGuard(3), 1.0
+    )
     old, new = learner.no_grad_logprobs(policy, batch), learner.no_grad_logprobs(newer, batch)  # [N, C]
     first, later = mask.clone(), mask.clone()
     first[:, 2:], later[:, :2] = False, False
