@@ -59,8 +59,9 @@ class Trainer:
 
     def __init__(self, policy, temperature: float) -> None:
         self.policy = policy
+        passes = LogprobPass.for_model(policy, shared_prefix=True, chunk_size=None)
         self.learner = Learner(
-            GroupPolicyGradient(kl_coef=0.0), LogprobPass.for_model(policy, shared_prefix=True, chunk_size=None),
+            GroupPolicyGradient(kl_coef=0.0), passes,
             NonFiniteGuard(3), temperature, correction=RolloutCorrection(level="token"), external=True,
             micro_batch_size=8,
         )  # fmt: skip

@@ -39,7 +39,8 @@ class _Trainer:
         self.correction = RolloutCorrection(level="token", high=2.0)
         passes = LogprobPass.for_model(policy, shared_prefix=True, chunk_size=None)
         self.learner = Learner(
-            GroupPolicyGradient(kl_coef=0.0), passes, NonFiniteGuard(3), engine.temperature, correction=self.correction, external=True,
+            GroupPolicyGradient(kl_coef=0.0), passes, NonFiniteGuard(3), engine.temperature,
+            correction=self.correction, external=True,
         )  # fmt: skip
         self.opt = torch.optim.SGD(policy.parameters(), lr=0.5)
         self.sampler_logps = []
