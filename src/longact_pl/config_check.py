@@ -16,7 +16,7 @@ import types
 import typing
 from typing import Any
 
-from hydra.utils import get_object
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 _SCALARS = (bool, int, float)
@@ -211,6 +211,8 @@ def _check_sampler(cfg: DictConfig) -> None:
     sampler.top_p, sampler.top_k = _get(cfg, "rollout.top_p", 1.0), _get(cfg, "rollout.top_k", 0)
     sampler.external = bool(getattr(engine, "external", False))
     level, low, high = (_get(cfg, f"correction.{k}") for k in ("level", "reject_low", "reject_high"))
+    if isinstance(level, DictConfig):  # a level class (conf/correction): the error names it as it prints
+        level = instantiate(level)
     correction = types.SimpleNamespace(
         active=level is not None or low is not None or high is not None,
         level=level, reject_low=low, reject_high=high,
