@@ -54,7 +54,6 @@ class VLLMRollout:
         sleep_level: 0 = off; 1 = release the KV cache and offload weights between rollouts; 2 = release
             both (GPUs only; ignored elsewhere).
         engine_kwargs: Further ``vllm.LLM`` keyword arguments (e.g. ``tensor_parallel_size``).
-        tis_cap: Removed; raises with its replacement (the ``correction`` group).
     """
 
     # a separate engine samples from its own copy of the weights (the trainer corrects for the mismatch)
@@ -77,13 +76,7 @@ class VLLMRollout:
         sync_dir: str | None = None,
         sleep_level: int = 0,
         engine_kwargs: dict[str, Any] | None = None,
-        tis_cap: float | None = None,
     ) -> None:
-        if tis_cap is not None:
-            raise ValueError(
-                f"rollout.tis_cap={tis_cap} was replaced by the correction group: use "
-                f"correction=token_tis correction.high={tis_cap} (same truncated token weights)"
-            )
         check_sampling(group_size, max_new_tokens, temperature, top_p, top_k)
         resolve_dtype(dtype, "rollout.dtype")
         if weight_sync not in SYNC_METHODS:
