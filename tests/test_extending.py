@@ -57,7 +57,7 @@ def example(tmp_path, monkeypatch):
         path = yaml.splitlines()[0].removeprefix("# conf/")  # the first line names the file
         (conf / path).parent.mkdir(parents=True, exist_ok=True)
         (conf / path).write_text(yaml)
-        (command,) = _blocks(section, "bash")
+        (command,) = _blocks(section, "text")
         args = shlex.split(command)
         assert args[:2] == ["python", "train.py"], command
         return compose_train(tmp_path / "run", *args[2:], f"hydra.searchpath=[file://{conf}]")
@@ -68,7 +68,7 @@ def example(tmp_path, monkeypatch):
 def test_every_example_has_a_class_a_yaml_file_and_a_command():
     for title in SECTIONS:
         section = _section(title)
-        assert len(_blocks(section, "python")) == 1 and len(_blocks(section, "bash")) == 1, title
+        assert len(_blocks(section, "python")) == 1 and len(_blocks(section, "text")) == 1, title
         (yaml,) = _blocks(section, "yaml")
         assert yaml.startswith("# conf/") and "_target_: my_longact_ext." in yaml, title
         body = [line for line in _blocks(section, "python")[0].splitlines() if line.strip()]
