@@ -126,8 +126,9 @@ class RolloutCorrection:
     def __repr__(self) -> str:
         """Readable summary for logs."""
         return (
-            f"RolloutCorrection(level={self.level}, mode={self.mode}, low={self.low}, high={self.high}, "
-            f"reject=({self.reject_low}, {self.reject_high}), length_buckets={self.length_buckets})"
+            f"RolloutCorrection(level={_name(self.level)}, mode={_name(self.mode)}, low={self.low}, "
+            f"high={self.high}, reject=({self.reject_low}, {self.reject_high}), "
+            f"length_buckets={self.length_buckets})"
         )
 
     @property
@@ -232,6 +233,13 @@ class RolloutCorrection:
         return extreme.any(-1)  # [N]
 
 
+def _name(part) -> str | None:
+    """A level's or mode's config name (its ``name``, else its class), ``None`` for none."""
+    if part is None or isinstance(part, str):  # a string: a config not yet instantiated
+        return part
+    return getattr(part, "name", type(part).__name__)
+
+
 def _summary(log_r: torch.Tensor, keep: torch.Tensor, decision: _Decision) -> dict[str, torch.Tensor]:
     """The metrics of one set of rows (see the module docstring)."""
     safe = log_r.clamp(-SAFETY_BOUND, SAFETY_BOUND)  # [n, T]
@@ -283,7 +291,7 @@ def check_training_sampler(rollout, correction: RolloutCorrection | None) -> Non
         )
     if correction is not None and correction.active and not getattr(rollout, "external", False):
         raise ValueError(
-            f"correction.level={correction.level} (reject_low={correction.reject_low}, "
+            f"correction.level={_name(correction.level)} (reject_low={correction.reject_low}, "
             f"reject_high={correction.reject_high}) corrects an external sampler's mismatch, but "
             f"rollout={type(rollout).__name__} samples with the policy itself; use rollout=vllm or "
             "correction=none"
