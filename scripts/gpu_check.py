@@ -42,7 +42,7 @@ from longact_pl.guards import NonFiniteGuard
 from longact_pl.learner import Learner, OptimizerCalls, TrainBatch
 from longact_pl.masking.apply import RowFreezer
 from longact_pl.masking.calibrate import collect_stats
-from longact_pl.masking.selection import TopK, build_masks
+from longact_pl.masking.selection import TopK, select_units
 from longact_pl.masking.targets import find_targets
 from longact_pl.ops.logprob_plan import LogprobPlan
 from longact_pl.ops.policy_logprobs import LogprobPass
@@ -125,7 +125,7 @@ def longact_masks(model, prompt_ids: torch.Tensor, ratio: float = 0.3) -> tuple[
     groups: dict[str, list[str]] = {}
     for t in targets:
         groups.setdefault(t.group, []).append(t.name)
-    masks = build_masks(scores, groups, TopK(), ratio)
+    masks = select_units(scores, groups, TopK(), ratio)  # channel units: one per row
     return {t.name: t.linear for t in targets}, masks
 
 

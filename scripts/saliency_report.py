@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from longact_pl.masking.mask_metrics import jaccard, top_share  # noqa: E402
-from longact_pl.masking.selection import TopK, build_masks  # noqa: E402
+from longact_pl.masking.selection import TopK, select_units  # noqa: E402
 from longact_pl.masking.targets import find_targets, head_dim_of  # noqa: E402
 from longact_pl.premise.concentration import collect_split, concentration_table, niah_prompts  # noqa: E402
 
@@ -262,10 +262,12 @@ def main(argv: list[str] | None = None) -> Path:
             totals["max_abs"][k] = torch.maximum(totals["max_abs"].get(k, peak), peak)  # [C]
         conc[length] = {g: [top_share(mean_abs[n], args.ratio) for n in groups[g]] for g in GROUPS}
         per_length[length] = {g: [mean_abs[n] for n in groups[g]] for g in GROUPS}
-        masks_by_len[length] = build_masks(mean_abs, groups, TopK(), args.ratio)
+        masks_by_len[length] = select_units(
+            mean_abs, groups, TopK(), args.ratio
+        )  # channel units: one per row
 
-    masks = build_masks(totals["mean_abs"], groups, TopK(), args.ratio)
-    masks_max = build_masks(totals["max_abs"], groups, TopK(), args.ratio)
+    masks = select_units(totals["mean_abs"], groups, TopK(), args.ratio)  # channel units: one per row
+    masks_max = select_units(totals["max_abs"], groups, TopK(), args.ratio)  # channel units: one per row
     files = plot_heatmaps(args.out, per_group(targets, totals["mean_abs"]), per_group(targets, masks))
     files.append(plot_concentration(args.out, conc, args.ratio))
     lengths = sorted(per_length)

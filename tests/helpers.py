@@ -182,7 +182,7 @@ class VLLMStandIn(HFRollout):
     external = True
 
     def __init__(
-        self, tis_cap=None, dtype=None, max_model_len=None, kv_cache_gib=None, gpu_memory_utilization=None,
+        self, dtype=None, max_model_len=None, kv_cache_gib=None, gpu_memory_utilization=None,
         enforce_eager=None, weight_sync=None, bucket_mb=None, sync_dir=None, sleep_level=None,
         engine_kwargs=None, **kwargs,
     ) -> None:  # fmt: skip

@@ -58,7 +58,9 @@ def test_paper_presets(tmp_path, name):
     # what a GPU user needs: vLLM rollouts with TIS, token-budget micro-batches of whole packed groups
     assert cfg.rollout._target_.endswith("VLLMRollout") and cfg.rollout.sleep_level == 1
     assert (
-        cfg.correction.level == "token" and cfg.correction.mode == "truncate" and cfg.correction.high == 2.0
+        cfg.correction.level._target_.endswith(".TokenRatio")
+        and cfg.correction.mode._target_.endswith(".Truncate")
+        and cfg.correction.high == 2.0
     )
     assert cfg.rollout.max_model_len >= cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens
     assert cfg.module.micro_batch_tokens >= cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens

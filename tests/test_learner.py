@@ -7,6 +7,7 @@ import torch
 
 from longact_pl.algos.algorithm import GroupPolicyGradient
 from longact_pl.algos.correction import RolloutCorrection
+from longact_pl.algos.correction_weights import TokenRatio
 from longact_pl.distributed import LocalOps
 from longact_pl.guards import NonFiniteGuard
 from longact_pl.learner import Learner, OptimizerCalls, TrainBatch
@@ -165,7 +166,7 @@ def test_tis_with_several_passes_uses_the_trainers_old_logprobs(tiny):
     model = tiny.model.train()
     ro = _rollouts(model.config.vocab_size)
     algo = _SpyLoss(kl_coef=0.0)
-    tis = {"correction": RolloutCorrection(level="token", high=2.0), "external": True}
+    tis = {"correction": RolloutCorrection(level=TokenRatio(), high=2.0), "external": True}
     learner = _learner(algo, ppo_epochs=2, micro_batch_size=4, **tis)
     batch = learner.prepare(model, None, ro, ADVANTAGES)
     # the advantages come from the rewards: group-normalised ([1, -0.5] and [0.3, -0.8] -> +-0.7071)
@@ -322,7 +323,7 @@ def test_take_is_a_view_for_a_run_of_rows():
     ("field", "kwargs"),
     [("ppo_epochs", {"ppo_epochs": 0}), ("mini_batch_size", {"mini_batch_size": -1}),
      ("micro_batch_size", {"micro_batch_size": 0}),
-     ("correction.level", {"correction": RolloutCorrection(level="token")})],
+     ("correction.level", {"correction": RolloutCorrection(level=TokenRatio())})],
 )  # fmt: skip
 def test_bad_settings_name_the_field(field, kwargs):
     with pytest.raises(ValueError, match=field if "." in field else f"module.{field}"):

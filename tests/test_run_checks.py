@@ -7,6 +7,7 @@ import pytest
 from hydra.utils import instantiate
 
 from longact_pl.algos.correction import RolloutCorrection
+from longact_pl.algos.correction_weights import Mask, SequenceProduct
 from longact_pl.data.fit_check import check_prompt_fit
 from longact_pl.guards import MaskedOutError, SafetyStops
 from longact_pl.train import run
@@ -37,13 +38,15 @@ def test_sequence_parallel_with_the_single_strategy_names_strategy_fsdp(tmp_path
 )
 def test_mask_bounds_are_checked_as_they_act(kwargs, expected):
     with pytest.raises(ValueError, match=expected):
-        RolloutCorrection(level="sequence", mode="mask", **kwargs)
+        RolloutCorrection(level=SequenceProduct(), mode=Mask(), **kwargs)
 
 
 def test_reject_bounds_that_reject_a_perfect_sampler_are_refused():
     with pytest.raises(ValueError, match=r"reject_low=1\.5 .*reject every ratio of 1"):
         RolloutCorrection(reject_low=1.5)
-    RolloutCorrection(level="sequence", mode="mask", low=0.5, high=2.0, reject_low=0.1, reject_high=10.0)
+    RolloutCorrection(
+        level=SequenceProduct(), mode=Mask(), low=0.5, high=2.0, reject_low=0.1, reject_high=10.0
+    )
 
 
 def test_the_shipped_sequence_mask_with_high_below_one_fails_before_the_model(tmp_path, no_model_load):

@@ -24,10 +24,13 @@ import argparse
 import copy
 import statistics
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from _common import FP32, precision_line
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from longact_pl.masking import SaliencyMask
 from longact_pl.masking.apply import RowFreezer
@@ -51,12 +54,19 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def unit(name: str):
+    """The selection unit of ``conf/masking/unit/<name>.yaml`` (as ``masking/unit=<name>`` picks it)."""
+    return instantiate(
+        OmegaConf.load(Path(__file__).resolve().parents[2] / "conf/masking/unit" / f"{name}.yaml")
+    )
+
+
 class MaskedPath:
     """The callback's per-step work on the masked arm (freezer, telemetry, statistics hooks)."""
 
     def __init__(self, model, ids, args) -> None:
         cb = SaliencyMask(
-            ratio=args.ratio, unit=args.unit, measure_at=args.measure_at,
+            ratio=args.ratio, unit=unit(args.unit), measure_at=args.measure_at,
             refresh_every=1 if args.refresh else 0, telemetry=args.telemetry,
         )  # fmt: skip
         builder = cb.check_model(model)
@@ -120,7 +130,7 @@ def main(argv: list[str] | None = None) -> float:
     p.add_argument("--ratio", type=float, default=0.3)
     p.add_argument("--refresh", action="store_true", help="also run the refresh statistics hooks")
     p.add_argument("--telemetry", action="store_true", help="also measure the grad/activation kept shares")
-    p.add_argument("--unit", default="channel", help="channel | rope_pair | head")
+    p.add_argument("--unit", default="channel", help="a conf/masking/unit file: channel | rope_pair | head")
     p.add_argument("--measure-at", default="proj", help="proj | norm | post_rope")
     p.add_argument("--new-stats", action="store_true", help="= --telemetry --refresh rope_pair post_rope")
     p.add_argument("--seed", type=int, default=0)

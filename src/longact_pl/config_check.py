@@ -16,7 +16,7 @@ import types
 import typing
 from typing import Any
 
-from hydra.utils import get_object
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 _SCALARS = (bool, int, float)
@@ -212,6 +212,8 @@ def _check_sampler(cfg: DictConfig) -> None:
     # rollout.mode=async samples with a copy of the policy: an external sampler (rollout/async_loop.py)
     sampler.external = bool(getattr(engine, "external", False)) or _get(cfg, "rollout.mode") == "async"
     level, low, high = (_get(cfg, f"correction.{k}") for k in ("level", "reject_low", "reject_high"))
+    if isinstance(level, DictConfig):  # a level class (conf/correction): the error names it as it prints
+        level = instantiate(level)
     correction = types.SimpleNamespace(
         active=level is not None or low is not None or high is not None,
         level=level, reject_low=low, reject_high=high,

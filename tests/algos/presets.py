@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from longact_pl.algos import GroupPolicyGradient
@@ -23,5 +24,9 @@ def preset_settings(name: str, max_new_tokens: int = 40) -> dict:
 
 
 def preset(name: str, **overrides) -> GroupPolicyGradient:
-    """Preset ``name`` with ``overrides`` applied (e.g. ``kl_coef=0.0``)."""
-    return GroupPolicyGradient(**{**preset_settings(name), **overrides})
+    """Preset ``name`` built as ``train.py`` builds it, with ``overrides`` applied (e.g. ``kl_coef=0.0``)."""
+    settings = {**preset_settings(name), **overrides}
+    # the surrogate and advantage nodes are built by Hydra as train.py does; the constructor is called here
+    # so that its ValueError reaches the test unwrapped
+    nodes = {k: instantiate(v) for k, v in settings.items() if isinstance(v, dict) and "_target_" in v}
+    return GroupPolicyGradient(**{**settings, **nodes})

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from longact_pl.algos.correction import RolloutCorrection, check_training_sampler
+from longact_pl.algos.correction_weights import GeometricMean, Mask, SequenceProduct, TokenRatio, Truncate
 from tests.helpers import CONF
 
 LN2, LN3, LN15 = math.log(2.0), math.log(3.0), math.log(1.5)
@@ -20,8 +21,20 @@ TRAIN = torch.tensor(
 SAMPLER = torch.where(MASK.bool(), TRAIN - LOG_R, torch.full_like(TRAIN, -float("inf")))  # garbage at padding
 
 
+# the config names of the level and mode classes, so the cases below read as the presets do
+LEVELS = {"token": TokenRatio(), "sequence": SequenceProduct(), "geometric": GeometricMean()}
+MODES = {"truncate": Truncate(), "mask": Mask()}
+
+
+def _corr(level=None, mode=None, **settings) -> RolloutCorrection:
+    """``RolloutCorrection`` with ``level`` / ``mode`` given by name (an unknown value is passed as is)."""
+    level = LEVELS.get(level, level) if isinstance(level, str) else level
+    mode = MODES.get(mode, mode) if isinstance(mode, str) else mode
+    return RolloutCorrection(level=level, mode=mode, **settings)
+
+
 def _weights(**settings):
-    return RolloutCorrection(**settings).weights(TRAIN, SAMPLER, MASK)
+    return _corr(**settings).weights(TRAIN, SAMPLER, MASK)
 
 
 def _close(got, want):
@@ -53,11 +66,11 @@ def test_weights(settings, want):
 
 
 def test_no_correction_is_no_weights():
-    assert _weights() is None and not RolloutCorrection().active
+    assert _weights() is None and not _corr().active
 
 
 def test_metrics_of_the_mismatch():
-    m = RolloutCorrection(level="token", length_buckets=(2, 3)).metrics(TRAIN, SAMPLER, MASK)
+    m = _corr(level="token", length_buckets=(2, 3)).metrics(TRAIN, SAMPLER, MASK)
     # k3 = r - log r - 1 per token: (2 - ln2 - 1) + 0 + (1/4 + 2 ln2 - 1) + (3 - ln3 - 1) + (1/3 + ln3 - 1)
     #   + 2 (1.5 - ln1.5 - 1) + 0 + 0, over 9 tokens
     k3 = [1 - LN2, 0, 2 * LN2 - 0.75, 2 - LN3, LN3 - 2 / 3, 0.5 - LN15, 0.5 - LN15, 0, 0]
@@ -77,7 +90,7 @@ def test_metrics_of_the_mismatch():
 
 
 def test_metrics_count_masked_and_rejected_sequences():
-    m = RolloutCorrection(level="token", mode="mask", reject_low=0.3).metrics(TRAIN, SAMPLER, MASK)
+    m = _corr(level="token", mode="mask", reject_low=0.3).metrics(TRAIN, SAMPLER, MASK)
     # dropped: row 0 all 3 tokens (rejected: its 1/4 < 0.3), row 1 both (3 > 2 and 1/3 < 1/2)
     _close(m["token_masked_frac"], 5 / 9)
     _close(m["seq_masked_frac"], 2 / 3)
@@ -86,15 +99,15 @@ def test_metrics_count_masked_and_rejected_sequences():
 
 
 def test_empty_buckets_are_left_out():
-    m = RolloutCorrection(length_buckets=(100,)).metrics(TRAIN, SAMPLER, MASK)
+    m = _corr(length_buckets=(100,)).metrics(TRAIN, SAMPLER, MASK)
     assert "k3_kl/len_le100" in m and not any(k.endswith("len_gt100") for k in m)
 
 
 @pytest.mark.parametrize(
     ("settings", "match"),
     [
-        ({"level": "tokens"}, r"correction\.level must be one of"),
-        ({"mode": "clip"}, r"correction\.mode must be one of"),
+        ({"level": "tokens"}, r"correction\.level must be a WeightLevel class .*got 'tokens'"),
+        ({"mode": "clip"}, r"correction\.mode must be a WeightMode class .*got 'clip'"),
         ({"high": 0.0}, r"correction\.high must be > 0"),
         ({"level": "token", "mode": "mask", "low": 3.0, "high": 2.0}, r"correction\.low must be in \(0, "),
         ({"level": "token", "low": 0.5}, r"correction\.low=0\.5 has no effect with correction\.mode="),
@@ -105,21 +118,19 @@ def test_empty_buckets_are_left_out():
 )  # fmt: skip
 def test_bad_settings_name_the_field(settings, match):
     with pytest.raises(ValueError, match=match):
-        RolloutCorrection(**settings)
+        _corr(**settings)
 
 
 def test_training_refuses_truncated_sampling_and_correction_without_an_external_sampler():
     hf = SimpleNamespace(top_p=1.0, top_k=0, external=False)
-    check_training_sampler(hf, RolloutCorrection())  # metrics only: fine
+    check_training_sampler(hf, _corr())  # metrics only: fine
     with pytest.raises(
         ValueError, match=r"correction\.level=token .* rollout=SimpleNamespace .*rollout=vllm"
     ):
-        check_training_sampler(hf, RolloutCorrection(level="token"))
+        check_training_sampler(hf, _corr(level="token"))
     with pytest.raises(ValueError, match=r"correction\.level=None \(reject_low=0\.1"):
-        check_training_sampler(hf, RolloutCorrection(reject_low=0.1))
-    check_training_sampler(
-        SimpleNamespace(top_p=1.0, top_k=0, external=True), RolloutCorrection(level="token")
-    )
+        check_training_sampler(hf, _corr(reject_low=0.1))
+    check_training_sampler(SimpleNamespace(top_p=1.0, top_k=0, external=True), _corr(level="token"))
     for top_p, top_k in ((0.9, 0), (1.0, 20)):
         with pytest.raises(
             ValueError, match=rf"rollout\.top_p={top_p} / rollout\.top_k={top_k}: training needs"

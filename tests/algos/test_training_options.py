@@ -49,7 +49,6 @@ def test_hf_rollouts_log_no_mismatch(tmp_path):
         (["rollout.top_p=0.9"], r"rollout\.top_p=0\.9 / rollout\.top_k=0: training needs top_p=1\.0"),
         (["rollout=vllm", "correction=sequence_mask", "correction.low=3.0"], r"correction\.low must be in"),
         (["algo.kl_estimator=k5"], r"algo\.kl_estimator must be one of"),
-        (["rollout=vllm", "rollout.tis_cap=2.0"], r"rollout\.tis_cap=2\.0 was replaced .*correction=token"),
     ],
 )  # fmt: skip
 def test_bad_settings_fail_before_anything_is_written(tmp_path, overrides, match):

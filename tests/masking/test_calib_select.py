@@ -2,7 +2,7 @@
 
 import pytest
 
-from longact_pl.masking import SaliencyMask
+from longact_pl.masking import Head, RopePair, SaliencyMask
 from longact_pl.masking.calibrate import select_calibration
 from longact_pl.masking.options import MaskingOptions
 from tests.masking import models
@@ -64,9 +64,9 @@ def _opts(**kw):
 
 
 def test_post_rope_channel_scores_are_refused_naming_rope_pair_and_head():
-    with pytest.raises(ValueError, match=r"masking.unit=rope_pair .* masking.unit=head"):
-        _opts(measure_at="post_rope")
-    for unit in ("rope_pair", "head"):
-        assert _opts(measure_at="post_rope", unit=unit).unit == unit
+    with pytest.raises(ValueError, match=r"masking/unit=rope_pair .* masking/unit=head"):
+        SaliencyMask(measure_at="post_rope")
+    for unit in (RopePair(), Head()):
+        assert SaliencyMask(measure_at="post_rope", unit=unit).options.unit == unit.name
     with pytest.raises(ValueError, match="calib_min_tokens"):
         _opts(calib_min_tokens=-1)

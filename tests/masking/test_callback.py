@@ -6,7 +6,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from safetensors.torch import load_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from longact_pl.masking import BottomK, SaliencyMask
+from longact_pl.masking import BottomK, Head, RopePair, SaliencyMask
 from longact_pl.models.tiny import tiny_llama, tiny_qwen3
 from tests.masking.stub import StubData, StubModule, fit
 
@@ -82,7 +82,7 @@ def test_others_frozen_and_target_biases():
         for n, p in policy.named_parameters():
             if n.endswith("bias"):
                 p.normal_()
-    cb = SaliencyMask(ratio=0.5, unit="rope_pair", calib_samples=1, others="frozen")
+    cb = SaliencyMask(ratio=0.5, unit=RopePair(), calib_samples=1, others="frozen")
     module = StubModule(policy)
     data = StubData(300)
     data.calibration_prompts = lambda n: [list(range(10, 60))] * n
@@ -93,11 +93,11 @@ def test_others_frozen_and_target_biases():
 
 def test_resume_restores_masks_without_recalibrating(tmp_path):
     data = StubData(49152)
-    cb = SaliencyMask(ratio=0.3, calib_samples=2, unit="head", scope="global")
+    cb = SaliencyMask(ratio=0.3, calib_samples=2, unit=Head(), scope="global")
     ckpt = ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=1, save_top_k=0)
     fit(StubModule(tiny_llama(seed=0).model), data, [cb, ckpt], max_steps=2)
     assert data.calls == 1
-    cb2 = SaliencyMask(ratio=0.3, calib_samples=2, unit="head", scope="global")
+    cb2 = SaliencyMask(ratio=0.3, calib_samples=2, unit=Head(), scope="global")
     module2 = StubModule(tiny_llama(seed=1).model)  # weights come from the checkpoint
     trainer = fit(module2, data, [cb2], max_steps=3, ckpt_path=str(tmp_path / "last.ckpt"))
     assert data.calls == 1 and trainer.global_step == 3

@@ -45,13 +45,15 @@ def test_new_options_reach_the_callback(configs):
     ("overrides", "message"),
     [
         (
-            ["masking.unit=rope_pair", "model._target_=tests.masking.models.tiny_opt"],
+            ["masking/unit=rope_pair", "model._target_=tests.masking.models.tiny_opt"],
             r"masking.unit=rope_pair",
         ),
         (["masking.pairing=joint", "masking.targets=[q_proj]"], r"masking.pairing=joint"),
         (["masking.norms=frozen"], r"masking.norms=frozen: LlamaForCausalLM has no"),
         (["masking.measure_at=post_rope", "masking.targets=[gate_proj]"], r"masking.measure_at=post_rope"),
-        (["masking.measure_at=post_rope"], r"masking.unit=channel .* use masking.unit=rope_pair"),
+        (["masking.measure_at=post_rope"], r"masking.unit=channel .* use masking/unit=rope_pair"),
+        # the unit is a config group now: the old field path names the new one
+        (["masking.unit=rope_pair"], r"masking/unit=rope_pair"),
     ],
 )
 def test_bad_combinations_fail_before_anything_is_written(tmp_path, overrides, message):

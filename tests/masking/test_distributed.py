@@ -15,7 +15,7 @@ NEW = [
     "trainer.max_steps=3",
     "masking.refresh_every=1",
     "masking.ema=0.0",
-    "masking.unit=rope_pair",
+    "masking/unit=rope_pair",
     "masking.measure_at=post_rope",
     "masking.pairing=joint",
 ]

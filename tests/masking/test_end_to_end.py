@@ -91,7 +91,7 @@ def test_every_new_option_together_on_qwen3(tmp_path):
     from longact_pl.models.tiny import tiny_qwen3
 
     cfg = compose_train(
-        tmp_path, "model=tiny_qwen3", "masking=saliency", "masking.calib_samples=1", "masking.unit=rope_pair",
+        tmp_path, "model=tiny_qwen3", "masking=saliency", "masking.calib_samples=1", "masking/unit=rope_pair",
         "masking.measure_at=post_rope", "masking.pairing=joint", "masking.norms=frozen",
         "masking.refresh_every=1", PARITY,
     )  # fmt: skip

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from longact_pl.masking import SaliencyMask
+from longact_pl.masking import Channel, RopePair, SaliencyMask
 from longact_pl.masking.targets import find_targets
 from tests.masking import models
 from tests.masking.stub import StubData, StubModule, fit
@@ -33,7 +33,7 @@ def test_fused_parts_are_the_query_and_key_rows(name):
 def test_training_masks_only_query_and_key_rows_of_a_fused_projection(name, others):
     build, suffix, (q_rows, k_rows, v_rows) = CASES[name]
     policy = build()
-    unit = "rope_pair" if name == "phi3" else "channel"  # NeoX's partial rotary makes pairs and singles
+    unit = RopePair() if name == "phi3" else Channel()  # NeoX's partial rotary makes pairs and singles
     cb = SaliencyMask(targets=[suffix], ratio=0.25, unit=unit, calib_samples=1, others=others)
     module = StubModule(policy, weight_decay=0.0)
     fit(module, StubData(models.VOCAB), [cb], max_steps=2)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from longact_pl.masking import SaliencyMask, TopK
+from longact_pl.masking import Channel, RopePair, SaliencyMask, TopK
 from longact_pl.masking.builder import MaskBuilder
 from longact_pl.masking.options import MaskingOptions
 from longact_pl.masking.pairing import joint_scores, split_joint
@@ -40,7 +40,7 @@ def test_joint_scores_by_hand():
 def test_gqa_mapping_on_a_4_query_2_kv_head_model():
     model = models.llama()  # 4 query heads, 2 kv heads, head_dim 16
     targets = find_targets(model, ("q_proj", "k_proj"))
-    builder = MaskBuilder(targets, _options(ratio=1 / 32), TopK(), head_dim=16)
+    builder = MaskBuilder(targets, _options(ratio=1 / 32), TopK(), Channel(), head_dim=16)
     scores = {t.name: torch.ones(t.rows) for t in targets}  # channel units: [64] and [32]
     q, k = scores[Q], scores[K]
     q[2 * 16 + 3] = q[3 * 16 + 3] = 10.0  # query heads 2 and 3 (both read kv head 1), channel 3: joint 10
@@ -51,7 +51,7 @@ def test_gqa_mapping_on_a_4_query_2_kv_head_model():
     assert _rows(masks[K]) == [16 + 3]  # kv head 1, channel 3: the single kept joint unit (k = 1 of 32)
     assert _rows(masks[Q]) == [2 * 16 + 3, 3 * 16 + 3]  # the query heads that read kv head 1
     # each layer keeps the same share of W_Q and W_K rows
-    wide = MaskBuilder(targets, _options(ratio=0.25), TopK(), head_dim=16).build(scores)
+    wide = MaskBuilder(targets, _options(ratio=0.25), TopK(), Channel(), head_dim=16).build(scores)
     assert int(wide[Q].sum()) == 16 and int(wide[K].sum()) == 8
 
 
@@ -63,10 +63,10 @@ def test_joint_pairing_needs_query_and_key_targets():
     model = models.llama()
     only_q = [t for t in find_targets(model, ("q_proj", "k_proj")) if t.role == "q"]
     with pytest.raises(ValueError, match="has only a query target"):
-        MaskBuilder(only_q, _options(), TopK(), head_dim=16)
+        MaskBuilder(only_q, _options(), TopK(), Channel(), head_dim=16)
 
 
-@pytest.mark.parametrize("unit", ["channel", "rope_pair"])
+@pytest.mark.parametrize("unit", [Channel(), RopePair()], ids=["channel", "rope_pair"])
 def test_joint_training_keeps_the_same_units_in_q_and_k(unit):
     policy = models.llama()
     cb = SaliencyMask(ratio=0.25, unit=unit, pairing="joint", calib_samples=1)

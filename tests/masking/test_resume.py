@@ -6,7 +6,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from longact_pl.masking import RandomK, SaliencyMask
+from longact_pl.masking import Head, RandomK, SaliencyMask
 from tests.masking import models
 from tests.masking.stub import StubData, StubModule, fit
 
@@ -25,7 +25,7 @@ def checkpoint(tmp_path_factory):
     ("kwargs", "changed"),
     [
         ({"selector": RandomK()}, "selector: 'TopK' -> 'RandomK'"),
-        ({"ratio": 0.5, "unit": "head"}, "ratio: 0.3 -> 0.5, unit: 'channel' -> 'head'"),
+        ({"ratio": 0.5, "unit": Head()}, "ratio: 0.3 -> 0.5, unit: 'channel' -> 'head'"),
         ({"targets": ["q_proj"]}, "targets: ['q_proj', 'k_proj'] -> ['q_proj']"),
     ],
 )

@@ -8,7 +8,7 @@ from longact_pl.masking.calibrate import collect_stats
 from longact_pl.masking.rope import rope_pairs
 from longact_pl.masking.stats import StatsCollector
 from longact_pl.masking.targets import find_targets, head_dim_of
-from longact_pl.masking.units import unit_index
+from longact_pl.masking.units import RopePair
 from tests.masking import models
 
 PROMPTS = [list(range(10, 60)), list(range(100, 140))]
@@ -56,7 +56,7 @@ def test_pair_scores_at_projection_equal_scores_after_rope(name):
     for at in ("proj", "post_rope"):
         targets = find_targets(model, suffixes, at)
         pairs = _pairs(model, targets)
-        units = {t.name: unit_index("rope_pair", t.rows, d, pairs) for t in targets}
+        units = {t.name: RopePair(pairs).index(t.rows, d) for t in targets}
         stats[at] = collect_stats(model, targets, PROMPTS, units=units)
     assert len(stats["proj"]) == 4 and stats["proj"].keys() == stats["post_rope"].keys()
     for key, before in stats["proj"].items():
@@ -157,7 +157,7 @@ def test_post_rope_keys_count_only_the_new_tokens_of_a_cached_forward():
     stats, current = {}, [None]
     for at in ("proj", "post_rope"):
         targets = find_targets(model, ("q_proj", "k_proj"), at)
-        units = {t.name: unit_index("rope_pair", t.rows, d, _pairs(model, targets)) for t in targets}
+        units = {t.name: RopePair(_pairs(model, targets)).index(t.rows, d) for t in targets}
         collector = StatsCollector({t.name: t.probe for t in targets}, gate=lambda: current[0], units=units)
         collector.attach()
         grouped_completion_logprobs(

@@ -1,9 +1,10 @@
 import pytest
 import torch
 
-from longact_pl.masking.selection import BottomK, RandomK, TopK, build_masks
+from longact_pl.masking.selection import BottomK, RandomK, TopK
 from longact_pl.masking.stats import ChannelStats
-from longact_pl.masking.units import count_k, expand_units, unit_index, unit_scores
+from longact_pl.masking.units import Channel, Head, RopePair, count_k, expand_units, unit_scores
+from tests.masking.build import build_masks
 
 
 def rows(mask):
@@ -48,11 +49,11 @@ def test_rope_pair_unit_keeps_d_and_d_plus_half_together():
     scores[9] = 10.0  # single strongest channel (head 1, d=1): pair (9, 13) sums to 11
     scores[2] = scores[6] = 6.0  # head 0 pair (2, 6) sums to 12
     groups = {"q_proj": ["m"]}
-    channel = build_masks({"m": scores}, groups, TopK(), 1 / 16, "channel", head_dim)["m"]
+    channel = build_masks({"m": scores}, groups, TopK(), 1 / 16, Channel(), head_dim)["m"]
     assert rows(channel) == {9}
-    pair = build_masks({"m": scores}, groups, TopK(), 1 / 8, "rope_pair", head_dim)["m"]
+    pair = build_masks({"m": scores}, groups, TopK(), 1 / 8, RopePair(), head_dim)["m"]
     assert rows(pair) == {2, 6}
-    idx = unit_index("rope_pair", 16, head_dim)
+    idx = RopePair().index(16, head_dim)
     assert idx.tolist() == [0, 1, 2, 3, 0, 1, 2, 3, 4, 5, 6, 7, 4, 5, 6, 7]
     # every unit is kept or dropped as a whole pair
     for r in range(16):
@@ -63,19 +64,17 @@ def test_rope_pair_unit_keeps_d_and_d_plus_half_together():
 def test_head_unit_keeps_whole_heads():
     scores = torch.zeros(48)  # 3 heads of 16
     scores[20] = 5.0  # head 1
-    mask = build_masks({"m": scores}, {"q_proj": ["m"]}, TopK(), 0.3, "head", 16)["m"]
+    mask = build_masks({"m": scores}, {"q_proj": ["m"]}, TopK(), 0.3, Head(), 16)["m"]
     assert rows(mask) == set(range(16, 32))
     with pytest.raises(ValueError, match="multiple of head_dim"):
-        build_masks({"m": torch.ones(40)}, {"g": ["m"]}, TopK(), 0.3, "head", 16)
+        build_masks({"m": torch.ones(40)}, {"g": ["m"]}, TopK(), 0.3, Head(), 16)
 
 
 def test_unit_scores_and_expand_roundtrip():
-    idx = unit_index("head", 8, 4)
+    idx = Head().index(8, 4)
     u = unit_scores(torch.arange(8.0), idx)
     assert u.tolist() == [6.0, 22.0]
     assert expand_units(torch.tensor([False, True]), idx).tolist() == [False] * 4 + [True] * 4
-    with pytest.raises(ValueError, match="unit"):
-        unit_index("block", 8, 4)
 
 
 def test_global_scope_ranks_across_layers_per_matrix_does_not():
@@ -97,11 +96,11 @@ def test_global_scope_ranks_across_layers_per_matrix_does_not():
 def test_gqa_shapes_on_tiny_model_projection_sizes():
     scores = {"q": torch.rand(64), "k": torch.rand(32)}  # 4 query heads, 2 kv heads, head_dim 16
     groups = {"q_proj": ["q"], "k_proj": ["k"]}
-    ch = build_masks(scores, groups, TopK(), 0.3, "channel", 16)
+    ch = build_masks(scores, groups, TopK(), 0.3, Channel(), 16)
     assert (ch["q"].numel(), int(ch["q"].sum()), ch["k"].numel(), int(ch["k"].sum())) == (64, 19, 32, 10)
-    rp = build_masks(scores, groups, TopK(), 0.3, "rope_pair", 16)
+    rp = build_masks(scores, groups, TopK(), 0.3, RopePair(), 16)
     assert (int(rp["q"].sum()), int(rp["k"].sum())) == (2 * 10, 2 * 5)  # 32 -> 9.6 -> 10 pairs; 16 -> 5 pairs
-    hd = build_masks(scores, groups, TopK(), 0.3, "head", 16)
+    hd = build_masks(scores, groups, TopK(), 0.3, Head(), 16)
     assert (int(hd["q"].sum()), int(hd["k"].sum())) == (16, 16)  # 1.2 -> 1 head, 0.6 -> 1 head
 
 

@@ -3,10 +3,11 @@ import torch
 from torch import nn
 
 from longact_pl.masking.calibrate import collect_stats
-from longact_pl.masking.selection import BottomK, RandomK, TopK, build_masks
+from longact_pl.masking.selection import BottomK, RandomK, TopK
 from longact_pl.masking.stats import StatsCollector
 from longact_pl.masking.targets import find_targets, head_dim_of
 from longact_pl.models.tiny import tiny_llama, tiny_qwen3
+from tests.masking.build import build_masks
 
 
 @pytest.fixture(scope="module")

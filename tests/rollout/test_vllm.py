@@ -69,13 +69,6 @@ def test_bad_values_name_the_field(field, value):
         VLLMRollout(**{field: value})
 
 
-def test_tis_cap_fails_naming_its_replacement():
-    with pytest.raises(
-        ValueError, match=r"rollout.tis_cap=2.0 was replaced .*correction=token_tis correction.high=2"
-    ):
-        VLLMRollout(tis_cap=2.0)
-
-
 def test_weight_sync_marks_stale_after_each_optimizer_step():
     engine = VLLMRollout()
     engine._stale = False

@@ -1,9 +1,16 @@
 """RL algorithms: one group-relative policy-gradient class built from pure loss, advantage and shaping terms.
 
-GRPO, Dr. GRPO, DAPO and GSPO are settings of :class:`GroupPolicyGradient` (``conf/algo/*.yaml``).
+GRPO, Dr. GRPO, DAPO and GSPO are settings of :class:`GroupPolicyGradient` (``conf/algo/*.yaml``); the policy
+loss (``surrogates.py``) and the advantage estimator (``advantages.py``) are classes chosen by ``_target_``.
 """
 
-from longact_pl.algos.advantages import dynamic_sampling_keep, group_advantages
+from longact_pl.algos.advantages import (
+    AdvantageEstimator,
+    GroupCentered,
+    GroupNormalized,
+    dynamic_sampling_keep,
+    group_advantages,
+)
 from longact_pl.algos.aggregation import (
     AGGREGATIONS,
     aggregate,
@@ -17,9 +24,16 @@ from longact_pl.algos.losses import clipped_surrogate, masked_mean, sequence_cli
 from longact_pl.algos.policy_loss import PolicyLoss
 from longact_pl.algos.protocol import Algorithm
 from longact_pl.algos.shaping import overlong_penalty
+from longact_pl.algos.surrogates import SequenceClip, Surrogate, TokenClip
 
 __all__ = [
     "AGGREGATIONS",
+    "AdvantageEstimator",
+    "GroupCentered",
+    "GroupNormalized",
+    "SequenceClip",
+    "Surrogate",
+    "TokenClip",
     "KL_ESTIMATORS",
     "Algorithm",
     "GroupPolicyGradient",

@@ -1,8 +1,54 @@
-"""Group-relative advantages and the dynamic-sampling group filter (pure functions)."""
+"""Group-relative advantage estimators (``algo.advantage._target_``) and the dynamic-sampling filter.
+
+An estimator maps ``[N]`` rewards (consecutive ``G`` rows one group) to ``[N]`` advantages
+(:class:`AdvantageEstimator`); a new one is a new class plus a preset naming it (``docs/extending.md``).
+"""
 
 from __future__ import annotations
 
+from typing import Protocol, runtime_checkable
+
 import torch
+
+
+@runtime_checkable
+class AdvantageEstimator(Protocol):
+    """Per-sequence advantages from the rewards of whole groups."""
+
+    def __call__(self, rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+        """``[N] -> [N]``: consecutive ``group_size`` rows of ``rewards`` form one group."""
+        ...
+
+
+class GroupNormalized:
+    """GRPO (Shao et al., 2024): ``(r - mean_g) / (std_g + eps)`` (Bessel-corrected std), 0 for equal groups.
+
+    Args:
+        eps: Added to the group's standard deviation.
+    """
+
+    def __init__(self, eps: float = 1e-6) -> None:
+        self.eps = float(eps)
+
+    def __call__(self, rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+        """See :class:`AdvantageEstimator`."""
+        return group_advantages(rewards, group_size, scale_by_std=True, eps=self.eps)  # [N]
+
+    def __repr__(self) -> str:
+        """Readable summary for logs."""
+        return f"GroupNormalized(eps={self.eps:g})"
+
+
+class GroupCentered:
+    """Dr. GRPO (Liu et al., 2025): ``r - mean_g``, not divided by the group's std (0 for equal groups)."""
+
+    def __call__(self, rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+        """See :class:`AdvantageEstimator`."""
+        return group_advantages(rewards, group_size, scale_by_std=False)  # [N]
+
+    def __repr__(self) -> str:
+        """Readable summary for logs."""
+        return "GroupCentered()"
 
 
 def _groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:

@@ -6,21 +6,28 @@ The presets live in ``conf/algo/*.yaml``:
 * Dr. GRPO (Liu et al., 2025): centred advantages, token sums over a fixed length, no KL.
 * DAPO (Yu et al., 2025): clip-higher (0.2 / 0.28), token mean, dynamic sampling, soft overlong penalty.
 * GSPO (Zheng et al., 2025): sequence-level ratio (geometric mean), clip 3e-4 / 4e-4, seq-mean-token-mean.
+
+A new policy loss or advantage estimator is a class in ``surrogates.py`` / ``advantages.py`` and a preset
+naming it (``docs/extending.md``); nothing here changes.
 """
 
 from __future__ import annotations
 
 import torch
 
-from longact_pl.algos.advantages import dynamic_sampling_keep, group_advantages
+from longact_pl.algos.advantages import AdvantageEstimator, GroupNormalized, dynamic_sampling_keep
 from longact_pl.algos.aggregation import Number
 from longact_pl.algos.kl import sequence_kl
 from longact_pl.algos.policy_loss import PolicyLoss, check_non_negative
 from longact_pl.algos.shaping import overlong_penalty
+from longact_pl.algos.surrogates import Surrogate, TokenClip
 
 
 class GroupPolicyGradient:
-    """Reward shaping, group-relative advantages, group filtering and the clipped loss, all by settings.
+    """Reward shaping, group-relative advantages, group filtering and the policy loss, all by settings.
+
+    The two parts that differ in kind are objects chosen by ``_target_``: ``surrogate`` (the per-token
+    policy loss) and ``advantage`` (the estimator); the rest are numbers and names.
 
     Args:
         eps_low: Lower clip range, in ``[0, 1)``.
@@ -31,9 +38,11 @@ class GroupPolicyGradient:
             (verl's ``use_kl_in_reward``) instead of adding the KL to the loss.
         aggregation: Loss aggregation (see ``longact_pl.algos.aggregation.AGGREGATIONS``).
         max_len: Normaliser for ``seq_mean_token_sum_norm`` (unused otherwise).
-        ratio_level: ``token`` (PPO ratio per token) or ``sequence`` (GSPO).
+        surrogate: Per-token policy loss: ``TokenClip()`` (default; PPO ratio per token) or ``SequenceClip()``
+            (GSPO), see ``longact_pl.algos.surrogates``.
         entropy_coef: Entropy bonus weight (0 = off).
-        scale_by_std: Divide centred group rewards by the group std.
+        advantage: Advantage estimator: ``GroupNormalized()`` (default; GRPO) or ``GroupCentered()`` (Dr.
+            GRPO), see ``longact_pl.algos.advantages``.
         dynamic_sampling: Drop groups with equal rewards and sample more prompts (DAPO).
         max_gen_rounds: Cap on generation rounds when dynamic sampling, ``>= 1``.
         overlong_penalty_coef: Weight of DAPO's soft overlong penalty added to the reward (0 = off).
@@ -51,9 +60,9 @@ class GroupPolicyGradient:
         kl_in_reward: bool = False,
         aggregation: str = "seq_mean_token_mean",
         max_len: int | None = None,
-        ratio_level: str = "token",
+        surrogate: Surrogate | None = None,
         entropy_coef: float = 0.0,
-        scale_by_std: bool = True,
+        advantage: AdvantageEstimator | None = None,
         dynamic_sampling: bool = False,
         max_gen_rounds: int = 1,
         overlong_penalty_coef: float = 0.0,
@@ -62,15 +71,19 @@ class GroupPolicyGradient:
         name: str = "custom",
     ) -> None:
         self.policy_loss = PolicyLoss(
-            eps_low, eps_high, kl_coef, aggregation, max_len, ratio_level, kl_estimator, kl_in_reward,
-            entropy_coef,
+            eps_low, eps_high, kl_coef, aggregation, max_len,
+            surrogate if surrogate is not None else TokenClip(), kl_estimator, kl_in_reward, entropy_coef,
         )  # fmt: skip
         if max_gen_rounds < 1:
             raise ValueError(f"algo.max_gen_rounds must be >= 1, got {max_gen_rounds}")
         check_non_negative("overlong_penalty_coef", overlong_penalty_coef)
         if overlong_penalty_coef > 0:  # the window only matters with the penalty on
             _check_overlong(overlong_max_len, overlong_cache_len)
-        self.scale_by_std = scale_by_std
+        self.advantage = advantage if advantage is not None else GroupNormalized()
+        if not callable(self.advantage):
+            raise ValueError(
+                f"algo.advantage must be an AdvantageEstimator (a _target_ node), got {advantage!r}"
+            )
         self.dynamic_sampling = dynamic_sampling
         self.max_gen_rounds = max_gen_rounds
         self.overlong_penalty_coef = overlong_penalty_coef
@@ -117,8 +130,8 @@ class GroupPolicyGradient:
         return rewards - self.kl_coef * kl.to(rewards.device, rewards.dtype)  # [N]
 
     def advantages(self, rewards: torch.Tensor, group_size: int) -> torch.Tensor:
-        """``[N] -> [N]`` group-relative advantages."""
-        return group_advantages(rewards, group_size, scale_by_std=self.scale_by_std)  # [N]
+        """``[N] -> [N]`` group-relative advantages from ``algo.advantage``."""
+        return self.advantage(rewards, group_size)  # [N]
 
     def keep_groups(self, rewards: torch.Tensor, group_size: int) -> torch.Tensor:
         """``[N] -> bool [N / G]``: groups whose rewards differ."""
@@ -144,7 +157,7 @@ class GroupPolicyGradient:
     def __repr__(self) -> str:
         """Readable summary for logs."""
         return (
-            f"GroupPolicyGradient[{self.name}]({self.policy_loss}, scale_by_std={self.scale_by_std}, "
+            f"GroupPolicyGradient[{self.name}]({self.policy_loss}, advantage={self.advantage}, "
             f"dynamic_sampling={self.dynamic_sampling}, max_gen_rounds={self.max_gen_rounds}, "
             f"overlong=({self.overlong_max_len}, {self.overlong_cache_len}, "
             f"coef={self.overlong_penalty_coef}))"

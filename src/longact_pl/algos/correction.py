@@ -4,10 +4,11 @@ An external sampler (vLLM: bf16, other kernels) gives its tokens probabilities `
 trainer's ``pi_t`` for the same weights, more so at long context and low entropy. With
 ``log r = log pi_t - log pi_s`` per completion token (``pi_t`` before this step's updates):
 
-* weights, by ``level``: ``token`` ``r_t``; ``sequence`` the product ``prod_t r_t``; ``geometric`` the
-  geometric mean ``exp(mean_t log r_t)`` (the last two are one weight per sequence, on all its tokens);
-* by ``mode``: ``truncate`` caps the weight at ``high`` (TIS); ``mask`` keeps it inside ``[low, high]`` and
-  sets it to 0 outside (the token or sequence is dropped from the loss; MIS);
+* weights, by ``level`` (a class, ``correction_weights.py``): ``TokenRatio`` ``r_t``; ``SequenceProduct``
+  the product ``prod_t r_t``; ``GeometricMean`` the geometric mean ``exp(mean_t log r_t)`` (the last two are
+  one weight per sequence, on all its tokens);
+* by ``mode`` (a class too): ``Truncate`` caps the weight at ``high`` (TIS); ``Mask`` keeps it inside
+  ``[low, high]`` and sets it to 0 outside (the token or sequence is dropped from the loss; MIS);
 * optionally a sequence whose *any* token ratio leaves ``[reject_low, reject_high]`` is rejected (weight 0).
 
 A dropped token keeps its place in the loss normalisers (the token or sequence count), so a step that drops
@@ -30,10 +31,9 @@ from dataclasses import dataclass
 
 import torch
 
+from longact_pl.algos.correction_weights import Truncate, WeightLevel, WeightMode
 from longact_pl.algos.losses import masked_mean
 
-LEVELS = ("token", "sequence", "geometric")
-MODES = ("truncate", "mask")
 SAFETY_BOUND = 20.0  # |log weight| is clamped to this before exp (exp(20) ~ 4.9e8)
 
 
@@ -59,9 +59,11 @@ class RolloutCorrection:
     A plain class, not a dataclass: Hydra would turn a dataclass passed to ``instantiate`` into a config.
 
     Args:
-        level: ``token``, ``sequence`` (product of token ratios), ``geometric`` (their geometric mean), or
-            ``None`` (no importance weights: only rejection, if set, and the metrics).
-        mode: ``truncate`` (weight capped at ``high``) or ``mask`` (weight 0 outside ``[low, high]``).
+        level: A :class:`~longact_pl.algos.correction_weights.WeightLevel` (``TokenRatio``,
+            ``SequenceProduct``, ``GeometricMean``), or ``None`` (no importance weights: only rejection, if
+            set, and the metrics).
+        mode: A :class:`~longact_pl.algos.correction_weights.WeightMode`: ``Truncate()`` (default; weight
+            capped at ``high``) or ``Mask()`` (weight 0 outside ``[low, high]``).
         high: Upper bound of the weight (> 0).
         low: Lower bound for ``mask`` (default ``1 / high``); must be unset with ``truncate``.
         reject_low: Reject a sequence with any token ratio below this (``None`` = no lower rejection).
@@ -74,25 +76,28 @@ class RolloutCorrection:
 
     def __init__(
         self,
-        level: str | None = None,
-        mode: str = "truncate",
+        level: WeightLevel | None = None,
+        mode: WeightMode | None = None,
         high: float = 2.0,
         low: float | None = None,
         reject_low: float | None = None,
         reject_high: float | None = None,
         length_buckets: Sequence[int] = (256, 2048),
     ) -> None:
-        if level is not None and level not in LEVELS:
-            raise ValueError(f"correction.level must be one of {list(LEVELS)} or null, got {level!r}")
-        if mode not in MODES:
-            raise ValueError(f"correction.mode must be one of {list(MODES)}, got {mode!r}")
+        mode = Truncate() if mode is None else mode
+        if level is not None and not isinstance(level, WeightLevel):
+            raise ValueError(
+                f"correction.level must be a WeightLevel class (a _target_ node, e.g. "
+                f"longact_pl.algos.correction_weights.TokenRatio; presets: correction=token_tis) or null, "
+                f"got {level!r}"
+            )
+        if not isinstance(mode, WeightMode):
+            raise ValueError(
+                f"correction.mode must be a WeightMode class (a _target_ node: "
+                f"longact_pl.algos.correction_weights.Truncate or Mask), got {mode!r}"
+            )
         if not high > 0:
             raise ValueError(f"correction.high must be > 0, got {high}")
-        if low is not None and mode == "truncate":
-            raise ValueError(
-                f"correction.low={low} has no effect with correction.mode=truncate (weights are only "
-                "capped above); set correction.mode=mask to drop tokens below it, or leave it null"
-            )
         if low is not None and not 0 < low <= high:
             raise ValueError(f"correction.low must be in (0, correction.high={high}], got {low}")
         for name, value in (("reject_low", reject_low), ("reject_high", reject_high)):
@@ -102,17 +107,7 @@ class RolloutCorrection:
             raise ValueError(
                 f"correction.reject_low={reject_low} must be <= correction.reject_high={reject_high}"
             )
-        lower = low if low is not None else 1.0 / high
-        if level is not None and mode == "mask" and not lower <= 1.0 <= high:
-            source = (
-                f"correction.low={low}" if low is not None else f"1/correction.high={lower:g} (low unset)"
-            )
-            raise ValueError(
-                f"correction.mode=mask keeps weights in [{lower:g}, {high:g}] ({source}, correction.high="
-                f"{high}), which does not contain 1: even a sampler that matches the trainer exactly would "
-                "have every token masked out, a loss of 0 and nothing learned. Set correction.low <= 1 <= "
-                "correction.high (e.g. correction.low=0.5 correction.high=2.0)"
-            )
+        mode.check(low, high, level is not None)
         if (reject_low is not None and reject_low > 1.0) or (reject_high is not None and reject_high < 1.0):
             raise ValueError(
                 f"correction.reject_low={reject_low} / correction.reject_high={reject_high} reject every "
@@ -131,8 +126,9 @@ class RolloutCorrection:
     def __repr__(self) -> str:
         """Readable summary for logs."""
         return (
-            f"RolloutCorrection(level={self.level}, mode={self.mode}, low={self.low}, high={self.high}, "
-            f"reject=({self.reject_low}, {self.reject_high}), length_buckets={self.length_buckets})"
+            f"RolloutCorrection(level={_name(self.level)}, mode={_name(self.mode)}, low={self.low}, "
+            f"high={self.high}, reject=({self.reject_low}, {self.reject_high}), "
+            f"length_buckets={self.length_buckets})"
         )
 
     @property
@@ -216,24 +212,13 @@ class RolloutCorrection:
 
     def _decide(self, log_r: torch.Tensor, keep: torch.Tensor) -> _Decision:
         """Weights and flags ``[N, T]`` from token log-ratios (0 at padding)."""
-        counts = keep.sum(-1, keepdim=True).clamp(min=1)  # [N, 1]
-        if self.level == "sequence":
-            log_w = log_r.sum(-1, keepdim=True).expand_as(log_r)  # [N, T]
-        elif self.level == "geometric":
-            log_w = (log_r.sum(-1, keepdim=True) / counts).expand_as(log_r)  # [N, T]
-        else:  # token, or no importance weights (the flags then follow the token ratios)
-            log_w = log_r  # [N, T]
-        raw = log_w.clamp(-SAFETY_BOUND, SAFETY_BOUND).exp()  # [N, T]
-        if self.level is None:
-            weights = torch.ones_like(raw)  # [N, T]
+        if self.level is None:  # no importance weights: only rejection acts
+            weights = torch.ones_like(log_r)  # [N, T]
             truncated = dropped = torch.zeros_like(keep)  # [N, T]
-        elif self.mode == "truncate":
-            weights = raw.clamp(max=self.high)  # [N, T]
-            truncated, dropped = keep & (raw > self.high), torch.zeros_like(keep)  # [N, T]
         else:
-            inside = (raw >= self.lower) & (raw <= self.high)  # [N, T]
-            weights = torch.where(inside, raw, torch.zeros_like(raw))  # [N, T]
-            truncated, dropped = torch.zeros_like(keep), keep & ~inside  # [N, T]
+            log_w = self.level.log_weights(log_r, keep)  # [N, T]
+            raw = log_w.clamp(-SAFETY_BOUND, SAFETY_BOUND).exp()  # [N, T]
+            weights, truncated, dropped = self.mode.apply(raw, keep, self.lower, self.high)  # [N, T] x 3
         rejected = self._rejected(log_r, keep).unsqueeze(-1) & keep  # [N, T]
         weights = torch.where(rejected, torch.zeros_like(weights), weights)  # [N, T]
         return _Decision(weights, truncated & ~rejected, dropped | rejected, rejected)
@@ -246,6 +231,13 @@ class RolloutCorrection:
         if self.reject_high is not None:
             extreme |= keep & (log_r > math.log(self.reject_high))
         return extreme.any(-1)  # [N]
+
+
+def _name(part) -> str | None:
+    """A level's or mode's config name (its ``name``, else its class), ``None`` for none."""
+    if part is None or isinstance(part, str):  # a string: a config not yet instantiated
+        return part
+    return getattr(part, "name", type(part).__name__)
 
 
 def _summary(log_r: torch.Tensor, keep: torch.Tensor, decision: _Decision) -> dict[str, torch.Tensor]:
@@ -299,7 +291,7 @@ def check_training_sampler(rollout, correction: RolloutCorrection | None) -> Non
         )
     if correction is not None and correction.active and not getattr(rollout, "external", False):
         raise ValueError(
-            f"correction.level={correction.level} (reject_low={correction.reject_low}, "
+            f"correction.level={_name(correction.level)} (reject_low={correction.reject_low}, "
             f"reject_high={correction.reject_high}) corrects an external sampler's mismatch, but "
             f"rollout={type(rollout).__name__} samples with the policy itself; use rollout=vllm or "
             "correction=none"

@@ -1,17 +1,15 @@
-"""The clipped policy-gradient loss with optional KL and entropy terms, shared by every algorithm preset."""
+"""The policy loss of every preset: a surrogate (``surrogates.py``), aggregated, plus KL and entropy terms."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from longact_pl.algos.aggregation import AGGREGATIONS, NEEDS_MAX_LEN, Number, aggregate
 from longact_pl.algos.kl import KL_ESTIMATORS
-from longact_pl.algos.losses import clipped_surrogate, masked_mean, sequence_clipped_surrogate
-
-# algo.ratio_level values: one ratio per token (PPO / GRPO / DAPO) or per sequence (GSPO)
-RATIO_LEVELS = ("token", "sequence")
+from longact_pl.algos.losses import masked_mean
+from longact_pl.algos.surrogates import Surrogate, TokenClip
 
 
 def check_non_negative(name: str, value: float) -> None:
@@ -28,7 +26,7 @@ def check_choice(name: str, value: str, allowed) -> None:
 
 @dataclass(frozen=True)
 class PolicyLoss:
-    """Aggregated clipped surrogate, plus ``kl_coef`` x aggregated KL, minus ``entropy_coef`` x entropy.
+    """Aggregated surrogate, plus ``kl_coef`` x aggregated KL, minus ``entropy_coef`` x entropy.
 
     ``loss = agg(w * surrogate) + kl_coef * agg(KL) - entropy_coef * agg(entropy)`` with the same
     aggregation for every term (as verl's actor). ``w`` are optional detached per-token weights (rollout
@@ -40,7 +38,8 @@ class PolicyLoss:
         kl_coef: KL weight to the reference policy (0 = no reference model).
         aggregation: One of ``longact_pl.algos.aggregation.AGGREGATIONS``.
         max_len: Fixed normaliser for ``seq_mean_token_sum_norm``.
-        ratio_level: ``token`` (PPO-style ratio per token) or ``sequence`` (GSPO: geometric mean per row).
+        surrogate: The per-token policy-gradient loss (:class:`~longact_pl.algos.surrogates.TokenClip`,
+            ``SequenceClip`` for GSPO, or any :class:`~longact_pl.algos.surrogates.Surrogate`).
         kl_estimator: One of ``longact_pl.algos.kl.KL_ESTIMATORS`` (``k1``, ``k2``, ``k3``, ``low_var_kl``).
         kl_in_reward: The KL is a reward penalty (applied before advantages), not a loss term.
         entropy_coef: Weight of the entropy bonus (0 = off; > 0 needs entropy with gradient).
@@ -51,7 +50,7 @@ class PolicyLoss:
     kl_coef: float = 0.0
     aggregation: str = "seq_mean_token_mean"
     max_len: int | None = None
-    ratio_level: str = "token"
+    surrogate: Surrogate = field(default_factory=TokenClip)
     kl_estimator: str = "k3"
     kl_in_reward: bool = False
     entropy_coef: float = 0.0
@@ -65,7 +64,8 @@ class PolicyLoss:
         check_non_negative("kl_coef", self.kl_coef)
         check_non_negative("entropy_coef", self.entropy_coef)
         check_choice("aggregation", self.aggregation, AGGREGATIONS)
-        check_choice("ratio_level", self.ratio_level, RATIO_LEVELS)
+        if not callable(self.surrogate):
+            raise ValueError(f"algo.surrogate must be a Surrogate (a _target_ node), got {self.surrogate!r}")
         check_choice("kl_estimator", self.kl_estimator, KL_ESTIMATORS)
         if self.aggregation in NEEDS_MAX_LEN and (self.max_len is None or self.max_len < 1):
             raise ValueError(
@@ -116,14 +116,9 @@ class PolicyLoss:
         # padded positions get ratio 1 and KL 0, so garbage there cannot reach the gradient as 0 * inf
         old_logp = torch.where(keep, old_logp.detach(), logp.detach())  # [N, T]
         advantages = advantages.detach().to(logp.dtype)  # [N]
-        if self.ratio_level == "sequence":
-            surrogate, low, high = sequence_clipped_surrogate(
-                logp, old_logp, advantages, keep, self.eps_low, self.eps_high
-            )  # [N, T]
-        else:
-            surrogate, low, high = clipped_surrogate(
-                logp, old_logp, advantages, self.eps_low, self.eps_high
-            )  # [N, T]
+        surrogate, low, high = self.surrogate(
+            logp, old_logp, advantages, keep, self.eps_low, self.eps_high
+        )  # [N, T] x 3
         if token_weights is not None:  # padded positions get weight 1: no inf/NaN can reach the gradient
             weights = torch.where(keep, token_weights.detach().to(surrogate.dtype), 1.0)  # [N, T]
             surrogate = surrogate * weights  # [N, T]

@@ -12,7 +12,7 @@ from longact_pl.masking.pairing import joint_scores, split_joint
 from longact_pl.masking.selection import Selector, select_units
 from longact_pl.masking.stats import ChannelStats
 from longact_pl.masking.targets import Target
-from longact_pl.masking.units import expand_units, unit_index, unit_scores
+from longact_pl.masking.units import SelectionUnit, expand_units, unit_scores
 
 JOINT_GROUP = "q_k_joint"
 
@@ -43,8 +43,8 @@ class MaskBuilder:
         targets: The targets (``masking/targets.py``).
         options: The run's masking options.
         selector: Picks units from scores.
-        head_dim: Channels per head (unit/pairing need it; 0 for ``unit=channel`` with independent pairing).
-        pairs: Head-local RoPE layout for ``unit=rope_pair`` (``masking/rope.py``).  # [head_dim]
+        unit: The selection unit, bound to the model (``SelectionUnit.bind``).
+        head_dim: Channels per head (unit/pairing need it; 0 for ``Channel`` units with independent pairing).
     """
 
     def __init__(
@@ -52,12 +52,12 @@ class MaskBuilder:
         targets: Sequence[Target],
         options: MaskingOptions,
         selector: Selector,
+        unit: SelectionUnit,
         head_dim: int,
-        pairs: Tensor | None = None,
     ) -> None:
         self.targets = list(targets)
-        self.options, self.selector, self.head_dim = options, selector, head_dim
-        self.index = {t.name: unit_index(options.unit, t.rows, head_dim, pairs) for t in self.targets}
+        self.options, self.selector, self.unit, self.head_dim = options, selector, unit, head_dim
+        self.index = {t.name: unit.index(t.rows, head_dim) for t in self.targets}  # [rows] each
         self.joint = _qk_pairs(self.targets) if options.pairing == "joint" else {}
         self._paired = {t.name for pair in self.joint.values() for t in pair}
 
@@ -72,9 +72,9 @@ class MaskBuilder:
         return {t.module: t.linear for t in self.targets}
 
     def stats_units(self) -> dict[str, Tensor | None]:
-        """Target -> channel-to-unit map for statistics scored per unit magnitude (``rope_pair``)."""
-        pair = self.options.unit == "rope_pair"
-        return {t.name: self.index[t.name] if pair else None for t in self.targets}
+        """Target -> channel-to-unit map if units are scored by magnitude (``RopePair``), else None."""
+        magnitude = self.unit.scored_by_magnitude
+        return {t.name: self.index[t.name] if magnitude else None for t in self.targets}
 
     def scores(self, stats: Mapping[str, ChannelStats]) -> dict[str, Tensor]:
         """Unit scores of every target from its statistics (a head's = the sum of its channels')."""

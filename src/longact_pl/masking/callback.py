@@ -33,13 +33,13 @@ from longact_pl.masking.export import write_masks
 from longact_pl.masking.mask_metrics import drift_metrics, l1_share, mean
 from longact_pl.masking.moments import warm_start_rows
 from longact_pl.masking.options import MaskingOptions
-from longact_pl.masking.rope import rope_pairs
 from longact_pl.masking.selection import Selector, TopK
 from longact_pl.masking.sharding import shard_prompts
 from longact_pl.masking.stats import ChannelStats, StatsCollector, sync_stats
 from longact_pl.masking.step_hook import MaskingStepHook
 from longact_pl.masking.targets import find_targets, head_dim_of, qk_norms
-from longact_pl.masking.telemetry import shares
+from longact_pl.masking.telemetry import GradShare, shares
+from longact_pl.masking.units import Channel, SelectionUnit
 
 STATE_KEY = "SaliencyMask"  # checkpoint key (one masking callback per run), read by the resume check
 
@@ -59,7 +59,7 @@ class SaliencyMask(pl.Callback):
         targets: Sequence[str] = ("q_proj", "k_proj"),
         ratio: float = 0.3,
         statistic: str = "mean_abs",
-        unit: str = "channel",
+        unit: SelectionUnit | None = None,
         scope: str = "per_matrix",
         pairing: str = "independent",
         norms: str = "dense",
@@ -80,7 +80,8 @@ class SaliencyMask(pl.Callback):
             targets: Suffixes of the ``nn.Linear`` names to mask (``q_proj``, ``k_proj``, ``qkv_proj``).
             ratio: Kept fraction per matrix (or per target name with ``scope=global``), in ``(0, 1]``.
             statistic: Unit score over tokens: ``mean_abs``, ``rms`` or ``max_abs``.
-            unit: ``channel``, ``rope_pair`` (the two channels RoPE rotates together) or ``head``.
+            unit: ``Channel()`` (default), ``RopePair()`` (the two channels RoPE rotates together), ``Head()``
+                or any :class:`~longact_pl.masking.units.SelectionUnit` (``conf/masking/unit``).
             scope: ``per_matrix`` or ``global`` (rank across layers within a target name).
             pairing: ``independent`` (W_Q and W_K choose apart) or ``joint`` (same key-head units in both).
             norms: Qwen3 ``q_norm``/``k_norm`` weights: ``dense`` (trained) or ``frozen``.
@@ -97,10 +98,17 @@ class SaliencyMask(pl.Callback):
         """
         super().__init__()
         self.selector = selector if selector is not None else TopK()
+        self.unit = Channel() if unit is None else unit
+        if not isinstance(self.unit, SelectionUnit):
+            raise ValueError(
+                f"masking.unit={unit!r} is not a SelectionUnit; units are classes chosen by the config group "
+                f"conf/masking/unit: use masking/unit={unit} (e.g. masking/unit=rope_pair)"
+            )
+        self.unit.check(measure_at)
         self.options = MaskingOptions(
             selector=type(self.selector).__name__, targets=tuple(str(t) for t in targets),
-            ratio=float(ratio), statistic=statistic, unit=unit, scope=scope, pairing=pairing, norms=norms,
-            others=others, measure_at=measure_at, calib_samples=int(calib_samples),
+            ratio=float(ratio), statistic=statistic, unit=self.unit.name, scope=scope, pairing=pairing,
+            norms=norms, others=others, measure_at=measure_at, calib_samples=int(calib_samples),
             refresh_every=int(refresh_every), ema=float(ema), seed=int(seed),
             calib_min_tokens=int(calib_min_tokens),
         )  # fmt: skip
@@ -143,15 +151,12 @@ class SaliencyMask(pl.Callback):
         """
         opts = self.options
         targets = find_targets(model, opts.targets, opts.measure_at)
-        structured = opts.unit != "channel" or opts.pairing == "joint"
+        structured = self.unit.needs_head_dim or opts.pairing == "joint"
         head_dim = head_dim_of(model) if structured else 0
-        pairs = None
-        if opts.unit == "rope_pair":
-            attention = next((t.attention for t in targets if t.role), targets[0].attention)
-            pairs = rope_pairs(model, model.get_submodule(attention), head_dim)
+        unit = self.unit.bind(model, targets, head_dim)
         if opts.norms == "frozen":
             qk_norms(model, targets)
-        return MaskBuilder(targets, opts, self.selector, head_dim, pairs)
+        return MaskBuilder(targets, opts, self.selector, unit, head_dim)
 
     def summary(self) -> dict[str, Any]:
         """JSON-serialisable description of the masks in use, the options they were built with, and drift."""

@@ -11,7 +11,6 @@ from longact_pl.masking.pairing import check_pairing
 from longact_pl.masking.selection import check_scope
 from longact_pl.masking.stats import check_statistic
 from longact_pl.masking.targets import MEASURE_AT, ROLES
-from longact_pl.masking.units import check_unit
 
 OTHERS = ("dense", "frozen")
 NORMS = ("dense", "frozen")
@@ -26,7 +25,8 @@ def _choice(field: str, value: str, allowed: tuple[str, ...]) -> None:
 class MaskingOptions:
     """Everything that decides which rows are trained (see ``conf/masking/saliency.yaml`` for each field).
 
-    ``selector`` is the selector's class name.
+    ``selector`` is the selector's class name, ``unit`` the unit's ``name`` (``channel``, ``rope_pair``...);
+    the unit itself checks ``measure_at`` (``SelectionUnit.check``).
 
     Raises:
         ValueError: On any invalid value or combination, naming the ``masking.<field>``.
@@ -61,7 +61,8 @@ class MaskingOptions:
         if not self.targets:
             raise ValueError("masking.targets is empty; name at least one projection (e.g. [q_proj, k_proj])")
         check_statistic(self.statistic)
-        check_unit(self.unit)
+        if not isinstance(self.unit, str) or not self.unit:
+            raise ValueError(f"masking.unit must be the unit's name (SelectionUnit.name), got {self.unit!r}")
         check_scope(self.scope)
         check_pairing(self.pairing, self.targets)
         _choice("others", self.others, OTHERS)
@@ -72,14 +73,6 @@ class MaskingOptions:
             raise ValueError(
                 f"masking.measure_at=post_rope measures queries and keys as attention reads them, but "
                 f"masking.targets={list(self.targets)} names other projections; use masking.measure_at=proj"
-            )
-        if self.measure_at == "post_rope" and self.unit == "channel":
-            raise ValueError(
-                "masking.measure_at=post_rope with masking.unit=channel scores each channel after RoPE "
-                "has mixed it with its rotary partner (RoPE rotates channels in pairs), so part "
-                "of a channel's score is its partner row's magnitude and the wrong row may be kept; use "
-                "masking.unit=rope_pair (each pair scored by its rotation-invariant magnitude) or "
-                "masking.unit=head, or measure before RoPE with masking.measure_at=proj"
             )
 
     def as_dict(self) -> dict[str, Any]:

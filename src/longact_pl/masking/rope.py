@@ -24,7 +24,7 @@ PROBE_POSITIONS = (1, 7, 1000, 12345)  # several angles, so no pair is missed by
 def _refuse(model: nn.Module, why: str) -> ValueError:
     return ValueError(
         f"masking.unit=rope_pair needs rotary position embeddings whose channel pairs can be read from "
-        f"{type(model).__name__}: {why}. Use masking.unit=channel or masking.unit=head."
+        f"{type(model).__name__}: {why}. Use masking/unit=channel or masking/unit=head."
     )
 
 

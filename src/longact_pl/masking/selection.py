@@ -1,4 +1,4 @@
-"""Mask selection (pure): selectors chosen by Hydra ``_target_`` and per-matrix / global mask building.
+"""Mask selection (pure): selectors chosen by Hydra ``_target_`` and per-matrix / global unit selection.
 
 A selector picks ``k`` unit indices out of ``n`` given their scores. ``TopK`` is LongAct (keep the most
 salient units), ``BottomK`` the inverse control, ``RandomK`` the random control (ignores scores; seeded).
@@ -13,7 +13,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from longact_pl.masking.units import count_k, expand_units, unit_index, unit_scores
+from longact_pl.masking.units import count_k
 
 SCOPES = ("per_matrix", "global")
 
@@ -121,38 +121,3 @@ def select_units(
         chosen[selector(flat, count_k(ratio, flat.numel()), name_generator(seed, group))] = True
         keep.update(zip(names, chosen.split([u.numel() for u in units])))
     return keep
-
-
-def build_masks(
-    scores: Mapping[str, Tensor],
-    groups: Mapping[str, Sequence[str]],
-    selector: Selector,
-    ratio: float,
-    unit: str = "channel",
-    head_dim: int = 0,
-    scope: str = "per_matrix",
-    seed: int = 0,
-    pairs: Tensor | None = None,
-) -> dict[str, Tensor]:
-    """Turn per-channel scores into per-matrix row masks (a unit's score = the sum of its channels').
-
-    Args:
-        scores: Qualified module name -> per-channel scores (``[rows]`` each; rows may differ, e.g. GQA).
-        groups: Target name (``q_proj``) -> module names; ``scope=global`` ranks within a group.
-        selector: Picks unit indices (:class:`TopK`, :class:`BottomK`, :class:`RandomK`).
-        ratio: Kept fraction of units (see :func:`select_units`).
-        unit: ``channel``, ``rope_pair`` or ``head``.
-        head_dim: Channels per head (needed for rope_pair/head).
-        scope: ``per_matrix`` (same k in every layer) or ``global`` (layers compete for the group's k).
-        seed: Seed for selectors that draw random numbers.
-        pairs: Head-local RoPE layout for ``rope_pair`` (default rotate-half).  # [head_dim]
-
-    Returns:
-        Module name -> bool row mask (True = row is trained), on CPU.  # [rows] each
-    """
-    check_scope(scope)
-    names = [n for ns in groups.values() for n in ns]
-    index = {n: unit_index(unit, scores[n].numel(), head_dim, pairs) for n in names}
-    units = {n: unit_scores(scores[n].detach().float().cpu(), index[n]) for n in names}
-    keep = select_units(units, groups, selector, ratio, scope, seed)
-    return {n: expand_units(keep[n], index[n]) for n in names}  # [rows] each

@@ -66,7 +66,6 @@ class VLLMRollout:
         sleep_level: 0 = off; 1 = release the KV cache and offload weights between rollouts; 2 = release
             both (GPUs only; ignored elsewhere).
         engine_kwargs: Further ``vllm.LLM`` keyword arguments (e.g. ``tensor_parallel_size``).
-        tis_cap: Removed; raises with its replacement (the ``correction`` group).
         mode, max_staleness, round_tokens, placement: Asynchronous rollouts (see
             :class:`~longact_pl.rollout.async_loop.AsyncSettings`; ``async`` is refused with vLLM for now).
 
@@ -95,18 +94,12 @@ class VLLMRollout:
         sync_dir: str | None = None,
         sleep_level: int = 0,
         engine_kwargs: dict[str, Any] | None = None,
-        tis_cap: float | None = None,
         mode: str = "sync",
         max_staleness: int = 1,
         round_tokens: int | None = None,
         placement: str = "colocated",
     ) -> None:
         self.schedule = AsyncSettings(mode, max_staleness, round_tokens, placement)
-        if tis_cap is not None:
-            raise ValueError(
-                f"rollout.tis_cap={tis_cap} was replaced by the correction group: use "
-                f"correction=token_tis correction.high={tis_cap} (same truncated token weights)"
-            )
         check_sampling(group_size, max_new_tokens, temperature, top_p, top_k)
         resolve_dtype(dtype, "rollout.dtype")
         if weight_sync not in SYNC_METHODS:
