@@ -38,7 +38,7 @@ from longact_pl.masking.sharding import shard_prompts
 from longact_pl.masking.stats import ChannelStats, StatsCollector, sync_stats
 from longact_pl.masking.step_hook import MaskingStepHook
 from longact_pl.masking.targets import find_targets, head_dim_of, qk_norms
-from longact_pl.masking.telemetry import GradShare, shares
+from longact_pl.masking.telemetry import shares
 from longact_pl.masking.units import Channel, SelectionUnit
 
 STATE_KEY = "SaliencyMask"  # checkpoint key (one masking callback per run), read by the resume check
