@@ -4,11 +4,11 @@ Each arm runs in its own subprocess on a copy of the same weights (saved once to
 
 * ``ours``: the components ``LongActModule`` runs by default: ``HFRollout(prefill_once=True)``
   (``rollout=hf_shared``) + ``LogprobPass(shared_prefix=True, pack_completions="auto")`` (policy and
-  reference, ``train.shared_prefix=true``, ``train.pack_completions=auto``) + ``GRPO`` loss, in a plain
-  loop shaped like ``LongActModule.training_step`` (the whole step in one bf16 autocast region, as
-  Lightning's ``bf16-mixed`` does), AdamW, global-norm clipping;
+  reference, ``module.logprobs.shared_prefix=true``, ``module.logprobs.pack_completions=auto``) + ``GRPO``
+  loss, in a plain loop shaped like ``LongActModule.training_step`` (the whole step in one bf16 autocast
+  region, as Lightning's ``bf16-mixed`` does), AdamW, global-norm clipping;
 * ``ours_naive``: the same loop with ``HFRollout`` + ``LogprobPass(shared_prefix=False)`` (``rollout=hf
-  train.shared_prefix=false``);
+  module.logprobs.shared_prefix=false``);
 * ``trl``: ``trl.GRPOTrainer`` (``pip install --no-deps trl==1.16.0`` + ``datasets`` and its missing
   dependencies, e.g. ``pip install --no-deps datasets==5.2.0 pandas==3.1.1 pyarrow==26.0.1 multiprocess``).
 

@@ -185,17 +185,17 @@ def test_rows_without_a_call_run_one_dummy_forward_per_span():
 def test_models_that_cannot_pack(caplog):
     model = tiny_llama(seed=0).model
     model.config._attn_implementation = "flash_attention_2"  # never run: the check comes first
-    with pytest.raises(ValueError, match="train.pack_completions=true"):
+    with pytest.raises(ValueError, match="module.logprobs.pack_completions=true"):
         LogprobPass(pack_completions=True).check_model(model)
     lp = LogprobPass(pack_completions="auto")
     with caplog.at_level(logging.WARNING):
         lp.check_model(model)
         lp.check_model(model)
     assert not lp.pack and lp.shared_prefix
-    assert sum("train.pack_completions" in r.message for r in caplog.records) == 1
-    with pytest.raises(ValueError, match="train.shared_prefix=true"):
+    assert sum("module.logprobs.pack_completions" in r.message for r in caplog.records) == 1
+    with pytest.raises(ValueError, match="module.logprobs.shared_prefix=true"):
         LogprobPass(shared_prefix=False, pack_completions=True)
-    with pytest.raises(ValueError, match="train.pack_completions must be"):
+    with pytest.raises(ValueError, match="module.logprobs.pack_completions must be"):
         LogprobPass(pack_completions="yes")
 
 

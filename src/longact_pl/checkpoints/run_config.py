@@ -44,8 +44,8 @@ FROZEN = (
     "rollout.top_p",
     "rollout.top_k",
     "rollout.max_new_tokens",
-    "module.ppo_epochs",
-    "module.mini_batch_size",
+    "module.learner.ppo_epochs",
+    "module.learner.mini_batch_size",
     "trainer.devices",
     "trainer.num_nodes",
 )
@@ -57,6 +57,43 @@ ALLOWED = (
     "masking.telemetry",
     "masking.rebuild_masks",
 )
+
+
+# Config paths renamed since checkpoints started recording their config (old -> new): a checkpoint written
+# before ``conf/module/default.yaml`` nested the module's settings compares under the new names
+RENAMED = {
+    **{f"module.{k}": f"module.optimizer.{k}" for k in ("lr", "weight_decay", "betas")},
+    "module.warmup_steps": "module.scheduler.warmup_steps",
+    **{
+        f"module.{k}": f"module.learner.{k}"
+        for k in (
+            "ppo_epochs",
+            "mini_batch_size",
+            "micro_batch_size",
+            "micro_batch_tokens",
+            "max_prompt_tokens",
+            "max_grad_norm",
+        )  # fmt: skip
+    },
+    **{
+        f"{g}.{k}": f"module.logprobs.{k}"
+        for g in ("train", "module")
+        for k in ("shared_prefix", "pack_completions")
+    },
+    "train.logprob_chunk": "module.logprobs.chunk_size",
+    "module.logprob_chunk": "module.logprobs.chunk_size",
+    "module.val_lengths": "module.validation.lengths",
+    "module.val_max_new_tokens": "module.validation.max_new_tokens",
+    **{
+        f"module.{k}": f"module.guards.{k}"
+        for k in (
+            "max_nonfinite_steps",
+            "max_skipped_steps",
+            "max_reward_failure_steps",
+            "max_masked_out_steps",
+        )
+    },
+}
 
 
 def _under(field: str, prefixes: Iterable[str]) -> bool:
@@ -85,7 +122,8 @@ def frozen_changes(saved: dict, new: dict, allow: Iterable[str] = ()) -> list[tu
         new: This run's resolved config.
         allow: Fields (or prefixes) the user allows to change (``resume_allow_changes``).
     """
-    old_flat, new_flat = flatten(saved), flatten(new)
+    old_flat = {RENAMED.get(k, k): v for k, v in flatten(saved).items()}  # an older checkpoint's names
+    new_flat = flatten(new)
     allow = tuple(allow)
     if new_flat.get("masking.rebuild_masks") is True:  # new masks are built on purpose at the resumed step
         allow += ("masking",)

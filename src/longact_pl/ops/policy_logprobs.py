@@ -78,13 +78,15 @@ class LogprobPass:
         entropy_grad: bool = False,
     ) -> None:
         if chunk_size is not None and chunk_size < 1:
-            raise ValueError(f"train.logprob_chunk must be >= 1 or null, got {chunk_size}")
+            raise ValueError(f"module.logprobs.chunk_size must be >= 1 or null, got {chunk_size}")
         if pack_completions not in (True, False, "auto"):
-            raise ValueError(f"train.pack_completions must be true, false or auto, got {pack_completions!r}")
+            raise ValueError(
+                f"module.logprobs.pack_completions must be true, false or auto, got {pack_completions!r}"
+            )
         if pack_completions is True and not shared_prefix:
             raise ValueError(
-                "train.pack_completions=true packs completions behind a shared prompt: it needs "
-                "train.shared_prefix=true (or set train.pack_completions=auto/false)"
+                "module.logprobs.pack_completions=true packs completions behind a shared prompt: it needs "
+                "module.logprobs.shared_prefix=true (or set module.logprobs.pack_completions=auto/false)"
             )
         self.shared_prefix = shared_prefix
         self.chunk_size = chunk_size
@@ -98,22 +100,24 @@ class LogprobPass:
         """Settle which path ``model`` takes before training (falls back with one warning each).
 
         Raises:
-            ValueError: If packing is required (``train.pack_completions=true``) and the model cannot pack.
+            ValueError: If packing is required (``module.logprobs.pack_completions=true``) and the model
+                cannot pack.
         """
         if self.shared_prefix:
             try:
                 check_shared_prefix(model)
             except NotImplementedError as err:
                 self._fall_back(str(err))
-        why = packing_unsupported(model) if self.shared_prefix else "train.shared_prefix is off"
+        why = packing_unsupported(model) if self.shared_prefix else "module.logprobs.shared_prefix is off"
         if self.pack_required and why is not None:
             raise ValueError(
-                f"train.pack_completions=true, but this model cannot pack completions: {why}; set "
-                "train.pack_completions=auto (padded completions where packing is unavailable) or false"
+                f"module.logprobs.pack_completions=true, but this model cannot pack completions: {why}; set "
+                "module.logprobs.pack_completions=auto (padded completions where packing is unavailable) or "
+                "false"
             )
         if self.pack and why is not None:
             if self.shared_prefix:  # (a shared-prefix fallback has already warned)
-                log.warning("train.pack_completions: %s; completions are padded", why)
+                log.warning("module.logprobs.pack_completions: %s; completions are padded", why)
             self.pack = False
 
     def passes(self, row_groups: torch.Tensor) -> int:
@@ -218,5 +222,5 @@ class LogprobPass:
         return completion_logprobs(model, ids, mask, width, temperature, with_entropy, self.entropy_grad)
 
     def _fall_back(self, reason: str) -> None:
-        log.warning("train.shared_prefix: %s; computing log-probs one row at a time", reason)
+        log.warning("module.logprobs.shared_prefix: %s; computing log-probs one row at a time", reason)
         self.shared_prefix = False
