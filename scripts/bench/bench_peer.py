@@ -38,7 +38,9 @@ Prints ``peer_grpo_steps_per_s ratio=<a/b> a=<steps/s ours> b=<steps/s TRL>`` (a
 Llama at P=2048, G=8, C=64, one prompt a step, 2 threads (``ours`` vs TRL; ``--no-long`` skips it). Each
 setting's ``# training pass`` line gives the training forward and backward seconds of both, their ratio and
 the token-count limit ``G(P+C)/(P+GC)`` of that ratio (the shared, packed pass runs ``P + G*C`` tokens per
-group, TRL ``G*(P+C)``), and both optimizer steps.
+group, TRL ``G*(P+C)``), and both optimizer steps. ``peer_optimizer_steps_per_s_{default,fused}`` time the
+optimizer step alone, ours against TRL's kernel, interleaved in one process (``--optimizer-only``: only
+those).
 
 Without TRL installed the ``trl`` arm fails (its error is printed) and no ratio is printed. To install it
 without touching the project's environment: ``pip install --no-deps --target /tmp/peer trl==1.16.0
@@ -276,6 +278,48 @@ def timed(obj, method: str, phases: Phases, name: str) -> None:
     setattr(obj, method, wrapper)
 
 
+def optimizer_step_lines(args, tag: str) -> list[str]:
+    """Optimizer step alone, side by side in one process (interleaved, so load hits every arm alike).
+
+    On the setting's model with fixed random gradients: our AdamW as ``module.optimizer`` builds it by
+    default (CPU: foreach, bit-identical to torch's per-tensor loop) and with ``fused=true``, against TRL's
+    (the Hugging Face Trainer's ``adamw_torch_fused``: ``torch.optim.AdamW(fused=True)``), and torch's
+    per-tensor loop (our kernel before ``module.optimizer`` chose one). Figures: steps/s ours / TRL.
+    """
+    from _common import interleaved_times
+
+    from longact_pl.optim import build_optimizer
+
+    params = [p for p in load(args.model).model.parameters() if p.requires_grad]
+    gen = torch.Generator().manual_seed(0)
+    grads = [torch.randn(p.shape, generator=gen) * 1e-3 for p in params]
+    adamw = functools.partial(torch.optim.AdamW, lr=LR, betas=(0.9, 0.999), weight_decay=0.0)
+    opts = {
+        "ours_default": build_optimizer(functools.partial(adamw, fused=None, foreach=None), params),
+        "ours_fused": build_optimizer(functools.partial(adamw, fused=True, foreach=None), params),
+        "trl": torch.optim.AdamW(params, lr=LR, betas=(0.9, 0.999), weight_decay=0.0, fused=True),
+        "torch_loop": torch.optim.AdamW(params, lr=LR, betas=(0.9, 0.999), weight_decay=0.0, foreach=False),
+    }
+
+    def step(opt):
+        for p, g in zip(params, grads):
+            p.grad = g
+        opt.step()
+
+    times = interleaved_times({k: functools.partial(step, o) for k, o in opts.items()}, reps=9)
+    print(
+        f"# optimizer step alone ({sum(p.numel() for p in params) / 1e6:.1f}M params, interleaved, median "
+        "s): " + ", ".join(f"{k} {v:.3f}" for k, v in times.items()),
+        flush=True,
+    )
+    return [
+        figure(f"peer_optimizer_steps_per_s_default[{tag}]", times["trl"] / times["ours_default"],
+               1 / times["ours_default"], 1 / times["trl"]),
+        figure(f"peer_optimizer_steps_per_s_fused[{tag}]", times["trl"] / times["ours_fused"],
+               1 / times["ours_fused"], 1 / times["trl"]),
+    ]  # fmt: skip
+
+
 # The long-context setting of the second line: where prompt sharing pays (issue 23's figures)
 LONG = {"model": "small_llama", "prompt": 2048, "prompts": 1, "group": 8, "new": 64}
 
@@ -330,7 +374,7 @@ def compare(args, setting: dict, arms: list[str]) -> dict[str, tuple[float, dict
     return results
 
 
-def training_pass_line(results: dict, setting: dict) -> None:
+def training_pass_line(results: dict, setting: dict) -> str:
     """``# training pass``: forward and backward seconds, ours vs TRL, against the token-count limit.
 
     Per group the shared, packed pass runs ``P + G*C`` tokens where TRL runs ``G*(P + C)``: a training
@@ -342,14 +386,15 @@ def training_pass_line(results: dict, setting: dict) -> None:
     mine = ours.get("train forward", 0.0) + ours.get("train backward", 0.0)
     theirs = trl.get("train forward", 0.0) + trl.get("train backward", 0.0)
     ratio = theirs / mine if mine else float("nan")
-    print(
+    line = (
         f"# training pass: forward ours {ours.get('train forward', 0):.2f} s vs TRL "
         f"{trl.get('train forward', 0):.2f} s, backward ours {ours.get('train backward', 0):.2f} s vs TRL "
         f"{trl.get('train backward', 0):.2f} s: {ratio:.2f}x TRL; token-count limit G(P+C)/(P+GC) = "
         f"{limit:.2f}x ({ratio / limit:.0%} of it); optimizer step ours "
-        f"{ours.get('optimizer step', 0):.3f} s vs TRL {trl.get('optimizer step', 0):.3f} s",
-        flush=True,
+        f"{ours.get('optimizer step', 0):.3f} s vs TRL {trl.get('optimizer step', 0):.3f} s"
     )
+    print(line, flush=True)
+    return line
 
 
 def main(argv: list[str] | None = None) -> list[str]:
@@ -378,6 +423,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--long-threads", type=int, default=2, help="torch threads of the long-context line")
     p.add_argument("--no-long", action="store_true", help="skip the long-context line (P=2048, G=8, C=64)")
+    p.add_argument("--optimizer-only", action="store_true", help="only the interleaved optimizer-step lines")
     p.add_argument("--arm", help=argparse.SUPPRESS)
     p.add_argument("--folder", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -398,6 +444,8 @@ def main(argv: list[str] | None = None) -> list[str]:
         )
         print(json.dumps({"times": times, "phases": phases, "peak_mb": peak_mb}), flush=True)
         return []
+    if args.optimizer_only:
+        return optimizer_step_lines(args, "quick" if args.quick else args.model)
     setting = {"model": args.model, "prompt": args.prompt, "prompts": args.prompts, "group": args.group,
                "new": args.new, "steps": args.steps, "threads": args.threads}  # fmt: skip
     results = compare(args, setting, args.arms.split(","))
@@ -411,6 +459,7 @@ def main(argv: list[str] | None = None) -> list[str]:
                 lines.append(figure(f"{name}[{tag}]", a / b, a, b))
         if "ours" in results:
             training_pass_line(results, setting)
+    lines += optimizer_step_lines(args, tag)
     if not args.no_long:
         long = {**LONG, "steps": 3, "threads": args.long_threads}
         results = compare(args, long, ["ours", "trl"])
