@@ -424,6 +424,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     p.add_argument("--long-threads", type=int, default=2, help="torch threads of the long-context line")
     p.add_argument("--no-long", action="store_true", help="skip the long-context line (P=2048, G=8, C=64)")
     p.add_argument("--optimizer-only", action="store_true", help="only the interleaved optimizer-step lines")
+    p.add_argument("--long-only", action="store_true", help="only the long-context line")
     p.add_argument("--arm", help=argparse.SUPPRESS)
     p.add_argument("--folder", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -448,7 +449,7 @@ def main(argv: list[str] | None = None) -> list[str]:
         return optimizer_step_lines(args, "quick" if args.quick else args.model)
     setting = {"model": args.model, "prompt": args.prompt, "prompts": args.prompts, "group": args.group,
                "new": args.new, "steps": args.steps, "threads": args.threads}  # fmt: skip
-    results = compare(args, setting, args.arms.split(","))
+    results = {} if args.long_only else compare(args, setting, args.arms.split(","))
     lines = []
     tag = "quick" if args.quick else f"{args.model}_P{args.prompt}_G{args.group}_C{args.new}"
     if "trl" in results:
@@ -459,7 +460,7 @@ def main(argv: list[str] | None = None) -> list[str]:
                 lines.append(figure(f"{name}[{tag}]", a / b, a, b))
         if "ours" in results:
             training_pass_line(results, setting)
-    lines += optimizer_step_lines(args, tag)
+    lines += [] if args.long_only else optimizer_step_lines(args, tag)
     if not args.no_long:
         long = {**LONG, "steps": 3, "threads": args.long_threads}
         results = compare(args, long, ["ours", "trl"])
