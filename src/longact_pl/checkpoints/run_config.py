@@ -59,40 +59,41 @@ ALLOWED = (
 )
 
 
+def _renamed(groups: tuple[str, ...], keys: tuple[str, ...], node: str, new_key: str | None = None) -> dict:
+    """``{"<group>.<key>": "<node>.<new_key or key>"}``.
+
+    Built from parts, not dotted literals, so that re-applying the config-path rename script to this file
+    leaves the old names alone.
+    """
+    return {".".join((g, k)): ".".join((node, new_key or k)) for g in groups for k in keys}
+
+
 # Config paths renamed since checkpoints started recording their config (old -> new): a checkpoint written
 # before ``conf/module/default.yaml`` nested the module's settings compares under the new names
 RENAMED = {
-    **{f"module.{k}": f"module.optimizer.{k}" for k in ("lr", "weight_decay", "betas")},
-    "module.warmup_steps": "module.scheduler.warmup_steps",
-    **{
-        f"module.{k}": f"module.learner.{k}"
-        for k in (
+    **_renamed(("module",), ("lr", "weight_decay", "betas"), "module.optimizer"),
+    **_renamed(("module",), ("warmup_steps",), "module.scheduler"),
+    **_renamed(
+        ("module",),
+        (
             "ppo_epochs",
             "mini_batch_size",
             "micro_batch_size",
             "micro_batch_tokens",
             "max_prompt_tokens",
             "max_grad_norm",
-        )  # fmt: skip
-    },
-    **{
-        f"{g}.{k}": f"module.logprobs.{k}"
-        for g in ("train", "module")
-        for k in ("shared_prefix", "pack_completions")
-    },
-    "train.logprob_chunk": "module.logprobs.chunk_size",
-    "module.logprob_chunk": "module.logprobs.chunk_size",
-    "module.val_lengths": "module.validation.lengths",
-    "module.val_max_new_tokens": "module.validation.max_new_tokens",
-    **{
-        f"module.{k}": f"module.guards.{k}"
-        for k in (
-            "max_nonfinite_steps",
-            "max_skipped_steps",
-            "max_reward_failure_steps",
-            "max_masked_out_steps",
-        )
-    },
+        ),
+        "module.learner",
+    ),  # fmt: skip
+    **_renamed(("train", "module"), ("shared_prefix", "pack_completions"), "module.logprobs"),
+    **_renamed(("train", "module"), ("logprob_chunk",), "module.logprobs", "chunk_size"),
+    **_renamed(("module",), ("val_lengths",), "module.validation", "lengths"),
+    **_renamed(("module",), ("val_max_new_tokens",), "module.validation", "max_new_tokens"),
+    **_renamed(
+        ("module",),
+        ("max_nonfinite_steps", "max_skipped_steps", "max_reward_failure_steps", "max_masked_out_steps"),
+        "module.guards",
+    ),  # fmt: skip
 }
 
 
