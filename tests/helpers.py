@@ -27,7 +27,7 @@ TINY = [
     "data.val.num_samples=2",
     "rollout.max_new_tokens=8",
     "rollout.group_size=4",
-    "module.lr=1e-3",
+    "module.optimizer.lr=1e-3",
     "validate_before_training=false",
 ]
 

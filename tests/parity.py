@@ -79,7 +79,7 @@ COMMON = [
     "masking.ratio=0.5",
     "masking.calib_samples=2",
     "masking.ema=0.5",
-    "module.lr=1e-3",
+    "module.optimizer.lr=1e-3",
 ]
 
 
@@ -160,14 +160,14 @@ def overrides(row: tuple[int, ...]) -> list[str]:
     pack, budget, micro, sp, dp, refresh, entropy, correction, epochs = row
     world = (1 + sp) * (1 + dp)
     out = [
-        f"train.pack_completions={'true' if pack else 'false'}",
-        f"module.micro_batch_tokens={BUDGET if budget else 'null'}",
-        f"module.micro_batch_size={GROUP // 2 if micro else GROUP}",
+        f"module.logprobs.pack_completions={'true' if pack else 'false'}",
+        f"module.learner.micro_batch_tokens={BUDGET if budget else 'null'}",
+        f"module.learner.micro_batch_size={GROUP // 2 if micro else GROUP}",
         f"data.batch_size={PROMPTS // (1 + dp)}",
         f"masking.refresh_every={refresh}",
         f"algo.entropy_coef={0.01 if entropy else 0.0}",
         f"correction={'token_tis' if correction else 'none'}",
-        f"module.ppo_epochs={1 + epochs}",
+        f"module.learner.ppo_epochs={1 + epochs}",
     ]
     if world > 1:
         out += [

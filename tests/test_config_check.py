@@ -15,8 +15,12 @@ PARITY = "data.reward._target_=tests.helpers.ParityReward"
 @pytest.mark.parametrize(
     "override,error,expected",
     [
-        ("module.lr=abc", TypeError, "module.lr must be a float, got 'abc'"),
-        ("module.micro_batch_size=2.5", TypeError, "module.micro_batch_size must be an int, got 2.5"),
+        ("module.optimizer.lr=abc", TypeError, "module.optimizer.lr must be a float, got 'abc'"),
+        (
+            "module.learner.micro_batch_size=2.5",
+            TypeError,
+            "module.learner.micro_batch_size must be an int, got 2.5",
+        ),
         (
             "algo=dapo algo.overlong_cache_len=2.5",
             TypeError,
@@ -45,13 +49,16 @@ SP = "trainer.strategy.sequence_parallel_size"
         (["strategy=ddp", "trainer.devices=2", f"{SP}=2"], f"{SP}=2 needs strategy=fsdp .* or {SP}=1"),
         (["strategy=fsdp", "trainer.devices=3", f"{SP}=2"], rf"{SP}=2 must divide the world size \(3.*=1"),
         (["strategy=fsdp", f"{SP}=0"], f"{SP} must be >= 1, got 0"),
-        (["train.pack_completions=true", "train.shared_prefix=false"], "needs train.shared_prefix=true"),
-        (["module.micro_batch_tokens=100"], "micro_batch_tokens=100 is smaller .* raise it to at least"),
-        (["module.ppo_epochs=0"], "module.ppo_epochs must be >= 1"),
-        (["module.mini_batch_size=-2"], "module.mini_batch_size must be >= 0"),
-        (["module.micro_batch_size=0"], "module.micro_batch_size must be >= 1"),
-        (["train.logprob_chunk=0"], "train.logprob_chunk must be >= 1 or null"),
-        (["train.pack_completions=maybe"], "train.pack_completions must be true, false or auto"),
+        (
+            ["module.logprobs.pack_completions=true", "module.logprobs.shared_prefix=false"],
+            "needs module.logprobs.shared_prefix=true",
+        ),
+        (["module.learner.micro_batch_tokens=100"], "micro_batch_tokens=100 is smaller .* raise it to at"),
+        (["module.learner.ppo_epochs=0"], "module.learner.ppo_epochs must be >= 1"),
+        (["module.learner.mini_batch_size=-2"], "module.learner.mini_batch_size must be >= 0"),
+        (["module.learner.micro_batch_size=0"], "module.learner.micro_batch_size must be >= 1"),
+        (["module.logprobs.chunk_size=0"], "module.logprobs.chunk_size must be >= 1 or null"),
+        (["module.logprobs.pack_completions=maybe"], "pack_completions must be true, false or auto"),
         (["correction=token_tis"], "corrects an external sampler's mismatch.*rollout=vllm or correction="),
         (["rollout.top_p=0.9"], "training needs top_p=1.0 and top_k=0"),
         (
@@ -78,8 +85,16 @@ def test_unsupported_combinations_are_refused_before_anything(tmp_path, no_model
 def test_supported_combinations_pass(tmp_path):
     for overrides in (
         ["strategy=fsdp", "trainer.devices=4", f"{SP}=2", "algo.entropy_coef=0.01"],
-        ["train.pack_completions=true", "module.micro_batch_tokens=100000", "module.micro_batch_size=1"],
-        ["train.shared_prefix=false", "train.pack_completions=auto", "train.logprob_chunk=null"],
+        [
+            "module.logprobs.pack_completions=true",
+            "module.learner.micro_batch_tokens=100000",
+            "module.learner.micro_batch_size=1",
+        ],
+        [
+            "module.logprobs.shared_prefix=false",
+            "module.logprobs.pack_completions=auto",
+            "module.logprobs.chunk_size=null",
+        ],
     ):
         check_combinations(compose_train(tmp_path, *overrides))
 
@@ -88,7 +103,9 @@ def test_a_scalar_where_a_list_is_expected_becomes_a_one_element_list(tmp_path):
     cfg = compose_train(tmp_path, "data.train.lengths=1024", "data.val.lengths=512")
     check_types(cfg)
     assert cfg.data.train.lengths == [1024] and cfg.data.val.lengths == [512]
-    assert OmegaConf.to_container(cfg.module, resolve=True)["val_lengths"] == [512]  # interpolation follows
+    assert OmegaConf.to_container(cfg.module, resolve=True)["validation"]["lengths"] == [
+        512
+    ]  # interpolation follows
     train_dir, eval_dir = tmp_path / "train", tmp_path / "eval"
     lengths = ["data.train.lengths=256", "data.val.lengths=256"]
     run(

@@ -40,8 +40,8 @@ COMMON = [
     "masking=saliency",
     "masking.ratio=0.5",
     "masking.calib_samples=4",
-    "module.lr=1e-3",
-    "module.micro_batch_size=4",
+    "module.optimizer.lr=1e-3",
+    "module.learner.micro_batch_size=4",
 ]
 
 
@@ -125,7 +125,7 @@ def test_fsdp_bf16_mixed_gathers_bf16_and_trains_fp32_master_weights(tmp_path):
     """
     ranks = _train(
         tmp_path, "strategy=fsdp", "trainer.devices=2", "data.batch_size=2", "trainer.precision=bf16-mixed",
-        "module.lr=1e-6", "trainer.max_steps=1",
+        "module.optimizer.lr=1e-6", "trainer.max_steps=1",
     )  # fmt: skip
     assert [r["forward_dtypes"] for r in ranks] == [{torch.bfloat16}] * 2
     assert all(torch.equal(t, ranks[1]["weights"][k]) for k, t in ranks[0]["weights"].items())

@@ -24,7 +24,7 @@ def docqa_overrides(tmp_path, url: str, steps: int) -> list[str]:
         "data.reward.extract=false", "data.reward.rule.extract=false",
         "judge=http", f"judge.base_url={url}", "judge.model=stub", "judge.timeout_s=5",
         f"trainer.max_steps={steps}", "trainer.precision=32-true", "rollout.max_new_tokens=8",
-        "rollout.group_size=4", "module.lr=1e-3", "validate_before_training=false", NO_CKPT,
+        "rollout.group_size=4", "module.optimizer.lr=1e-3", "validate_before_training=false", NO_CKPT,
     ]  # fmt: skip
 
 

@@ -9,9 +9,10 @@ from tests.helpers import CONF, compose_train
 PRESETS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 PAPER = {"paper_qwen3_8b_dapo": ("dapo", 16), "paper_qwen3_4b_grpo": ("grpo", 8)}
 # keys every preset must leave resolvable (the run needs them before anything is loaded)
-REQUIRED = ["algo._target_", "rollout.group_size", "rollout.max_new_tokens", "module.lr", "trainer.max_steps",
+REQUIRED = ["algo._target_", "rollout.group_size", "rollout.max_new_tokens", "module.optimizer.lr",
+            "trainer.max_steps",
             "trainer.val_check_interval", "data.batch_size", "data.train.lengths", "data.val._target_",
-            "module.val_lengths", "model._target_", "seed"]  # fmt: skip
+            "module.validation.lengths", "model._target_", "seed"]  # fmt: skip
 
 
 def _compose(tmp_path, name, *overrides):
@@ -51,7 +52,7 @@ def test_paper_presets(tmp_path, name):
     assert cfg.masking._target_ == "longact_pl.masking.SaliencyMask"
     assert cfg.masking.selector._target_.endswith(".TopK") and cfg.masking.ratio == 0.3
     assert cfg.masking.targets == ["q_proj", "k_proj"]
-    assert cfg.module.lr == 1e-6 and cfg.rollout.group_size == group
+    assert cfg.module.optimizer.lr == 1e-6 and cfg.rollout.group_size == group
     assert min(cfg.data.train.lengths) >= 16384 and max(cfg.data.train.lengths) == 32768
     assert cfg.data.max_prompt_tokens >= 32768
     assert cfg.trainer.accelerator == "gpu" and cfg.trainer.precision == "bf16-mixed"
@@ -63,8 +64,8 @@ def test_paper_presets(tmp_path, name):
         and cfg.correction.high == 2.0
     )
     assert cfg.rollout.max_model_len >= cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens
-    assert cfg.module.micro_batch_tokens >= cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens
-    assert cfg.train.shared_prefix and cfg.train.pack_completions == "auto"
+    assert cfg.module.learner.micro_batch_tokens >= cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens
+    assert cfg.module.logprobs.shared_prefix and cfg.module.logprobs.pack_completions == "auto"
     if (CONF / "strategy" / "fsdp.yaml").is_file():
         assert "fsdp" in str(cfg.trainer.strategy).lower()
 
@@ -106,7 +107,7 @@ def test_cpu_v2_preset_has_headroom_an_untrained_family_and_paired_arms(tmp_path
     # fixed held-out seeds, never a training seed; the training order follows the run's seed
     assert {fitting.seed, general.seed}.isdisjoint({0, 1, 2}) and cfg.data.train.seed == cfg.seed
     assert cfg.data.seed == cfg.seed and cfg.masking.seed == cfg.seed
-    assert list(cfg.module.val_lengths) == sorted({*fitting.lengths, *general.lengths})
+    assert list(cfg.module.validation.lengths) == sorted({*fitting.lengths, *general.lengths})
     # the end is validated in every run, step 0 only in the dense seed-0 run (lent to the others)
     assert cfg.trainer.max_steps % cfg.trainer.val_check_interval == 0
     runs = [(m, s) for m in ("saliency", "random", "none") for s in (0, 1)]

@@ -39,26 +39,26 @@ def test_grad_norm_is_global_l2():
 
 
 def test_guard_rejects_bad_setting():
-    with pytest.raises(ValueError, match="module.max_nonfinite_steps"):
+    with pytest.raises(ValueError, match="module.guards.max_nonfinite_steps"):
         NonFiniteGuard(0)
 
 
 def test_streak_guard_counts_bad_steps_in_a_row_and_restores():
-    guard = StreakGuard(2, "module.max_skipped_steps")
+    guard = StreakGuard(2, "module.guards.max_skipped_steps")
     assert guard.record(True) and not guard.exhausted
     assert not guard.record(False) and guard.consecutive == 0  # a good step resets the streak
     guard.record(True)
     guard.record(True)
     assert guard.exhausted and guard.state_dict() == {"consecutive": 2, "total": 3}
-    again = StreakGuard(2, "module.max_skipped_steps")
+    again = StreakGuard(2, "module.guards.max_skipped_steps")
     again.load_state_dict(guard.state_dict())
     assert again.exhausted
-    with pytest.raises(ValueError, match="module.max_reward_failure_steps must be >= 1"):
-        StreakGuard(0, "module.max_reward_failure_steps")
+    with pytest.raises(ValueError, match="module.guards.max_reward_failure_steps must be >= 1"):
+        StreakGuard(0, "module.guards.max_reward_failure_steps")
 
 
 def test_streak_guard_counts_a_step_only_when_it_was_bad_on_every_rank():
-    guard = StreakGuard(2, "module.max_reward_failure_steps")
+    guard = StreakGuard(2, "module.guards.max_reward_failure_steps")
     ranks = FakeOps(world_size=2, other_mins=[0, 1, 1])  # the other rank: fine, then bad twice
     assert not guard.record(True, ranks) and guard.consecutive == 0
     assert guard.record(True, ranks) and not guard.exhausted

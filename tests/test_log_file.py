@@ -23,7 +23,7 @@ def test_jsonl_without_val_trains_and_logs_one_line_per_step_in_a_file(tmp_path)
            f"hydra.run.dir={run_dir}", "trainer.max_steps=2", "trainer.precision=32-true",
            "rollout.max_new_tokens=4", "rollout.group_size=2",
            "data.reward._target_=tests.helpers.ParityReward",
-           "module.lr=1e-3", "callbacks.model_checkpoint.save_last=false"]  # fmt: skip
+           "module.optimizer.lr=1e-3", "callbacks.model_checkpoint.save_last=false"]  # fmt: skip
     with log.open("w") as f:  # stdout and stderr into one file, as SLURM writes them
         done = subprocess.run(cmd, cwd=ROOT, env=child_env(), stdout=f, stderr=subprocess.STDOUT, timeout=600)
     text = log.read_text()

@@ -62,9 +62,11 @@ def test_packed_budget_counts_each_prompt_once_and_real_completion_tokens():
 
 
 def test_budget_errors_name_the_field():
-    with pytest.raises(ValueError, match="module.micro_batch_tokens must be >= 1"):
+    with pytest.raises(ValueError, match="module.learner.micro_batch_tokens must be >= 1"):
         TokenMicroBatches(-5)
-    with pytest.raises(ValueError, match=r"module.micro_batch_tokens=13 is smaller than one prompt \+ one"):
+    with pytest.raises(
+        ValueError, match=r"module.learner.micro_batch_tokens=13 is smaller than one prompt \+ one"
+    ):
         _parts(13, packed=True)  # prompt 6 + completion 8
     with pytest.raises(ValueError, match="at least 4136"):
         check_token_budget(4000, 4096, 40)
@@ -113,8 +115,8 @@ def test_a_packed_token_budget_run_trains_like_the_padded_row_run(tmp_path):
     (one group each) against padded completions in micro-batches of 4 rows (the default path)."""
     runs = {}
     for name, overrides in {
-        "packed": ["train.pack_completions=true", "module.micro_batch_tokens=420"],
-        "padded": ["train.pack_completions=false", "module.micro_batch_size=4"],
+        "packed": ["module.logprobs.pack_completions=true", "module.learner.micro_batch_tokens=420"],
+        "padded": ["module.logprobs.pack_completions=false", "module.learner.micro_batch_size=4"],
     }.items():
         d = tmp_path / name
         cfg = compose_train(
@@ -138,10 +140,19 @@ def test_a_packed_token_budget_run_trains_like_the_padded_row_run(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["module.micro_batch_tokens=100"], r"module.micro_batch_tokens=100 is smaller than one prompt"),
-        (["module.micro_batch_tokens=-4"], "module.micro_batch_tokens must be >= 1"),
-        (["train.pack_completions=true", "train.shared_prefix=false"], "needs train.shared_prefix=true"),
-        (["train.pack_completions=maybe"], "train.pack_completions must be true, false or auto"),
+        (
+            ["module.learner.micro_batch_tokens=100"],
+            r"module.learner.micro_batch_tokens=100 is smaller than one prompt",
+        ),
+        (["module.learner.micro_batch_tokens=-4"], "module.learner.micro_batch_tokens must be >= 1"),
+        (
+            ["module.logprobs.pack_completions=true", "module.logprobs.shared_prefix=false"],
+            "needs module.logprobs.shared_prefix=true",
+        ),
+        (
+            ["module.logprobs.pack_completions=maybe"],
+            "module.logprobs.pack_completions must be true, false or auto",
+        ),
     ],
 )
 def test_bad_settings_fail_before_anything_is_written(tmp_path, overrides, message):

@@ -34,7 +34,8 @@ CPU = [
     "trainer.accelerator=cpu", "strategy=single", "logger=csv", "trainer.max_steps=1",
     "+trainer.limit_val_batches=0", "validate_before_training=false", "data.batch_size=1",
     "data.max_prompt_tokens=4096", "data.train.lengths=[512]", "data.val.lengths=[512]",
-    "data.val.num_samples=1", "rollout.max_new_tokens=4", "module.lr=1e-6", "module.warmup_steps=0",
+    "data.val.num_samples=1", "rollout.max_new_tokens=4", "module.optimizer.lr=1e-6",
+    "module.scheduler.warmup_steps=0",
     "data.reward._target_=tests.helpers.ParityReward", "callbacks.model_checkpoint.save_last=false",
     "seed=0",  # (with seed 42 the 4 completions of model=hf all get reward 1: no gradient)
     "rollout._target_=tests.helpers.VLLMStandIn",  # the presets' rollout=vllm, sampled by HF here

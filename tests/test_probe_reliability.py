@@ -37,7 +37,7 @@ def ckpt(tmp_path):
         ("seed=7", "seed"),
         ("data.batch_size=4", "data.batch_size"),
         ("rollout.temperature=0.9", "rollout.temperature"),
-        ("module.ppo_epochs=2", "module.ppo_epochs"),
+        ("module.learner.ppo_epochs=2", "module.learner.ppo_epochs"),
         ("data.train.lengths=[512]", "data.train.lengths"),
         ("rollout=vllm correction=token_tis", "correction.level"),  # a correction needs an external sampler
         ("data.max_prompt_tokens=2048", "data.max_prompt_tokens"),
@@ -54,11 +54,13 @@ def test_every_frozen_setting_is_refused_by_name(tmp_path, ckpt, change, field):
 
 
 def test_how_a_run_is_computed_logged_or_validated_may_change(tmp_path, ckpt):
-    allowed = ["module.lr=3e-4", "module.warmup_steps=5", "module.weight_decay=0.1",
-               "module.max_grad_norm=0.5",
+    allowed = ["module.optimizer.lr=3e-4", "module.scheduler.warmup_steps=5",
+               "module.optimizer.weight_decay=0.1",
+               "module.learner.max_grad_norm=0.5",
                "trainer.max_steps=10", "trainer.val_check_interval=1", "logger=tensorboard",
                "callbacks.model_checkpoint.every_n_train_steps=1", "data.val.num_samples=4",
-               "module.micro_batch_size=2", "train.logprob_chunk=16", "model.gradient_checkpointing=true",
+               "module.learner.micro_batch_size=2", "module.logprobs.chunk_size=16",
+               "model.gradient_checkpointing=true",
                "sigterm_exit_code=75", "validate_before_training=true"]  # fmt: skip
     assert check_config(compose_train(tmp_path, PARITY, f"ckpt_path={ckpt}", *allowed)) == 2
 

@@ -173,8 +173,9 @@ def test_a_resume_that_changes_the_experiment_is_refused_by_name_before_anything
     ):
         run(compose_train(run_dir, *resume, "model.hidden_size=128", "resume_allow_changes=[model]"), run_dir)
     assert _files(run_dir) == files
-    allowed = ["module.lr=5e-4", "trainer.max_steps=7", "logger=tensorboard", "trainer.val_check_interval=3",
-               "module.warmup_steps=2", "callbacks.step_log.every_n=2"]  # fmt: skip
+    allowed = ["module.optimizer.lr=5e-4", "trainer.max_steps=7", "logger=tensorboard",
+               "trainer.val_check_interval=3", "module.scheduler.warmup_steps=2",
+               "callbacks.step_log.every_n=2"]  # fmt: skip
     assert check_config(compose_train(run_dir, *resume, *allowed)) == 2
     assert check_config(compose_train(run_dir, *resume, "algo=dapo", "resume_allow_changes=[algo]")) == 2
 

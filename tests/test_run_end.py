@@ -33,7 +33,7 @@ def test_the_final_validation_scores_the_final_weights(tmp_path, caplog):
     cfg = compose_train(
         tmp_path, "data.reward._target_=tests.helpers.UniformThenParity", "algo=dapo",
         "algo.max_gen_rounds=1",
-        "module.ppo_epochs=2", "trainer.max_steps=4", "trainer.val_check_interval=4",
+        "module.learner.ppo_epochs=2", "trainer.max_steps=4", "trainer.val_check_interval=4",
         "validate_before_training=true",
     )  # fmt: skip
     with caplog.at_level(logging.INFO, logger="longact_pl"):

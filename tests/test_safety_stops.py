@@ -23,13 +23,13 @@ def _rows(run_dir):
 
 def test_dapo_stops_after_consecutive_skipped_steps(tmp_path, caplog):
     """Every reward 0 (random model, default task): each DAPO step is skipped; the 3rd in a row stops."""
-    cfg = compose_train(tmp_path, "algo=dapo", "algo.max_gen_rounds=1", "module.max_skipped_steps=3",
+    cfg = compose_train(tmp_path, "algo=dapo", "algo.max_gen_rounds=1", "module.guards.max_skipped_steps=3",
                         "trainer.max_epochs=1", "data.train.num_samples=10")  # fmt: skip  # 5 batches
     with caplog.at_level(logging.INFO, logger="longact_pl"), pytest.raises(SkippedStepsError) as err:
         run(cfg, tmp_path)
     message = str(err.value)
     assert "3 RL steps in a row were skipped" in message and "algo.max_gen_rounds=1" in message
-    assert "algo.dynamic_sampling=false" in message and "module.max_skipped_steps" in message
+    assert "algo.dynamic_sampling=false" in message and "module.guards.max_skipped_steps" in message
     ckpt = tmp_path / "checkpoints" / "skipped.ckpt"
     assert ckpt.is_file() and torch.load(ckpt, weights_only=True)["global_step"] == 0
     # the step that stops raises before its row is written: steps 1 and 2 are in metrics.csv
@@ -41,7 +41,7 @@ def test_dapo_stops_after_consecutive_skipped_steps(tmp_path, caplog):
 
 
 def test_a_reward_function_that_always_raises_stops_the_run(tmp_path):
-    cfg = compose_train(tmp_path, BROKEN, "module.max_reward_failure_steps=2", "trainer.max_steps=5")
+    cfg = compose_train(tmp_path, BROKEN, "module.guards.max_reward_failure_steps=2", "trainer.max_steps=5")
     with pytest.raises(RewardFunctionError) as err:
         run(cfg, tmp_path)
     assert "every completion of 2 RL steps in a row" in str(err.value)
@@ -55,7 +55,7 @@ def test_a_reward_function_that_always_raises_stops_the_run(tmp_path):
 
 def test_ranks_stop_together_only_when_every_rank_failed(tmp_path):
     """A failed step counts only if every rank's reward calls all failed (``dist.min``)."""
-    cfg = compose_train(tmp_path, BROKEN, "module.max_reward_failure_steps=1")
+    cfg = compose_train(tmp_path, BROKEN, "module.guards.max_reward_failure_steps=1")
     parts = {"algorithm": instantiate(cfg.algo), "rollout": instantiate(cfg.rollout)}
     module = instantiate(cfg.module, policy=tiny_llama(seed=0).model, tokenizer=None, reward_fn=None, **parts)
     module.reward_errors.record(ConnectionError("down"), "x", ["y"])

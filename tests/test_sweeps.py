@@ -106,9 +106,9 @@ def test_every_grid_combination_composes(path):
 def test_agent_formats_args_like_the_check():
     sweep_utils = pytest.importorskip("wandb.sdk.launch.sweeps.utils")
     args = sweep_utils.create_sweep_command_args(
-        {"args": {"masking": {"value": "random"}, "module.lr": {"value": 1e-6}}}
+        {"args": {"masking": {"value": "random"}, "module.optimizer.lr": {"value": 1e-6}}}
     )
-    assert args["args_no_hyphens"] == [_arg("masking", "random"), _arg("module.lr", 1e-6)]
+    assert args["args_no_hyphens"] == [_arg("masking", "random"), _arg("module.optimizer.lr", 1e-6)]
 
 
 def test_a_bad_key_or_option_is_caught():

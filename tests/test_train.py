@@ -54,8 +54,8 @@ def test_grpo_logs_kl_and_dapo_drops_uniform_groups(tmp_path):
 
 
 def test_several_optimizer_steps_per_rollout(tmp_path):
-    cfg = compose_train(tmp_path, PARITY, "module.ppo_epochs=2", "module.mini_batch_size=4",
-                        "module.micro_batch_size=2", "trainer.max_steps=4")  # fmt: skip
+    cfg = compose_train(tmp_path, PARITY, "module.learner.ppo_epochs=2", "module.learner.mini_batch_size=4",
+                        "module.learner.micro_batch_size=2", "trainer.max_steps=4")  # fmt: skip
     run(cfg, tmp_path)
     rows = _train_rows(tmp_path)
     # 8 sequences per RL step, mini-batches of 4, 2 epochs: 4 optimizer steps in one RL step
@@ -79,8 +79,8 @@ def test_every_logprob_pass_names_the_group_of_each_row(tmp_path, monkeypatch):
 
     lp_grouped = lp.grouped_completion_logprobs
     monkeypatch.setattr(lp, "grouped_completion_logprobs", spy)
-    cfg = compose_train(tmp_path, PARITY, "module.ppo_epochs=1", "module.mini_batch_size=6",
-                        "module.micro_batch_size=3", "trainer.max_steps=3")  # fmt: skip
+    cfg = compose_train(tmp_path, PARITY, "module.learner.ppo_epochs=1", "module.learner.mini_batch_size=6",
+                        "module.learner.micro_batch_size=3", "trainer.max_steps=3")  # fmt: skip
     run(cfg, tmp_path)
     assert seen and all(g is not None for g in seen)
     # 8 rows per step: behaviour/old pass in order, then shuffled training micro-batches of 3 (last 2)
@@ -88,11 +88,11 @@ def test_every_logprob_pass_names_the_group_of_each_row(tmp_path, monkeypatch):
 
 
 def test_shared_prefix_training_matches_the_per_row_path(tmp_path):
-    """train.shared_prefix changes how the prompt is computed, not the numbers (fp32, tiny Llama)."""
+    """module.logprobs.shared_prefix changes how the prompt is computed, not the numbers (fp32, tiny)."""
     runs = {}
     for shared in ("true", "false"):
         d = tmp_path / shared
-        run(compose_train(d, PARITY, f"train.shared_prefix={shared}", "masking=saliency",
+        run(compose_train(d, PARITY, f"module.logprobs.shared_prefix={shared}", "masking=saliency",
                           "masking.calib_samples=1", "masking.refresh_every=1"), d)  # fmt: skip
         runs[shared] = (_train_rows(d), load_hf(str(d / "final"), dtype="float32").model)
     (rows_a, model_a), (rows_b, model_b) = runs["true"], runs["false"]
@@ -160,8 +160,8 @@ def test_one_grpo_step_on_smollm2(tmp_path):
     cfg = compose_train(
         tmp_path, "model=smollm2_135m", "trainer.max_steps=1", "trainer.val_check_interval=1",
         "data.batch_size=1", "rollout.group_size=2", "rollout.max_new_tokens=12", "data.train.lengths=[512]",
-        "data.val.lengths=[512]", "data.val.num_samples=1", "module.lr=1e-5", "trainer.precision=bf16-mixed",
-        NO_CKPT,
+        "data.val.lengths=[512]", "data.val.num_samples=1", "module.optimizer.lr=1e-5",
+        "trainer.precision=bf16-mixed", NO_CKPT,
     )  # fmt: skip
     metrics = run(cfg, tmp_path)
     rows = _train_rows(tmp_path)

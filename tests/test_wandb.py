@@ -94,7 +94,7 @@ def test_wandb_offline_logs_config_and_mask_drift(tmp_path, offline):
     # the resolved config, exactly as config.yaml holds it
     resolved = yaml.safe_load((tmp_path / "config.yaml").read_text())
     assert {k: v for k, v in config.items() if not k.startswith("_")} == resolved
-    assert config["masking"]["refresh_every"] == 1 and config["module"]["lr"] == 1e-3
+    assert config["masking"]["refresh_every"] == 1 and config["module"]["optimizer"]["lr"] == 1e-3
     # the mask drift of the refresh after step 1 reached W&B with the value metrics.csv has
     with open(tmp_path / "metrics.csv") as f:
         csv_rows = [r for r in csv.DictReader(f) if r.get("mask/jaccard")]

@@ -1,8 +1,8 @@
 """Attention work of the packed completion pass per kernel: query-key pairs computed vs the real ones.
 
-The packed pass (``train.pack_completions``) attends ``T`` packed completion tokens to every span's prompt
-and to themselves; a token's real pairs are its own prompt and its own row up to itself. What each kernel
-computes, from the layout alone (:mod:`longact_pl.ops.attention_kernels`):
+The packed pass (``module.logprobs.pack_completions``) attends ``T`` packed completion tokens to every span's
+prompt and to themselves; a token's real pairs are its own prompt and its own row up to itself. What each
+kernel computes, from the layout alone (:mod:`longact_pl.ops.attention_kernels`):
 
 * ``sdpa_mask`` (b, the dense 4-D mask; the CPU path): the whole ``T x (sum(P_s) + T)`` rectangle;
 * ``flex``: ``128 x 128`` tiles holding a real pair (the ``BlockMask`` the pass builds);

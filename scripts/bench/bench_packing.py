@@ -6,7 +6,7 @@ One GRPO group: a P-token prompt and G completions of long-tailed lengths, as RL
 of a GRPO-shaped loss, under bf16 autocast with gradient checkpointing:
 
 * padded (b): the G completions as ``[G, C]`` rows, each padded to the budget (the longest);
-* packed (a): the G completions in one row of ``sum(lengths)`` tokens (``train.pack_completions``).
+* packed (a): the G completions in one row of ``sum(lengths)`` tokens (``module.logprobs.pack_completions``).
 
 The limit of the speed-up is the token-count ratio ``(P + G * C) / (P + sum(lengths))``, printed beside it.
 Time: medians over interleaved reps in this process. Memory: peak RSS increase during the first forward +

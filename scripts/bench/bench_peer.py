@@ -4,11 +4,11 @@ Each arm runs in its own subprocess on a copy of the same weights (saved once to
 
 * ``ours``: the components ``LongActModule`` runs by default: ``HFRollout(prefill_once=True)``
   (``rollout=hf_shared``) + ``LogprobPass(shared_prefix=True, pack_completions="auto")`` (policy and
-  reference, ``train.shared_prefix=true``, ``train.pack_completions=auto``) + ``GRPO`` loss, in a plain
-  loop shaped like ``LongActModule.training_step`` (the whole step in one bf16 autocast region, as
-  Lightning's ``bf16-mixed`` does), AdamW, global-norm clipping;
+  reference, ``module.logprobs.shared_prefix=true``, ``module.logprobs.pack_completions=auto``) + ``GRPO``
+  loss, in a plain loop shaped like ``LongActModule.training_step`` (the whole step in one bf16 autocast
+  region, as Lightning's ``bf16-mixed`` does), AdamW, global-norm clipping;
 * ``ours_naive``: the same loop with ``HFRollout`` + ``LogprobPass(shared_prefix=False)`` (``rollout=hf
-  train.shared_prefix=false``);
+  module.logprobs.shared_prefix=false``);
 * ``trl``: ``trl.GRPOTrainer`` (``pip install --no-deps trl==1.16.0`` + ``datasets`` and its missing
   dependencies, e.g. ``pip install --no-deps datasets==5.2.0 pandas==3.1.1 pyarrow==26.0.1 multiprocess``).
 
@@ -18,27 +18,40 @@ HF ``generate`` sampling at temperature 0.7, top_p 1, top_k 0, ``max_new_tokens`
 KL coef (TRL ``beta``) 0.04 with a frozen reference model; clip eps 0.2/0.2; group-std-scaled advantages
 (``scale_rewards="group"``); loss aggregation seq-mean-token-mean (TRL ``loss_type="grpo"``); one pass per
 batch (``num_iterations=1``, on-policy ratio); AdamW lr 1e-6, betas (0.9, 0.999), weight decay 0, constant
-lr, no warm-up; max grad norm 1.0; fp32 weights with bf16 autocast (TRL ``bf16=True``); gradient checkpointing
-off (``--ckpt`` turns it on for both); dropout off; the reward is RULER ``string_match_all`` on the same
-needle-in-a-haystack prompts (chat-templated identically), fed in the same order, no shuffling. The LM head
+lr, no warm-up, the same fused AdamW kernel (TRL: ``adamw_torch_fused``, the Hugging Face default; ours:
+``module.optimizer.fused=true``; ``--ours-kernel auto`` runs our CPU default, foreach); max grad norm 1.0;
+fp32 weights with bf16 autocast (TRL ``bf16=True``); gradient checkpointing off (``--ckpt`` turns it on for
+both); dropout off; the reward is RULER ``string_match_all`` on the same needle-in-a-haystack prompts
+(chat-templated identically), fed in the same order, no shuffling. The LM head
 scores completion positions only on both sides: TRL's fused head does so where Triton runs (GPUs) but scores
 every prompt position too on CPU, ~(P + C) / C times the head work; the bench gives TRL its GPU path
 (``--trl-score-all`` keeps its CPU path: that setting alone made the quick figure 14.5x).
 Per-step time = median over steps after the first (the first is warm-up for both). Each arm also prints its
-median seconds per phase (generation, reference / old log-prob passes, training forward, backward, optimizer
-step; the rest is "other") and its peak RSS increase during training.
+median seconds per phase (generation, reference / old log-prob passes, training forward, backward, gradient
+clip, optimizer step; the rest is "other") and its peak RSS increase during training.
 
     python scripts/bench/bench_peer.py            # SmolLM2, P~1024, B=2, G=4, C=32, 4 steps
     python scripts/bench/bench_peer.py --quick    # small random Llama, P~512, B=2, G=4, C=16, 3 steps
 
 Prints ``peer_grpo_steps_per_s ratio=<a/b> a=<steps/s ours> b=<steps/s TRL>`` (and the same for
-``ours_naive`` vs TRL).
+``ours_naive`` vs TRL), then a second setting at long context, where prompt sharing pays: the small random
+Llama at P=2048, G=8, C=64, one prompt a step, 2 threads (``ours`` vs TRL; ``--no-long`` skips it). Each
+setting's ``# training pass`` line gives the training forward and backward seconds of both, their ratio and
+the token-count limit ``G(P+C)/(P+GC)`` of that ratio (the shared, packed pass runs ``P + G*C`` tokens per
+group, TRL ``G*(P+C)``), and both optimizer steps. ``peer_optimizer_steps_per_s_{default,fused}`` time the
+optimizer step alone, ours against TRL's kernel, interleaved in one process (``--optimizer-only``: only
+those).
+
+Without TRL installed the ``trl`` arm fails (its error is printed) and no ratio is printed. To install it
+without touching the project's environment: ``pip install --no-deps --target /tmp/peer trl==1.16.0
+datasets==5.2.0 pandas==3.1.1 pyarrow==26.0.1 multiprocess`` and run with ``PYTHONPATH=/tmp/peer``.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import statistics
 import subprocess
@@ -72,6 +85,7 @@ def run_ours(args, folder: str, data: list, shared: bool) -> tuple[list[float], 
     from longact_pl.algos.algorithm import GroupPolicyGradient
     from longact_pl.models.types import finish
     from longact_pl.ops.policy_logprobs import LogprobCall, LogprobPass
+    from longact_pl.optim import build_optimizer
     from longact_pl.rewards.scoring import score
     from longact_pl.rollout.hf import HFRollout
 
@@ -79,7 +93,10 @@ def run_ours(args, folder: str, data: list, shared: bool) -> tuple[list[float], 
     policy = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="sdpa")
     policy = finish(policy, tok, args.ckpt).model
     ref = copy.deepcopy(policy).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(policy.parameters(), lr=LR, betas=(0.9, 0.999), weight_decay=0.0)
+    # module.optimizer (conf/module/default.yaml) with this bench's settings; kernel: see --ours-kernel
+    fused = {"fused": True, "auto": None}[args.ours_kernel]
+    factory = functools.partial(torch.optim.AdamW, lr=LR, betas=(0.9, 0.999), weight_decay=0.0, fused=fused)
+    opt = build_optimizer(functools.partial(factory, foreach=None), policy.parameters())
     engine = HFRollout(
         group_size=args.group,
         max_new_tokens=args.new,
@@ -128,10 +145,11 @@ def run_ours(args, folder: str, data: list, shared: bool) -> tuple[list[float], 
                         )  # fmt: skip
                     with phases("train backward"):
                         loss.backward()
-            with phases("optimizer step"):
+            with phases("grad clip"):
                 torch.nn.utils.clip_grad_norm_(policy.parameters(), CLIP)
+            with phases("optimizer step"):
                 opt.step()
-                opt.zero_grad(set_to_none=True)
+            opt.zero_grad(set_to_none=True)
             times.append(time.perf_counter() - start)
             phases.end_step()
     return times, phases.per_step(), rss.peak_mb
@@ -150,6 +168,10 @@ def run_trl(args, folder: str, data: list) -> tuple[list[float], dict[str, float
 
     tok = AutoTokenizer.from_pretrained(folder)
     tok.padding_side = "left"
+    with contextlib.suppress(ImportError):  # the cache fingerprint (unused here) fails to pickle some pyarrow
+        import datasets.arrow_dataset  # types (datasets 5.2 with pyarrow 26: MonthDayNano); a fixed one does
+
+        datasets.arrow_dataset.generate_fingerprint = lambda dataset: "bench_peer"
     ds = Dataset.from_list([{"prompt": to_messages(s.prompt), "references": s.references} for s in data])
     match = StringMatchAll()
 
@@ -197,6 +219,7 @@ def run_trl(args, folder: str, data: list) -> tuple[list[float], dict[str, float
             callbacks=[StepTimer()],
         )  # fmt: skip
         timed(trainer, "_generate", phases, "generation")
+        timed(trainer, "_clip_grad_norm", phases, "grad clip")  # before on_pre_optimizer_step
         timed(trainer, "compute_loss", phases, "train forward")
         timed(trainer.accelerator, "backward", phases, "train backward")
         logps = trainer._get_per_token_logps_and_entropies
@@ -257,6 +280,125 @@ def timed(obj, method: str, phases: Phases, name: str) -> None:
     setattr(obj, method, wrapper)
 
 
+def optimizer_step_lines(args, tag: str) -> list[str]:
+    """Optimizer step alone, side by side in one process (interleaved, so load hits every arm alike).
+
+    On the setting's model with fixed random gradients: our AdamW as ``module.optimizer`` builds it by
+    default (CPU: foreach, bit-identical to torch's per-tensor loop) and with ``fused=true``, against TRL's
+    (the Hugging Face Trainer's ``adamw_torch_fused``: ``torch.optim.AdamW(fused=True)``), and torch's
+    per-tensor loop (our kernel before ``module.optimizer`` chose one). Figures: steps/s ours / TRL.
+    """
+    from _common import interleaved_times
+
+    from longact_pl.optim import build_optimizer
+
+    params = [p for p in load(args.model).model.parameters() if p.requires_grad]
+    gen = torch.Generator().manual_seed(0)
+    grads = [torch.randn(p.shape, generator=gen) * 1e-3 for p in params]
+    adamw = functools.partial(torch.optim.AdamW, lr=LR, betas=(0.9, 0.999), weight_decay=0.0)
+    opts = {
+        "ours_default": build_optimizer(functools.partial(adamw, fused=None, foreach=None), params),
+        "ours_fused": build_optimizer(functools.partial(adamw, fused=True, foreach=None), params),
+        "trl": torch.optim.AdamW(params, lr=LR, betas=(0.9, 0.999), weight_decay=0.0, fused=True),
+        "torch_loop": torch.optim.AdamW(params, lr=LR, betas=(0.9, 0.999), weight_decay=0.0, foreach=False),
+    }
+
+    def step(opt):
+        for p, g in zip(params, grads):
+            p.grad = g
+        opt.step()
+
+    times = interleaved_times({k: functools.partial(step, o) for k, o in opts.items()}, reps=9)
+    print(
+        f"# optimizer step alone ({sum(p.numel() for p in params) / 1e6:.1f}M params, interleaved, median "
+        "s): " + ", ".join(f"{k} {v:.3f}" for k, v in times.items()),
+        flush=True,
+    )
+    return [
+        figure(f"peer_optimizer_steps_per_s_default[{tag}]", times["trl"] / times["ours_default"],
+               1 / times["ours_default"], 1 / times["trl"]),
+        figure(f"peer_optimizer_steps_per_s_fused[{tag}]", times["trl"] / times["ours_fused"],
+               1 / times["ours_fused"], 1 / times["trl"]),
+    ]  # fmt: skip
+
+
+# The long-context setting of the second line: where prompt sharing pays (issue 23's figures)
+LONG = {"model": "small_llama", "prompt": 2048, "prompts": 1, "group": 8, "new": 64}
+
+
+def compare(args, setting: dict, arms: list[str]) -> dict[str, tuple[float, dict[str, float]]]:
+    """Run each arm in its own subprocess on a copy of the same weights.
+
+    Returns:
+        ``{arm: (median seconds per step, median seconds per phase)}`` of the arms that finished.
+    """
+    forward = ["--model", setting["model"], "--prompt", str(setting["prompt"]), "--new", str(setting["new"])]
+    forward += ["--steps", str(setting["steps"]), "--prompts", str(setting["prompts"])]
+    forward += ["--group", str(setting["group"]), "--threads", str(setting["threads"])]
+    forward += ["--ours-kernel", args.ours_kernel] + (["--ckpt"] if args.ckpt else [])
+    forward += ["--trl-score-all"] if args.trl_score_all else []
+    results: dict[str, tuple[float, dict[str, float]]] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        loaded = load(setting["model"])
+        loaded.model.save_pretrained(folder)
+        loaded.tokenizer.save_pretrained(folder)
+        for arm in arms:
+            out = subprocess.run(
+                [sys.executable, __file__, *forward, "--arm", arm, "--folder", folder],
+                capture_output=True, text=True,
+            )  # fmt: skip
+            if out.returncode != 0:
+                print(f"# arm {arm} failed:\n{out.stderr[-3000:]}", flush=True)
+                continue
+            res = json.loads(out.stdout.strip().splitlines()[-1])
+            times = res["times"]
+            step = statistics.median(times[1:] if len(times) > 1 else times)
+            results[arm] = (step, res["phases"])
+            parts = ", ".join(f"{k} {v:.2f}" for k, v in res["phases"].items())
+            other = step - sum(res["phases"].values())
+            print(f"# {arm}: step seconds {[round(t, 2) for t in times]}", flush=True)
+            print(
+                f"# {arm}: median s/step by phase: {parts}, other {other:.2f}; "
+                f"peak RSS increase during training {res['peak_mb']:.0f} MB",
+                flush=True,
+            )
+    print(
+        f"# model={setting['model']} P~{setting['prompt']} B={setting['prompts']} G={setting['group']} "
+        f"C={setting['new']} steps={setting['steps']} threads={setting['threads'] or 'default'} "
+        f"ckpt={args.ckpt} "
+        f"bf16_autocast=True beta={BETA} T={TEMPERATURE} "
+        f"trl_lm_head={'all positions (its CPU path)' if args.trl_score_all else 'completions (GPU path)'} "
+        f"optimizer=AdamW ours {'fused' if args.ours_kernel == 'fused' else 'auto (CPU: foreach)'}, "
+        "TRL fused (adamw_torch_fused)",
+        flush=True,
+    )
+    precision_line(dict.fromkeys(arms, BF16_MIXED))  # TRL: bf16=True, fp32 weights
+    return results
+
+
+def training_pass_line(results: dict, setting: dict) -> str:
+    """``# training pass``: forward and backward seconds, ours vs TRL, against the token-count limit.
+
+    Per group the shared, packed pass runs ``P + G*C`` tokens where TRL runs ``G*(P + C)``: a training
+    pass at most ``G(P+C)/(P+GC)`` times faster (attention, quadratic in P, aside).
+    """
+    (_, ours), (_, trl) = results["ours"], results["trl"]
+    p, g, c = setting["prompt"], setting["group"], setting["new"]
+    limit = g * (p + c) / (p + g * c)
+    mine = ours.get("train forward", 0.0) + ours.get("train backward", 0.0)
+    theirs = trl.get("train forward", 0.0) + trl.get("train backward", 0.0)
+    ratio = theirs / mine if mine else float("nan")
+    line = (
+        f"# training pass: forward ours {ours.get('train forward', 0):.2f} s vs TRL "
+        f"{trl.get('train forward', 0):.2f} s, backward ours {ours.get('train backward', 0):.2f} s vs TRL "
+        f"{trl.get('train backward', 0):.2f} s: {ratio:.2f}x TRL; token-count limit G(P+C)/(P+GC) = "
+        f"{limit:.2f}x ({ratio / limit:.0%} of it); optimizer step ours "
+        f"{ours.get('optimizer step', 0):.3f} s vs TRL {trl.get('optimizer step', 0):.3f} s"
+    )
+    print(line, flush=True)
+    return line
+
+
 def main(argv: list[str] | None = None) -> list[str]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small random model, small sizes")
@@ -273,7 +415,18 @@ def main(argv: list[str] | None = None) -> list[str]:
         action="store_true",
         help="keep TRL's CPU behaviour: its LM head over every prompt position (on GPUs: completions only)",
     )
+    p.add_argument(
+        "--ours-kernel",
+        choices=("fused", "auto"),
+        default="fused",
+        help="our AdamW kernel: fused = TRL's (module.optimizer.fused=true, matched settings); auto = "
+        "module.optimizer's default (CPU: foreach, bit-identical to torch's per-tensor loop, slower)",
+    )
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--long-threads", type=int, default=2, help="torch threads of the long-context line")
+    p.add_argument("--no-long", action="store_true", help="skip the long-context line (P=2048, G=8, C=64)")
+    p.add_argument("--optimizer-only", action="store_true", help="only the interleaved optimizer-step lines")
+    p.add_argument("--long-only", action="store_true", help="only the long-context line")
     p.add_argument("--arm", help=argparse.SUPPRESS)
     p.add_argument("--folder", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -294,48 +447,34 @@ def main(argv: list[str] | None = None) -> list[str]:
         )
         print(json.dumps({"times": times, "phases": phases, "peak_mb": peak_mb}), flush=True)
         return []
-    forward = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--quick"]
-    forward += ["--model", args.model, "--prompt", str(args.prompt), "--new", str(args.new)]
-    forward += ["--steps", str(args.steps)]
-    step_s: dict[str, float] = {}
-    with tempfile.TemporaryDirectory() as folder:
-        loaded = load(args.model)
-        loaded.model.save_pretrained(folder)
-        loaded.tokenizer.save_pretrained(folder)
-        for arm in args.arms.split(","):
-            out = subprocess.run(
-                [sys.executable, __file__, *forward, "--arm", arm, "--folder", folder],
-                capture_output=True, text=True,
-            )  # fmt: skip
-            if out.returncode != 0:
-                print(f"# arm {arm} failed:\n{out.stderr[-3000:]}", flush=True)
-                continue
-            res = json.loads(out.stdout.strip().splitlines()[-1])
-            times = res["times"]
-            step_s[arm] = statistics.median(times[1:] if len(times) > 1 else times)
-            parts = ", ".join(f"{k} {v:.2f}" for k, v in res["phases"].items())
-            other = step_s[arm] - sum(res["phases"].values())
-            print(f"# {arm}: step seconds {[round(t, 2) for t in times]}", flush=True)
-            print(
-                f"# {arm}: median s/step by phase: {parts}, other {other:.2f}; "
-                f"peak RSS increase during training {res['peak_mb']:.0f} MB",
-                flush=True,
-            )
-    print(
-        f"# model={args.model} P~{args.prompt} B={args.prompts} G={args.group} C={args.new} "
-        f"steps={args.steps} ckpt={args.ckpt} bf16_autocast=True beta={BETA} T={TEMPERATURE} "
-        f"trl_lm_head={'all positions (its CPU path)' if args.trl_score_all else 'completions (GPU path)'}",
-        flush=True,
-    )
-    precision_line(dict.fromkeys(args.arms.split(","), BF16_MIXED))  # TRL: bf16=True, fp32 weights
+    if args.optimizer_only:
+        return optimizer_step_lines(args, "quick" if args.quick else args.model)
+    setting = {"model": args.model, "prompt": args.prompt, "prompts": args.prompts, "group": args.group,
+               "new": args.new, "steps": args.steps, "threads": args.threads}  # fmt: skip
+    results = {} if args.long_only else compare(args, setting, args.arms.split(","))
     lines = []
     tag = "quick" if args.quick else f"{args.model}_P{args.prompt}_G{args.group}_C{args.new}"
-    if "trl" in step_s:
+    if "trl" in results:
         for arm in ("ours", "ours_naive"):
-            if arm in step_s:
-                a, b = 1 / step_s[arm], 1 / step_s["trl"]
+            if arm in results:
+                a, b = 1 / results[arm][0], 1 / results["trl"][0]
                 name = "peer_grpo_steps_per_s" + ("" if arm == "ours" else "_naive_path")
                 lines.append(figure(f"{name}[{tag}]", a / b, a, b))
+        if "ours" in results:
+            training_pass_line(results, setting)
+    lines += [] if args.long_only else optimizer_step_lines(args, tag)
+    if not args.no_long:
+        long = {**LONG, "steps": 3, "threads": args.long_threads}
+        results = compare(args, long, ["ours", "trl"])
+        if {"ours", "trl"} <= set(results):
+            a, b = 1 / results["ours"][0], 1 / results["trl"][0]
+            tag = f"{long['model']}_P{long['prompt']}_G{long['group']}_C{long['new']}_B{long['prompts']}"
+            lines.append(figure(f"peer_grpo_steps_per_s[{tag}]", a / b, a, b))
+            training_pass_line(results, long)
+    if not lines:
+        print(
+            "# no ratio: the trl arm did not run (pip install --no-deps trl==1.16.0 ...: see the docstring)"
+        )
     return lines
 
 

@@ -56,7 +56,9 @@ def main(argv: list[str] | None = None) -> list[str]:
     p.add_argument("--completion", type=int, default=64, help="C")
     p.add_argument("--group", type=int, default=8, help="G")
     p.add_argument("--groups", type=int, default=1, help="B")
-    p.add_argument("--micro", type=int, default=4, help="naive rows per forward (module.micro_batch_size)")
+    p.add_argument(
+        "--micro", type=int, default=4, help="naive rows per forward (module.learner.micro_batch_size)"
+    )
     p.add_argument("--chunk", type=int, default=0, help="LM-head chunk for ours (0 = one chunk)")
     p.add_argument("--no-ckpt", action="store_true", help="disable gradient checkpointing (both arms)")
     p.add_argument("--fp32", action="store_true", help="no bf16 autocast")

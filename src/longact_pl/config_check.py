@@ -1,8 +1,8 @@
 """Type-check a composed config against its components' constructors before anything is built.
 
 Hydra checks nothing about ``_target_`` arguments until it calls them, and some are called only after the
-model has loaded (the LightningModule, the DataModule): ``module.lr=abc`` then fails minutes later with
-``'<=' not supported``. :func:`check_types` walks every node with a ``_target_``, reads the constructor's
+model has loaded (the LightningModule, the DataModule): ``module.learner.micro_batch_size=2.5`` then fails
+minutes later. :func:`check_types` walks every node with a ``_target_``, reads the constructor's
 annotations and checks the simple ones (``int``, ``float``, ``bool``, lists and tuples of them, and their
 ``Optional`` forms), naming the config field. A scalar where a list is expected (``data.train.lengths=1024``)
 becomes a one-element list.
@@ -163,36 +163,48 @@ def _check_sequence_parallel(cfg: DictConfig) -> None:
         )
 
 
-def _check_update(cfg: DictConfig) -> None:
-    """The learner's batching and the log-prob pass (their constructors run after the model loads)."""
+def _build(node: DictConfig) -> Any:
+    """``instantiate(node)``, re-raising a constructor's own ``ValueError`` / ``TypeError`` unwrapped."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, (ValueError, TypeError)):
+            raise err.__cause__ from None
+        raise
+
+
+def _check_module(cfg: DictConfig) -> None:
+    """``module``'s typed settings (built and checked once, by their own constructors) and the optimizer.
+
+    ``LongActModule`` is built after the model loads; the dataclasses of its nested nodes and the optimizer
+    / schedule constructors are cheap, so they are built here to fail before anything is loaded or written.
+    """
     module = cfg.get("module")
     if not isinstance(module, DictConfig):
         return
-    epochs, mini = _get(cfg, "module.ppo_epochs", 1), _get(cfg, "module.mini_batch_size", 0)
-    if isinstance(epochs, int) and epochs < 1:
-        raise ValueError(f"module.ppo_epochs must be >= 1, got {epochs}")
-    if isinstance(mini, int) and mini < 0:
-        raise ValueError(f"module.mini_batch_size must be >= 0 (0 = the whole rollout batch), got {mini}")
-    micro = _get(cfg, "module.micro_batch_size", 4)
-    if isinstance(micro, int) and micro < 1:
-        raise ValueError(f"module.micro_batch_size must be >= 1, got {micro}")
-    chunk = _get(cfg, "module.logprob_chunk")
-    if isinstance(chunk, int) and chunk < 1:
-        raise ValueError(f"train.logprob_chunk must be >= 1 or null (one chunk), got {chunk}")
-    pack, shared = _get(cfg, "module.pack_completions", False), _get(cfg, "module.shared_prefix", True)
-    if pack not in (True, False, "auto"):
-        raise ValueError(f"train.pack_completions must be true, false or auto, got {pack!r}")
-    if pack is True and shared is False:
-        raise ValueError(
-            "train.pack_completions=true packs completions behind a shared prompt: it needs "
-            "train.shared_prefix=true (or set train.pack_completions=auto/false)"
-        )
-    budget = _get(cfg, "module.micro_batch_tokens")
+    from longact_pl.optim import check_optimizer_settings
+
+    for name in ("learner", "logprobs", "guards", "validation"):
+        node = module.get(name)
+        if isinstance(node, DictConfig) and "_target_" in node:
+            _build(node)
+    optimizer, scheduler = module.get("optimizer"), module.get("scheduler")
+    if isinstance(optimizer, DictConfig):
+        if "_target_" not in optimizer or not optimizer.get("_partial_", False):
+            raise ValueError(
+                "module.optimizer needs a _target_ (a torch.optim class) and _partial_: true (the parameters "
+                "are given once the model is configured)"
+            )
+        check_optimizer_settings(_build(optimizer), _build(scheduler) if scheduler else None)
+    budget = _get(cfg, "module.learner.micro_batch_tokens")
     if isinstance(budget, int):
         from longact_pl.minibatch import check_token_budget
 
         new_tokens = _get(cfg, "rollout.max_new_tokens", 0)
-        check_token_budget(budget, _get(cfg, "module.max_prompt_tokens"), new_tokens or 0)
+        check_token_budget(budget, _get(cfg, "module.learner.max_prompt_tokens"), new_tokens or 0)
 
 
 def _check_sampler(cfg: DictConfig) -> None:
@@ -258,7 +270,7 @@ def check_combinations(cfg: DictConfig) -> None:
         ValueError: The first unsupported combination found.
     """
     _check_sequence_parallel(cfg)
-    _check_update(cfg)
+    _check_module(cfg)
     _check_sampler(cfg)
     _check_masking(cfg)
     _check_tensor_parallel(cfg)

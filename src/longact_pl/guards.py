@@ -100,7 +100,7 @@ class NonFiniteGuard(StreakGuard):
     """
 
     def __init__(self, max_consecutive: int = 3) -> None:
-        super().__init__(max_consecutive, "module.max_nonfinite_steps")
+        super().__init__(max_consecutive, "module.guards.max_nonfinite_steps")
 
     @staticmethod
     def grad_norm(params) -> torch.Tensor:
@@ -129,8 +129,8 @@ class NonFiniteGuard(StreakGuard):
         """The error that stops the run once :attr:`exhausted` (``checkpoint``: where the state was saved)."""
         return NonFiniteError(
             f"{self.consecutive} optimizer steps in a row had a non-finite loss or gradient; stopped and "
-            f"saved {checkpoint}. Lower module.lr, check the reward function, or raise "
-            "module.max_nonfinite_steps."
+            f"saved {checkpoint}. Lower module.optimizer.lr, check the reward function, or raise "
+            "module.guards.max_nonfinite_steps."
         )
 
 
@@ -190,9 +190,9 @@ class SafetyStops:
         max_masked_out_steps: int = 3,
     ) -> None:
         self.nonfinite = NonFiniteGuard(max_nonfinite_steps)
-        self.skipped = StreakGuard(max_skipped_steps, "module.max_skipped_steps")
-        self.reward_failed = StreakGuard(max_reward_failure_steps, "module.max_reward_failure_steps")
-        self.masked_out = StreakGuard(max_masked_out_steps, "module.max_masked_out_steps")
+        self.skipped = StreakGuard(max_skipped_steps, "module.guards.max_skipped_steps")
+        self.reward_failed = StreakGuard(max_reward_failure_steps, "module.guards.max_reward_failure_steps")
+        self.masked_out = StreakGuard(max_masked_out_steps, "module.guards.max_masked_out_steps")
         self.max_gen_rounds = max_gen_rounds
         self._reward_streak_first: tuple[str, Exception] | None = None
 

@@ -146,9 +146,9 @@ class Learner:
         max_new_tokens: int | None = None,
     ) -> None:
         if ppo_epochs < 1:
-            raise ValueError(f"module.ppo_epochs must be >= 1, got {ppo_epochs}")
+            raise ValueError(f"module.learner.ppo_epochs must be >= 1, got {ppo_epochs}")
         if mini_batch_size < 0:
-            raise ValueError(f"module.mini_batch_size must be >= 0, got {mini_batch_size}")
+            raise ValueError(f"module.learner.mini_batch_size must be >= 0, got {mini_batch_size}")
         if correction is not None and correction.active and not external:
             raise ValueError(f"correction.level={correction.level}: a correction needs an external sampler")
         self.algorithm, self.logprobs, self.guard = algorithm, logprobs, guard

@@ -59,7 +59,7 @@ class RowMicroBatches:
 
     def __init__(self, micro_batch_size: int) -> None:
         if micro_batch_size < 1:
-            raise ValueError(f"module.micro_batch_size must be >= 1, got {micro_batch_size}")
+            raise ValueError(f"module.learner.micro_batch_size must be >= 1, got {micro_batch_size}")
         self.micro_batch_size = micro_batch_size
 
     def __call__(self, rows: torch.Tensor, rollouts: RolloutBatch, whole_groups: bool) -> list[torch.Tensor]:
@@ -88,7 +88,7 @@ class TokenMicroBatches:
     micro-batch may end with the first part of the next group.
 
     Args:
-        max_tokens: The budget (``module.micro_batch_tokens``).
+        max_tokens: The budget (``module.learner.micro_batch_tokens``).
         packed: Whether the completions will be packed (asked at every call: the model may not pack).
 
     Raises:
@@ -97,7 +97,9 @@ class TokenMicroBatches:
 
     def __init__(self, max_tokens: int, packed: Callable[[], bool] = lambda: False) -> None:
         if max_tokens < 1:
-            raise ValueError(f"module.micro_batch_tokens must be >= 1 (or null: rows), got {max_tokens}")
+            raise ValueError(
+                f"module.learner.micro_batch_tokens must be >= 1 (or null: rows), got {max_tokens}"
+            )
         self.max_tokens, self.packed = max_tokens, packed
 
     def __call__(self, rows: torch.Tensor, rollouts: RolloutBatch, whole_groups: bool) -> list[torch.Tensor]:
@@ -141,9 +143,9 @@ class TokenMicroBatches:
                 if cost(current + [i]) > self.max_tokens:
                     if not current:
                         raise ValueError(
-                            f"module.micro_batch_tokens={self.max_tokens} is smaller than one prompt + one "
-                            f"completion ({cost([i])} tokens); raise it to at least data.max_prompt_tokens + "
-                            "rollout.max_new_tokens"
+                            f"module.learner.micro_batch_tokens={self.max_tokens} is smaller than one prompt "
+                            f"+ one completion ({cost([i])} tokens); raise it to at least "
+                            "data.max_prompt_tokens + rollout.max_new_tokens"
                         )
                     parts.append(current)
                     current = []
@@ -163,7 +165,7 @@ def check_token_budget(max_tokens: int, max_prompt_tokens: int | None, max_new_t
     need = (max_prompt_tokens or 0) + max_new_tokens
     if max_tokens < need:
         raise ValueError(
-            f"module.micro_batch_tokens={max_tokens} is smaller than one prompt + one completion "
+            f"module.learner.micro_batch_tokens={max_tokens} is smaller than one prompt + one completion "
             f"(data.max_prompt_tokens + rollout.max_new_tokens = {need}); raise it to at least {need}"
         )
 

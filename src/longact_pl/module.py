@@ -11,7 +11,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from longact_pl.algos.correction import RolloutCorrection, check_training_sampler
+from longact_pl.algos.correction import RolloutCorrection
 from longact_pl.algos.protocol import Algorithm
 from longact_pl.distributed import StrategyOps, data_parallel_rank
 from longact_pl.eval.heldout import HeldOutValidation
@@ -20,8 +20,16 @@ from longact_pl.guards import SafetyStops
 from longact_pl.kl_fp32 import Fp32KLCheck
 from longact_pl.learner import Learner, OptimizerCalls
 from longact_pl.metric_reduce import Metric, reduce_metrics
+from longact_pl.module_config import LearnerConfig, LogprobConfig, SafetyConfig, ValidationConfig
 from longact_pl.ops.policy_logprobs import LogprobPass
-from longact_pl.optim import adamw_with_warmup, check_optimizer_settings, optimizer_step
+from longact_pl.optim import (
+    OptimizerFactory,
+    SchedulerFactory,
+    build_optimizer,
+    check_optimizer_settings,
+    linear_warmup,
+    optimizer_step,
+)
 from longact_pl.precision import check_master_weights
 from longact_pl.rewards import hooks as reward_hooks
 from longact_pl.rewards.scoring import RewardErrors
@@ -60,22 +68,20 @@ class LongActModule(L.LightningModule):
         algorithm: Loss, advantages and reward shaping (see ``longact_pl.algos``).
         rollout: Rollout engine.
         reward_fn: ``(completions, references, **meta) -> list[float]``.
-        lr: AdamW learning rate.
-        weight_decay: AdamW weight decay.
-        betas: AdamW betas.
-        warmup_steps: Linear learning-rate warm-up in optimizer steps.
-        max_grad_norm: Clip the global gradient norm to this (0 = off).
-        ppo_epochs, mini_batch_size, micro_batch_size, micro_batch_tokens, max_prompt_tokens, correction:
-            The update's batching and off-policy rules (see :class:`~longact_pl.learner.Learner`).
-        shared_prefix, logprob_chunk, pack_completions: The log-prob pass (see
-            :class:`~longact_pl.ops.policy_logprobs.LogprobPass`).
-        val_lengths, val_tasks, val_max_new_tokens, predictions_dir: Validation (see
+        optimizer: Builds the optimizer from the trainable parameters (``module.optimizer``: any
+            ``torch.optim`` class as a ``_partial_`` node; see :func:`~longact_pl.optim.build_optimizer`).
+        scheduler: Builds the learning-rate schedule from the optimizer (``module.scheduler``; ``None``:
+            constant).
+        learner: The update's batching and gradient clipping (see :class:`~longact_pl.learner.Learner`).
+        logprobs: The log-prob passes (see :class:`~longact_pl.ops.policy_logprobs.LogprobPass`).
+        guards: Bad steps in a row that stop the run with a checkpoint (see
+            :class:`~longact_pl.guards.SafetyStops`).
+        validation: Held-out lengths and greedy budget (see
             :class:`~longact_pl.eval.heldout.HeldOutValidation`).
+        correction: Importance weights for an external sampler's mismatch (``None``: metrics only).
         seed: Base seed for sampling.
+        val_tasks, predictions_dir: The held-out set's task names and where its predictions are written.
         export_dir: Where the trained policy is saved at the end (``None`` = not saved).
-        max_nonfinite_steps, max_skipped_steps, max_reward_failure_steps, max_masked_out_steps: Bad steps in
-            a row that stop the run
-            with a checkpoint (see :class:`~longact_pl.guards.SafetyStops`).
         allow_low_precision_weights: Train bf16/fp16 parameters (refused by default: see
             ``longact_pl.precision``).
         kl_fp32_check_rows: Recompute each step's KL in fp32 on this many rows, logged beside the run's
@@ -89,55 +95,45 @@ class LongActModule(L.LightningModule):
         algorithm: Algorithm,
         rollout: RolloutEngine,
         reward_fn: RewardFn,
-        lr: float = 1e-5,
-        weight_decay: float = 0.0,
-        betas: tuple[float, float] = (0.9, 0.999),
-        warmup_steps: int = 0,
-        max_grad_norm: float = 1.0,
-        ppo_epochs: int = 1,
-        mini_batch_size: int = 0,
-        micro_batch_size: int = 4,
-        micro_batch_tokens: int | None = None,
-        max_prompt_tokens: int | None = None,
-        shared_prefix: bool = True,
-        logprob_chunk: int | None = 1024,
-        pack_completions: bool | str = False,
-        val_lengths: list[int] | tuple[int, ...] = (),
-        val_tasks: list[str] | tuple[str, ...] = (),
-        val_max_new_tokens: int | None = None,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+        learner: LearnerConfig | None = None,
+        logprobs: LogprobConfig | None = None,
+        guards: SafetyConfig | None = None,
+        validation: ValidationConfig | None = None,
+        correction: RolloutCorrection | None = None,
         seed: int = 0,
+        val_tasks: list[str] | tuple[str, ...] = (),
         export_dir: str | Path | None = None,
         predictions_dir: str | Path | None = None,
-        max_nonfinite_steps: int = 3,
-        max_skipped_steps: int = 10,
-        max_reward_failure_steps: int = 3,
-        max_masked_out_steps: int = 3,
-        correction: RolloutCorrection | None = None,
         allow_low_precision_weights: bool = False,
         kl_fp32_check_rows: int = 0,
     ) -> None:
         super().__init__()
         check_master_weights(policy.parameters(), allow_low_precision_weights)  # before any file is written
-        check_optimizer_settings(lr, warmup_steps)
-        check_training_sampler(rollout, correction)
+        check_optimizer_settings(optimizer, scheduler)
+        learner, logprobs = learner or LearnerConfig(), logprobs or LogprobConfig()
+        guards, validation = guards or SafetyConfig(), validation or ValidationConfig()
         self.automatic_optimization = False
         self.policy = policy.train()  # from_pretrained returns eval mode; rollouts switch to eval themselves
         self.tokenizer, self.algorithm = tokenizer, algorithm
         self.rollout, self.reward_fn = rollout, reward_fn
-        self.lr, self.weight_decay, self.betas = lr, weight_decay, tuple(betas)
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler or linear_warmup
         self.allow_low_precision_weights = allow_low_precision_weights
-        self.warmup_steps, self.max_grad_norm = warmup_steps, max_grad_norm
-        self.stops = SafetyStops(max_nonfinite_steps, max_skipped_steps, max_reward_failure_steps,
-                                 getattr(algorithm, "max_gen_rounds", 1), max_masked_out_steps)  # fmt: skip
+        self.max_grad_norm = learner.max_grad_norm
+        self.stops = SafetyStops(guards.max_nonfinite_steps, guards.max_skipped_steps,
+                                 guards.max_reward_failure_steps, algorithm.max_gen_rounds,
+                                 guards.max_masked_out_steps)  # fmt: skip
         # the entropy bonus needs the training pass's entropy with its gradient
         # the path is planned once, here (a model that cannot pack, with packing required, fails here)
-        logprobs = LogprobPass.for_model(
-            policy, shared_prefix, logprob_chunk, pack_completions, entropy_grad=algorithm.entropy_coef > 0
-        )
+        logprob_pass = LogprobPass.for_model(
+            policy, logprobs.shared_prefix, logprobs.chunk_size, logprobs.pack_completions,
+            entropy_grad=algorithm.entropy_coef > 0,
+        )  # fmt: skip
         self.learner = Learner(
-            algorithm, logprobs, self.stops.nonfinite, rollout.temperature, ppo_epochs, mini_batch_size,
-            micro_batch_size, correction, external=getattr(rollout, "external", False),
-            micro_batch_tokens=micro_batch_tokens, max_prompt_tokens=max_prompt_tokens,
+            algorithm, logprob_pass, self.stops.nonfinite, rollout.temperature, learner.ppo_epochs,
+            learner.mini_batch_size, learner.micro_batch_size, correction, external=rollout.external,
+            micro_batch_tokens=learner.micro_batch_tokens, max_prompt_tokens=learner.max_prompt_tokens,
             max_new_tokens=rollout.max_new_tokens,
         )  # fmt: skip
         self.seed = seed
@@ -146,8 +142,11 @@ class LongActModule(L.LightningModule):
         self.validated_steps: set[int] = set()  # global steps whose weights were validated (run_end.py)
         self._ref = _FrozenReference(copy.deepcopy(policy)) if algorithm.kl_coef > 0 else None
         self.kl_check = self._kl_check(kl_fp32_check_rows, algorithm)
-        self.validation = HeldOutValidation(val_tasks, val_lengths, predictions_dir, val_max_new_tokens)
+        self.validation = HeldOutValidation(
+            val_tasks, validation.lengths, predictions_dir, validation.max_new_tokens
+        )
         self.truncated_total, self.reward_errors = 0, RewardErrors()
+        self._totals: dict | None = None  # the run's counters at the last logged step
 
     def _kl_check(self, rows: int, algorithm: Algorithm) -> Fp32KLCheck | None:
         """The fp32 KL check of ``module.kl_fp32_check_rows`` (``None``: off)."""
@@ -183,10 +182,15 @@ class LongActModule(L.LightningModule):
         return StrategyOps(self.trainer.strategy)
 
     def configure_optimizers(self):
-        """AdamW over trainable parameters with a linear warm-up (fp32 ones: see ``longact_pl.precision``)."""
+        """``module.optimizer`` over the trainable parameters, and ``module.scheduler`` per optimizer step.
+
+        The parameters are fp32 (``longact_pl.precision``); the update kernel is chosen for their device
+        (:func:`~longact_pl.optim.build_optimizer`).
+        """
         params = [p for p in self.policy.parameters() if p.requires_grad]
         check_master_weights(params, self.allow_low_precision_weights)  # e.g. trainer.precision=bf16-true
-        opt, sched = adamw_with_warmup(params, self.lr, self.betas, self.weight_decay, self.warmup_steps)
+        opt = build_optimizer(self.optimizer_factory, params)
+        sched = self.scheduler_factory(opt)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # --------------------------------------------------------------- training
@@ -197,7 +201,7 @@ class LongActModule(L.LightningModule):
         return sample_and_score(
             engine, self.policy, self.tokenizer, self.reward_fn, batch, shape=algo.shape_rewards,
             keep_groups=algo.keep_groups if algo.dynamic_sampling else None,
-            max_rounds=getattr(algo, "max_gen_rounds", 1),
+            max_rounds=algo.max_gen_rounds,
             more_samples=lambda: more_prompt_batches(self.trainer.datamodule, self.seed + 1 + rank),
             seed=self.seed * 1_000_003 + self.global_step * 101, errors=self.reward_errors, dist=self.dist,
         )  # fmt: skip
@@ -304,7 +308,7 @@ class LongActModule(L.LightningModule):
         The truncation and reward-error totals are the run's (summed over ranks at the last logged step);
         each rank counts its own share, so on resume the first rank carries the saved totals alone.
         """
-        totals = getattr(self, "_totals", None) or {
+        totals = self._totals or {
             "train/truncated_prompts_total": self.truncated_total,
             "train/reward_errors": self.reward_errors.count,
         }

@@ -1,9 +1,9 @@
 """The edges of ``trainer.fit``: the step-0 validation before it, the final validation and export after it.
 
 Lightning counts validation in RL batches (``val_check_interval``) and stops at ``max_steps`` optimizer
-steps; with ``module.ppo_epochs > 1``, several mini-batches or a skipped step (DAPO) the two drift apart,
-and the last in-fit validation scores an earlier policy or never runs. A resumed run whose checkpoint is
-already at ``max_steps`` (pre-empted after its last step) trains nothing and Lightning never calls
+steps; with ``module.learner.ppo_epochs > 1``, several mini-batches or a skipped step (DAPO) the two drift
+apart, and the last in-fit validation scores an earlier policy or never runs. A resumed run whose checkpoint
+is already at ``max_steps`` (pre-empted after its last step) trains nothing and Lightning never calls
 ``on_train_end``. :func:`finish_run` therefore validates the final weights unless that exact step was
 validated (in this process, or by the run that wrote ``val_predictions/step_<k>.jsonl``) and exports them
 unless ``final/`` holds them.

@@ -15,7 +15,6 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from longact_pl.algos.correction import check_training_sampler
 from longact_pl.checkpoints.atomic import atomic_write_text
 from longact_pl.checkpoints.batch_boundary import BatchBoundary
 from longact_pl.checkpoints.resume import (
@@ -143,13 +142,12 @@ def build_loggers(cfg: DictConfig) -> list:
 def build_light(cfg: DictConfig) -> tuple:
     """The components that load nothing: ``(algorithm, rollout engine, correction, callbacks)``.
 
-    Also refuses a sampler whose log-probs would not describe what the trainer computes (top-p / top-k, a
-    correction without an external sampler), so those fail before a model loads.
+    (A sampler whose log-probs would not describe what the trainer computes was refused earlier, from the
+    config alone: ``config_check.check_combinations``.)
     """
     algorithm = instantiate(cfg.algo)
     rollout = instantiate(cfg.rollout)
     correction = instantiate(cfg.correction) if cfg.get("correction") else None
-    check_training_sampler(rollout, correction)  # sampler and trainer must describe one distribution
     check_async(rollout, correction, algorithm)  # rollout.mode=async: a correction, no dynamic sampling
     return algorithm, rollout, correction, build_callbacks(cfg) + rollout_callbacks(rollout)
 

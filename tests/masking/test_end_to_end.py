@@ -66,7 +66,8 @@ def test_one_grpo_step_with_longact_on_smollm2(tmp_path):
         tmp_path, "model=smollm2_135m", "masking=saliency", "masking.calib_samples=1", "trainer.max_steps=1",
         "trainer.val_check_interval=1", "data.batch_size=1", "rollout.group_size=4",
         "rollout.max_new_tokens=8", "rollout.temperature=2.0",
-        "data.train.lengths=[512]", "data.val.lengths=[512]", "data.val.num_samples=1", "module.lr=1e-5",
+        "data.train.lengths=[512]", "data.val.lengths=[512]", "data.val.num_samples=1",
+        "module.optimizer.lr=1e-5",
         "trainer.precision=bf16-mixed", "algo.kl_coef=0.0", PARITY,
         NO_CKPT,
     )  # fmt: skip

@@ -1,8 +1,8 @@
 """LongAct's refreshed statistics count each prompt token once, however the update is micro-batched.
 
 The training forwards feed the statistics (``masking.refresh_every > 0``). A group split over micro-batches
-(``module.micro_batch_size`` below the group, or a token budget) runs its prompt once per micro-batch; only
-one of those passes may be counted, or the refresh weighs prompt tokens by how the batch was cut.
+(``module.learner.micro_batch_size`` below the group, or a token budget) runs its prompt once per micro-batch;
+only one of those passes may be counted, or the refresh weighs prompt tokens by how the batch was cut.
 """
 
 import pytest
@@ -90,7 +90,7 @@ def test_a_run_with_split_groups_refreshes_the_whole_group_runs_masks(tmp_path):
         cfg = compose_train(
             d, PARITY, "data.max_prompt_tokens=400", "masking=saliency", "masking.calib_samples=1",
             "masking.refresh_every=1", "masking.ema=0", "rollout.group_size=4",
-            "train.pack_completions=false", f"module.micro_batch_size={rows}",
+            "module.logprobs.pack_completions=false", f"module.learner.micro_batch_size={rows}",
         )  # fmt: skip
         run(cfg, d)
         runs[name] = (load_file(d / "final" / "mask.safetensors"), load_hf(str(d / "final"), dtype="float32"))

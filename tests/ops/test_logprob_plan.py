@@ -29,7 +29,7 @@ from tests.ops.test_shared_prefix import C, _batch
         ({"shared_prefix": True, "pack_completions": True}, "packed", "packed in one row"),
         ({"shared_prefix": True, "pack_completions": "auto"}, "packed", "packed in one row"),
         ({"shared_prefix": True, "pack_completions": False}, "padded", "completions padded"),
-        ({"shared_prefix": False, "pack_completions": "auto"}, "per_row", "train.shared_prefix is off"),
+        ({"shared_prefix": False, "pack_completions": "auto"}, "per_row", "logprobs.shared_prefix is off"),
     ],
 )
 def test_the_plan_follows_the_options_and_says_why(options, path, words):

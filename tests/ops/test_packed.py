@@ -187,15 +187,15 @@ def test_rows_without_a_call_run_one_dummy_forward_per_span():
 def test_models_that_cannot_pack(caplog):
     model = tiny_llama(seed=0).model
     model.config._attn_implementation = "flash_attention_2"  # never run: the check comes first
-    with pytest.raises(ValueError, match="train.pack_completions=true.*flash_attention_2"):
+    with pytest.raises(ValueError, match="module.logprobs.pack_completions=true.*flash_attention_2"):
         plan_logprobs(model, pack_completions=True)  # refused when the model is configured
     with caplog.at_level(logging.WARNING):
         plan = plan_logprobs(model, pack_completions="auto")
     assert plan.path == "padded" and "flash_attention_2" in plan.reason
-    assert sum("train.pack_completions" in r.message for r in caplog.records) == 1
-    with pytest.raises(ValueError, match="train.shared_prefix=true"):
+    assert sum("module.logprobs.pack_completions" in r.message for r in caplog.records) == 1
+    with pytest.raises(ValueError, match="module.logprobs.shared_prefix=true"):
         plan_logprobs(model, shared_prefix=False, pack_completions=True)
-    with pytest.raises(ValueError, match="train.pack_completions must be"):
+    with pytest.raises(ValueError, match="module.logprobs.pack_completions must be"):
         plan_logprobs(model, pack_completions="yes")
 
 

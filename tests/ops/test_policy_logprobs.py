@@ -63,7 +63,7 @@ def test_trim_left_padding_drops_only_all_padding_columns():
 
 
 def test_bad_chunk_size_names_the_field():
-    with pytest.raises(ValueError, match="train.logprob_chunk"):
+    with pytest.raises(ValueError, match="module.logprobs.chunk_size"):
         plan_logprobs(tiny_qwen3(seed=0).model, chunk_size=0)
 
 

@@ -27,7 +27,7 @@ def config(run_dir: Path, seed: int, masking: str, ratio: float = 0.3) -> dict:
         "seed": seed,
         "model": {"_target_": "longact_pl.models.tiny.tiny_llama"},
         "rollout": {"group_size": 4},
-        "module": {"lr": 1e-6},
+        "module": {"optimizer": {"lr": 1e-6}},
         "algo": {"_target_": "longact_pl.algos.GroupPolicyGradient", "name": "grpo", "kl_coef": 0.04},
         "masking": mask,
         "trainer": {"max_steps": MAX_STEPS, "default_root_dir": str(run_dir)},

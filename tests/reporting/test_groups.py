@@ -38,7 +38,7 @@ def test_logging_and_checkpoint_settings_do_not_split_a_cell(tmp_path):
     b.config["callbacks"] = {"step_log": {"every_n": 5}, "model_checkpoint": {"every_n_train_steps": 3}}
     (key,) = group_runs([a, b])
     assert key.variant == ""
-    b.config["module"] = {"lr": 1.0}  # a real setting still splits
+    b.config["module"] = {"optimizer": {"lr": 1.0}}  # a real setting still splits
     assert len(group_runs([a, b])) == 2
 
 

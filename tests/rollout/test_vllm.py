@@ -300,7 +300,8 @@ def test_grpo_run_with_vllm_rollouts(tmp_path, engine, smollm2):
         "data.reward._target_=tests.helpers.ParityReward", "trainer.max_steps=2",
         "trainer.val_check_interval=2",
         "data.batch_size=1", "rollout.group_size=2", "rollout.max_new_tokens=8", "data.train.lengths=[256]",
-        "data.val.lengths=[256]", "data.val.num_samples=1", "module.lr=1e-5", "trainer.precision=bf16-mixed",
+        "data.val.lengths=[256]", "data.val.num_samples=1", "module.optimizer.lr=1e-5",
+        "trainer.precision=bf16-mixed",
         NO_CKPT,
     )  # fmt: skip
     metrics = run(cfg, tmp_path)
@@ -336,7 +337,7 @@ def test_fsdp_ranks_push_gathered_weights_into_their_engines(tmp_path, monkeypat
         "validate_before_training=false", "data.train.lengths=[256]", "data.batch_size=2",
         "data.reward._target_=tests.helpers.ParityReward", "rollout=vllm", "rollout.group_size=4",
         "rollout.max_new_tokens=8", "correction=token_tis", "masking=saliency", "masking.calib_samples=2",
-        "module.lr=1e-3", "strategy=fsdp", "trainer.devices=2",
+        "module.optimizer.lr=1e-3", "strategy=fsdp", "trainer.devices=2",
     )  # fmt: skip
     with open(tmp_path / "metrics.csv") as f:
         rows = [r for r in csv.DictReader(f) if r.get("train/reward_mean")]

@@ -44,8 +44,8 @@ FROZEN = (
     "rollout.top_p",
     "rollout.top_k",
     "rollout.max_new_tokens",
-    "module.ppo_epochs",
-    "module.mini_batch_size",
+    "module.learner.ppo_epochs",
+    "module.learner.mini_batch_size",
     "trainer.devices",
     "trainer.num_nodes",
 )
@@ -57,6 +57,44 @@ ALLOWED = (
     "masking.telemetry",
     "masking.rebuild_masks",
 )
+
+
+def _renamed(groups: tuple[str, ...], keys: tuple[str, ...], node: str, new_key: str | None = None) -> dict:
+    """``{"<group>.<key>": "<node>.<new_key or key>"}``.
+
+    Built from parts, not dotted literals, so that re-applying the config-path rename script to this file
+    leaves the old names alone.
+    """
+    return {".".join((g, k)): ".".join((node, new_key or k)) for g in groups for k in keys}
+
+
+# Config paths renamed since checkpoints started recording their config (old -> new): a checkpoint written
+# before ``conf/module/default.yaml`` nested the module's settings compares under the new names
+RENAMED = {
+    **_renamed(("module",), ("lr", "weight_decay", "betas"), "module.optimizer"),
+    **_renamed(("module",), ("warmup_steps",), "module.scheduler"),
+    **_renamed(
+        ("module",),
+        (
+            "ppo_epochs",
+            "mini_batch_size",
+            "micro_batch_size",
+            "micro_batch_tokens",
+            "max_prompt_tokens",
+            "max_grad_norm",
+        ),
+        "module.learner",
+    ),  # fmt: skip
+    **_renamed(("train", "module"), ("shared_prefix", "pack_completions"), "module.logprobs"),
+    **_renamed(("train", "module"), ("logprob_chunk",), "module.logprobs", "chunk_size"),
+    **_renamed(("module",), ("val_lengths",), "module.validation", "lengths"),
+    **_renamed(("module",), ("val_max_new_tokens",), "module.validation", "max_new_tokens"),
+    **_renamed(
+        ("module",),
+        ("max_nonfinite_steps", "max_skipped_steps", "max_reward_failure_steps", "max_masked_out_steps"),
+        "module.guards",
+    ),  # fmt: skip
+}
 
 
 def _under(field: str, prefixes: Iterable[str]) -> bool:
@@ -85,7 +123,8 @@ def frozen_changes(saved: dict, new: dict, allow: Iterable[str] = ()) -> list[tu
         new: This run's resolved config.
         allow: Fields (or prefixes) the user allows to change (``resume_allow_changes``).
     """
-    old_flat, new_flat = flatten(saved), flatten(new)
+    old_flat = {RENAMED.get(k, k): v for k, v in flatten(saved).items()}  # an older checkpoint's names
+    new_flat = flatten(new)
     allow = tuple(allow)
     if new_flat.get("masking.rebuild_masks") is True:  # new masks are built on purpose at the resumed step
         allow += ("masking",)

@@ -169,7 +169,7 @@ class KernelCall:
             raise RuntimeError(
                 f"the packed {self.kernel} kernel served {self.calls} of {layers} attention layers: "
                 "this model's attention does not call transformers' AttentionInterface; "
-                f"set {_FIELD}=eager (the dense mask) or train.pack_completions=false"
+                f"set {_FIELD}=eager (the dense mask) or module.logprobs.pack_completions=false"
             )
 
 

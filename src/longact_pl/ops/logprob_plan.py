@@ -92,13 +92,15 @@ def check_options(shared_prefix: bool, chunk_size: int | None, pack_completions:
             required without the shared prefix.
     """
     if chunk_size is not None and chunk_size < 1:
-        raise ValueError(f"train.logprob_chunk must be >= 1 or null, got {chunk_size}")
+        raise ValueError(f"module.logprobs.chunk_size must be >= 1 or null, got {chunk_size}")
     if pack_completions not in (True, False, "auto"):
-        raise ValueError(f"train.pack_completions must be true, false or auto, got {pack_completions!r}")
+        raise ValueError(
+            f"module.logprobs.pack_completions must be true, false or auto, got {pack_completions!r}"
+        )
     if pack_completions is True and not shared_prefix:
         raise ValueError(
-            "train.pack_completions=true packs completions behind a shared prompt: it needs "
-            "train.shared_prefix=true (or set train.pack_completions=auto/false)"
+            "module.logprobs.pack_completions=true packs completions behind a shared prompt: it needs "
+            "module.logprobs.shared_prefix=true (or set module.logprobs.pack_completions=auto/false)"
         )
 
 
@@ -128,29 +130,30 @@ def plan_logprobs(
     reasons: list[str] = []
     shared = shared_prefix
     if not shared_prefix:
-        reasons.append("train.shared_prefix is off")
+        reasons.append("module.logprobs.shared_prefix is off")
     else:
         try:
             check_shared_prefix(model)
         except NotImplementedError as err:
-            log.warning("train.shared_prefix: %s; computing log-probs one row at a time", err)
+            log.warning("module.logprobs.shared_prefix: %s; computing log-probs one row at a time", err)
             reasons.append(f"the shared prompt is unavailable ({err})")
             shared = False
     why_not_pack = packing_unsupported(model) if shared else reasons[-1]
     if pack_completions is True and why_not_pack is not None:
         raise ValueError(
-            f"train.pack_completions=true, but this model cannot pack completions: {why_not_pack}; set "
-            "train.pack_completions=auto (padded completions where packing is unavailable) or false"
+            f"module.logprobs.pack_completions=true, but this model cannot pack completions: {why_not_pack}; "
+            "set module.logprobs.pack_completions=auto (padded completions where packing is unavailable) or "
+            "false"
         )
     pack = bool(pack_completions) and shared and why_not_pack is None
     if shared and bool(pack_completions) and why_not_pack is not None:
-        log.warning("train.pack_completions: %s; completions are padded", why_not_pack)
+        log.warning("module.logprobs.pack_completions: %s; completions are padded", why_not_pack)
         reasons.append(f"completions padded: {why_not_pack}")
     if shared:
         path: Path = "packed" if pack else "padded"
         reasons.append(
             f"each group's prompt runs once; completions {'packed in one row' if pack else 'padded'} "
-            f"(train.pack_completions={pack_completions})"
+            f"(module.logprobs.pack_completions={pack_completions})"
         )
     else:
         path = "per_row"

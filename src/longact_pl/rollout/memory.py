@@ -48,7 +48,7 @@ def check_engine_memory(
     fixes = [f"lower rollout.gpu_memory_utilization (now {gpu_memory_utilization:g})"]
     if sleep_level == 0:
         fixes.append("set rollout.sleep_level=1 (or 2) so the engine frees its memory while the trainer runs")
-    fixes.append("or shrink the trainer's share (module.micro_batch_tokens, more GPUs, offload)")
+    fixes.append("or shrink the trainer's share (module.learner.micro_batch_tokens, more GPUs, offload)")
     raise RuntimeError(
         f"vLLM {when}: the GPU has {free_bytes / GIB:.1f} GiB free of {total_bytes / GIB:.1f} GiB, "
         f"the engine needs {need_bytes / GIB:.1f} GiB"
