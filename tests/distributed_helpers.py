@@ -11,6 +11,8 @@ batches of a step together are the single-process batch of that step (run with
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -30,13 +32,30 @@ from longact_pl.rollout.vllm import prompt_seed
 from tests.helpers import ROOT, child_env
 
 
-def train_cli(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
-    """Run ``train.py`` in a subprocess (Lightning re-launches it once per extra rank); fail on an error."""
-    env = child_env()
+def train_cli(run_dir: Path, *overrides: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run ``train.py`` in a subprocess (Lightning re-launches it once per extra rank); fail on an error.
+
+    The run is its own process group: on a timeout every rank is killed, not only the first (the others
+    would keep running, and keep the pipes read here open, so the test would hang instead of failing).
+    """
     cmd = [sys.executable, "train.py", f"hydra.run.dir={run_dir}", *overrides]
-    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    return result
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"train.py gave no result in {timeout} s; its ranks were killed:\n{out[-2000:]}"
+                             f"\n{err[-2000:]}") from None  # fmt: skip
+    except BaseException:  # the test interrupted: no rank outlives it
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    # -9: Lightning's launcher killed rank 0 because another rank had exited non-zero
+    assert proc.returncode == 0, f"train.py exit code {proc.returncode}:\n{out[-2000:]}\n{err[-2000:]}"
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 class PerPromptRollout(HFRollout):

@@ -7,14 +7,15 @@ algorithmic settings. Four change the algorithm (mask refresh, entropy bonus, ro
 epochs): they are varied so that every pair of settings, layout and algorithm alike, meets in at least one
 configuration (a strength-2 covering array, :func:`covering_design`).
 
-Each run is the real ``train.py`` (Lightning launches its ranks; FSDP2 for more than one process) for 2
-optimizer steps in fp32, on a tiny Llama with GQA (6 query heads over 2 key/value heads, head size 8) and
-an odd vocabulary (49,157 rows), with per-prompt seeded rollouts cut at random lengths (1 to 12 tokens) and
-a parity reward (mixed values). Prompts are dealt by data-parallel rank, so the ranks' batches of a step are
-the single process's batch (``tests.distributed_helpers.RankShardedData``) and their rollouts are the
-single process's rollouts (``PerPromptRollout``: each prompt generated alone, seeded by its tokens).
-``longact_pl.diagnostics.GradDump`` writes the applied gradient (masked, clipped, FSDP shards gathered) and
-the masks of every step; ``metrics.csv`` holds the logged metrics.
+Each run is the real training entry for 2 optimizer steps in fp32: ``train.py`` in a subprocess where
+Lightning launches the ranks (FSDP2) for more than one process, ``longact_pl.train.run`` (what ``train.py``
+calls) in this process for one. The model is a tiny Llama with GQA (6 query heads over 2 key/value heads,
+head size 8) and an odd vocabulary (49,157 rows), with per-prompt seeded rollouts cut at random lengths (1
+to 12 tokens) and a parity reward (mixed values). Prompts are dealt by data-parallel rank, so the ranks'
+batches of a step are the single process's batch (``tests.distributed_helpers.RankShardedData``) and their
+rollouts are the single process's rollouts (``PerPromptRollout``: each prompt generated alone, seeded by its
+tokens). ``longact_pl.diagnostics.GradDump`` writes the applied gradient (masked, clipped, FSDP shards
+gathered) and the masks of every step; ``metrics.csv`` holds the logged metrics.
 
 Used by tests/test_parity_matrix.py and scripts/parity_matrix.py (which writes docs/parity.md).
 """
@@ -30,13 +31,14 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
-from tests.helpers import ROOT, child_env
+from tests.helpers import ROOT, child_env, compose_train
 
 GROUP = 4  # completions per prompt
 PROMPTS = 2  # prompts per step, over all data-parallel ranks
@@ -195,11 +197,18 @@ class RunResult:
 
 
 def run(run_dir: Path, row: tuple[int, ...], timeout: int = 420) -> RunResult:
-    """``train.py`` with the row's overrides in a subprocess; read back what it wrote."""
+    """Train the row's configuration and read back what it wrote.
+
+    A one-process configuration runs ``longact_pl.train.run`` (what ``train.py`` calls) in this process,
+    saving a Python start with its imports (most of a tiny run's time); a multi-process one runs ``train.py``
+    in a subprocess, where Lightning launches its ranks.
+    """
     dump = [
         "+callbacks.grad_dump._target_=longact_pl.diagnostics.GradDump",
         f"+callbacks.grad_dump.out_dir={run_dir / 'grads'}",
     ]
+    if world_size(row) == 1:
+        return _run_here(run_dir, [*COMMON, *overrides(row), *dump])
     cmd = [sys.executable, "train.py", f"hydra.run.dir={run_dir}", *COMMON, *overrides(row), *dump]
     start = time.perf_counter()
     proc = subprocess.Popen(
@@ -217,6 +226,25 @@ def run(run_dir: Path, row: tuple[int, ...], timeout: int = 420) -> RunResult:
     if proc.returncode != 0:
         lines = [x for x in out.splitlines() if "Error" in x or "error" in x]
         return RunResult([], [], [], (lines or [f"exit code {proc.returncode}"])[-1][:300], seconds)
+    return _read(run_dir, seconds)
+
+
+def _run_here(run_dir: Path, args: list[str]) -> RunResult:
+    """``train.run`` on the composed config in this process (one rank: nothing to launch)."""
+    from longact_pl.train import run as train
+
+    start = time.perf_counter()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / "train.log", "w") as log, redirect_stdout(log), redirect_stderr(log):
+        try:
+            train(compose_train(run_dir, *args, tiny=False), run_dir)
+        except Exception as err:  # noqa: BLE001 - a failed run is a FAIL row naming its error
+            return RunResult([], [], [], f"{type(err).__name__}: {err}"[:300], time.perf_counter() - start)
+    return _read(run_dir, time.perf_counter() - start)
+
+
+def _read(run_dir: Path, seconds: float) -> RunResult:
+    """The gradients and masks ``GradDump`` wrote at steps 1 and 2, and the logged training rows."""
     grads, masks = [], []
     for step in (1, 2):
         tensors = load_file(run_dir / "grads" / f"step{step}.safetensors")

