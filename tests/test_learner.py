@@ -326,5 +326,5 @@ def test_take_is_a_view_for_a_run_of_rows():
      ("correction.level", {"correction": RolloutCorrection(level=TokenRatio())})],
 )  # fmt: skip
 def test_bad_settings_name_the_field(field, kwargs):
-    with pytest.raises(ValueError, match=field if "." in field else f"module.{field}"):
+    with pytest.raises(ValueError, match=field if "." in field else f"module.learner.{field}"):
         _learner(GRPO(), **kwargs)

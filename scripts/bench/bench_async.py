@@ -30,6 +30,7 @@ from _common import figure, load
 
 from longact_pl.algos.algorithm import GroupPolicyGradient
 from longact_pl.algos.correction import RolloutCorrection
+from longact_pl.algos.correction_weights import TokenRatio
 from longact_pl.distributed import LocalOps
 from longact_pl.guards import NonFiniteGuard
 from longact_pl.learner import Learner, OptimizerCalls
@@ -62,7 +63,7 @@ class Trainer:
         passes = LogprobPass.for_model(policy, shared_prefix=True, chunk_size=None)
         self.learner = Learner(
             GroupPolicyGradient(kl_coef=0.0), passes,
-            NonFiniteGuard(3), temperature, correction=RolloutCorrection(level="token"), external=True,
+            NonFiniteGuard(3), temperature, correction=RolloutCorrection(level=TokenRatio()), external=True,
             micro_batch_size=8,
         )  # fmt: skip
         self.opt = torch.optim.AdamW(policy.parameters(), lr=1e-5)

@@ -5,6 +5,7 @@ import torch
 
 from longact_pl.algos.algorithm import GroupPolicyGradient
 from longact_pl.algos.correction import RolloutCorrection
+from longact_pl.algos.correction_weights import TokenRatio
 from longact_pl.rollout.async_buffer import (
     PartialRollouts,
     StalenessError,
@@ -101,7 +102,7 @@ def test_async_needs_a_correction_and_one_batch_per_step():
         check_async(rollout, None, GroupPolicyGradient())
     with pytest.raises(ValueError, match="correction=token_tis"):
         check_async(rollout, RolloutCorrection(), GroupPolicyGradient())  # correction=none measures only
-    tis = RolloutCorrection(level="token")
+    tis = RolloutCorrection(level=TokenRatio())
     with pytest.raises(ValueError, match="algo.dynamic_sampling=false"):
         check_async(rollout, tis, GroupPolicyGradient(dynamic_sampling=True, max_gen_rounds=2))
     check_async(rollout, tis, GroupPolicyGradient())
@@ -112,7 +113,7 @@ def test_async_with_vllm_is_refused_naming_the_fix():
     from longact_pl.rollout.vllm import VLLMRollout
 
     with pytest.raises(ValueError, match="rollout=hf"):
-        check_async(VLLMRollout(mode="async"), RolloutCorrection(level="token"), GroupPolicyGradient())
+        check_async(VLLMRollout(mode="async"), RolloutCorrection(level=TokenRatio()), GroupPolicyGradient())
 
 
 def test_staleness_metrics_over_two_ranks_are_those_of_the_whole_batch():

@@ -8,6 +8,7 @@ import torch
 
 from longact_pl.algos.algorithm import GroupPolicyGradient
 from longact_pl.algos.correction import RolloutCorrection
+from longact_pl.algos.correction_weights import TokenRatio
 from longact_pl.distributed import LocalOps
 from longact_pl.guards import NonFiniteGuard
 from longact_pl.learner import Learner, OptimizerCalls
@@ -36,7 +37,7 @@ class _Trainer:
 
     def __init__(self, policy, engine):
         self.policy = policy
-        self.correction = RolloutCorrection(level="token", high=2.0)
+        self.correction = RolloutCorrection(level=TokenRatio(), high=2.0)
         passes = LogprobPass.for_model(policy, shared_prefix=True, chunk_size=None)
         self.learner = Learner(
             GroupPolicyGradient(kl_coef=0.0), passes, NonFiniteGuard(3), engine.temperature,
