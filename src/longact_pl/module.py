@@ -171,7 +171,14 @@ class LongActModule(L.LightningModule):
             self._ref.model.to(self.device)
 
     def configure_model(self) -> None:
-        """Let a ``longact_pl.strategies`` strategy shard the policy and the frozen reference (else no-op)."""
+        """Choose the packed attention kernel for the training device, then shard (FSDP/DDP strategies).
+
+        A ``longact_pl.strategies`` strategy shards the policy and the frozen reference (else no-op).
+        """
+        self.learner.logprobs = self.learner.logprobs.on_device(self.trainer.strategy.root_device)
+        log.info(
+            "log-prob passes: %s (%s)", self.learner.logprobs.plan.path, self.learner.logprobs.plan.reason
+        )
         parallelize = getattr(self.trainer.strategy, "parallelize", None)
         if callable(parallelize):
             parallelize(self)

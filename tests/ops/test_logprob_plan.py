@@ -115,3 +115,33 @@ def test_a_per_row_pass_with_no_rows_returns_no_rows():
     ids, mask = _batch(model.config.vocab_size)
     logp, entropy = lp(model, LogprobCall(ids[:0], mask[:0], C, with_entropy=True))
     assert logp.shape == entropy.shape == (0, C)
+
+
+def test_the_packed_kernel_is_chosen_for_the_training_device(monkeypatch):
+    monkeypatch.setattr("longact_pl.ops.attention_kernels.flash_attn_available", lambda: False)
+    plan = plan_logprobs(tiny_llama(seed=0).model, pack_completions=True)
+    assert plan.packed_kernel is None  # not chosen before the device is known
+    cpu, cuda = plan.on_device("cpu"), plan.on_device(torch.device("cuda", 0))
+    assert (cpu.packed_kernel, cuda.packed_kernel) == ("sdpa_mask", "flex")
+    assert "packed kernel flex" in cuda.reason and cuda.path == plan.path == "packed"
+    padded = plan_logprobs(tiny_llama(seed=0).model, pack_completions=False)
+    assert padded.on_device("cuda") is padded  # no packed pass, nothing to choose
+
+
+def test_the_pass_runs_the_planned_packed_kernel(monkeypatch):
+    from longact_pl.ops import shared_prefix
+
+    seen, original = [], shared_prefix.packed_completion_logprobs
+
+    def spy(*args, **kwargs):
+        seen.append(args[12] if len(args) > 12 else kwargs.get("kernel"))  # the kernel argument
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(shared_prefix, "packed_completion_logprobs", spy)
+    model = tiny_llama(seed=0).model
+    lp = LogprobPass.for_model(model, pack_completions=True).on_device("cpu")
+    ids, mask = _batch(model.config.vocab_size)
+    planned, _ = lp(model, LogprobCall(ids, mask, C))  # [n, C]
+    unplanned, _ = LogprobPass.for_model(model, pack_completions=True)(model, LogprobCall(ids, mask, C))
+    assert seen == ["sdpa_mask", None]
+    assert torch.equal(planned, unplanned)  # on CPU the call-time choice is the same kernel

@@ -6,7 +6,10 @@
   completions padded behind it: :mod:`longact_pl.ops.shared_prefix`) or ``"packed"`` (each group's prompt
   once, every completion of a call packed in one row: :mod:`longact_pl.ops.packed`);
 * ``kernel``: the attention kernel the passes run (:func:`attention_kernel`, the one place it is chosen);
-* ``chunk_size``: LM-head chunk, or ``None`` for the model's own head.
+* ``chunk_size``: LM-head chunk, or ``None`` for the model's own head;
+* ``packed_kernel``: on the packed path, the attention kernel of the packed completions for the training
+  device (:meth:`LogprobPlan.on_device`, once the device is known: FlexAttention or flash-attn varlen on CUDA,
+  the dense-mask SDPA path on CPU; :func:`~longact_pl.ops.attention_kernels.choose_kernel`).
 
 What the options ask for and the model cannot do falls back with one warning each (``reason`` records
 it); packing asked for with ``pack_completions=true`` on a model that cannot pack is refused here.
@@ -17,12 +20,13 @@ collectives carry a sequence-parallel group (:mod:`longact_pl.ops.policy_logprob
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
 from torch import nn
 
+from longact_pl.ops.attention_kernels import choose_kernel
 from longact_pl.ops.chunked import lm_head_of
 from longact_pl.ops.packed import packing_unsupported
 from longact_pl.ops.sequence_parallel.attention import inner_implementation
@@ -45,6 +49,8 @@ class LogprobPlan:
             shared paths, the model's own head on the per-row path).
         entropy_grad: The entropy keeps its gradient where gradients are on (the entropy bonus).
         reason: Why this path (and any fallback), in words.
+        packed_kernel: The packed completions' attention kernel for the training device (``None``: not
+            chosen yet, or not the packed path; the packed pass then chooses it for the tensors' device).
     """
 
     path: Path
@@ -52,6 +58,17 @@ class LogprobPlan:
     chunk_size: int | None = None
     entropy_grad: bool = False
     reason: str = ""
+    packed_kernel: str | None = None
+
+    def on_device(self, device: torch.device | str) -> LogprobPlan:
+        """The plan with the packed kernel chosen for the training ``device`` (unchanged off the packed path).
+
+        Called once, when the model is configured on its device (``LongActModule.configure_model``).
+        """
+        if not self.pack:
+            return self
+        kernel, why = choose_kernel(self.kernel, device)
+        return replace(self, packed_kernel=kernel, reason=f"{self.reason}; packed kernel {kernel}: {why}")
 
     @property
     def shared(self) -> bool:

@@ -141,7 +141,7 @@ def shared_pass(
         grouped_completion_logprobs, model, call.input_ids, call.attention_mask, call.completion_width, None,
         call.temperature, call.with_entropy, plan.chunk_size, token_mask_hook=hook,
         row_groups=call.row_groups, pack=plan.pack, pad_spans=call.pad_spans, entropy_grad=plan.entropy_grad,
-        count_prompts=call.count_prompts,
+        count_prompts=call.count_prompts, kernel=plan.packed_kernel,
     ))  # fmt: skip
 
 
@@ -194,6 +194,10 @@ class LogprobPass:
             ValueError: For invalid options, or packing required on a model that cannot pack.
         """
         return cls(plan_logprobs(model, shared_prefix, chunk_size, pack_completions, entropy_grad))
+
+    def on_device(self, device: torch.device | str) -> LogprobPass:
+        """The pass with the packed kernel chosen for the training ``device`` (``LogprobPlan.on_device``)."""
+        return LogprobPass(self.plan.on_device(device))
 
     def __call__(
         self,

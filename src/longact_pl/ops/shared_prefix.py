@@ -219,6 +219,7 @@ def grouped_completion_logprobs(
     pad_spans: int = 0,
     entropy_grad: bool = False,
     count_prompts: torch.Tensor | None = None,
+    kernel: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token completion log-probs with the prompt of each group computed once.
 
@@ -247,6 +248,8 @@ def grouped_completion_logprobs(
         entropy_grad: The entropy keeps its gradient (entropy bonus).
         count_prompts: ``[N]`` bool: a span's prompt pass is told to ``token_mask_hook`` only if one of its
             rows is set (a group split over micro-batches counts its prompt in one of them); ``None``: all.
+        kernel: The packed pass's attention kernel (``pack``; ``None``: chosen for the tensors' device,
+            :func:`~longact_pl.ops.attention_kernels.choose_kernel`).
 
     Returns:
         ``(logp [N, C] float32, entropy [N, C] or None)``; with ``pack`` zeros at padding.
@@ -273,7 +276,7 @@ def grouped_completion_logprobs(
             return packed_completion_logprobs(
                 model, decoder, states, [p.shape[1] for p in prompts] + [1] * pad_spans, spans,
                 targets, attention_mask[:, width:], temperature, with_entropy, chunk_size, token_mask_hook,
-                entropy_grad,
+                entropy_grad, kernel,
             )  # fmt: skip
         hidden, ties = [], []
         for (start, stop), count in zip(spans, counted):
