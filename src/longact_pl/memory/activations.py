@@ -4,8 +4,8 @@ Counted from the tensors autograd saves in one ``LlamaDecoderLayer`` / ``Qwen3De
 mask; ``tests/memory/test_activations.py`` counts them with ``saved_tensors_hooks`` and compares). With
 ``q = heads x head_dim``, ``k = kv_heads x head_dim``, H the hidden width and I the MLP width, per token:
 
-* ``32-true``: float32 everywhere: the residual stream and both RMSNorms (6 H), the projections' inputs and
-  outputs (2 q + 2 k), the gated MLP (4 I), SDPA's log-sum-exp (heads).
+* ``32-true``: float32 everywhere: the residual stream and both RMSNorms (6 H and their two rsqrt), the
+  projections' inputs and outputs (2 q + 2 k), the gated MLP (4 I), SDPA's log-sum-exp (heads).
 * ``bf16-mixed``: the residual stream stays float32 (embeddings are not autocast, so ``fp32 + bf16`` adds
   give float32): 4 H float32 and the log-sum-exp; autocast's bf16 copies of the projections' inputs (5 H),
   of q, k, v after RoPE (2 q + 2 k) and the MLP (4 I).
@@ -34,11 +34,11 @@ def layer_bytes_per_token(shape: ModelShape, precision: str, param_bytes: int = 
     """Bytes one decoder layer saves for backward per token (no checkpointing, no attention mask)."""
     h, q, k, i, heads = shape.hidden, shape.q_width, shape.kv_width, shape.intermediate, shape.heads
     if compute_bytes(precision, param_bytes) == 2:
-        total = 4 * (heads + 4 * h) + 2 * (2 * k + 5 * h + 2 * q + 4 * i)
+        total = 4 * (2 + heads + 4 * h) + 2 * (2 * k + 5 * h + 2 * q + 4 * i)
         if shape.qk_norm:
-            total += 4 * (shape.kv_heads + k + q) + 2 * (k + q)
+            total += 4 * (shape.kv_heads + heads + k + q) + 2 * (k + q)
         return total
-    total = 4 * (heads + 6 * h + 2 * k + 2 * q + 4 * i)
+    total = 4 * (2 + heads + 6 * h + 2 * k + 2 * q + 4 * i)
     if shape.qk_norm:
         total += 4 * (shape.kv_heads + heads + 2 * k + 2 * q)
     return total

@@ -29,16 +29,20 @@ def _option(shape: ModelShape, overrides: str, settings: Settings) -> Option:
 def _fewer_completions(
     shape: ModelShape, s: Settings, prompt: int, completion: int, limit: int
 ) -> Option | None:
-    """The largest token budget (one prompt, fewer completions) that fits; ``None`` when none does."""
+    """The largest token budget (one prompt, fewer completions) that fits, else the smallest one.
+
+    ``None`` when the micro-batch already holds one prompt and one completion.
+    """
     if not s.shared_prefix or completion < 1:
         return None
     rows = max(1, s.completion_tokens // completion)
+    option = None
     for r in range(rows - 1, 0, -1):
         trial = replace(s, prompt_tokens=prompt, completion_tokens=r * completion, completion_rows=r)
         option = _option(shape, f"module.micro_batch_tokens={prompt + r * completion}", trial)
         if option.peak <= limit:
             return option
-    return None
+    return option  # the smallest micro-batch (does not fit either)
 
 
 def _heads_divisible(shape: ModelShape, size: int) -> bool:
@@ -46,7 +50,13 @@ def _heads_divisible(shape: ModelShape, size: int) -> bool:
 
 
 def options(
-    shape: ModelShape, s: Settings, limit: int, prompt: int, completion: int, max_ranks: int = 64
+    shape: ModelShape,
+    s: Settings,
+    limit: int,
+    prompt: int,
+    completion: int,
+    max_ranks: int = 64,
+    with_closest: bool = True,
 ) -> list[Option]:
     """Changes that bring the peak under ``limit``, cheapest first; combinations when no single one does.
 
@@ -57,6 +67,7 @@ def options(
         prompt: Longest prompt (one group's prompt tokens).
         completion: Longest completion.
         max_ranks: The most ranks suggested.
+        with_closest: When nothing fits, return the stacked changes that come closest instead of nothing.
     """
     singles: list[Option] = []
     if not s.activation_checkpointing:
@@ -86,7 +97,7 @@ def options(
             singles.append(_option(shape, text, replace(fsdp, world=ranks)))
             ranks *= 2
     fitting = [o for o in singles if o.peak <= limit]
-    if fitting:
+    if fitting or not with_closest:
         return fitting
     # no single change fits: stack them, cheapest first, until one does
     stacked, text = s, []
@@ -103,17 +114,23 @@ def options(
         fewer = _fewer_completions(shape, stacked, prompt, completion, limit)
         if option.peak <= limit:
             return out + [option]
-        if fewer is not None:
+        if fewer is not None and fewer.peak <= limit:
             return out + [Option(" ".join(text) + " " + fewer.overrides, fewer.settings, fewer.peak)]
-    return out
+        out.append(
+            option
+            if fewer is None
+            else Option(" ".join(text) + " " + fewer.overrides, fewer.settings, fewer.peak)
+        )
+    return sorted({o.overrides: o for o in singles + out}.values(), key=lambda o: o.peak)[:4]
 
 
 def fixes(shape: ModelShape, s: Settings, limit: int, prompt: int, completion: int) -> list[str]:
     """Lines naming what would make the run fit (or saying nothing found does)."""
     found = options(shape, s, limit, prompt, completion)
-    if not found:
-        return [
-            "no setting found that fits: lower data.max_prompt_tokens / rollout.max_new_tokens, or use "
-            "more ranks with strategy=fsdp, trainer.strategy.sequence_parallel_size and cpu_offload together"
-        ]
-    return ["would fit: " + o.line(limit) for o in found]
+    if any(o.peak <= limit for o in found):
+        return ["would fit: " + o.line(limit) for o in found]
+    return [
+        "nothing found that fits; closest: " + ", ".join(o.line(limit) for o in found),
+        "lower data.max_prompt_tokens / rollout.max_new_tokens / module.micro_batch_tokens, or add ranks "
+        "(strategy=fsdp), trainer.strategy.sequence_parallel_size and trainer.strategy.cpu_offload=true",
+    ]

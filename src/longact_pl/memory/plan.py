@@ -206,6 +206,9 @@ def _passes(shape: ModelShape, s: Settings) -> dict[str, list[Term]]:
     chunk = min(s.logprob_chunk or head_tokens, head_tokens)
     head = chunk * V * (16 + (2 if cb == 2 else 0)) + 3 * head_tokens * H * 4
     # the packed pass's key gradient is a view of the [P + T] gradient; the padded one is summed over rows
+    # the head's weight gradient is made whole, then added to .grad (under autocast: bf16, then float32);
+    # FSDP's unsharded head gradient is in its gathered-parameter term
+    head_grad = 0 if s.strategy == "fsdp" else V * H * (4 + (cb if cb == 2 and s.param_bytes == 4 else 0))
     grads_hold = L * (prompt + (completion if s.packed else 0)) * kv if s.shared_prefix else 0.0
     kept = [
         Term("prompt activations", int(saved_prompt), _saved_note(ckpt, "prompt", prompt)),
@@ -218,7 +221,15 @@ def _passes(shape: ModelShape, s: Settings) -> dict[str, list[Term]]:
     recompute_completion = completion * (full + transient) + attention
     recompute_prompt = prompt * (full + transient)
     phases = {
-        "head backward": kept + [Term("LM-head chunk", int(head), f"{chunk:.0f} tokens x {V} vocab, logits")],
+        "head backward": kept
+        + [
+            Term("LM-head chunk", int(head), f"{chunk:.0f} tokens x {V} vocab, logits"),
+            *(
+                [Term("LM-head weight gradient", head_grad, "new [V, H] gradient before it is accumulated")]
+                if head_grad
+                else []
+            ),
+        ],
         "completion backward": kept
         + [
             Term(
