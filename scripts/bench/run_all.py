@@ -33,6 +33,7 @@ BENCHES = {
     "generate": "bench_generate.py",
     "peer": "bench_peer.py",
     "sequence_parallel": "bench_sequence_parallel.py",
+    "memory": "bench_memory.py",
 }
 FIGURE = re.compile(r"^\S+ ratio=\S+ a=\S+ b=\S+$")
 

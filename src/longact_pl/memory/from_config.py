@@ -153,6 +153,9 @@ def plan_inputs(
         _select(cfg, "trainer.strategy.activation_checkpointing", default=False)
     )
     engine, engine_host = engine_share(cfg, shape, device, device_bytes) if shape else (0, 0)
+    masking = OmegaConf.select(cfg, "masking")
+    masked = isinstance(masking, DictConfig) and "_target_" in masking
+    frozen = 1.0 - float(masking.get("ratio", 0.3)) if masked else 0.0
     settings = Settings(
         prompt_tokens=batching.prompt_tokens if shared else batching.rows * batching.prompt,
         completion_tokens=batching.completion_tokens,
@@ -172,5 +175,6 @@ def plan_inputs(
         device=device,
         engine_bytes=engine,
         engine_host_bytes=engine_host,
+        frozen_fraction=frozen,
     )  # fmt: skip
     return shape, settings, batching

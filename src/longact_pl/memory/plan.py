@@ -62,6 +62,8 @@ class Settings:
         engine_bytes: A colocated vLLM engine's share of this device during training.
         engine_host_bytes: What the engine keeps in CPU memory (weights offloaded by sleep level 1, or a
             CPU engine's weights and KV cache).
+        frozen_fraction: Share of the q_proj/k_proj rows LongAct freezes (``1 - masking.ratio``; 0: no
+            masks); the optimizer hooks keep a copy of them.
     """
 
     prompt_tokens: int
@@ -82,6 +84,7 @@ class Settings:
     device: str = "cuda"
     engine_bytes: int = 0
     engine_host_bytes: int = 0
+    frozen_fraction: float = 0.0
 
 
 @dataclass
@@ -160,6 +163,12 @@ def _static(shape: ModelShape, s: Settings) -> list[Term]:
         )
     elif mixed(s.precision) and pb == 4:
         terms.append(Term("autocast bf16 weights", shape.linear_params * cb, "bf16 copy of every matrix"))
+    if s.frozen_fraction > 0:
+        qk = shape.layers * shape.hidden * (shape.q_width + shape.kv_width)
+        copies = int(s.frozen_fraction * qk / shard) * pb
+        terms.append(
+            Term("LongAct frozen rows", copies, "copy of the masked q/k rows, restored after a step", off)
+        )
     if s.engine_bytes:
         terms.append(
             Term("vLLM engine (colocated)", s.engine_bytes, "its share of the device while training")
