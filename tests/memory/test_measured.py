@@ -3,7 +3,8 @@
 One subprocess measures every case of ``longact_pl.memory.cases`` (random-initialised models, nothing
 loaded): peak resident memory of one GRPO update through the learner, the packed shared-prompt pass and the
 chunked LM head, above the parameters (``longact_pl.memory.measure``), against the plan's peak minus its
-``parameters`` term. Slow: SmolLM2 at 4k tokens trains one step (about a minute on 2 idle cores; far longer under load).
+``parameters`` term. Slow: SmolLM2 at 4k tokens trains one step (about a minute on 2 idle cores, far
+longer under load).
 """
 
 import json
