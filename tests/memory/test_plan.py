@@ -43,6 +43,7 @@ def test_qwen3_4b_single_gpu_at_32k_by_hand():
     without = plan.phase_total("prompt backward") - plan.term(KV_HOLD, "prompt backward")
     without -= plan.term(KV_GRADS, "prompt backward")
     assert without < max(plan.phase_total(p) for p in plan.phases if p != "prompt backward")
+    assert plan.peak_without_hold == plan.phase_total("head backward") < plan.peak
 
 
 def test_sharding_offload_and_sequence_parallel():

@@ -134,6 +134,15 @@ class MemoryPlan:
         """Bytes in CPU memory per rank (offloaded state), at the peak phase."""
         return sum(t.bytes for t in self.static + self.phases[self.peak_phase] if t.host)
 
+    @property
+    def peak_without_hold(self) -> int:
+        """The peak if the prompt's K/V and their gradients were not held at the switch.
+
+        What a backward that interleaves prompt and completion layers could gain at most.
+        """
+        hold = self.term(KV_HOLD, "prompt backward") + self.term(KV_GRADS, "prompt backward")
+        return max(self.phase_total(p) - (hold if p == "prompt backward" else 0) for p in self.phases)
+
     def term(self, name: str, phase: str | None = None) -> int:
         """Bytes of the term ``name`` (static, or in ``phase``; 0 when absent)."""
         terms = self.static + (self.phases.get(phase, []) if phase else [])

@@ -44,8 +44,8 @@ def base_settings(prompt: int) -> Settings:
 
 def table() -> str:
     """Markdown: per model and prompt length, the planned peak GiB per GPU of each layout."""
-    head = "| model | prompt | " + " | ".join(LAYOUTS) + " | K/V + grad hold |"
-    lines = [head, "|" + "---|" * (len(LAYOUTS) + 3)]
+    head = "| model | prompt | " + " | ".join(LAYOUTS) + " | K/V + grad hold | FSDP x8 without the hold |"
+    lines = [head, "|" + "---|" * (len(LAYOUTS) + 4)]
     for name, config in MODELS.items():
         shape = ModelShape.from_config(config, name=name)
         for prompt in PROMPTS:
@@ -54,9 +54,10 @@ def table() -> str:
                 s = replace(base_settings(prompt), strategy=strategy, world=ranks, cpu_offload=offload)
                 plan = plan_memory(shape, s)
                 cells.append(f"{plan.peak / GIB:.1f} ({SHORT[plan.peak_phase]})")
-            plan = plan_memory(shape, base_settings(prompt))
+            plan = plan_memory(shape, replace(base_settings(prompt), strategy="fsdp", world=8))
             hold = plan.term(KV_HOLD, "prompt backward") + plan.term(KV_GRADS, "prompt backward")
-            lines.append(f"| {name} | {prompt // 1024}k | " + " | ".join(cells) + f" | {hold / GIB:.1f} |")
+            cells += [f"{hold / GIB:.1f}", f"{plan.peak_without_hold / GIB:.1f}"]
+            lines.append(f"| {name} | {prompt // 1024}k | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
