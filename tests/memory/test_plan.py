@@ -1,5 +1,6 @@
 """The memory plan's terms by hand for Qwen3-4B/8B, its phases, settings read from configs, fixes."""
 
+import json
 from dataclasses import replace
 
 import pytest
@@ -7,7 +8,7 @@ import pytest
 from longact_pl.memory.advice import fixes, options
 from longact_pl.memory.from_config import micro_batch, plan_inputs
 from longact_pl.memory.plan import GIB, KV_GRADS, KV_HOLD, Settings, plan_memory
-from longact_pl.memory.shapes import QWEN3_4B, QWEN3_8B, ModelShape
+from longact_pl.memory.shapes import QWEN3_4B, QWEN3_8B, ModelShape, shape_of_model_config
 from tests.helpers import compose_train
 
 Q4 = ModelShape.from_config(QWEN3_4B)
@@ -113,3 +114,19 @@ def test_fixes_name_settings_that_fit():
     lines = fixes(Q4, replace(P32, strategy="fsdp", world=8), 44 * GIB, prompt=32768, completion=1024)
     assert "would fit: module.micro_batch_tokens=34816 -> 43.84 GiB (fits)" in lines, lines
     assert all(line.startswith("would fit:") for line in lines)
+
+
+def test_shapes_of_model_groups(tmp_path):
+    tiny = shape_of_model_config(
+        {"_target_": "longact_pl.models.tiny.tiny_qwen3", "hidden_size": 64, "heads": 4}
+    )
+    assert (tiny.vocab, tiny.head_dim, tiny.intermediate, tiny.qk_norm) == (49152, 16, 128, True)
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({**QWEN3_8B, "num_hidden_layers": 2}))
+    hf = {"_target_": "longact_pl.models.hf.load_hf", "name_or_path": str(folder)}
+    assert shape_of_model_config(hf).layers == 2 and not shape_of_model_config(hf).tied
+    (folder / "config.json").write_text(json.dumps({"max_position_embeddings": 4096}))  # partial: no plan
+    assert shape_of_model_config(hf) is None
+    assert shape_of_model_config({**hf, "name_or_path": "Qwen/Qwen3-4B"}).params == Q4.params
+    assert shape_of_model_config({**hf, "name_or_path": "org/unknown"}) is None

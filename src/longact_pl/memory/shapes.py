@@ -154,7 +154,10 @@ def shape_of_model_config(model: dict) -> ModelShape | None:
     if not isinstance(path, str) or path == "???":
         return None
     if (Path(path).expanduser() / "config.json").is_file():
-        return ModelShape.from_folder(Path(path).expanduser())
+        try:
+            return ModelShape.from_folder(Path(path).expanduser())
+        except (ValueError, OSError, TypeError):  # an unreadable or partial config.json: no plan
+            return None
     if path in KNOWN:
         return ModelShape.from_config(KNOWN[path], name=path)
     return None
