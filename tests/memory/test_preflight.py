@@ -53,4 +53,5 @@ def test_plan_cli_exit_codes(capsys):
     assert plan_cli([*qwen, "memory.limit_gb=80"]) == 1
     out = capsys.readouterr().out
     assert "Qwen/Qwen3-4B (L=36, H=2560, heads 32/8, V=151936)" in out and "would fit:" in out
+    assert "recommended: strategy=fsdp trainer.strategy.cpu_offload=true" in out
     assert plan_cli([*qwen, "memory.limit_gb=80", "memory.check=warn"]) == 0

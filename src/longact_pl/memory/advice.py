@@ -95,6 +95,8 @@ def options(
         while ranks <= max_ranks:
             text = f"strategy=fsdp with {ranks} ranks (trainer.devices x trainer.num_nodes)"
             singles.append(_option(shape, text, replace(fsdp, world=ranks)))
+            if singles[-1].peak <= limit:  # the fewest ranks that fit
+                break
             ranks *= 2
     fitting = [o for o in singles if o.peak <= limit]
     if fitting or not with_closest:

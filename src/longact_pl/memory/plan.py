@@ -43,7 +43,8 @@ class Settings:
     """What the plan needs of a run, per rank.
 
     Attributes:
-        prompt_tokens: Prompt tokens of one micro-batch (each group's prompt once).
+        prompt_tokens: Prompt tokens of one micro-batch (each group's prompt once; without
+            ``shared_prefix`` every row's prompt).
         completion_tokens: Completion tokens of one micro-batch (packed: real tokens; padded: rows x width).
         completion_rows: Completions in the micro-batch (the padded pass repeats the prompt's keys per row).
         precision: Lightning precision (``bf16-mixed``, ``32-true``, ...).

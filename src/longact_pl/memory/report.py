@@ -51,4 +51,10 @@ def format_plan(plan: MemoryPlan, limit: int | None = None, fixes: list[str] | N
         lines.append(f"  limit {gib(limit)}: {verdict} ({gib(limit - plan.peak)} left)")
     for fix in fixes or []:
         lines.append(f"  - {fix}")
+    if limit is not None:
+        fitting = [f.removeprefix("would fit: ") for f in fixes or [] if f.startswith("would fit: ")]
+        if plan.peak <= limit:
+            lines.append("  recommended: as configured")
+        elif fitting:
+            lines.append(f"  recommended: {fitting[0]}")
     return "\n".join(lines)
