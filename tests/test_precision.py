@@ -107,10 +107,13 @@ def test_frozen_low_precision_parameters_are_allowed():
 def test_fsdp_gathers_bf16_and_reduces_fp32_under_bf16_mixed(monkeypatch, precision, param, reduce):
     """``LongActFSDP.parallelize`` hands the policy and the reference model the precision's policy."""
     calls = []
-    monkeypatch.setattr(strategies, "shard_model", lambda model, mesh, reshard, mp: calls.append((model, mp)))
+    monkeypatch.setattr(
+        strategies, "shard_model", lambda model, mesh, reshard, mp, *offload: calls.append((model, mp))
+    )
     fake = SimpleNamespace(
         precision_plugin=SimpleNamespace(precision=precision), device_mesh={"data_parallel": "mesh"},
         activation_checkpointing=False, reshard_after_forward=True, sequence_parallel_size=1,
+        cpu_offload=False,
         sequence_parallel=None,
     )  # fmt: skip
     module = SimpleNamespace(policy=torch.nn.Linear(2, 2), ref_model=torch.nn.Linear(2, 2))

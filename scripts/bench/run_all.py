@@ -35,6 +35,7 @@ BENCHES = {
     "sequence_parallel": "bench_sequence_parallel.py",
     "attention": "bench_attention.py",
     "async": "bench_async.py",
+    "memory": "bench_memory.py",
 }
 FIGURE = re.compile(r"^\S+ ratio=\S+ a=\S+ b=\S+$")
 

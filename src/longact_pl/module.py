@@ -38,6 +38,7 @@ from longact_pl.rollout import async_hook
 from longact_pl.rollout.types import RolloutEngine
 from longact_pl.sampling import ScoredRollout, more_prompt_batches, sample_and_score
 from longact_pl.step_log import format_step, step_metrics
+from longact_pl.strategies import move_model
 
 log = logging.getLogger(__name__)
 
@@ -167,8 +168,8 @@ class LongActModule(L.LightningModule):
     # ------------------------------------------------------------------ setup
     def on_fit_start(self) -> None:
         """Move the (unregistered) reference model next to the policy."""
-        if self._ref is not None:
-            self._ref.model.to(self.device)
+        if self._ref is not None:  # an FSDP2 CPU-offloaded reference keeps its parameters in CPU memory
+            move_model(self._ref.model, self.device, getattr(self.trainer.strategy, "cpu_offload", False))
 
     def configure_model(self) -> None:
         """Choose the packed attention kernel for the training device, then shard (FSDP/DDP strategies).

@@ -25,10 +25,17 @@ from __future__ import annotations
 from datetime import timedelta
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, ParallelStrategy
 from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import (
+    CPUOffloadPolicy,
+    FSDPModule,
+    MixedPrecisionPolicy,
+    OffloadPolicy,
+    fully_shard,
+)
 
 from longact_pl.ops.chunked import lm_head_of
 from longact_pl.ops.sequence_parallel import SPGroup, check_heads, enable_ulysses
@@ -58,20 +65,47 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
     return layers
 
 
+def offload_policy(cpu_offload: bool) -> OffloadPolicy:
+    """FSDP2's CPU offload (pinned host memory where CUDA is available), or no offload."""
+    return CPUOffloadPolicy(pin_memory=torch.cuda.is_available()) if cpu_offload else OffloadPolicy()
+
+
+def move_model(model: nn.Module, device: torch.device, cpu_offload: bool = False) -> None:
+    """``model.to(device)``; a CPU-offloaded model moves its buffers only (parameters stay in CPU memory)."""
+    if not cpu_offload:
+        model.to(device)
+        return
+    for module in model.modules():
+        for name, buffer in module.named_buffers(recurse=False):
+            module._buffers[name] = buffer.to(device)
+
+
 def shard_model(
-    model: nn.Module, mesh, reshard_after_forward: bool = True, mp_policy: MixedPrecisionPolicy | None = None
+    model: nn.Module,
+    mesh,
+    reshard_after_forward: bool = True,
+    mp_policy: MixedPrecisionPolicy | None = None,
+    cpu_offload: bool = False,
 ) -> None:
     """``fully_shard`` every decoder layer, then the root (embeddings, final norm, LM head, tied or not).
 
     ``mp_policy`` (``None``: FSDP2's default, no casting) sets the dtype parameters are gathered in and
-    gradients reduced in (:func:`longact_pl.precision.fsdp_mixed_precision`). Also marks the model
+    gradients reduced in (:func:`longact_pl.precision.fsdp_mixed_precision`). ``cpu_offload`` keeps the
+    sharded parameters, their gradients and so the optimizer state in CPU memory (FSDP2's
+    ``CPUOffloadPolicy``): each layer is copied to the device for its forward/backward and the optimizer
+    steps on the CPU. Also marks the model
     FSDP-managed so Hugging Face ``generate`` keeps ranks in lock-step
     (``synced_gpus``): a rank whose sequences all ended keeps running forwards until every rank is done.
     """
-    policy = mp_policy or MixedPrecisionPolicy()
+    kwargs = dict(
+        mesh=mesh,
+        reshard_after_forward=reshard_after_forward,
+        mp_policy=mp_policy or MixedPrecisionPolicy(),
+        offload_policy=offload_policy(cpu_offload),
+    )
     for layer in decoder_layers(model):
-        fully_shard(layer, mesh=mesh, reshard_after_forward=reshard_after_forward, mp_policy=policy)
-    fully_shard(model, mesh=mesh, reshard_after_forward=reshard_after_forward, mp_policy=policy)
+        fully_shard(layer, **kwargs)
+    fully_shard(model, **kwargs)
     model._is_fsdp_managed_module = True
 
 
@@ -129,6 +163,8 @@ class LongActFSDP(ModelParallelStrategy):
         timeout: Collective timeout in seconds.
         sequence_parallel_size: N ranks share each rollout batch and split its sequences (Ulysses); must
             divide the world size and the model's attention heads. 1 = pure data parallel.
+        cpu_offload: Keep parameters, gradients and AdamW states in CPU memory (FSDP2 ``CPUOffloadPolicy``;
+            the memory plan, ``longact_pl.memory``, shows what it saves).
     """
 
     def __init__(
@@ -139,6 +175,7 @@ class LongActFSDP(ModelParallelStrategy):
         process_group_backend: str | None = None,
         timeout: float = 1800.0,
         sequence_parallel_size: int = 1,
+        cpu_offload: bool = False,
     ) -> None:
         if sequence_parallel_size < 1:
             raise ValueError(f"{SP_FIELD} must be >= 1, got {sequence_parallel_size}")
@@ -152,6 +189,11 @@ class LongActFSDP(ModelParallelStrategy):
         self.activation_checkpointing = activation_checkpointing
         self.reshard_after_forward = reshard_after_forward
         self.sequence_parallel_size = sequence_parallel_size
+        self.cpu_offload = cpu_offload
+
+    def model_to_device(self) -> None:
+        """Move the model to the device; with ``cpu_offload`` its parameters stay in CPU memory."""
+        move_model(self.model, self.root_device, self.cpu_offload)
 
     def check_model(self, model: nn.Module) -> None:
         """Refuse settings that cannot run, before anything is written (``train.run`` calls it).
@@ -218,4 +260,4 @@ class LongActFSDP(ModelParallelStrategy):
             if model is not None:
                 if self.sequence_parallel_size > 1:
                     enable_ulysses(model, self.sequence_parallel_size)
-                shard_model(model, mesh, self.reshard_after_forward, mp_policy)
+                shard_model(model, mesh, self.reshard_after_forward, mp_policy, self.cpu_offload)

@@ -29,6 +29,7 @@ from longact_pl.data.fit_check import check_prompt_fit
 from longact_pl.eval.accuracy import source_task_names
 from longact_pl.kl_fp32 import check_kl_fp32_setting
 from longact_pl.loggers import ResumableLogger
+from longact_pl.memory.preflight import memory_preflight
 from longact_pl.models.rope import check_folder_window, check_policy_window
 from longact_pl.precision_choice import choose_precision
 from longact_pl.ranks import launch_global_rank_is_zero
@@ -172,6 +173,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     choose_precision(cfg, announce=main_process)  # trainer.precision=auto -> what this hardware runs fast
     info = check_run_config(cfg)  # the checkpoint to resume from, read once (mmap): its step, weights' shapes
     resume_step = None if info is None else info.global_step
+    memory_preflight(cfg, announce=main_process)  # the memory plan; refuses a run that would not fit
     if main_process:
         check_run_dir(run_dir, resuming=resume_step is not None)
     L.seed_everything(cfg.seed, workers=True)
