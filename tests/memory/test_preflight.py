@@ -18,8 +18,9 @@ def test_a_run_over_the_limit_is_refused_naming_fixes_and_writes_nothing(tmp_pat
     with pytest.raises(MemoryPlanError, match="exceeds the 0.05 GiB of memory.limit_gb") as err:
         run(cfg, run_dir)
     message = str(err.value)
-    for fix in ("model.gradient_checkpointing=true", "module.learner.micro_batch_tokens=",
-                "sequence_parallel_size", "strategy=fsdp", "cpu_offload=true", "memory.check=warn"):  # fmt: skip
+    fixes = ("model.gradient_checkpointing=true", "module.learner.micro_batch_tokens=",
+             "sequence_parallel_size", "strategy=fsdp", "cpu_offload=true", "memory.check=warn")  # fmt: skip
+    for fix in fixes:
         assert fix in message, fix
     assert not run_dir.exists()  # no folder, no config.yaml
     out = capsys.readouterr().out

@@ -134,5 +134,6 @@ def fixes(shape: ModelShape, s: Settings, limit: int, prompt: int, completion: i
     return [
         "nothing found that fits; closest: " + ", ".join(o.line(limit) for o in found),
         "lower data.max_prompt_tokens / rollout.max_new_tokens / module.learner.micro_batch_tokens, or add "
-        "ranks (strategy=fsdp), trainer.strategy.sequence_parallel_size and trainer.strategy.cpu_offload=true",
+        "ranks (strategy=fsdp), trainer.strategy.sequence_parallel_size and "
+        "trainer.strategy.cpu_offload=true",
     ]

@@ -2,9 +2,9 @@
 
 Nothing is loaded: the shape comes from the model group's fields or a ``config.json``
 (:func:`longact_pl.memory.shapes.shape_of_model_config`). A micro-batch is what
-``module.learner.micro_batch_tokens`` (or ``module.learner.micro_batch_size`` rows) lets through at the longest
-prompt (``data.max_prompt_tokens``) and full-length completions (``rollout.max_new_tokens``): whole groups of ``rollout.group_size``, or one prompt
-with as many completions as fit.
+``module.learner.micro_batch_tokens`` (or ``module.learner.micro_batch_size`` rows) lets through at the
+longest prompt (``data.max_prompt_tokens``) and full-length completions (``rollout.max_new_tokens``): whole
+groups of ``rollout.group_size``, or one prompt with as many completions as fit.
 """
 
 from __future__ import annotations
