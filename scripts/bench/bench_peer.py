@@ -3,12 +3,12 @@
 Each arm runs in its own subprocess on a copy of the same weights (saved once to a temporary folder):
 
 * ``ours``: the components ``LongActModule`` runs by default: ``HFRollout(prefill_once=True)``
-  (``rollout=hf_shared``) + ``LogprobPass(shared_prefix=True, pack_completions="auto")`` (policy and
-  reference, ``module.logprobs.shared_prefix=true``, ``module.logprobs.pack_completions=auto``) + ``GRPO``
-  loss, in a plain loop shaped like ``LongActModule.training_step`` (the whole step in one bf16 autocast
-  region, as Lightning's ``bf16-mixed`` does), AdamW, global-norm clipping;
-* ``ours_naive``: the same loop with ``HFRollout`` + ``LogprobPass(shared_prefix=False)`` (``rollout=hf
-  module.logprobs.shared_prefix=false``);
+  (``rollout=hf_shared``) + ``LogprobPass.for_model(policy, shared_prefix=True, pack_completions="auto")``
+  (policy and reference, ``module.logprobs.shared_prefix=true``, ``module.logprobs.pack_completions=auto``)
+  + ``GRPO`` loss, in a plain loop shaped like ``LongActModule.training_step`` (the whole step in one bf16
+  autocast region, as Lightning's ``bf16-mixed`` does), AdamW, global-norm clipping;
+* ``ours_naive``: the same loop with ``HFRollout`` + ``LogprobPass.for_model(policy, shared_prefix=False)``
+  (``rollout=hf module.logprobs.shared_prefix=false``);
 * ``trl``: ``trl.GRPOTrainer`` (``pip install --no-deps trl==1.16.0`` + ``datasets`` and its missing
   dependencies, e.g. ``pip install --no-deps datasets==5.2.0 pandas==3.1.1 pyarrow==26.0.1 multiprocess``).
 

@@ -155,7 +155,7 @@ class PolicyLoss:
         if logp.requires_grad and not entropy.requires_grad:
             raise ValueError(
                 f"algo.entropy_coef={self.entropy_coef} > 0 needs entropy computed with gradient "
-                "(LogprobPass(entropy_grad=True)); got a detached entropy"
+                "(a log-prob plan with entropy_grad=True); got a detached entropy"
             )
         entropy = torch.where(mask.bool(), entropy, torch.zeros_like(entropy))  # [N, T]
         return self._aggregate(entropy, mask, num_seqs, num_tokens)  # []

@@ -82,11 +82,12 @@ def _learner(group: int, chunk: int | None):
 
     from longact_pl.guards import NonFiniteGuard
     from longact_pl.learner import Learner
+    from longact_pl.ops.logprob_plan import LogprobPlan
     from longact_pl.ops.policy_logprobs import LogprobPass
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("train", overrides=["algo=grpo", "algo.kl_coef=0"])
-    passes = LogprobPass(shared_prefix=True, chunk_size=chunk, pack_completions=True)
+    passes = LogprobPass(LogprobPlan("packed", "sdpa", chunk_size=chunk, reason="memory.measure: packed"))
     return Learner(instantiate(cfg.algo), passes, NonFiniteGuard(), 1.0, micro_batch_size=group)
 
 
