@@ -62,13 +62,22 @@ SP = "trainer.strategy.sequence_parallel_size"
         (["correction=token_tis"], "corrects an external sampler's mismatch.*rollout=vllm or correction="),
         (["rollout.top_p=0.9"], "training needs top_p=1.0 and top_k=0"),
         (
+            ["rollout.mode=async", "correction=token_tis", "strategy=fsdp"],
+            "rollout.mode=async keeps a full copy .* use strategy=ddp",
+        ),
+        (
+            ["rollout.mode=async", "correction=token_tis", "strategy=fsdp", "trainer.devices=2", f"{SP}=2"],
+            "rollout.mode=async keeps a full copy .* rollout.mode=sync",
+        ),
+        (
             ["masking=saliency", "masking.norms=frozen", "masking.targets=[gate_proj]"],
             r"masking.norms=frozen needs q_proj/k_proj among masking.targets .*masking.norms=dense",
         ),
     ],
     ids=[
         "sp-ddp", "sp-world", "sp-zero", "pack-no-shared", "token-budget", "epochs", "mini-batch",
-        "micro-batch", "chunk", "pack-value", "correction-hf", "top-p", "norms-frozen",
+        "micro-batch", "chunk", "pack-value", "correction-hf", "top-p", "async-fsdp", "async-sp",
+        "norms-frozen",
     ],
 )  # fmt: skip
 def test_unsupported_combinations_are_refused_before_anything(tmp_path, no_model_load, overrides, expected):
@@ -95,6 +104,7 @@ def test_supported_combinations_pass(tmp_path):
             "module.logprobs.pack_completions=auto",
             "module.logprobs.chunk_size=null",
         ],
+        ["rollout.mode=async", "correction=token_tis", "strategy=ddp", "trainer.devices=2"],
     ):
         check_combinations(compose_train(tmp_path, *overrides))
 

@@ -233,6 +233,20 @@ def _check_sampler(cfg: DictConfig) -> None:
     check_training_sampler(sampler, correction if isinstance(cfg.get("correction"), DictConfig) else None)
 
 
+def _check_async(cfg: DictConfig) -> None:
+    """``rollout.mode=async`` samples with a full copy of the policy: no FSDP shards, no sequence parallelism.
+
+    The same refusal as ``rollout.async_hook.check_placement`` at the first step, made before anything exists.
+    """
+    if _get(cfg, "rollout.mode") != "async":
+        return
+    if str(_get(cfg, "trainer.strategy._target_", "")).endswith("LongActFSDP"):
+        raise ValueError(
+            "rollout.mode=async keeps a full copy of the policy for the sampler thread, which FSDP-sharded "
+            "weights do not allow in this version: use strategy=ddp (or one device), or rollout.mode=sync"
+        )
+
+
 def _check_masking(cfg: DictConfig) -> None:
     """``masking.norms=frozen`` freezes the q/k norms of the masked projections: it needs them as targets."""
     if _get(cfg, "masking.norms") != "frozen":
@@ -272,5 +286,6 @@ def check_combinations(cfg: DictConfig) -> None:
     _check_sequence_parallel(cfg)
     _check_module(cfg)
     _check_sampler(cfg)
+    _check_async(cfg)
     _check_masking(cfg)
     _check_tensor_parallel(cfg)
