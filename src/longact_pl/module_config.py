@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from longact_pl.minibatch import check_token_budget
+from longact_pl.ops.logprob_plan import check_options
 
 
 def _at_least(path: str, value: int, low: int, note: str = "") -> None:
@@ -66,17 +67,7 @@ class LogprobConfig:
     pack_completions: bool | str = False
 
     def __post_init__(self) -> None:
-        if self.chunk_size is not None:
-            _at_least("module.logprobs.chunk_size", self.chunk_size, 1, " or null (one chunk)")
-        if self.pack_completions not in (True, False, "auto"):
-            raise ValueError(
-                f"module.logprobs.pack_completions must be true, false or auto, got {self.pack_completions!r}"
-            )
-        if self.pack_completions is True and not self.shared_prefix:
-            raise ValueError(
-                "module.logprobs.pack_completions=true packs completions behind a shared prompt: it needs "
-                "module.logprobs.shared_prefix=true (or set module.logprobs.pack_completions=auto/false)"
-            )
+        check_options(self.shared_prefix, self.chunk_size, self.pack_completions)  # the plan's own check
 
 
 @dataclass(frozen=True)
