@@ -243,12 +243,6 @@ def one_length(args, shape: dict, device: torch.device, fig: FigurePlan) -> tupl
     return seconds, exact
 
 
-def planned_peak(shape: dict, prompt: int, group: int, completion: int, device: torch.device) -> float:
-    """The memory plan's peak (GiB) of the step as configured (before the plan's recommendation)."""
-    settings = base_settings(prompt, group, completion, device.type)
-    return plan_memory(model_shape(shape), settings).peak / GIB
-
-
 def gib(x: float) -> str:
     """``14.2GiB``; below 0.1 GiB in MiB (the dry shapes): ``0.8MiB``."""
     return f"{x:.1f}GiB" if x >= 0.1 else f"{x * 1024:.1f}MiB"

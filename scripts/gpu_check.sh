@@ -100,7 +100,8 @@ section() {
     fi
     timeout -k 10 "$LIMIT" "$@" >"$log" 2>&1
     RC=$?
-    [ "$RC" = 137 ] && RC=124
+    # 137: killed after the grace period at the limit (or by the OOM killer before it: not a time limit)
+    [ "$RC" = 137 ] && [ $((SECONDS - start)) -ge "$LIMIT" ] && RC=124
     ended="exit $RC"
     [ "$RC" = 124 ] && ended="stopped at its ${LIMIT} s limit"
     TIMES+=("$name|$PLANNED|$LIMIT|$((SECONDS - start))|$ended")

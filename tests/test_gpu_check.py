@@ -4,6 +4,7 @@ import re
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -23,6 +24,7 @@ def _gpu_check_module():
 def _plan_module():
     spec = importlib.util.spec_from_file_location("gpu_check_plan", ROOT / "scripts" / "gpu_check_plan.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(spec.name, module)  # its dataclasses resolve their annotations through it
     spec.loader.exec_module(module)
     return module
 
@@ -176,21 +178,21 @@ def test_figures_run_the_settings_the_plan_recommends(monkeypatch, capsys):
 
 
 def test_h100_plan_offloads_the_4b_figures_and_fits_nine_minutes():
-    """On an 80 GB H100 the 4B figures as configured exceed the limit (82.8 / 89.1 / 104.1 GiB); the plan
-    runs them with FSDP over one rank + CPU offload (14.2 / 20.8 / 37.6 GiB), and the sections' planned
-    seconds, a 5.6 GB wheelhouse included, fit the 540 s budget."""
+    """On an 80 GB H100 the 4B figures as configured exceed the limit (82.8 / 89.1 / 104.1 GiB when
+    written); the plan runs them with FSDP over one rank + CPU offload (14.2 / 20.8 / 37.6 GiB), and the
+    sections' planned seconds, a 5.6 GB wheelhouse included, fit the 540 s budget. (The numbers are read from
+    the plan, not pinned here: the plan's K/V hold terms may change.)"""
     plan = _plan_module()
     a = plan.Assumptions()
     limit = plan.device_limit(plan.H100_GIB * 2**30)
     figs = plan.figures(plan.GPU_PROMPTS, 8, 1024, limit, "cuda", plan.QWEN3_4B, a)
-    configured = [plan_memory(plan.model_shape(plan.QWEN3_4B), plan.base_settings(p, 8, 1024, "cuda"))
-                  for p in plan.GPU_PROMPTS]  # fmt: skip
-    assert [round(c.peak / 2**30, 1) for c in configured] == [82.8, 89.1, 104.1]
-    assert all(c.peak > limit for c in configured)
-    assert [round(f.recommendation.peak / 2**30, 1) for f in figs] == [14.2, 20.8, 37.6]
+    shape = plan.model_shape(plan.QWEN3_4B)
     for f in figs:
+        configured = plan.base_settings(f.prompt, 8, 1024, "cuda")
+        assert plan_memory(shape, configured).peak > limit  # as configured: does not fit
         s = f.recommendation.settings
-        assert (s.strategy, s.world, s.cpu_offload, s.completion_rows) == ("fsdp", 1, True, 8)
+        assert s == replace(configured, strategy="fsdp", cpu_offload=True)  # FSDP x1 + offload, the rest kept
+        assert f.recommendation.peak == plan_memory(shape, s).peak <= limit
         assert f.seconds["optimizer"] > 0 and f.seconds["transfers"] > 0  # the CPU step and the copies
     sections = plan.section_seconds(figs, 5600, a)
     assert set(sections) == set(plan.SECTIONS) and sum(sections.values()) < plan.BUDGET_S
@@ -272,3 +274,17 @@ def test_step_flops_by_hand():
     shape = dict(hidden_size=2, intermediate_size=3, num_attention_heads=1, num_key_value_heads=1, head_dim=2,
                  num_hidden_layers=1, vocab_size=5)  # fmt: skip
     assert _gpu_check_module().step_flops(shape, 4, [2]) == 1848
+
+
+def test_async_figure_runs_bench_async_on_a_random_model(capsys):
+    """The async-vs-sync figure (issue 28) through bench_async's functions, on CPU: both arms ran every step,
+    the version lag stays within staleness 1, and the ratio is printed (not judged)."""
+    spec = importlib.util.spec_from_file_location("gpu_check_async", ROOT / "scripts" / "gpu_check_async.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    threads = torch.get_num_threads()
+    assert module.async_figure(dry=True, steps=2) is True
+    assert torch.get_num_threads() == threads  # its one-thread setting does not leak
+    out = capsys.readouterr().out
+    assert float(re.search(r"^async_steps_per_s value=(\S+)$", out, flags=re.M)[1]) > 0
+    assert re.search(r"^result async-vs-sync PASS .* lags \[0, 1\]$", out, flags=re.M)

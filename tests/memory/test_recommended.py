@@ -23,13 +23,15 @@ def test_a_run_that_fits_keeps_its_settings():
 
 
 def test_one_gpu_4b_at_32k_offloads_over_one_rank():
-    """As configured 104.1 GiB; under 70 GiB the plan's pick is FSDP over the one rank with CPU offload."""
+    """As configured over 70 GiB (104.1 when written); under 70 GiB the plan's pick is FSDP over the one rank
+    with CPU offload, everything else kept."""
     s = _group(32768)
-    assert plan_memory(QWEN4, s).peak / GIB == pytest.approx(104.08, abs=0.01)
+    assert plan_memory(QWEN4, s).peak > 70 * GIB
     rec = recommended(QWEN4, s, 70 * GIB, 32768, 1024)
     assert rec.settings == replace(s, strategy="fsdp", cpu_offload=True)
     assert rec.overrides == "strategy=fsdp trainer.strategy.cpu_offload=true"
-    assert rec.peak == plan_memory(QWEN4, rec.settings).peak and rec.phase == "prompt backward"
+    plan = plan_memory(QWEN4, rec.settings)
+    assert rec.peak == plan.peak <= 70 * GIB and rec.phase == plan.peak_phase
     assert rec.describe().startswith("fsdp x1 + cpu_offload, checkpointing, chunk 1024")
 
 
