@@ -167,6 +167,7 @@ def figure_seconds(shape: dict, rec: Recommendation, group: int, a: Assumptions)
     if offload:  # parameters to pinned host memory, every step: 2 gathers (forward, backward) + gradients
         parts["shard"] = state / a.first_touch_bytes_per_s + state / a.link_bytes_per_s
         parts["transfers"] = a.steps * 3 * state / a.link_bytes_per_s * micro
+        parts["transfers"] += state / a.first_touch_bytes_per_s  # the first step's pinned gradient buffers
         parts["optimizer"] = a.steps * params * a.adamw_bytes / a.cpu_bytes_per_s
         parts["optimizer"] += 2 * state / a.first_touch_bytes_per_s  # AdamW's two moments, first step
     else:
