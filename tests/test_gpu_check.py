@@ -202,20 +202,26 @@ def test_h100_plan_offloads_the_4b_figures_and_fits_nine_minutes():
 
 
 def test_a_section_over_its_time_limit_fails_naming_itself(tmp_path):
-    """GPU_CHECK_LIMIT_FIGURES=2 with a figure that hangs (an interpreter whose gpu_check.py prints its start
-    line, then sleeps): the section and the figure it was running FAIL by name and the check fails, instead
-    of the whole call timing out."""
+    """GPU_CHECK_LIMIT_FIGURES=2 with figures that OOM at 64 and hang at 128 (an interpreter whose
+    gpu_check.py prints that, then sleeps): the OOM row, the section and the figure it was running FAIL by
+    name in the table and the check fails, instead of the whole call timing out."""
     python = tmp_path / "python"
     python.write_text(
         "#!/bin/bash\n"
-        'if [ "$1" = scripts/gpu_check.py ]; then echo "start grpo_step_64 planned_s=6"; exec sleep 60; fi\n'
+        'if [ "$1" = scripts/gpu_check.py ]; then\n'
+        '  echo "result grpo_step_64 FAIL planned=0.8MiB measured=oom settings=fsdp1+offload,ckpt oom_here"\n'
+        '  echo "start grpo_step_128 planned_s=6"; exec sleep 60\n'
+        "fi\n"
         f'exec {sys.executable} "$@"\n'
     )
     python.chmod(0o755)
     env = {"GPU_CHECK_LIMIT_FIGURES": "2", "PYTHON": str(python)}
     result = _script(tmp_path, "--dry", "--only", "figures", env=env)
     assert result.returncode == 1, result.stdout + result.stderr
-    assert "FAIL grpo_step_64 (stopped at the figures section's 2 s limit while running)" in result.stdout
+    table = result.stdout.split("check / figure")[1]
+    assert re.search(r"^grpo_step_64 +FAIL +0\.8MiB +oom +fsdp1\+offload,ckpt +oom_here$", table, flags=re.M)
+    running = r"^grpo_step_128 +FAIL .* stopped at the figures section's 2 s limit while running$"
+    assert re.search(running, table, flags=re.M)
     assert "FAIL figures (stopped at its 2 s time limit" in result.stdout
     assert "FAIL longact_masked_rows_exact (unknown: the figures did not finish)" in result.stdout
     assert re.search(r"^figures +\d+ +2 +\d+ +stopped at its 2 s limit$", result.stdout, flags=re.M)
