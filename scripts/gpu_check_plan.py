@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run from a checkout, not installed
 
 from longact_pl.memory.advice import Recommendation, recommended  # noqa: E402
-from longact_pl.memory.plan import GIB, Settings  # noqa: E402
+from longact_pl.memory.plan import GIB, Settings, plan_memory  # noqa: E402
 from longact_pl.memory.shapes import ModelShape  # noqa: E402
 
 # Qwen3-4B (config.json of Qwen/Qwen3-4B), positions extended to 64k + completions
@@ -243,8 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     figs = figures(GPU_PROMPTS, GPU_GROUP, GPU_COMPLETION, limit, "cuda", QWEN3_4B, a)
     for f in figs:
         parts = " ".join(f"{k}={v:.1f}" for k, v in f.seconds.items())
+        host = plan_memory(model_shape(QWEN3_4B), f.recommendation.settings).host
         print(f"plan {f.name} planned_s={f.planned_s:.0f} planned_gib={f.recommendation.peak / GIB:.1f} "
-              f"settings=[{f.recommendation.describe()}] ({parts})")  # fmt: skip
+              f"host_gib={host / GIB:.1f} settings=[{f.recommendation.describe()}] ({parts})")  # fmt: skip
     planned = section_seconds(figs, args.wheelhouse_mb, a)
     chosen = limits(planned, dry=args.dry)
     for name in SECTIONS:
