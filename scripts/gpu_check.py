@@ -85,7 +85,6 @@ from longact_pl.strategies import shard_model  # noqa: E402
 CONF = Path(__file__).resolve().parents[1] / "conf"
 # Dense bf16 peak of an H100 / H200 SXM (NVIDIA datasheet: 989.4 TFLOP/s; 1979 is with 2:4 sparsity).
 PEAK_BF16_FLOPS = 989.4e12
-__all__ = ["QWEN3_4B", "TINY", "step_flops"]
 
 
 def line(name: str, value) -> None:
