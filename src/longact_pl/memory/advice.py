@@ -137,3 +137,66 @@ def fixes(shape: ModelShape, s: Settings, limit: int, prompt: int, completion: i
         "ranks (strategy=fsdp), trainer.strategy.sequence_parallel_size and "
         "trainer.strategy.cpu_offload=true",
     ]
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """The settings to run with on the ranks there are, their planned peak, and what changed.
+
+    Attributes:
+        settings: The run's settings, or the cheapest change of them that fits.
+        peak: Planned peak bytes per rank under ``settings``.
+        phase: The phase that sets the peak.
+        overrides: The config overrides that give ``settings`` (empty when the run fits as it is).
+    """
+
+    settings: Settings
+    peak: int
+    phase: str
+    overrides: str = ""
+
+    def describe(self) -> str:
+        """The settings in one line: ``fsdp x1 + cpu_offload, checkpointing, chunk 1024, micro-batch ...``."""
+        s = self.settings
+        layout = s.strategy if s.strategy == "single" else f"{s.strategy} x{s.world}"
+        parts = [layout + (" + cpu_offload" if s.strategy == "fsdp" and s.cpu_offload else "")]
+        if s.sequence_parallel > 1:
+            parts.append(f"sequence_parallel {s.sequence_parallel}")
+        parts.append("checkpointing" if s.activation_checkpointing else "no checkpointing")
+        parts.append(f"chunk {s.logprob_chunk}" if s.logprob_chunk else "no LM-head chunks")
+        tokens = s.prompt_tokens + s.completion_tokens
+        parts.append(f"micro-batch {tokens} tokens ({s.completion_rows} completions)")
+        return ", ".join(parts)
+
+
+def recommended(shape: ModelShape, s: Settings, limit: int, prompt: int, completion: int) -> Recommendation:
+    """The settings the plan recommends on ``s.world`` ranks: ``s`` if it fits, else the cheapest fix.
+
+    Only changes that keep the number of ranks are taken (gradient checkpointing, fewer completions per
+    micro-batch, FSDP over the same ranks with or without CPU offload, sequence parallelism over them),
+    in :func:`options`' order, stacked when no single one fits.
+
+    Args:
+        shape: The model.
+        s: The run's settings.
+        limit: Bytes per rank.
+        prompt: Longest prompt (one group's prompt tokens).
+        completion: Longest completion.
+
+    Raises:
+        ValueError: When nothing fits on these ranks, naming the closest settings and their peak.
+    """
+    plan = plan_memory(shape, s)
+    if plan.peak <= limit:
+        return Recommendation(s, plan.peak, plan.peak_phase)
+    found = options(shape, s, limit, prompt, completion, max_ranks=s.world)
+    same_ranks = [o for o in found if o.settings.world == s.world]
+    for option in same_ranks:
+        if option.peak <= limit:
+            chosen = plan_memory(shape, option.settings)
+            return Recommendation(option.settings, option.peak, chosen.peak_phase, option.overrides)
+    closest = ", ".join(o.line(limit) for o in same_ranks) or "none"
+    raise ValueError(
+        f"nothing fits {limit / GIB:.1f} GiB per rank on {s.world} rank(s) (planned "
+        f"{plan.peak / GIB:.1f} GiB as configured); closest: {closest}"
+    )
