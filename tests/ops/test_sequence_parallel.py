@@ -35,6 +35,7 @@ from longact_pl.ops.chunked import chunked_completion_logprobs
 from longact_pl.ops.packed import PackedCompletions
 from longact_pl.ops.policy_logprobs import LogprobCall, LogprobPass
 from longact_pl.ops.sequence_parallel import SPGroup, enable_ulysses, kv_repeats
+from longact_pl.ops.sequence_parallel.attention import KVRecord
 from longact_pl.ops.sequence_parallel.comm import from_first_rank
 from longact_pl.ops.shared_prefix import grouped_completion_logprobs
 from longact_pl.ops.varlen_attention import TorchVarlen, VarlenPlan
@@ -481,6 +482,23 @@ def test_two_ranks_packed_kernels_match_the_padded_path_in_bf16_on_cuda(kernel, 
     for name, g in want[1].items():
         scale = g.abs().max().clamp(min=1e-8)
         torch.testing.assert_close(got[1][name] / scale, g / scale, atol=5e-2, rtol=0, msg=name)
+
+
+def test_the_packed_pass_takes_the_plans_kernel_and_refuses_one_it_cannot_dispatch():
+    """The dense mask for sdpa_mask on sdpa/eager; a kernel call (and only a placeholder mask) otherwise;
+    eager attention has no dispatched function, so a forced kernel is refused naming the field."""
+    model, sp = tiny_llama(seed=0).model, SPGroup(None, 1, 0)
+    layout = _layout(*LAYOUTS["one_group"])
+    prefix = KVRecord(keep=layout.num_prompt_keys)
+    model.config._attn_implementation = "sdpa"
+    dense = sp_logprobs._packed_attention(model, sp, layout, prefix, "sdpa_mask")
+    assert dense.kernel is None and torch.equal(dense.mask[0, 0], _dense(layout))
+    assert sp_logprobs._packed_attention(model, sp, layout, prefix, None).kernel is None  # CPU: chosen dense
+    flex = sp_logprobs._packed_attention(model, sp, layout, prefix, "flex")
+    assert flex.kernel.kernel == "flex" and flex.mask.numel() == 0 and flex.prefix is prefix
+    model.config._attn_implementation = "eager"
+    with pytest.raises(ValueError, match="model.attn_implementation='eager' runs the packed pass only on"):
+        sp_logprobs._packed_attention(model, sp, layout, prefix, "flex")
 
 
 def test_kv_repeats_and_head_errors():
