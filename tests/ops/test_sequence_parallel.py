@@ -285,8 +285,8 @@ def _worker(rank: int, init_file: str, out: str) -> None:
         sp = SPGroup.of(dist.group.WORLD)
         kernels.FlashVarlen = TorchVarlen  # flash-attn's part kernel -> the torch reference (CPU)
         built: list[tuple[str, PackedCompletions]] = []  # the layouts the ranks built their kernels from
-        real_call = sp_logprobs.kernel_call
-        sp_logprobs.kernel_call = lambda kernel, layout, part=None: (
+        real_call = kernels.kernel_call
+        kernels.kernel_call = lambda kernel, layout, part=None: (
             built.append((kernel, layout)) or real_call(kernel, layout, part)
         )
         results = [_parallel(case, sp) for case in CASES]

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, causal_mask_function
 
-from longact_pl.ops.attention_kernels import WRAPPED, choose_kernel, kernel_call
+from longact_pl.ops.attention_kernels import choose_kernel, packed_attention
 from longact_pl.ops.chunked import decoder_of, lm_head_of
 from longact_pl.ops.packed import PackedCompletions
 from longact_pl.ops.passes import TokenMaskHook, dummy_rows, hooked_forward
@@ -202,7 +202,10 @@ def _split_layout(layout: PackedCompletions, multiple: int) -> PackedCompletions
 
 
 def _packed_attention(model, sp: SPGroup, layout: PackedCompletions, prefix: KVRecord, kernel: str | None):
-    """The packed pass's :class:`UlyssesCall`: the dense mask (``sdpa_mask`` on sdpa/eager) or a kernel.
+    """The packed pass's :class:`UlyssesCall`: the dense mask (``sdpa_mask`` on sdpa/eager) or a kernel call.
+
+    The same choice and dispatch as the single-process pass (``packed_attention``); the kernel attends on
+    the head-split tensors inside the Ulysses wrapper, and the decoder gets the zero-size placeholder mask.
 
     Args:
         model: The causal LM (its own implementation: ``inner_implementation``).
@@ -211,22 +214,14 @@ def _packed_attention(model, sp: SPGroup, layout: PackedCompletions, prefix: KVR
         prefix: Every span's prompt key/values in the head-split layout.
         kernel: The plan's packed kernel (``None``: chosen for the tokens' device as the single-process pass
             does, ``choose_kernel``).
+
+    Raises:
+        ValueError: If the kernel cannot be dispatched for the model's implementation (``eager``).
     """
     implementation = inner_implementation(model)
     kernel = kernel or choose_kernel(implementation, layout.owner.device)[0]
-    if kernel == "sdpa_mask" and implementation in ("sdpa", "eager"):  # the reference: the dense mask
-        return UlyssesCall(
-            sp, layout.attention_mask(model, torch.float32), layout.position_ids, prefix=prefix
-        )
-    if implementation not in WRAPPED:
-        raise ValueError(
-            f"model.attn_implementation={implementation!r} runs the packed pass only on the dense mask "
-            f"(sdpa_mask), not {kernel!r}; set it to one of {list(WRAPPED)}"
-        )
-    # a 4-D placeholder the decoder passes through as is (it builds no mask); the kernel attends without one
-    placeholder = torch.ones(1, 1, 0, 0, dtype=torch.bool, device=layout.owner.device)
-    call = kernel_call(kernel, layout)
-    return UlyssesCall(sp, placeholder, layout.position_ids, prefix=prefix, kernel=call)
+    inputs, call = packed_attention(model, implementation, layout, kernel)
+    return UlyssesCall(sp, inputs["attention_mask"], layout.position_ids, prefix=prefix, kernel=call)
 
 
 def _packed_pass(
