@@ -71,6 +71,32 @@ def work(name: str, lay: PackedCompletions) -> None:
     figure(f"attn_pairs_{name}_flash_varlen", dense / real, real, dense)
 
 
+def mask_bytes(mask) -> int:
+    """Bytes a ``BlockMask`` holds: its tile tensors and the index tensors its mask function closes over."""
+    tensors = [t for t in vars(mask).values() if isinstance(t, torch.Tensor)]
+    cells = mask.mask_mod.__closure__ or ()
+    tensors += [c.cell_contents for c in cells if isinstance(c.cell_contents, torch.Tensor)]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def sequence_parallel_mask(prompt: int, group: int, completion: int, ranks: int) -> None:
+    """Mask memory per rank of the sequence-parallel packed pass: the dense bool mask every rank built
+    (``sdpa_mask``, the CPU path) against the ``BlockMask`` the CUDA path builds (each rank holds every
+    position of its heads after the all-to-all, so each builds the whole layout's mask)."""
+    lay = layout([prompt], [[completion] * group])
+    t = lay.num_tokens + (-lay.num_tokens % ranks)  # the split's padding row
+    dense = t * (prompt + t)  # bool [T, P + T]
+    start = time.perf_counter()
+    block = mask_bytes(packed_block_mask(lay, BLOCK))
+    took = time.perf_counter() - start
+    print(
+        f"# sequence parallel N={ranks}, P={prompt}, G={group} x {completion}: mask per rank, dense bool "
+        f"{dense / 2**30:.2f} GiB (float copy: 4x) vs BlockMask {block / 2**20:.1f} MiB "
+        f"(built in {took:.2f} s on this CPU)"
+    )
+    figure(f"attn_sp_mask_bytes_P{prompt // 1024}k", dense / block, block, dense)
+
+
 def timed_small(threads: int) -> None:
     """CPU forward time of each kernel on a small case (P=512, G=8, budget 256, GQA 8/2 heads, d=64)."""
     set_threads(threads)
@@ -108,6 +134,7 @@ def main() -> None:
         tag = f"P{prompt // 1024}k"
         work(f"{tag}_G8", layout([prompt], [group]))
         work(f"{tag}_2x_G8", layout([prompt, prompt - 100], [group, group[::-1]]))
+    sequence_parallel_mask(65536, 8, 4096, 2)
     timed_small(args.threads)
 
 

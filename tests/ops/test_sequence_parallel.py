@@ -3,10 +3,15 @@
 Each rank holds half of every sequence; log-probs, entropy, every parameter gradient (summed over the two
 ranks, as FSDP2's reduce-scatter does) and LongAct's statistics (summed, as ``SaliencyMask`` does) must equal
 the single-process paths on the whole sequences.
+
+The packed pass also runs on the plan's CUDA kernels (``LogprobPlan.packed_kernel``) where the CPU allows:
+flash-attn varlen with the torch reference part kernel (values and gradients) and FlexAttention (forward
+only: its backward is CUDA-only); the layouts the ranks built for them are checked against the dense mask.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -17,6 +22,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.distributed.device_mesh import init_device_mesh
 
+import longact_pl.ops.attention_kernels as kernels
+import longact_pl.ops.sequence_parallel.logprobs as sp_logprobs
 from longact_pl.algos.algorithm import GroupPolicyGradient
 from longact_pl.distributed import LocalOps
 from longact_pl.guards import NonFiniteGuard
@@ -25,11 +32,15 @@ from longact_pl.masking.stats import StatsCollector, sync_stats
 from longact_pl.masking.targets import find_targets
 from longact_pl.models.tiny import tiny_llama, tiny_qwen3
 from longact_pl.ops.chunked import chunked_completion_logprobs
+from longact_pl.ops.packed import PackedCompletions
 from longact_pl.ops.policy_logprobs import LogprobCall, LogprobPass
 from longact_pl.ops.sequence_parallel import SPGroup, enable_ulysses, kv_repeats
+from longact_pl.ops.sequence_parallel.attention import KVRecord
 from longact_pl.ops.sequence_parallel.comm import from_first_rank
 from longact_pl.ops.shared_prefix import grouped_completion_logprobs
+from longact_pl.ops.varlen_attention import TorchVarlen, VarlenPlan
 from longact_pl.strategies import shard_model
+from tests.ops.test_attention_kernels import LAYOUTS, _layout
 from tests.ops.test_shared_prefix import _assert_same
 from tests.test_learner import _rollouts
 
@@ -55,6 +66,8 @@ class Case(NamedTuple):
     pad_spans: int = 0  # lock-step dummy spans (parallel side only: they change nothing)
     entropy_grad: bool = False  # the entropy keeps its gradient and enters the loss (the entropy bonus)
     skip_prompt: bool = False  # group 1's prompt is not counted (another micro-batch counted it)
+    kernel: str | None = None  # the plan's packed kernel (None: chosen for the device, the dense mask on CPU)
+    odd: bool = False  # one token fewer: the packed row needs the split's padding row
 
 
 CASES = [
@@ -73,11 +86,22 @@ CASES = [
     Case("llama", 1, "sdpa", True, False, 4, 13, 6, entropy_grad=True, skip_prompt=True),
     Case("qwen3", 2, "eager", True, True, None, 12, 7, False, True, 1, entropy_grad=True, skip_prompt=True),
     Case("llama", 2, "sdpa", False, False, 3, 11, 5, entropy_grad=True),
+    # the plan's flash-attn varlen kernel (its part kernel: the torch reference on CPU), values and gradients
+    Case(
+        "llama", 1, "sdpa", True, True, None, 13, 6, pack=True, pad_spans=1, kernel="flash_varlen", odd=True
+    ),
+    Case("qwen3", 2, "sdpa", True, False, 4, 12, 7, True, True, entropy_grad=True, kernel="flash_varlen"),
+]
+# FlexAttention, forward only on CPU: the 2 ranks against the dense-mask 2 ranks and the single process
+FLEX_CASES = [
+    Case("llama", 1, "sdpa", True, False, None, 13, 6, pack=True, pad_spans=1, odd=True),
+    Case("qwen3", 2, "sdpa", True, False, 4, 12, 7, pack=True),
 ]
 
 
-def _batch(vocab: int, prompt: int, completion: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """2 groups of G rows sharing a prompt; group 1 has 4 left-pad tokens; row r of a group ends r early."""
+def _batch(vocab: int, prompt: int, completion: int, odd: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """2 groups of G rows sharing a prompt; group 1 has 4 left-pad tokens; row r of a group ends r early
+    (``odd``: the last row one more, so the packed completions count an odd number of tokens)."""
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(10, vocab, (2 * G, prompt + completion), generator=gen)
     mask = torch.ones_like(ids)
@@ -87,6 +111,8 @@ def _batch(vocab: int, prompt: int, completion: int) -> tuple[torch.Tensor, torc
         ids[rows, : 4 * b], mask[rows, : 4 * b] = 0, 0
         for r in range(1, G):
             ids[b * G + r, -r:], mask[b * G + r, -r:] = 0, 0
+    if odd:
+        ids[-1, -G:], mask[-1, -G:] = 0, 0
     return ids, mask
 
 
@@ -108,7 +134,7 @@ def _run(case: Case, fn, sp: SPGroup | None = None, prepare=None):
     if prepare is not None:
         prepare(model)
     completion = case.completion
-    ids, mask = _batch(model.config.vocab_size, case.prompt, completion)
+    ids, mask = _batch(model.config.vocab_size, case.prompt, completion, case.odd)
     current: list[torch.Tensor | None] = [None]
     probes = {at: {t.name: t.probe for t in find_targets(model, ("q_proj", "k_proj"), at)} for at in QK_AT}
     collectors = {at: StatsCollector(p, gate=lambda: current[0]) for at, p in probes.items()}
@@ -173,7 +199,7 @@ def _parallel(case: Case, sp: SPGroup):
     lp = []
 
     def prepare(model):  # planned before the strategy wraps the model, as LongActModule does
-        lp.append(LogprobPass.for_model(model, case.shared, case.chunk, case.pack, case.entropy_grad))
+        lp.append(_plan(model, case))
         enable_ulysses(model, sp.size)
         if case.fsdp:
             shard_model(model, init_device_mesh("cpu", (WORLD,)))
@@ -184,6 +210,31 @@ def _parallel(case: Case, sp: SPGroup):
         return lp[0](model, call, token_mask_hook, sp)  # the group, as the learner takes it from its dist
 
     return _run(case, fn, sp, prepare)
+
+
+def _plan(model, case: Case, kernel: str | None = None) -> LogprobPass:
+    """The case's log-prob pass; a packed kernel set as ``LogprobPlan.on_device`` sets it on CUDA."""
+    lp = LogprobPass.for_model(model, case.shared, case.chunk, case.pack, case.entropy_grad)
+    kernel = kernel or case.kernel
+    return LogprobPass(dataclasses.replace(lp.plan, packed_kernel=kernel)) if kernel else lp
+
+
+def _packed_forward(case: Case, sp: SPGroup | None = None, kernel: str | None = None):
+    """Forward only (no gradients): masked packed log-probs and entropy, on 2 ranks with ``kernel`` or in
+    one process (the dense mask)."""
+    model = _model(case)
+    ids, mask = _batch(model.config.vocab_size, case.prompt, case.completion, case.odd)
+    with torch.no_grad():
+        if sp is None:
+            logp, ent = grouped_completion_logprobs(model, ids, mask, case.completion, G, 0.7, True,
+                                                    case.chunk, pack=True)  # fmt: skip
+        else:
+            lp = _plan(model, case, kernel)
+            enable_ulysses(model, sp.size)
+            call = LogprobCall(ids, mask, case.completion, 0.7, True, pad_spans=case.pad_spans)
+            logp, ent = lp(model, call, sp=sp)
+    comp = mask[:, -case.completion :].float()
+    return logp * comp, ent * comp
 
 
 def _only_dummies(sp: SPGroup) -> torch.Tensor:
@@ -232,13 +283,21 @@ def _worker(rank: int, init_file: str, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
         sp = SPGroup.of(dist.group.WORLD)
+        kernels.FlashVarlen = TorchVarlen  # flash-attn's part kernel -> the torch reference (CPU)
+        built: list[tuple[str, PackedCompletions]] = []  # the layouts the ranks built their kernels from
+        real_call = kernels.kernel_call
+        kernels.kernel_call = lambda kernel, layout, part=None: (
+            built.append((kernel, layout)) or real_call(kernel, layout, part)
+        )
         results = [_parallel(case, sp) for case in CASES]
+        flex = [(_packed_forward(c, sp, "flex"), _packed_forward(c, sp, "sdpa_mask")) for c in FLEX_CASES]
         mine = _Box(torch.full((2,), float(rank)), [f"rank {rank}"])
         shared = from_first_rank(mine, sp, "cpu")  # what DistOps.share does with a round of rollouts
         empty = _only_dummies(sp)
         learner = _through_learner(sp)
         if rank == 1:  # the other rank's results are equal by construction (summed over the group)
             saved = {"results": results, "shared": (shared.tensor, shared.texts), "empty": empty}
+            saved |= {"flex": flex, "built": built}
             torch.save({**saved, "learner": learner}, out)
     finally:
         dist.destroy_process_group()
@@ -282,6 +341,164 @@ def test_two_ranks_equal_one_process(parallel_results, index):
         assert got[3][key][2] == count > 0, key
         torch.testing.assert_close(got[3][key][0], sum_abs, rtol=1e-5, atol=1e-5, msg=str(key))
         torch.testing.assert_close(got[3][key][1], max_abs, rtol=1e-5, atol=1e-6, msg=str(key))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("index", range(len(FLEX_CASES)), ids=["-".join(map(str, c)) for c in FLEX_CASES])
+def test_two_ranks_on_flex_equal_the_dense_mask_and_one_process(parallel_results, index):
+    """FlexAttention's forward on the head-split tensors (GQA: 2 query heads on 1 KV head per rank, and the
+    repeated single KV head) equals the dense-mask pass on the same ranks and the single process."""
+    torch.set_num_threads(1)
+    (flex_logp, flex_ent), (dense_logp, dense_ent) = parallel_results["flex"][index]
+    one_logp, one_ent = _packed_forward(FLEX_CASES[index])
+    assert flex_logp.abs().sum() > 0
+    torch.testing.assert_close(flex_logp, dense_logp, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(flex_ent, dense_ent, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(flex_logp, one_logp, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(flex_ent, one_ent, atol=1e-4, rtol=1e-5)
+
+
+@functools.cache
+def _sdpa_model():
+    model = tiny_llama(seed=0).model
+    model.config._attn_implementation = "sdpa"
+    return model
+
+
+def _dense(layout: PackedCompletions) -> torch.Tensor:
+    """``[T, sum(P_s) + T]`` bool: the mask the dense-mask pass gives SDPA (a tiny sdpa model's builder)."""
+    return layout.attention_mask(_sdpa_model(), torch.float32)[0, 0]
+
+
+def _assert_kernels_equal_the_dense_mask(layout: PackedCompletions, block: int) -> None:
+    """The block mask (tiles, then the mask function inside partial tiles) and the varlen plan's pairs equal
+    the dense mask element by element."""
+    from torch.nn.attention.flex_attention import create_mask
+
+    from longact_pl.ops.flex_block_mask import block_layout, packed_block_mask
+
+    want = _dense(layout)  # [T, K]
+    t, k = want.shape
+    any_, full = block_layout(layout, block)
+    mask = packed_block_mask(layout, block)
+    tiles = (any_ & ~full).repeat_interleave(block, 0).repeat_interleave(block, 1)[:t, :k]
+    fulls = full.repeat_interleave(block, 0).repeat_interleave(block, 1)[:t, :k]
+    assert torch.equal(fulls | (tiles & create_mask(mask.mask_mod, 1, 1, t, k, "cpu")[0, 0]), want)
+    assert torch.equal(VarlenPlan.from_layout(layout).dense_mask(), want)
+
+
+@pytest.mark.slow
+def test_the_layouts_the_ranks_built_their_kernels_from_equal_the_dense_mask(parallel_results):
+    built = parallel_results["built"]
+    # one layout per packed pass (a checkpoint replay reuses its pass's kernel): 2 varlen cases, 2 flex ones
+    assert [k for k, _ in built] == ["flash_varlen"] * 2 + ["flex"] * 2
+    padded = 0
+    for _, layout in built:
+        assert layout.num_tokens % WORLD == 0  # the split's padding row makes it a multiple of N
+        padded += int(layout.cu_seqlens[-1] - layout.cu_seqlens[-2]) == 1  # 1 token: the padding row
+        for block in (8, 128):
+            _assert_kernels_equal_the_dense_mask(layout, block)
+    assert padded == 2  # the odd cases' layouts carry the padding row
+
+
+@pytest.mark.parametrize("size", [2, 3, 4])
+@pytest.mark.parametrize("name", list(LAYOUTS))
+def test_split_layouts_kernels_equal_the_dense_mask_and_keep_real_tokens_apart(name, size):
+    """The sequence-parallel split pads the packed row to a multiple of N with a row of its own on the last
+    span: the kernels' masks still equal the dense mask, and no real token attends to the padding."""
+    layout = _layout(*LAYOUTS[name])
+    split = sp_logprobs._split_layout(layout, size)
+    t, p = layout.num_tokens, layout.num_prompt_keys
+    assert split.num_tokens % size == 0 and split.num_tokens - t < size
+    dense = _dense(split)
+    assert torch.equal(dense[:t, : p + t], _dense(layout)) and not dense[:t, p + t :].any()
+    _assert_kernels_equal_the_dense_mask(split, 8)
+
+
+# CUDA: Qwen3 with 1 KV head (repeated to one per rank), checkpointing, a lock-step dummy, the padding row
+GPU_CASE = Case("qwen3", 1, "sdpa", True, True, None, 13, 7, pack=True, pad_spans=1, odd=True)
+
+
+def _bf16_packed(case: Case, sp: SPGroup | None, kernel: str, device: str = "cuda"):
+    """Under bf16 autocast: masked log-probs, every parameter gradient of a weighted loss (summed over the
+    ranks) and the completion mask. 2 ranks: the packed pass on the plan's kernel for ``device``; one
+    process: the padded SDPA pass."""
+    model = _model(case).to(device)
+    ids, mask = (
+        t.to(device) for t in _batch(model.config.vocab_size, case.prompt, case.completion, case.odd)
+    )
+    width = case.completion
+    if sp is None:
+        run = functools.partial(grouped_completion_logprobs, model, ids, mask, width, G, 0.7, pack=False)
+    else:
+        plan = LogprobPass.for_model(model, True, None, True).plan.on_device(device)  # as configure_model
+        assert plan.packed_kernel == ("flex" if device == "cuda" else "sdpa_mask")
+        # flash_varlen: what the plan picks for flash_attention_2 with flash-attn installed
+        lp = LogprobPass(dataclasses.replace(plan, packed_kernel=kernel))
+        enable_ulysses(model, sp.size)
+        run = functools.partial(
+            lp, model, LogprobCall(ids, mask, width, 0.7, pad_spans=case.pad_spans), sp=sp
+        )
+    with torch.autocast(device, dtype=torch.bfloat16):
+        logp, _ = run()
+    comp = mask[:, -width:].float()
+    (logp * torch.linspace(-1.0, 2.0, ids.shape[0], device=device)[:, None] * comp).sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    if sp is not None:
+        for g in grads.values():
+            dist.all_reduce(g)
+    return (logp.detach() * comp).cpu(), {n: g.cpu() for n, g in grads.items()}, comp.bool().cpu()
+
+
+def _gpu_worker(rank: int, init_file: str, out: str, kernel: str) -> None:
+    # both ranks on one GPU: gloo carries CUDA tensors (NCCL refuses two ranks on one device)
+    torch.cuda.set_device(0)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        got = _bf16_packed(GPU_CASE, SPGroup.of(dist.group.WORLD), kernel)
+        if rank == 1:
+            torch.save(got, out)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("kernel", ["flex", "flash_varlen"])
+def test_two_ranks_packed_kernels_match_the_padded_path_in_bf16_on_cuda(kernel, tmp_path):
+    """bf16 forward + backward: the sequence-parallel packed pass on the plan's CUDA kernel (compiled
+    FlexAttention, or flash-attn varlen) against the single-process padded SDPA pass."""
+    if kernel == "flash_varlen" and not kernels.flash_attn_available():
+        pytest.skip("flash-attn is not installed")
+    args = (str(tmp_path / "init"), str(tmp_path / "rank1.pt"), kernel)
+    mp.spawn(_gpu_worker, args=args, nprocs=WORLD, join=True)
+    got = torch.load(tmp_path / "rank1.pt", weights_only=False)
+    want = _bf16_packed(GPU_CASE, None, kernel)
+    comp = want[2]
+    assert torch.equal(got[2], comp)
+    assert torch.isfinite(got[0]).all() and got[0][comp].abs().min() > 0
+    torch.testing.assert_close(got[0][comp], want[0][comp], atol=5e-2, rtol=5e-2)
+    assert got[1].keys() == want[1].keys() and len(want[1]) > 0
+    for name, g in want[1].items():
+        scale = g.abs().max().clamp(min=1e-8)
+        torch.testing.assert_close(got[1][name] / scale, g / scale, atol=5e-2, rtol=0, msg=name)
+
+
+def test_the_packed_pass_takes_the_plans_kernel_and_refuses_one_it_cannot_dispatch():
+    """The dense mask for sdpa_mask on sdpa/eager; a kernel call (and only a placeholder mask) otherwise;
+    eager attention has no dispatched function, so a forced kernel is refused naming the field."""
+    model, sp = tiny_llama(seed=0).model, SPGroup(None, 1, 0)
+    layout = _layout(*LAYOUTS["one_group"])
+    prefix = KVRecord(keep=layout.num_prompt_keys)
+    model.config._attn_implementation = "sdpa"
+    dense = sp_logprobs._packed_attention(model, sp, layout, prefix, "sdpa_mask")
+    assert dense.kernel is None and torch.equal(dense.mask[0, 0], _dense(layout))
+    assert sp_logprobs._packed_attention(model, sp, layout, prefix, None).kernel is None  # CPU: chosen dense
+    flex = sp_logprobs._packed_attention(model, sp, layout, prefix, "flex")
+    assert flex.kernel.kernel == "flex" and flex.mask.numel() == 0 and flex.prefix is prefix
+    model.config._attn_implementation = "eager"
+    with pytest.raises(ValueError, match="model.attn_implementation='eager' runs the packed pass only on"):
+        sp_logprobs._packed_attention(model, sp, layout, prefix, "flex")
 
 
 def test_kv_repeats_and_head_errors():

@@ -49,8 +49,9 @@ class LogprobPlan:
             shared paths, the model's own head on the per-row path).
         entropy_grad: The entropy keeps its gradient where gradients are on (the entropy bonus).
         reason: Why this path (and any fallback), in words.
-        packed_kernel: The packed completions' attention kernel for the training device (``None``: not
-            chosen yet, or not the packed path; the packed pass then chooses it for the tensors' device).
+        packed_kernel: The packed completions' attention kernel for the training device, run by the
+            single-process and the sequence-parallel packed pass alike (``None``: not chosen yet, or not the
+            packed path; the packed pass then chooses it for the tensors' device).
     """
 
     path: Path

@@ -154,6 +154,7 @@ def sp_shared_pass(
         sp_grouped_completion_logprobs, model, call.input_ids, call.attention_mask, call.completion_width, sp,
         call.temperature, call.with_entropy, plan.chunk_size, hook, call.row_groups, pack=plan.pack,
         pad_spans=call.pad_spans, entropy_grad=plan.entropy_grad, count_prompts=call.count_prompts,
+        kernel=plan.packed_kernel,
     ))  # fmt: skip
 
 

@@ -15,7 +15,10 @@ backward). With it, each attention layer:
    repeats KV heads when there are fewer than N (``N % h_kv == 0``),
 2. all-to-all: ``[b, h / N, N * S, d]``, every position of this rank's heads,
 3. records (prompt pass) or prepends (completion pass) the prompt's key/values in this head-split layout,
-4. runs the real attention function with the full-sequence mask from the call,
+4. runs the real attention function with the full-sequence mask from the call, or, where the call carries a
+   packed kernel (``kernel``: FlexAttention on a block mask or flash-attn varlen for the packed completion
+   pass, :mod:`longact_pl.ops.attention_kernels`), that kernel on the same head-split tensors (GQA: its
+   ``h / N`` query heads on its ``h_kv' / N`` KV heads, no mask tensor at all),
 5. all-to-all back: ``[b, S, h, d]``, this rank's positions of every head.
 """
 
@@ -64,6 +67,9 @@ class UlyssesCall:
             them).
         record: Prompt pass: where the head-split key/values go.
         prefix: Completion pass: the prompt's head-split key/values, prepended to every row's.
+        kernel: Packed completion pass: the :class:`~longact_pl.ops.attention_kernels.KernelCall` that attends
+            instead of the inner function (``(module, q [1, h / N, T, d], k, v [1, h_kv' / N, K, d], **kw)
+            -> [1, T, h / N, d]``); ``mask`` is then unused.
     """
 
     def __init__(
@@ -73,9 +79,10 @@ class UlyssesCall:
         position_ids: torch.Tensor | None = None,
         record: KVRecord | None = None,
         prefix: KVRecord | None = None,
+        kernel: Callable | None = None,
     ) -> None:
         self.sp, self.mask, self.position_ids = sp, mask, position_ids
-        self.record, self.prefix = record, prefix
+        self.record, self.prefix, self.kernel = record, prefix, kernel
 
 
 def kv_repeats(num_heads: int, num_kv_heads: int, size: int) -> int:
@@ -138,9 +145,12 @@ def _ulysses(inner: Callable) -> Callable:
             rows = key.shape[0]
             key = torch.cat([keys.expand(rows, -1, -1, -1), key], dim=2)  # [b, h_kv' / N, P + N * S, d]
             value = torch.cat([values.expand(rows, -1, -1, -1), value], dim=2)  # [b, h_kv' / N, P + N * S, d]
+        shard = _HeadShard(module, query.shape[1] // key.shape[1])
+        if ulysses.kernel is not None:  # the packed pass's kernel: GQA on the local heads, no mask tensor
+            out = ulysses.kernel(shard, query, key, value, **kwargs)  # [1, N * S, h / N, d]
+            return heads_to_seq(out, sp), None  # [1, S, h, d]
         if ulysses.position_ids is not None:
             kwargs["position_ids"] = ulysses.position_ids
-        shard = _HeadShard(module, query.shape[1] // key.shape[1])
         out, _ = inner(shard, query, key, value, ulysses.mask, **kwargs)  # [b, N * S, h / N, d]
         return heads_to_seq(out, sp), None  # [b, S, h, d]
 

@@ -11,7 +11,11 @@ the same rows and gets the same ``[n, C]`` log-probs back.
   of its own), so it changes nothing.
 * Attention: :mod:`longact_pl.ops.sequence_parallel.attention` (all-to-all to head-split, the model's own
   attention function over every position, all-to-all back) with the full-sequence mask built here by
-  transformers' mask function for the model's implementation.
+  transformers' mask function for the model's implementation. The packed completion pass instead runs the
+  log-prob plan's packed kernel (``LogprobPlan.packed_kernel``): on CUDA FlexAttention on a block mask or
+  flash-attn varlen (:mod:`longact_pl.ops.attention_kernels`), built from the whole packed layout (every
+  rank holds every position of its heads after the all-to-all), so no ``[T, sum(P_s) + T]`` mask exists;
+  the dense mask (``sdpa_mask``) stays the CPU path and the reference.
 * Shared prompt: the prompt pass records each layer's key/values after the all-to-all, i.e. in the head-split
   layout ``[1, h_kv / N, P, d]`` the completion pass attends to; the completion pass (a group's G padded rows,
   or every completion of the call packed in one row, :mod:`longact_pl.ops.packed`, split along it) prepends
@@ -32,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, causal_mask_function
 
+from longact_pl.ops.attention_kernels import choose_kernel, packed_attention
 from longact_pl.ops.chunked import decoder_of, lm_head_of
 from longact_pl.ops.packed import PackedCompletions
 from longact_pl.ops.passes import TokenMaskHook, dummy_rows, hooked_forward
@@ -174,25 +179,53 @@ def _padded_pass(model, decoder, sp: SPGroup, record: KVRecord, ids, mask, hook,
 
 
 def _split_layout(layout: PackedCompletions, multiple: int) -> PackedCompletions:
-    """``layout`` with padding tokens appended (a row of their own on span 0's prompt) to a multiple."""
+    """``layout`` with padding tokens appended to a multiple: a row of their own on the last span's prompt.
+
+    The last span's, so the packed tokens stay ordered span after span (what varlen packing needs); no real
+    token attends to the padding row, and its outputs are never scored.
+    """
     extra = -layout.num_tokens % multiple
     if extra == 0:
         return layout
     dev, rows = layout.input_ids.device, len(layout.cu_seqlens) - 1
     col = torch.arange(extra, device=dev)  # [e]
+    last = len(layout.prompt_lengths) - 1
     return dataclasses.replace(
         layout,
         input_ids=_pad_to(layout.input_ids, layout.num_tokens + extra),
-        position_ids=torch.cat([layout.position_ids, layout.prompt_lengths[0] + col.unsqueeze(0)], 1),
-        owner=torch.cat([layout.owner, col.new_zeros(extra)]),
+        position_ids=torch.cat([layout.position_ids, layout.prompt_lengths[last] + col.unsqueeze(0)], 1),
+        owner=torch.cat([layout.owner, col.new_full((extra,), last)]),
         seq=torch.cat([layout.seq, col.new_full((extra,), rows)]),
         col=torch.cat([layout.col, col]),
         cu_seqlens=torch.cat([layout.cu_seqlens, layout.cu_seqlens[-1:] + extra]),
     )
 
 
+def _packed_attention(model, sp: SPGroup, layout: PackedCompletions, prefix: KVRecord, kernel: str | None):
+    """The packed pass's :class:`UlyssesCall`: the dense mask (``sdpa_mask`` on sdpa/eager) or a kernel call.
+
+    The same choice and dispatch as the single-process pass (``packed_attention``); the kernel attends on
+    the head-split tensors inside the Ulysses wrapper, and the decoder gets the zero-size placeholder mask.
+
+    Args:
+        model: The causal LM (its own implementation: ``inner_implementation``).
+        sp: The group.
+        layout: The whole packed layout, split padding included (the same on every rank).
+        prefix: Every span's prompt key/values in the head-split layout.
+        kernel: The plan's packed kernel (``None``: chosen for the tokens' device as the single-process pass
+            does, ``choose_kernel``).
+
+    Raises:
+        ValueError: If the kernel cannot be dispatched for the model's implementation (``eager``).
+    """
+    implementation = inner_implementation(model)
+    kernel = kernel or choose_kernel(implementation, layout.owner.device)[0]
+    inputs, call = packed_attention(model, implementation, layout, kernel)
+    return UlyssesCall(sp, inputs["attention_mask"], layout.position_ids, prefix=prefix, kernel=call)
+
+
 def _packed_pass(
-    model, decoder, sp, prompts, lengths, spans, targets, mask, hook, owned: OwnedTokens
+    model, decoder, sp, prompts, lengths, spans, targets, mask, hook, owned: OwnedTokens, kernel=None
 ) -> None:
     """Every completion of the call packed in one row, split along it, on the spans' recorded prompts."""
     rows, width = targets.shape
@@ -213,9 +246,11 @@ def _packed_pass(
     prefix = KVRecord(keep=sum(lengths))
     for i in prompts[0][0].layers:
         prefix.layers[i] = tuple(torch.cat([r.layers[i][j] for r, _, _ in prompts], dim=2) for j in (0, 1))
-    call = UlyssesCall(sp, layout.attention_mask(model, torch.float32), layout.position_ids, prefix=prefix)
+    call = _packed_attention(model, sp, layout, prefix, kernel)
     counted = (torch.arange(total, device=targets.device) < real_tokens).unsqueeze(0)  # [1, T]
     hidden = _forward(decoder, sp, layout.input_ids, layout.position_ids, call, hook, counted)  # [1, S, H]
+    if call.kernel is not None:
+        call.kernel.check(len(prefix.layers))
     owned.tie(hidden)
     # local position g predicts packed token g + 1 when that token continues the same row (column > 0)
     shard = total // sp.size
@@ -249,6 +284,7 @@ def sp_grouped_completion_logprobs(
     pad_spans: int = 0,
     entropy_grad: bool = False,
     count_prompts: torch.Tensor | None = None,
+    kernel: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Completion log-probs with each group's prompt run once, prompts and completions split over the group.
 
@@ -271,6 +307,9 @@ def sp_grouped_completion_logprobs(
         entropy_grad: The entropy keeps its gradient (the entropy bonus); else a detached metric.
         count_prompts: ``[N]`` bool: which spans' prompt passes the hook is told about (see
             ``grouped_completion_logprobs``); ``None``: all.
+        kernel: With ``pack``: the packed pass's attention kernel, the plan's ``packed_kernel``
+            (:data:`~longact_pl.ops.attention_kernels.KERNELS`; ``None``: chosen from the model's attention
+            implementation and the device, ``choose_kernel``).
 
     Returns:
         ``(logp [N, C] float32, entropy [N, C] or None)``, equal on every rank of the group; with ``pack``
@@ -293,7 +332,9 @@ def sp_grouped_completion_logprobs(
         owned.tie(out)
     if pack and prompts:
         lengths = [r.keep for r, _, _ in prompts]
-        _packed_pass(model, decoder, sp, prompts, lengths, spans, targets, comp_mask, token_mask_hook, owned)
+        _packed_pass(
+            model, decoder, sp, prompts, lengths, spans, targets, comp_mask, token_mask_hook, owned, kernel
+        )
     else:
         shard = sp.shard_len(completion_width)
         cols = torch.arange(sp.rank * shard, (sp.rank + 1) * shard, device=input_ids.device) + 1  # [S_c]
