@@ -30,6 +30,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -199,6 +200,40 @@ def sampler_copy(policy: nn.Module) -> nn.Module:
     return sampler
 
 
+class Producer(Protocol):
+    """What the training step needs of an async sampler, whatever its placement.
+
+    Batches are requested by index (:meth:`submit`, batch ``j`` is trained at version ``j``), taken in index
+    order (:meth:`take`, waiting; the lag checked against ``max_staleness``), and the trainer publishes
+    its weights after every RL step (:meth:`publish`). :class:`AsyncRollouts` is the colocated one.
+    """
+
+    busy_s: float  # seconds spent generating
+
+    @property
+    def version(self) -> int:
+        """The newest published version."""
+
+    def submit(self, index: int, prompts: list[list[int]], seed: int) -> None:
+        """Request batch ``index`` of ``prompts`` sampled with ``seed`` (again: ignored)."""
+
+    def take(self, index: int, prompts: list[list[int]], seed: int) -> VersionedRollout:
+        """Batch ``index``, waiting for it (raises ``EngineFailure`` / ``StalenessError``)."""
+
+    def publish(self, policy: nn.Module) -> int:
+        """Publish ``policy``'s weights as the next version; returns it."""
+
+    def close(self, wait_s: float = 60.0) -> None:
+        """Stop sampling; batches not taken are dropped."""
+
+
+def build_producer(
+    engine: RolloutEngine, tokenizer, policy: nn.Module, settings: AsyncSettings, start_version: int
+) -> Producer:
+    """The producer for ``settings.placement`` (``colocated``: a thread with a copy of the policy)."""
+    return AsyncRollouts(engine, tokenizer, policy, settings, start_version)
+
+
 class AsyncRollouts:
     """A producer thread that samples requested batches with a copy of the policy, version-tagged.
 
@@ -208,6 +243,10 @@ class AsyncRollouts:
         policy: The policy at start (version ``start_version``); copied once into the sampler.
         settings: ``max_staleness`` and ``round_tokens``.
         start_version: The version of ``policy`` now.
+        threads: Torch intra-op threads of the producer thread (``None``: the creating thread's
+            ``torch.get_num_threads()``). OpenMP's thread count is per thread: a new thread would otherwise
+            use one per core whatever ``torch.set_num_threads`` said, and its spinning workers take the
+            trainer's cores.
     """
 
     def __init__(
@@ -217,8 +256,10 @@ class AsyncRollouts:
         policy: nn.Module,
         settings: AsyncSettings,
         start_version: int = 0,
+        threads: int | None = None,
     ) -> None:
         self.engine, self.tokenizer, self.settings = engine, tokenizer, settings
+        self.threads = threads or torch.get_num_threads()
         self.sampler = sampler_copy(policy)
         self._sampler_version = start_version
         self._published = start_version
@@ -327,6 +368,7 @@ class AsyncRollouts:
             return None
 
     def _run(self) -> None:
+        torch.set_num_threads(self.threads)  # this thread's OpenMP team (not inherited from the creator)
         while (request := self._next_request()) is not None:
             index, prompts, seed = request
             try:
