@@ -392,6 +392,6 @@ class AsyncRollouts:
                 self.engine, self.sampler, self.tokenizer, prompts, seed, rounds,
                 lambda: self._sampler_version, self._refresh,
             )  # fmt: skip
-        seconds = time.perf_counter() - start
-        self.busy_s += seconds
-        return VersionedRollout(index, batch, versions, seconds)
+        end = time.perf_counter()
+        self.busy_s += end - start
+        return VersionedRollout(index, batch, versions, end - start, start, end)
