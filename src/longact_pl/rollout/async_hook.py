@@ -23,7 +23,7 @@ from torch import nn
 
 from longact_pl.metric_reduce import Metric
 from longact_pl.rollout.async_buffer import VersionedRollout, staleness_metrics
-from longact_pl.rollout.async_loop import AsyncSettings, EngineFailure, Producer, build_producer
+from longact_pl.rollout.async_loop import AsyncSettings, EngineFailure, Producer, make_rollouts
 from longact_pl.rollout.types import RolloutBatch
 
 
@@ -163,7 +163,7 @@ class AsyncStep:
         if self.producer is None:
             check_placement(policy, trainer)
             # versions count this process's RL steps; the first step trains with version global_step
-            self.producer = build_producer(rollout, tokenizer, policy, self.settings, step)
+            self.producer = make_rollouts(rollout, tokenizer, policy, self.settings, step)
             self.index, self.lookahead = step, Lookahead(lambda: trainer.train_dataloader)
             trainer.callbacks.append(CloseOnExit(self))  # stopped on SIGTERM or an error too
         # requested now, sampled while this step trains (each once its version - max_staleness is published);

@@ -227,10 +227,10 @@ class Producer(Protocol):
         """Stop sampling; batches not taken are dropped."""
 
 
-def build_producer(
-    engine: RolloutEngine, tokenizer, policy: nn.Module, settings: AsyncSettings, start_version: int
+def make_rollouts(
+    engine, tokenizer, policy: nn.Module, settings: AsyncSettings, start_version: int = 0
 ) -> Producer:
-    """The producer for ``settings.placement`` (``colocated``: a thread with a copy of the policy)."""
+    """The producer of ``settings.placement``: :class:`AsyncRollouts` here (a thread with a policy copy)."""
     return AsyncRollouts(engine, tokenizer, policy, settings, start_version)
 
 
