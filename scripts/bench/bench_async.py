@@ -34,6 +34,7 @@ import copy
 import math
 import os
 import statistics
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -51,6 +52,14 @@ from longact_pl.ops.policy_logprobs import LogprobPass
 from longact_pl.rollout.async_loop import AsyncRollouts
 from longact_pl.rollout.hf import HFRollout
 
+DEFAULT_SWITCH = sys.getswitchinterval()  # CPython's 5 ms
+
+
+def label(staleness: int, switch: float) -> str:
+    """An async arm's name."""
+    extra = "" if switch == DEFAULT_SWITCH else f", switch interval {switch * 1000:g} ms"
+    return f"staleness {staleness}{extra}"
+
 
 @dataclass
 class Arm:
@@ -67,7 +76,6 @@ class Arm:
     lags: list[int] = field(default_factory=list)
     publish_s: float = 0.0
     load_s: float = 0.0
-    settings: int = 0  # max_staleness of an async arm
 
     @staticmethod
     def busy(intervals) -> float:
@@ -168,11 +176,11 @@ def run_sync(policy, tok, engine, prompts, seeds, kl) -> Arm:
     return arm
 
 
-def run_async(policy, tok, engine, prompts, seeds, kl) -> Arm:
+def run_async(policy, tok, engine, prompts, seeds, kl, threads=None) -> Arm:
     arm = engine.arm = Arm()
     trainer = Trainer(policy, engine.temperature, kl, arm)
     staleness = engine.schedule.max_staleness
-    rollouts = TimedRollouts(engine, tok, policy, engine.schedule)
+    rollouts = TimedRollouts(engine, tok, policy, engine.schedule, threads=threads)
     start = time.perf_counter()
     try:
         for k in range(len(prompts)):
@@ -205,6 +213,39 @@ def token_model(sync: list[Arm], staleness: int) -> tuple[float, float]:
     return sum(g) + sum(t), train_end[-1]
 
 
+def gil_profile(policy, tok, engine, prompts, seeds, kl, steps: int = 3) -> None:
+    """Print, per side, the share of its wall time outside torch ops (Python: the GIL held), sync arm.
+
+    Torch releases the GIL for the whole of an op called from Python (and for the whole backward), so the
+    time between the profiler's top-level op events is the time a thread needs the GIL: the part of each
+    side that cannot overlap the other side's GIL-held part. Shares, not seconds: load on the machine
+    stretches op and non-op time alike.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    def outside(fn) -> tuple[float, float]:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            start = time.perf_counter()
+            out = fn()
+            wall = time.perf_counter() - start
+        top = [e for e in prof.events() if e.cpu_parent is None]
+        inside = sum(e.time_range.elapsed_us() for e in top) / 1e6
+        return out, max(0.0, wall - inside), wall
+
+    arm = engine.arm = Arm()
+    trainer = Trainer(policy, engine.temperature, kl, arm)
+    held = {"engine": [0.0, 0.0], "trainer": [0.0, 0.0]}
+    for k in range(min(steps, len(prompts))):
+        batch, out_s, wall = outside(lambda k=k: engine.generate(policy, tok, prompts[k], seed=seeds[k]))
+        held["engine"][0] += out_s
+        held["engine"][1] += wall
+        _, out_s, wall = outside(lambda k=k, batch=batch: trainer.step(batch, k))
+        held["trainer"][0] += out_s
+        held["trainer"][1] += wall
+    shares = ", ".join(f"{side} {o / w:.0%} of {w:.1f} s" for side, (o, w) in held.items())
+    print(f"# GIL (profiled, first steps of a sync arm): outside torch ops {shares}", flush=True)
+
+
 def describe(name: str, arm: Arm, steps: int) -> None:
     """One arm's line: steps/s, idle fractions, busy wall vs CPU seconds, overlap, hand-over."""
     gen, train = Arm.busy(arm.gen), sum(arm.train)
@@ -231,6 +272,16 @@ def main(argv: list[str] | None = None) -> list[str]:
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--pairs", type=int, default=None, help="alternating (sync, async) repeats")
     p.add_argument("--staleness", default="1", help="comma-separated max_staleness of the async arms")
+    p.add_argument(
+        "--switch",
+        default=None,
+        help="comma-separated sys.setswitchinterval of the async arms (GIL hand-over)",
+    )
+    p.add_argument(
+        "--producer-threads", type=int, default=None,
+        help="torch threads of the producer thread (default: the trainer's 1; 2 = before the per-thread fix)",
+    )  # fmt: skip
+    p.add_argument("--gil", action="store_true", help="first profile the GIL-held share of each side")
     p.add_argument("--kl", type=float, default=0.0, help="KL coefficient (> 0: a reference pass per step)")
     p.add_argument("--prompts", type=int, default=2, help="B")
     p.add_argument("--group", type=int, default=4, help="G")
@@ -245,6 +296,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     steps = args.steps or (6 if args.quick else 12)
     pairs = args.pairs or (1 if args.quick else 2)
     stalenesses = [int(s) for s in args.staleness.split(",")]
+    switches = [float(s) for s in args.switch.split(",")] if args.switch else [DEFAULT_SWITCH]
     loaded = load(args.model)
     start_model, tok = loaded.model, loaded.tokenizer
     start_model.generation_config.eos_token_id = tok.eos_token_id
@@ -257,40 +309,50 @@ def main(argv: list[str] | None = None) -> list[str]:
     print(f"# {args.model}, B={args.prompts} G={args.group} P={args.prompt}, {steps} steps, completion "
           f"lengths {lengths} (log-normal, median {args.median}, sigma {args.sigma}); kl {args.kl}; 1 torch "
           f"thread per thread; {os.cpu_count()} cores; {pairs} pair(s) per staleness")  # fmt: skip
+    if args.gil:
+        gil_profile(copy.deepcopy(start_model), tok, TailedHF(**kwargs), prompts, seeds, args.kl)
+    configs = [(k, sw) for k in stalenesses for sw in switches]
     syncs: list[Arm] = []
-    asyncs: list[Arm] = []
-    ratios: dict[int, list[float]] = {k: [] for k in stalenesses}
-    walls: dict[int, list[float]] = {k: [] for k in stalenesses}
+    asyncs: dict[tuple[int, float], list[Arm]] = {c: [] for c in configs}
+    pair_syncs: dict[tuple[int, float], list[Arm]] = {c: [] for c in configs}
     for rep in range(pairs):
-        for k in stalenesses:
+        for k, sw in configs:
             load_avg = os.getloadavg()[0]
             sync = run_sync(copy.deepcopy(start_model), tok, TailedHF(**kwargs), prompts, seeds, args.kl)
             describe(f"sync (pair {rep}, load {load_avg:.1f})", sync, steps)
             engine = TailedHF(mode="async", max_staleness=k, **kwargs)
-            arm = run_async(copy.deepcopy(start_model), tok, engine, prompts, seeds, args.kl)
-            describe(f"async staleness {k} (pair {rep}, load {os.getloadavg()[0]:.1f})", arm, steps)
+            sys.setswitchinterval(sw)
+            try:
+                arm = run_async(
+                    copy.deepcopy(start_model), tok, engine, prompts, seeds, args.kl, args.producer_threads
+                )
+            finally:
+                sys.setswitchinterval(DEFAULT_SWITCH)
+            describe(f"async {label(k, sw)} (pair {rep}, load {os.getloadavg()[0]:.1f})", arm, steps)
             syncs.append(sync)
-            arm.settings = k
-            asyncs.append(arm)
-            ratios[k].append(sync.wall / arm.wall)
-            walls[k].append(arm.wall)
+            pair_syncs[(k, sw)].append(sync)
+            asyncs[(k, sw)].append(arm)
     lines = []
     sync_wall = statistics.median(s.wall for s in syncs)
-    for k in stalenesses:
+    for k, sw in configs:
         pred_sync, pred_async = token_model(syncs, k)
-        ratio = statistics.median(ratios[k])
-        print(f"# staleness {k}: measured {ratio:.2f}x (pairs: {', '.join(f'{r:.2f}' for r in ratios[k])}); "
+        arms = list(zip(pair_syncs[(k, sw)], asyncs[(k, sw)]))
+        ratios = [s.wall / a.wall for s, a in arms]
+        ratio = statistics.median(ratios)
+        print(f"# {label(k, sw)}: measured {ratio:.2f}x (pairs: {', '.join(f'{r:.2f}' for r in ratios)}); "
               f"token-count model (costs fitted on the sync arms): sync {pred_sync:.1f} s, async "
               f"{pred_async:.1f} s -> expected {pred_sync / pred_async:.2f}x")  # fmt: skip
-        arms = [(s, a) for s, a in zip(syncs, asyncs) if a.settings == k]
         work = statistics.median(s.cpu / a.cpu for s, a in arms)
         par = statistics.median(a.cores / s.cores for s, a in arms)
-        print(f"# staleness {k}: measured = work x parallelism = CPU seconds sync / async {work:.2f}x "
+        print(f"# {label(k, sw)}: measured = work x parallelism = CPU seconds sync / async {work:.2f}x "
               f"x cores used async / sync {par:.2f}x (the model's {pred_sync / pred_async:.2f}x needs "
               f"{pred_sync / pred_async:.2f} cores used for sync's 1)")  # fmt: skip
         name = "async_steps_per_s" if k == 1 else f"async_s{k}_steps_per_s"
-        lines.append(figure(name, ratio, steps / statistics.median(walls[k]), steps / sync_wall))
-        if k == 1:
+        if sw != DEFAULT_SWITCH:
+            name += f"_switch{sw:g}"
+        wall = statistics.median(a.wall for a in asyncs[(k, sw)])
+        lines.append(figure(name, ratio, steps / wall, steps / sync_wall))
+        if k == 1 and sw == switches[0]:
             lines.append(
                 figure("async_model_expected", pred_sync / pred_async, 1 / pred_async, 1 / pred_sync)
             )
