@@ -2,6 +2,7 @@
 and corrects with the sampler's log-probs; partial rollouts switch weights between rounds."""
 
 import copy
+import os
 import threading
 import time
 
@@ -354,3 +355,36 @@ def test_the_next_batch_is_sampled_while_the_trainer_runs_its_reference_pass(tin
     (pass_start, pass_end), *_ = passes  # step 0's reference pass (step 1 runs its own)
     assert second.started >= pass_start and second.started < pass_end  # sampled during the trainer's pass
     assert second.finished > second.started > first.finished
+
+
+class _ThreadCountHF(HFRollout):
+    """HF rollouts that run one large matmul first and record the process's OS threads while it runs."""
+
+    tasks = None
+
+    def generate(self, *args, **kwargs):
+        a = torch.randn(768, 768)
+        for _ in range(3):
+            a = (a @ a).tanh()  # large enough for an OpenMP team of every thread the caller is allowed
+        _ThreadCountHF.tasks = len(os.listdir("/proc/self/task"))
+        return super().generate(*args, **kwargs)
+
+
+@pytest.mark.skipif(
+    (os.cpu_count() or 1) < 2 or not os.path.isdir("/proc/self/task"), reason="2 cores, Linux"
+)
+@pytest.mark.parametrize("threads", [None, 2], ids=["inherited", "two"])
+def test_the_producer_thread_takes_its_creators_torch_thread_count(tiny, threads):
+    """OpenMP's thread count is per thread: after torch.set_num_threads(1) the producer runs without an
+    OpenMP worker of its own (one OS thread more than before it started), unless told otherwise."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    engine = _ThreadCountHF(group_size=G, max_new_tokens=2, temperature=1.0, mode="async")
+    start = len(os.listdir("/proc/self/task"))
+    rollouts = AsyncRollouts(engine, tiny.tokenizer, tiny.model, engine.schedule, threads=threads)
+    try:
+        rollouts.take(0, _prompts(0, len(tiny.tokenizer)), 0)
+    finally:
+        rollouts.close()
+        torch.set_num_threads(before)
+    assert _ThreadCountHF.tasks == start + (1 if threads is None else 2)
