@@ -119,6 +119,8 @@ class TailedHF(HFRollout):
     def generate(self, policy, tokenizer, prompts, greedy=False, seed=0, max_new_tokens=None):
         start, cpu = time.perf_counter(), time.thread_time()
         out = super().generate(policy, tokenizer, prompts, greedy, seed, max_new_tokens or self.budget(seed))
+        if self.arm is None:  # not timed (scripts/gpu_check_async.py's warm-up)
+            self.arm = Arm()
         self.arm.gen.append((start, time.perf_counter()))
         self.arm.gen_cpu += time.thread_time() - cpu
         self.arm.cols.append(out.completion_mask.shape[1])
@@ -166,7 +168,7 @@ class Trainer:
         self.arm.train_cpu += time.thread_time() - cpu
 
 
-def run_sync(policy, tok, engine, prompts, seeds, kl) -> Arm:
+def sync_arm(policy, tok, engine, prompts, seeds, kl: float = 0.0) -> Arm:
     arm = engine.arm = Arm()
     trainer = Trainer(policy, engine.temperature, kl, arm)
     start = time.perf_counter()
@@ -176,7 +178,7 @@ def run_sync(policy, tok, engine, prompts, seeds, kl) -> Arm:
     return arm
 
 
-def run_async(policy, tok, engine, prompts, seeds, kl, threads=None) -> Arm:
+def async_arm(policy, tok, engine, prompts, seeds, kl: float = 0.0, threads=None) -> Arm:
     arm = engine.arm = Arm()
     trainer = Trainer(policy, engine.temperature, kl, arm)
     staleness = engine.schedule.max_staleness
@@ -198,19 +200,51 @@ def run_async(policy, tok, engine, prompts, seeds, kl, threads=None) -> Arm:
     return arm
 
 
-def token_model(sync: list[Arm], staleness: int) -> tuple[float, float]:
-    """Costs fitted on the sync arms -> (predicted sync s, predicted async s) of one arm's steps."""
-    c_gen = sum(Arm.busy(a.gen) for a in sync) / sum(sum(a.cols) for a in sync)
-    c_train = sum(sum(a.train) for a in sync) / sum(sum(a.tokens) for a in sync)
-    g = [c_gen * c for c in sync[0].cols]
-    t = [c_train * n for n in sync[0].tokens]
+def token_model(gen, train, cols, tokens, staleness: int = 1) -> tuple[float, float, float]:
+    """Fitted per-column / per-token costs -> (predicted sync s, predicted async s, ratio).
+
+    Args:
+        gen: Engine seconds per batch (sync).
+        train: Trainer seconds per step (sync).
+        cols: Decoded columns per batch.
+        tokens: Trained tokens per step.
+        staleness: ``max_staleness``: batch j starts once the engine is free and version j - staleness is
+            published, step j once batch j is ready and step j - 1 is done.
+    """
+    c_gen, c_train = sum(gen) / sum(cols), sum(train) / sum(tokens)
+    g = [c_gen * c for c in cols]
+    t = [c_train * n for n in tokens]
     gen_end, train_end = [0.0] * len(g), [0.0] * len(g)
     for j in range(len(g)):
         published = train_end[j - staleness - 1] if j - staleness - 1 >= 0 else 0.0  # version j - staleness
-        free = gen_end[j - 1] if j else 0.0
-        gen_end[j] = max(free, published) + g[j]
+        gen_end[j] = max(gen_end[j - 1] if j else 0.0, published) + g[j]
         train_end[j] = max(train_end[j - 1] if j else 0.0, gen_end[j]) + t[j]
-    return sum(g) + sum(t), train_end[-1]
+    sync = sum(g) + sum(t)
+    return sync, train_end[-1], sync / train_end[-1]
+
+
+def fitted_model(syncs: list[Arm], staleness: int) -> tuple[float, float, float]:
+    """:func:`token_model` of the first sync arm's steps, with costs fitted on every sync arm."""
+    gens = [b - a for arm in syncs for a, b in arm.gen]
+    c_gen = sum(gens) / sum(c for arm in syncs for c in arm.cols)
+    c_train = sum(t for arm in syncs for t in arm.train) / sum(n for arm in syncs for n in arm.tokens)
+    one = syncs[0]
+    g, t = [c_gen * c for c in one.cols], [c_train * n for n in one.tokens]
+    return token_model(g, t, one.cols, one.tokens, staleness)
+
+
+def run_sync(policy, tok, engine, prompts, seeds):
+    """The sync arm as ``(wall, engine s, trainer s, engine s per batch, trainer s per step, cols, tokens)``
+    (``scripts/gpu_check_async.py`` calls this)."""
+    arm = sync_arm(policy, tok, engine, prompts, seeds)
+    gens = [b - a for a, b in arm.gen]
+    return arm.wall, sum(gens), sum(arm.train), gens, arm.train, arm.cols, arm.tokens
+
+
+def run_async(policy, tok, engine, prompts, seeds):
+    """The async arm as ``(wall, engine s, trainer s, lag per step)`` (``scripts/gpu_check_async.py``)."""
+    arm = async_arm(policy, tok, engine, prompts, seeds)
+    return arm.wall, Arm.busy(arm.gen), sum(arm.train), arm.lags
 
 
 def gil_profile(policy, tok, engine, prompts, seeds, kl, steps: int = 3) -> None:
@@ -318,12 +352,12 @@ def main(argv: list[str] | None = None) -> list[str]:
     for rep in range(pairs):
         for k, sw in configs:
             load_avg = os.getloadavg()[0]
-            sync = run_sync(copy.deepcopy(start_model), tok, TailedHF(**kwargs), prompts, seeds, args.kl)
+            sync = sync_arm(copy.deepcopy(start_model), tok, TailedHF(**kwargs), prompts, seeds, args.kl)
             describe(f"sync (pair {rep}, load {load_avg:.1f})", sync, steps)
             engine = TailedHF(mode="async", max_staleness=k, **kwargs)
             sys.setswitchinterval(sw)
             try:
-                arm = run_async(
+                arm = async_arm(
                     copy.deepcopy(start_model), tok, engine, prompts, seeds, args.kl, args.producer_threads
                 )
             finally:
@@ -335,7 +369,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     lines = []
     sync_wall = statistics.median(s.wall for s in syncs)
     for k, sw in configs:
-        pred_sync, pred_async = token_model(syncs, k)
+        pred_sync, pred_async, _ = fitted_model(syncs, k)
         arms = list(zip(pair_syncs[(k, sw)], asyncs[(k, sw)]))
         ratios = [s.wall / a.wall for s, a in arms]
         ratio = statistics.median(ratios)
