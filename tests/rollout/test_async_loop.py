@@ -388,3 +388,28 @@ def test_the_producer_thread_takes_its_creators_torch_thread_count(tiny, threads
         rollouts.close()
         torch.set_num_threads(before)
     assert _ThreadCountHF.tasks == start + (1 if threads is None else 2)
+
+
+def test_a_publish_reaches_the_sampler_through_one_kept_buffer_on_cpu(tiny):
+    """Each published version is what the sampler loads, bit for bit; on CPU the hand-over buffer is
+    allocated once (the second publish copies into the same storage)."""
+    policy = tiny.model
+    engine = _engine(max_staleness=2)
+    rollouts = AsyncRollouts(engine, tiny.tokenizer, policy, engine.schedule)
+    vocab = len(tiny.tokenizer)
+    try:
+        rollouts.take(0, _prompts(0, vocab), 0)  # batches are sampled in index order, from version 0
+        ptrs = []
+        for version in (1, 2):
+            with torch.no_grad():
+                for p in policy.parameters():
+                    p.add_(0.01 * version)
+            assert rollouts.publish(policy) == version
+            ptrs.append({k: v.data_ptr() for k, v in rollouts._staging.items()})
+            got = rollouts.take(version, _prompts(version, vocab), version)  # batch `version`: loads it first
+            assert got.oldest == version
+            for name, value in policy.state_dict().items():
+                assert torch.equal(rollouts.sampler.state_dict()[name], value), name
+        assert ptrs[0] == ptrs[1]
+    finally:
+        rollouts.close()

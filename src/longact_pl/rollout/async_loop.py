@@ -264,9 +264,12 @@ class AsyncRollouts:
         self._sampler_version = start_version
         self._published = start_version
         self._next_index = start_version  # batches are sampled in index order, the first at start_version
-        # the hand-over buffer: publish copies into it, the producer loads from it (allocated once: a fresh
-        # clone per publish cost 6x the copy, in page faults, on the trainer's critical path)
-        self._staging = {k: v.detach().clone() for k, v in self.sampler.state_dict().items()}
+        # the hand-over buffer: publish copies into it, the producer loads from it. On CPU it is kept (a fresh
+        # clone per publish cost 6x the copy, in page faults, on the trainer's critical path); on a GPU it is
+        # freed once loaded (the caching allocator makes the next one cheap, and the training step gets the
+        # memory back in the meantime)
+        self._staging: dict[str, torch.Tensor] | None = None
+        self._keep_staging = all(p.device.type == "cpu" for p in self.sampler.parameters())
         self._staging_lock = threading.Lock()
         self._pending = False  # the staging buffer holds a version the sampler has not loaded
         self._cond = threading.Condition()
@@ -292,8 +295,11 @@ class AsyncRollouts:
             The new version.
         """
         with self._staging_lock:  # waits only while the producer loads the previous version from it
-            for name, value in policy.state_dict().items():
-                self._staging[name].copy_(value)
+            if self._staging is None:
+                self._staging = {k: v.detach().clone() for k, v in policy.state_dict().items()}
+            else:
+                for name, value in policy.state_dict().items():
+                    self._staging[name].copy_(value)
             with self._cond:  # inside the staging lock: a load sees the data and its version together
                 self._pending = True
                 self._published += 1
@@ -358,6 +364,8 @@ class AsyncRollouts:
             if pending:
                 self.sampler.load_state_dict(self._staging)
                 self._sampler_version = version
+                if not self._keep_staging:
+                    self._staging = None
 
     def _next_request(self) -> tuple[int, list[list[int]], int] | None:
         """The next request to sample, waiting for one; ``None`` once closed.
