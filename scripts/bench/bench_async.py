@@ -280,6 +280,34 @@ def gil_profile(policy, tok, engine, prompts, seeds, kl, steps: int = 3) -> None
     print(f"# GIL (profiled, first steps of a sync arm): outside torch ops {shares}", flush=True)
 
 
+def spare_cores(seconds: float = 1.0) -> tuple[float, float]:
+    """Cores one and two GIL-free torch threads get now (matmuls, one intra-op thread each).
+
+    On an idle 2-core machine about (1.0, 2.0): the most the sync and the async arm can use. Under other
+    jobs' load the second number drops (the kernel shares the cores between sessions, not threads).
+    """
+    a = torch.randn(384, 384)
+
+    def spin(stop: float, out: list) -> None:
+        torch.set_num_threads(1)
+        start = time.thread_time()
+        while time.perf_counter() < stop:
+            a @ a
+        out.append(time.thread_time() - start)
+
+    got = []
+    for n in (1, 2):
+        cpu: list[float] = []
+        stop = time.perf_counter() + seconds
+        threads = [threading.Thread(target=spin, args=(stop, cpu)) for _ in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        got.append(sum(cpu) / seconds)
+    return got[0], got[1]
+
+
 def describe(name: str, arm: Arm, steps: int) -> None:
     """One arm's line: steps/s, idle fractions, busy wall vs CPU seconds, overlap, hand-over."""
     gen, train = Arm.busy(arm.gen), sum(arm.train)
@@ -352,6 +380,8 @@ def main(argv: list[str] | None = None) -> list[str]:
     for rep in range(pairs):
         for k, sw in configs:
             load_avg = os.getloadavg()[0]
+            one, two = spare_cores()
+            print(f"# machine now: one torch thread gets {one:.2f} cores, two get {two:.2f}", flush=True)
             sync = sync_arm(copy.deepcopy(start_model), tok, TailedHF(**kwargs), prompts, seeds, args.kl)
             describe(f"sync (pair {rep}, load {load_avg:.1f})", sync, steps)
             engine = TailedHF(mode="async", max_staleness=k, **kwargs)
