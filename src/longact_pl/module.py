@@ -34,7 +34,7 @@ from longact_pl.precision import check_master_weights
 from longact_pl.rewards import hooks as reward_hooks
 from longact_pl.rewards.scoring import RewardErrors
 from longact_pl.rewards.types import RewardFn
-from longact_pl.rollout import async_hook
+from longact_pl.rollout.async_hook import AsyncStep
 from longact_pl.rollout.types import RolloutEngine
 from longact_pl.sampling import ScoredRollout, more_prompt_batches, sample_and_score
 from longact_pl.step_log import format_step, step_metrics
@@ -138,6 +138,8 @@ class LongActModule(L.LightningModule):
             max_new_tokens=rollout.max_new_tokens,
         )  # fmt: skip
         self.seed = seed
+        # rollout.mode=async: the producer sampling ahead, called at the step's declared points (sync: no-op)
+        self.async_step = AsyncStep(getattr(rollout, "schedule", None), seed)
         self.export_dir = Path(export_dir) if export_dir else None
         self.predictions_dir = Path(predictions_dir) if predictions_dir else None
         self.validated_steps: set[int] = set()  # global steps whose weights were validated (run_end.py)
@@ -205,7 +207,10 @@ class LongActModule(L.LightningModule):
     def _sample(self, batch: list[dict]) -> ScoredRollout | None:
         algo = self.algorithm
         rank, _ = data_parallel_rank(self.trainer)  # a sequence-parallel group draws the same prompts
-        engine = async_hook.step_engine(self, batch, self._save_stop_checkpoint)  # async: sampled ahead
+        engine = self.async_step.engine(
+            self.rollout, batch, self.policy, self.tokenizer, self.global_step, self.trainer,
+            self._save_stop_checkpoint,
+        )  # fmt: skip  # async: sampled ahead
         return sample_and_score(
             engine, self.policy, self.tokenizer, self.reward_fn, batch, shape=algo.shape_rewards,
             keep_groups=algo.keep_groups if algo.dynamic_sampling else None,
@@ -226,7 +231,7 @@ class LongActModule(L.LightningModule):
         self.stops.check_rewards(errors.step_all_failed, errors.step_first, self.dist, save)
         # every rank skips together (sampling agrees)
         if self.stops.skipped.record(scored is None, self.dist):
-            async_hook.after_step(self)  # async: the next version (unchanged weights)
+            self.async_step.after_step(self.policy)  # async: the next version (unchanged weights)
             self._on_skipped_step()
             return
         rewards = scored.rewards.to(self.device)  # [N]; advantages in prepare (after a KL reward penalty)
@@ -246,7 +251,7 @@ class LongActModule(L.LightningModule):
                             time.perf_counter() - start, lr, {**update, **kl_check})  # fmt: skip
         logs["train/skipped_steps_total"] = Metric(self.stops.skipped.total, "same")  # ranks skip together
         logs.update(reward_hooks.step_metrics(self.reward_fn))  # train/judge/* counts (sums over ranks)
-        async_hook.after_step(self, logs)  # async: publish the new weights, train/async/* staleness
+        self.async_step.after_step(self.policy, logs)  # async: publish the new weights, train/async/*
         logs = reduce_metrics(logs, self.dist, self._counted_rank)  # the global values, one collective
         self._totals = {k: logs[k] for k in TOTALS}  # what a checkpoint keeps of the run's counters
         self.log_dict(logs, on_step=True, batch_size=len(batch))
@@ -342,7 +347,7 @@ class LongActModule(L.LightningModule):
 
     def on_train_end(self) -> None:
         """Save the trained policy and tokenizer with ``save_pretrained`` into ``export_dir``."""
-        async_hook.close(self)  # async: stop the sampler thread
+        self.async_step.close()  # async: stop the sampler thread
         self.export()
 
     def export(self) -> None:

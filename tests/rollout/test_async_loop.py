@@ -2,6 +2,9 @@
 and corrects with the sampler's log-probs; partial rollouts switch weights between rounds."""
 
 import copy
+import os
+import threading
+import time
 
 import pytest
 import torch
@@ -44,6 +47,7 @@ class _Trainer:
             correction=self.correction, external=True,
         )  # fmt: skip
         self.opt = torch.optim.SGD(policy.parameters(), lr=0.5)
+        self.reference = None  # a frozen reference: prepare runs its no-grad log-prob pass
         self.sampler_logps = []
         weights = self.correction.weights
 
@@ -58,7 +62,7 @@ class _Trainer:
             backward=lambda loss: loss.backward(), step=self.opt.step,
             zero_grad=lambda: self.opt.zero_grad(set_to_none=True), skip=lambda: None,
         )  # fmt: skip
-        train = self.learner.prepare(self.policy, None, batch, _rewards(batch))
+        train = self.learner.prepare(self.policy, self.reference, batch, _rewards(batch))
         self.learner.update(self.policy, train, calls, LocalOps(), torch.Generator().manual_seed(index))
 
 
@@ -262,3 +266,150 @@ def test_the_producer_samples_what_the_engine_samples_on_the_policy(tiny, prefil
     finally:
         rollouts.close()
     assert torch.equal(got.input_ids, want.input_ids) and torch.equal(got.behaviour_logp, want.behaviour_logp)
+
+
+class _RecordingHF(HFRollout):
+    """HF rollouts that record, per batch (by seed), the version the producer published when it started and
+    set an event once it finished; batch ``wait_for[seed]`` waits for an event before starting."""
+
+    def __init__(self, rollouts_box, **kwargs):
+        super().__init__(**kwargs)
+        self.box, self.started_at, self.done, self.wait_for = rollouts_box, {}, {}, {}
+
+    def generate(self, *args, **kwargs):
+        seed = kwargs["seed"]
+        if seed in self.wait_for:
+            assert self.wait_for[seed].wait(timeout=60), "the trainer's pass never started"
+        self.started_at[seed] = self.box[0].version
+        out = super().generate(*args, **kwargs)
+        self.done.setdefault(seed, threading.Event()).set()
+        return out
+
+
+def test_staleness_two_samples_two_batches_ahead_and_no_token_lags_more(tiny):
+    """max_staleness=2: while step k trains, batches k+1 and k+2 are sampled (k+2 by version k: lag 2);
+    no batch starts before version j - 2 is published, every batch is taken once, in order."""
+    policy, tok = tiny.model, tiny.tokenizer
+    box = [None]
+    engine = _RecordingHF(
+        box, group_size=G, max_new_tokens=NEW, temperature=1.0, mode="async", max_staleness=2
+    )
+    trainer = _Trainer(policy, engine)
+    rollouts = box[0] = AsyncRollouts(engine, tok, policy, engine.schedule)
+    steps, vocab, taken = 5, len(tok), []
+    seeds = [step_seed(0, k) for k in range(steps)]
+    try:
+        for k in range(steps):
+            for j in (k + 1, k + 2):  # the hook's lookahead: max_staleness batches ahead
+                if j < steps:
+                    rollouts.submit(j, _prompts(j, vocab), seeds[j])
+            got = rollouts.take(k, _prompts(k, vocab), seeds[k])
+            if k + 2 < steps:  # batch k + 2 is sampled before step k trains: two versions behind
+                done = engine.done.setdefault(seeds[k + 2], threading.Event())
+                assert done.wait(timeout=60)
+            taken.append((got.index, rollouts.version - got.oldest))
+            trainer.step(got.batch, k)
+            rollouts.publish(policy)
+    finally:
+        rollouts.close()
+    assert [index for index, _ in taken] == list(range(steps))  # each batch trained once, none lost
+    lags = [lag for _, lag in taken]
+    assert max(lags) <= 2 and lags[2:] == [2] * (steps - 2)  # the lookahead really ran two batches ahead
+    for j, seed in enumerate(seeds):  # bounded staleness: batch j started once version j - 2 was published
+        assert engine.started_at[seed] >= j - 2
+    assert sorted(engine.started_at) == sorted(seeds)  # each batch sampled exactly once
+
+
+def test_the_next_batch_is_sampled_while_the_trainer_runs_its_reference_pass(tiny):
+    """Colocated overlap, by timestamps: batch 1's sampling interval intersects step 0's no-grad reference
+    log-prob pass (batch 1 starts once the pass has started; the pass ends only after batch 1 is sampled:
+    were the two serialised, this would time out)."""
+    policy, tok = tiny.model, tiny.tokenizer
+    box = [None]
+    engine = _RecordingHF(box, group_size=G, max_new_tokens=NEW, temperature=1.0, mode="async")
+    trainer = _Trainer(policy, engine)
+    trainer.reference = copy.deepcopy(policy).eval()
+    pass_started, passes = threading.Event(), []
+    no_grad = trainer.learner.no_grad_logprobs
+
+    def timed_pass(*args, **kwargs):  # step 0's reference pass, waiting until batch 1 is sampled
+        start = time.perf_counter()
+        pass_started.set()
+        sampling = engine.done.setdefault(step_seed(0, 1), threading.Event())
+        assert sampling.wait(timeout=60), "batch 1 was not sampled during the pass"
+        out = no_grad(*args, **kwargs)
+        passes.append((start, time.perf_counter()))
+        return out
+
+    trainer.learner.no_grad_logprobs = timed_pass
+    engine.wait_for[step_seed(0, 1)] = pass_started
+    rollouts = box[0] = AsyncRollouts(engine, tok, policy, engine.schedule)
+    try:
+        first = rollouts.take(0, _prompts(0, len(tok)), step_seed(0, 0))
+        rollouts.submit(1, _prompts(1, len(tok)), step_seed(0, 1))
+        trainer.step(first.batch, 0)
+        rollouts.publish(policy)
+        second = rollouts.take(1, _prompts(1, len(tok)), step_seed(0, 1))
+    finally:
+        rollouts.close()
+    (pass_start, pass_end), *_ = passes  # step 0's reference pass (step 1 runs its own)
+    assert second.started >= pass_start and second.started < pass_end  # sampled during the trainer's pass
+    assert second.finished > second.started > first.finished
+
+
+class _ThreadCountHF(HFRollout):
+    """HF rollouts that run one large matmul first and record the process's OS threads while it runs."""
+
+    tasks = None
+
+    def generate(self, *args, **kwargs):
+        a = torch.randn(768, 768)
+        for _ in range(3):
+            a = (a @ a).tanh()  # large enough for an OpenMP team of every thread the caller is allowed
+        _ThreadCountHF.tasks = len(os.listdir("/proc/self/task"))
+        return super().generate(*args, **kwargs)
+
+
+@pytest.mark.skipif(
+    (os.cpu_count() or 1) < 2 or not os.path.isdir("/proc/self/task"), reason="2 cores, Linux"
+)
+@pytest.mark.parametrize("threads", [None, 2], ids=["inherited", "two"])
+def test_the_producer_thread_takes_its_creators_torch_thread_count(tiny, threads):
+    """OpenMP's thread count is per thread: after torch.set_num_threads(1) the producer runs without an
+    OpenMP worker of its own (one OS thread more than before it started), unless told otherwise."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    engine = _ThreadCountHF(group_size=G, max_new_tokens=2, temperature=1.0, mode="async")
+    start = len(os.listdir("/proc/self/task"))
+    rollouts = AsyncRollouts(engine, tiny.tokenizer, tiny.model, engine.schedule, threads=threads)
+    try:
+        rollouts.take(0, _prompts(0, len(tiny.tokenizer)), 0)
+    finally:
+        rollouts.close()
+        torch.set_num_threads(before)
+    assert _ThreadCountHF.tasks == start + (1 if threads is None else 2)
+
+
+def test_a_publish_reaches_the_sampler_through_one_kept_buffer_on_cpu(tiny):
+    """Each published version is what the sampler loads, bit for bit; on CPU the hand-over buffer is
+    allocated once (the second publish copies into the same storage)."""
+    policy = tiny.model
+    engine = _engine(max_staleness=2)
+    rollouts = AsyncRollouts(engine, tiny.tokenizer, policy, engine.schedule)
+    vocab = len(tiny.tokenizer)
+    try:
+        rollouts.take(0, _prompts(0, vocab), 0)  # batches are sampled in index order, from version 0
+        ptrs = []
+        for version in (1, 2):
+            with torch.no_grad():
+                for p in policy.parameters():
+                    p.add_(0.01 * version)
+            assert rollouts.publish(policy) == version
+            ptrs.append({k: v.data_ptr() for k, v in rollouts._staging.items()})
+            got = rollouts.take(version, _prompts(version, vocab), version)  # batch `version`: loads it first
+            assert got.oldest == version
+            for name, value in policy.state_dict().items():
+                assert torch.equal(rollouts.sampler.state_dict()[name], value), name
+        assert ptrs[0] == ptrs[1]
+    finally:
+        rollouts.close()

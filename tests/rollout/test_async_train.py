@@ -100,14 +100,20 @@ def test_an_engine_crash_stops_with_a_resumable_checkpoint(tmp_path):
 
 
 @pytest.mark.slow  # three tiny runs (uninterrupted, stopped, resumed): ~15 s on an idle 2-core machine
-def test_sigterm_during_async_generation_resumes_without_training_a_sample_twice_or_losing_one(tmp_path):
+@pytest.mark.parametrize("staleness", [1, 2])
+def test_sigterm_during_async_generation_resumes_without_training_a_sample_twice_or_losing_one(
+    tmp_path, staleness
+):
+    """Staleness 2: the lookahead requests two batches ahead; both are dropped at the stop."""
     common = [*ASYNC, "data.reward._target_=tests.rollout.test_async_train.CountingReward",
               "trainer.max_steps=4", "callbacks.model_checkpoint.every_n_train_steps=1",
-              "rollout._target_=tests.rollout.test_async_train.CountingHF"]  # fmt: skip
+              "rollout._target_=tests.rollout.test_async_train.CountingHF",
+              f"rollout.max_staleness={staleness}"]  # fmt: skip
     CountingReward.seen = []
     full = tmp_path / "full"
     run(compose_train(full, *common), full)
     expected = Counter(CountingReward.seen)
+    assert max(float(r["train/async/lag_max"]) for r in _rows(full)) <= staleness
     CountingReward.seen, CountingHF.started = [], 0
     part = tmp_path / "part"
     with pytest.raises(SystemExit):  # stopped after step 2, while batch 3 was being sampled ahead
@@ -118,6 +124,7 @@ def test_sigterm_during_async_generation_resumes_without_training_a_sample_twice
     assert CountingHF.started >= 3  # batch 2 was being sampled ahead when the run stopped: it is dropped
     run(compose_train(part, *common, f"ckpt_path={part / 'checkpoints' / 'last.ckpt'}"), part)
     assert Counter(CountingReward.seen) == expected  # every prompt trained once, none lost
+    assert max(float(r["train/async/lag_max"]) for r in _rows(part)) <= staleness
     for thread in threading.enumerate():  # the stopped run's producer ended too (no leaked sampler)
         if thread.name == "async-rollouts":
             thread.join(timeout=30)

@@ -35,12 +35,16 @@ class VersionedRollout:
             the version that sampled it.
         token_versions: ``[N, C]`` long, the version that sampled each completion token (``-1`` at padding).
         generate_s: Seconds the engine spent generating it.
+        started: ``time.perf_counter()`` when the engine started it (overlap checks; 0: not recorded).
+        finished: ``time.perf_counter()`` when the engine finished it.
     """
 
     index: int
     batch: RolloutBatch
     token_versions: torch.Tensor
     generate_s: float = 0.0
+    started: float = 0.0
+    finished: float = 0.0
 
     @property
     def oldest(self) -> int:

@@ -30,6 +30,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -199,6 +200,40 @@ def sampler_copy(policy: nn.Module) -> nn.Module:
     return sampler
 
 
+class Producer(Protocol):
+    """What the training step needs of an async sampler, whatever its placement.
+
+    Batches are requested by index (:meth:`submit`, batch ``j`` is trained at version ``j``), taken in index
+    order (:meth:`take`, waiting; the lag checked against ``max_staleness``), and the trainer publishes
+    its weights after every RL step (:meth:`publish`). :class:`AsyncRollouts` is the colocated one.
+    """
+
+    busy_s: float  # seconds spent generating
+
+    @property
+    def version(self) -> int:
+        """The newest published version."""
+
+    def submit(self, index: int, prompts: list[list[int]], seed: int) -> None:
+        """Request batch ``index`` of ``prompts`` sampled with ``seed`` (again: ignored)."""
+
+    def take(self, index: int, prompts: list[list[int]], seed: int) -> VersionedRollout:
+        """Batch ``index``, waiting for it (raises ``EngineFailure`` / ``StalenessError``)."""
+
+    def publish(self, policy: nn.Module) -> int:
+        """Publish ``policy``'s weights as the next version; returns it."""
+
+    def close(self, wait_s: float = 60.0) -> None:
+        """Stop sampling; batches not taken are dropped."""
+
+
+def make_rollouts(
+    engine, tokenizer, policy: nn.Module, settings: AsyncSettings, start_version: int = 0
+) -> Producer:
+    """The producer of ``settings.placement``: :class:`AsyncRollouts` here (a thread with a policy copy)."""
+    return AsyncRollouts(engine, tokenizer, policy, settings, start_version)
+
+
 class AsyncRollouts:
     """A producer thread that samples requested batches with a copy of the policy, version-tagged.
 
@@ -208,6 +243,10 @@ class AsyncRollouts:
         policy: The policy at start (version ``start_version``); copied once into the sampler.
         settings: ``max_staleness`` and ``round_tokens``.
         start_version: The version of ``policy`` now.
+        threads: Torch intra-op threads of the producer thread (``None``: the creating thread's
+            ``torch.get_num_threads()``). OpenMP's thread count is per thread: a new thread would otherwise
+            use one per core whatever ``torch.set_num_threads`` said, and its spinning workers take the
+            trainer's cores.
     """
 
     def __init__(
@@ -217,13 +256,22 @@ class AsyncRollouts:
         policy: nn.Module,
         settings: AsyncSettings,
         start_version: int = 0,
+        threads: int | None = None,
     ) -> None:
         self.engine, self.tokenizer, self.settings = engine, tokenizer, settings
+        self.threads = threads or torch.get_num_threads()
         self.sampler = sampler_copy(policy)
         self._sampler_version = start_version
         self._published = start_version
         self._next_index = start_version  # batches are sampled in index order, the first at start_version
-        self._pending: dict[str, torch.Tensor] | None = None
+        # the hand-over buffer: publish copies into it, the producer loads from it. On CPU it is kept (a fresh
+        # clone per publish cost 6x the copy, in page faults, on the trainer's critical path); on a GPU it is
+        # freed once loaded (the caching allocator makes the next one cheap, and the training step gets the
+        # memory back in the meantime)
+        self._staging: dict[str, torch.Tensor] | None = None
+        self._keep_staging = all(p.device.type == "cpu" for p in self.sampler.parameters())
+        self._staging_lock = threading.Lock()
+        self._pending = False  # the staging buffer holds a version the sampler has not loaded
         self._cond = threading.Condition()
         self._requests: dict[int, tuple[list[list[int]], int]] = {}  # index -> (prompts, seed), to sample
         self._results: dict[int, VersionedRollout | BaseException] = {}
@@ -246,12 +294,17 @@ class AsyncRollouts:
         Returns:
             The new version.
         """
-        weights = {k: v.detach().clone() for k, v in policy.state_dict().items()}
-        with self._cond:
-            self._pending = weights
-            self._published += 1
-            self._cond.notify_all()
-            return self._published
+        with self._staging_lock:  # waits only while the producer loads the previous version from it
+            if self._staging is None:
+                self._staging = {k: v.detach().clone() for k, v in policy.state_dict().items()}
+            else:
+                for name, value in policy.state_dict().items():
+                    self._staging[name].copy_(value)
+            with self._cond:  # inside the staging lock: a load sees the data and its version together
+                self._pending = True
+                self._published += 1
+                self._cond.notify_all()
+                return self._published
 
     def submit(self, index: int, prompts: list[list[int]], seed: int) -> None:
         """Request batch ``index`` (trained at version ``index``) of ``prompts``, sampled with ``seed``."""
@@ -304,12 +357,15 @@ class AsyncRollouts:
     @torch.no_grad()
     def _refresh(self) -> None:
         """Load the newest published weights into the sampler copy (the producer's thread only)."""
-        with self._cond:
-            weights, version = self._pending, self._published
-            self._pending = None
-        if weights is not None:
-            self.sampler.load_state_dict(weights)
-            self._sampler_version = version
+        with self._staging_lock:  # a publish waits for this load (the buffer holds the newest version)
+            with self._cond:
+                pending, version = self._pending, self._published
+                self._pending = False
+            if pending:
+                self.sampler.load_state_dict(self._staging)
+                self._sampler_version = version
+                if not self._keep_staging:
+                    self._staging = None
 
     def _next_request(self) -> tuple[int, list[list[int]], int] | None:
         """The next request to sample, waiting for one; ``None`` once closed.
@@ -327,6 +383,7 @@ class AsyncRollouts:
             return None
 
     def _run(self) -> None:
+        torch.set_num_threads(self.threads)  # this thread's OpenMP team (not inherited from the creator)
         while (request := self._next_request()) is not None:
             index, prompts, seed = request
             try:
@@ -350,6 +407,6 @@ class AsyncRollouts:
                 self.engine, self.sampler, self.tokenizer, prompts, seed, rounds,
                 lambda: self._sampler_version, self._refresh,
             )  # fmt: skip
-        seconds = time.perf_counter() - start
-        self.busy_s += seconds
-        return VersionedRollout(index, batch, versions, seconds)
+        end = time.perf_counter()
+        self.busy_s += end - start
+        return VersionedRollout(index, batch, versions, end - start, start, end)
