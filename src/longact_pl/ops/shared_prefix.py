@@ -15,6 +15,13 @@ prompt pass without a second head call.
 The gradient reaching the prompt through its key/values is the sum over the G rows, exactly what the naive
 per-row computation accumulates, so parameter gradients match the naive path.
 
+Order (``interleave``, the default): the two forwards run layer by layer (:mod:`longact_pl.ops.interleaved`:
+prompt then completions through layer 0, then layer 1, ...; one checkpoint per layer under activation
+checkpointing), so only one layer's prompt key/values and their gradients exist at a time; values and
+gradients are bit-identical to ``interleave=False`` (the prompt through every layer, then the
+completions), which keeps every layer's key/values and, at the switch to the prompt's backward, their
+gradients.
+
 Gradient checkpointing: Hugging Face drops ``past_key_values`` inside checkpointed decoder layers. The caches
 below are replay-safe (the recording cache overwrites instead of appending; the prefix cache never stores),
 so while this function runs each layer is marked ``_can_checkpoint_with_cache``. The checkpoint must be
