@@ -63,19 +63,24 @@ def test_bf16_autocast_equal_too(pack):
 
 @pytest.mark.parametrize("ckpt", [False, True], ids=["plain", "ckpt"])
 @pytest.mark.parametrize("pack", [False, True], ids=["padded", "packed"])
-def test_statistics_hooks_see_the_same_tokens_once(ckpt, pack):
-    """LongAct's collector gathers identical statistics: each prompt token once per layer, no recompute."""
+@pytest.mark.parametrize("split", [False, True], ids=["whole", "split_group"])
+def test_statistics_hooks_see_the_same_tokens_once(ckpt, pack, split):
+    """LongAct's collector gathers identical statistics: each prompt token once per layer, no recompute.
+
+    ``split``: group 1's prompt is counted in another micro-batch (``count_prompts``), its completions here.
+    """
     model = tiny_qwen3(seed=0, gradient_checkpointing=ckpt).model.train()
     ids, mask = _batch(model.config.vocab_size)
     modules = {f"{i}.{n}": getattr(layer.self_attn, n) for i, layer in enumerate(model.model.layers)
                for n in ("q_norm", "k_proj")}  # fmt: skip
     stats = {}
+    counted = torch.tensor([True] * 3 + [not split] * 3)  # [N]
     for interleave in (False, True):
         state = {"mask": None}
         collector = StatsCollector(modules, gate=lambda state=state: state["mask"])
         collector.attach()
         try:
-            _run(model, ids, mask, pack=pack, pad_spans=1, interleave=interleave,
+            _run(model, ids, mask, pack=pack, pad_spans=1, interleave=interleave, count_prompts=counted,
                  token_mask_hook=lambda m, state=state: state.__setitem__("mask", m))  # fmt: skip
         finally:
             collector.detach()
@@ -84,7 +89,7 @@ def test_statistics_hooks_see_the_same_tokens_once(ckpt, pack):
     assert stats[True].keys() == stats[False].keys() == modules.keys()
     for key, want in stats[False].items():
         got = stats[True][key]
-        assert got.count == want.count == P + (P - 3) + real
+        assert got.count == want.count == P + (0 if split else P - 3) + real
         assert torch.equal(got.sum_abs, want.sum_abs) and torch.equal(got.max_abs, want.max_abs)
 
 

@@ -223,21 +223,26 @@ def _prompt_stream(decoder, prompt, num_layers, hook, count: bool) -> Stream:
     )
 
 
-def _interleaved_padded(decoder, prompt, num_layers, ids, mask, hook, count: bool = True):
-    """:func:`prompt_pass` + :func:`_padded_completions`, layer by layer: ``(last [1, 1, H], [G, C, H])``."""
+def _interleaved_padded(
+    decoder, prompt, num_layers, ids, mask, hook, count: bool = True, dummy: bool = False
+):
+    """:func:`prompt_pass` + :func:`_padded_completions`, layer by layer: ``(last [1, 1, H], [G, C, H])``.
+
+    ``count``: the hook counts the prompt; ``dummy``: it counts nothing (lock-step dummies).
+    """
     rows, width = ids.shape
     length = prompt.shape[1]
     positions = torch.arange(length, length + width, device=ids.device)  # [C]
     completions = layer_inputs(
         decoder,
-        mask.bool() if count and hook is not None else None,  # [G, C]
+        mask.bool() if not dummy and hook is not None else None,  # [G, C]
         input_ids=ids,
         attention_mask=torch.cat([mask.new_ones(rows, length), mask], dim=1),  # [G, P_g + C]
         position_ids=positions.unsqueeze(0).expand(rows, -1),  # [G, C]
         past_key_values=Cache(layers=[sized_layer(length, ids) for _ in range(num_layers)]),
     )
     (last,), out = interleaved_forward(
-        decoder, [_prompt_stream(decoder, prompt, num_layers, hook, count)], completions,
+        decoder, [_prompt_stream(decoder, prompt, num_layers, hook, count and not dummy)], completions,
         lambda kv: _PrefixLayer(*kv[0]), hook,
     )  # fmt: skip
     return last, out  # [1, 1, H], [G, C, H]
@@ -370,7 +375,9 @@ def grouped_completion_logprobs(
         for _ in range(pad_spans):
             ids, mask = dummy_rows(1, 2, input_ids)  # [1, 2]
             if interleave:
-                ties += list(_interleaved_padded(decoder, dummy_prompt, num_layers, ids, mask, None, False))
+                ties += list(
+                    _interleaved_padded(decoder, dummy_prompt, num_layers, ids, mask, None, dummy=True)
+                )
             else:
                 kv, last = prompt_pass(decoder, dummy_prompt, num_layers, None, False)
                 ties += [last, _padded_completions(decoder, kv, 1, ids, mask, None, False)]
