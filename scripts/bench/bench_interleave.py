@@ -7,8 +7,9 @@ backward of a GRPO-shaped loss under bf16 autocast; values and gradients are bit
 * interleaved (a): prompt then completions through each decoder layer (``ops/interleaved.py``, the default);
 * two-pass (b): the prompt through every layer, then the completions (``interleave=False``).
 
-Time: medians over interleaved reps in this process, packed and padded completions, with and without
-gradient checkpointing. Memory: one GRPO update through the learner in a fresh process per arm, peak
+Time: the median of the per-rep ratios (arms run in turn, rep by rep, in this process; a load change hits
+both arms of a rep), packed and padded completions, with and without gradient checkpointing. Memory: one
+GRPO update through the learner in a fresh process per arm, peak
 resident memory above the parameters (``longact_pl.memory.measure``) beside the plan's, on a shape whose
 two-pass K/V + gradient hold is large (``longact_pl.memory.cases.HOLD_CASES``: 8 layers, 4 KV heads x 64,
 P = 8192, G = 4 x 256, checkpointing).
@@ -27,6 +28,7 @@ import argparse
 import functools
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -77,9 +79,13 @@ def times(args: argparse.Namespace) -> list[str]:
         arms = {
             il: functools.partial(step, model, ids, mask, args.completion, pack, il) for il in (True, False)
         }
-        got = interleaved_times(arms, reps=args.reps)
+        for fn in arms.values():  # warm-up
+            fn()
+        pairs = [interleaved_times(arms, reps=1, warmup=0) for _ in range(args.reps)]  # rep by rep
+        ratio = statistics.median(t[True] / t[False] for t in pairs)  # paired: load shifts hit both arms
+        a, b = (statistics.median(t[il] for t in pairs) for il in (True, False))
         arm = f"{'packed' if pack else 'padded'}_{'ckpt' if ckpt else 'plain'}"
-        lines.append(figure(f"interleave_step_s[{arm}]", got[True] / got[False], got[True], got[False]))
+        lines.append(figure(f"interleave_step_s[{arm}]", ratio, a, b))
     return lines
 
 
@@ -108,6 +114,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     p.add_argument("--completion", type=int, default=256, help="C, the longest completion")
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--no-memory", action="store_true", help="timing only")
     args = p.parse_args(argv)
     args.prompt = args.prompt or (1024 if args.quick else 4096)
     set_threads(args.threads)
@@ -117,7 +124,7 @@ def main(argv: list[str] | None = None) -> list[str]:
         flush=True,
     )
     precision_line(dict.fromkeys(("interleaved", "two_pass"), BF16_MIXED))
-    return times(args) + memory(args)
+    return times(args) + ([] if args.no_memory else memory(args))
 
 
 if __name__ == "__main__":
