@@ -239,8 +239,8 @@ class _Hook:
 
 def test_hooks_see_each_training_forward_and_transform_each_optimizer_step_once(tiny):
     """2 epochs x 2 mini-batches of one group: 4 optimizer steps, one ``transform_grads`` before each and one
-    ``after_step`` after it; every real token of each step's training forwards is announced once (prompt
-    pass ``[1, P_g]``, completion pass ``[G, C]``), the no-grad passes of ``prepare`` never."""
+    ``after_step`` after it; every real token of each step's training forwards is announced once per decoder
+    layer (prompt ``[1, P_g]``, completions ``[G, C]``), the no-grad passes of ``prepare`` never."""
     model = tiny.model.train()
     ro = _rollouts(model.config.vocab_size)
     learner = _learner(GRPO(kl_coef=0.04), ppo_epochs=2, mini_batch_size=2)
@@ -254,11 +254,12 @@ def test_hooks_see_each_training_forward_and_transform_each_optimizer_step_once(
     assert len(rec.grads) == 4 and hook.steps == other.steps == 4
     assert hook.transforms == [0, 1, 2, 3]  # exactly once per optimizer step, before it
     assert [p.data_ptr() for p in hook.params] == [p.data_ptr() for p in model.parameters()]
-    assert hook.masks[1::2] == [None] * 8  # closed after each of the 8 forwards
+    layers = model.config.num_hidden_layers  # the interleaved shared-prefix pass tells each layer run
+    assert hook.masks[1::2] == [None] * 8 * layers  # closed after each layer run of the 8 forwards
     shapes = [tuple(m.shape) for m in hook.masks[::2]]
     told = sum(int(m.sum()) for m in hook.masks[::2])
     real_prompts, real_completions = P + (P - 2), sum(LENGTHS)
-    assert told == 2 * (real_prompts + real_completions)  # each epoch: every real token once
+    assert told == 2 * layers * (real_prompts + real_completions)  # each epoch: every real token once a layer
     assert sorted(set(shapes)) == [(1, P - 2), (1, P), (G, max(LENGTHS[2:])), (G, max(LENGTHS[:2]))]
     learner.remove_hook(hook)
     _update(learner, model, batch)

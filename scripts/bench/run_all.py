@@ -36,6 +36,7 @@ BENCHES = {
     "attention": "bench_attention.py",
     "async": "bench_async.py",
     "memory": "bench_memory.py",
+    "interleave": "bench_interleave.py",
 }
 FIGURE = re.compile(r"^\S+ ratio=\S+ a=\S+ b=\S+$")
 

@@ -6,7 +6,9 @@ in order:
 
 1. ``on_forward(token_mask)`` around every training forward of the policy: the bool real-token mask
    ``[b, t]`` of the forward's input right before it runs, ``None`` right after (statistics count each real
-   token once; no-grad passes and lock-step dummies are not announced);
+   token once; no-grad passes and lock-step dummies are not announced). The layer-interleaved shared-prompt
+   pass (``ops/interleaved.py``) tells it around each decoder layer's run instead, the same mask object at
+   every layer, so each real token is still counted once by each layer's probes;
 2. ``transform_grads(params)`` once on the accumulated gradient, before the non-finite guard checks it and
    ``train/grad_norm`` measures it (both see the gradient that is applied);
 3. ``after_step()`` once the optimizer step ran (not after a skipped one).

@@ -5,6 +5,7 @@ from dataclasses import replace
 
 import pytest
 
+from longact_pl.memory.activations import layer_bytes_per_token
 from longact_pl.memory.advice import fixes, options
 from longact_pl.memory.from_config import micro_batch, plan_inputs
 from longact_pl.memory.plan import GIB, KV_GRADS, KV_HOLD, Settings, plan_memory
@@ -13,6 +14,7 @@ from tests.helpers import compose_train
 
 Q4 = ModelShape.from_config(QWEN3_4B)
 P32 = Settings(prompt_tokens=32768, completion_tokens=8192, completion_rows=8)  # bf16-mixed, checkpointing
+TWO_PASS = replace(P32, interleaved=False)  # every prompt through all layers, then the completions
 
 
 def test_parameter_counts_of_qwen3():
@@ -24,7 +26,7 @@ def test_parameter_counts_of_qwen3():
 
 
 def test_qwen3_4b_single_gpu_at_32k_by_hand():
-    plan = plan_memory(Q4, P32)
+    plan = plan_memory(Q4, TWO_PASS)
     n = 4_022_468_096
     assert plan.term("parameters") == plan.term("gradients") == 4 * n
     assert plan.term("AdamW moments") == 8 * n
@@ -47,21 +49,49 @@ def test_qwen3_4b_single_gpu_at_32k_by_hand():
     assert plan.peak_without_hold == plan.phase_total("head backward") < plan.peak
 
 
+def test_qwen3_4b_interleaved_at_32k_by_hand():
+    """The layer-interleaved pass: no switch, no all-layer hold; one layer's K/V, gradients, recompute."""
+    plan, two_pass = plan_memory(Q4, P32), plan_memory(Q4, TWO_PASS)
+    assert set(plan.phases) == {"head backward", "layer backward", "optimizer step"}
+    assert plan.term(KV_HOLD, "layer backward") == plan.term(KV_GRADS, "layer backward") == 0
+    kv = 1024 * (4 + 2)  # float32 keys, bf16 values of 8 KV heads x 128
+    assert plan.term("one layer's K/V gradients", "layer backward") == (32768 + 8192) * kv  # packed: [P + T]
+    assert plan.term("one layer's prompt K/V", "layer backward") == 32768 * kv * 2  # + the packed copy
+    full = layer_bytes_per_token(Q4, "bf16-mixed")
+    recomputed = plan.term("one layer recomputed", "layer backward")
+    assert (
+        (32768 + 8192) * full < recomputed < (32768 + 8192) * full + 2 * GIB
+    )  # + the completions' attention
+    assert plan.term("one layer's backward", "layer backward") == 32768 * 4 * (2 * 2560 + 2 * 9728)
+    assert plan.peak_phase == "layer backward" and two_pass.peak_phase == "prompt backward"
+    # the planned drop at 32k: the 15.2 GiB hold (and the K/V the checkpoints kept) gone, one layer's
+    # joint recomputation added
+    assert (
+        8 * GIB
+        < two_pass.peak - plan.peak
+        < two_pass.term(KV_HOLD, "prompt backward") + two_pass.term(KV_GRADS, "prompt backward")
+    )
+    assert plan.peak == plan.peak_without_hold
+    # sequence parallelism keeps the two-pass order (ops/sequence_parallel), whatever the setting says
+    sp = plan_memory(Q4, replace(P32, sequence_parallel=2))
+    assert not sp.interleaved and sp.term(KV_GRADS, "prompt backward") > 0
+
+
 def test_sharding_offload_and_sequence_parallel():
-    single = plan_memory(Q4, P32)
-    fsdp = plan_memory(Q4, replace(P32, strategy="fsdp", world=8))
+    single = plan_memory(Q4, TWO_PASS)
+    fsdp = plan_memory(Q4, replace(TWO_PASS, strategy="fsdp", world=8))
     assert fsdp.term("AdamW moments") == single.term("AdamW moments") // 8  # 4,022,468,096 = 8 x 502,808,512
     assert fsdp.term("autocast bf16 weights") == 0 and fsdp.term("FSDP gathered params") > 0
-    off = plan_memory(Q4, replace(P32, strategy="fsdp", world=8, cpu_offload=True))
+    off = plan_memory(Q4, replace(TWO_PASS, strategy="fsdp", world=8, cpu_offload=True))
     assert all(t.host for t in off.static if t.name in ("parameters", "gradients", "AdamW moments"))
     assert off.peak_phase == fsdp.peak_phase == "prompt backward"
     assert off.peak == fsdp.peak - 4 * fsdp.term("parameters")  # parameters, gradients, moments: 1 + 1 + 2
     assert off.host == 4 * fsdp.term("parameters")  # params + grads + moments on the CPU
-    on_cpu = plan_memory(Q4, replace(P32, strategy="fsdp", world=8, cpu_offload=True, device="cpu"))
+    on_cpu = plan_memory(Q4, replace(TWO_PASS, strategy="fsdp", world=8, cpu_offload=True, device="cpu"))
     assert on_cpu.peak > off.peak  # the CPU's memory holds the "host" terms too
-    sp = plan_memory(Q4, replace(P32, strategy="fsdp", world=8, sequence_parallel=2))
+    sp = plan_memory(Q4, replace(TWO_PASS, strategy="fsdp", world=8, sequence_parallel=2))
     assert sp.term(KV_HOLD, "prompt backward") * 2 == fsdp.term(KV_HOLD, "prompt backward")
-    no_ckpt = plan_memory(Q4, replace(P32, activation_checkpointing=False))
+    no_ckpt = plan_memory(Q4, replace(TWO_PASS, activation_checkpointing=False))
     assert no_ckpt.term("prompt activations", "prompt backward") > 10 * single.term(
         "prompt activations", "prompt backward"
     )
@@ -107,11 +137,11 @@ def test_settings_from_the_paper_preset(tmp_path):
 
 def test_fixes_name_settings_that_fit():
     limit = 80 * GIB
-    found = options(Q4, P32, limit, prompt=32768, completion=1024)
+    found = options(Q4, TWO_PASS, limit, prompt=32768, completion=1024)
     assert found and all(o.peak <= limit for o in found)
     assert any("cpu_offload=true" in o.overrides for o in found)
-    # FSDP x8 at 32k: 45.1 GiB planned; two completions per micro-batch instead of eight: 43.8
-    lines = fixes(Q4, replace(P32, strategy="fsdp", world=8), 44 * GIB, prompt=32768, completion=1024)
+    # two-pass FSDP x8 at 32k: 45.1 GiB planned; two completions per micro-batch instead of eight: 43.8
+    lines = fixes(Q4, replace(TWO_PASS, strategy="fsdp", world=8), 44 * GIB, prompt=32768, completion=1024)
     assert "would fit: module.learner.micro_batch_tokens=34816 -> 43.84 GiB (fits)" in lines, lines
     assert all(line.startswith("would fit:") for line in lines)
 

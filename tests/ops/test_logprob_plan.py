@@ -129,15 +129,15 @@ def test_the_packed_kernel_is_chosen_for_the_training_device(monkeypatch):
 
 
 def test_the_pass_runs_the_planned_packed_kernel(monkeypatch):
-    from longact_pl.ops import shared_prefix
+    from longact_pl.ops.packed import PackedCall
 
-    seen, original = [], shared_prefix.packed_completion_logprobs
+    seen, original = [], PackedCall.build.__func__
 
-    def spy(*args, **kwargs):
-        seen.append(args[12] if len(args) > 12 else kwargs.get("kernel"))  # the kernel argument
-        return original(*args, **kwargs)
+    def spy(cls, *args, **kwargs):
+        seen.append(args[5] if len(args) > 5 else kwargs.get("kernel"))  # the kernel argument
+        return original(cls, *args, **kwargs)
 
-    monkeypatch.setattr(shared_prefix, "packed_completion_logprobs", spy)
+    monkeypatch.setattr(PackedCall, "build", classmethod(spy))
     model = tiny_llama(seed=0).model
     lp = LogprobPass.for_model(model, pack_completions=True).on_device("cpu")
     ids, mask = _batch(model.config.vocab_size)

@@ -128,7 +128,8 @@ def test_statistics_hooks_see_only_real_tokens_once():
             collector.detach()
         stats[pack], shapes[pack] = collector.reset(), calls
     real = int(mask[:, P:].sum())
-    assert shapes[True] == [(1, P), None, (1, P - 3), None, (1, real), None]
+    layers = model.config.num_hidden_layers  # told around each layer run (the interleaved pass)
+    assert shapes[True] == [(1, P), None, (1, P - 3), None, (1, real), None] * layers
     for key, want in stats[False].items():
         got = stats[True][key]
         assert got.count == want.count == P + (P - 3) + real
@@ -156,7 +157,8 @@ def test_lock_step_dummies_add_forwards_and_backwards_but_change_nothing(pack):
     _assert_same(got, want)
     forwards = 2 + 2 + (1 if pack else 2 + 2)  # 2 prompts + 2 dummy prompts, then the completion passes
     assert counts == {"forward": forwards, "backward": forwards}  # every forward is in the backward graph
-    assert len(calls) == (2 + (1 if pack else 2)) * 2  # the hook is never told about a dummy forward
+    layers = model.config.num_hidden_layers  # told around each layer run (the interleaved pass)
+    assert len(calls) == (2 + (1 if pack else 2)) * 2 * layers  # never told about a dummy forward
 
 
 def test_one_token_completions_keep_the_completion_pass_in_the_backward():

@@ -26,17 +26,21 @@ def test_shared_and_per_row_paths_give_the_same_values_and_grads(tiny_any, chunk
     _assert_same(_run(model, _pass(shared, shared_calls), ids, mask), naive)
     _assert_same(_run(model, _pass(per_row, row_calls), ids, mask), naive)
     assert shared.plan.path == "padded" and per_row.plan.path == "per_row"  # no fallback happened
-    # shared: a prompt pass and a completion pass per group; per row: one forward over the trimmed rows
+    # shared: a prompt run and a completion run per group and layer (interleaved); per row: one forward over
+    # the trimmed rows
+    layers = model.config.num_hidden_layers
+    assert shared.plan.interleave
     assert [None if c is None else tuple(c.shape) for c in shared_calls] == [
         (1, P),
         None,
         (G, C),
         None,
+    ] * layers + [
         (1, P - 4),
         None,
         (G, C),
         None,
-    ]
+    ] * layers
     assert [None if c is None else tuple(c.shape) for c in row_calls] == [(2 * G, P + C), None]
 
 

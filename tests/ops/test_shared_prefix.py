@@ -123,7 +123,8 @@ def test_row_groups_fix_the_spans_whatever_the_prompts(tiny):
         )[0]
         want = completion_logprobs(model, ids, mask, C)[0]
     torch.testing.assert_close(got * mask[:, -C:], want * mask[:, -C:], atol=1e-5, rtol=0)
-    assert sum(c is not None and c.shape[0] == 1 for c in calls) == 2  # one prompt pass per group
+    prompt_masks = {id(c) for c in calls if c is not None and c.shape[0] == 1}
+    assert len(prompt_masks) == 2  # one prompt pass per group (the same mask told at every layer)
     other = _batch(model.config.vocab_size, seed=1)[0]
     ids[1, :P] = other[0, :P]
     with pytest.raises(ValueError, match="same row_groups index"):
@@ -132,7 +133,8 @@ def test_row_groups_fix_the_spans_whatever_the_prompts(tiny):
         group_spans(ids, mask, P, None, row_groups=groups[:4])
 
 
-def test_token_mask_hook_counts_prompt_tokens_once(tiny):
+@pytest.mark.parametrize("interleave", [False, True], ids=["two_pass", "interleaved"])
+def test_token_mask_hook_counts_prompt_tokens_once(tiny, interleave):
     model = tiny.model.train()
     ids, mask = _batch(model.config.vocab_size)
     calls: list[torch.Tensor | None] = []
@@ -141,15 +143,21 @@ def test_token_mask_hook_counts_prompt_tokens_once(tiny):
         lambda mod, inp, out: seen.append(out.shape[0] * out.shape[1])
     )
     try:
-        grouped_completion_logprobs(model, ids, mask, C, G, token_mask_hook=calls.append)
+        grouped_completion_logprobs(
+            model, ids, mask, C, G, token_mask_hook=calls.append, interleave=interleave
+        )
     finally:
         handle.remove()
     shapes = [None if c is None else tuple(c.shape) for c in calls]
-    assert shapes == [(1, P), None, (G, C), None, (1, P - 4), None, (G, C), None]
+    layers = model.config.num_hidden_layers if interleave else 1  # interleaved: told around each layer run
+    assert shapes == [(1, P), None, (G, C), None] * layers + [(1, P - 4), None, (G, C), None] * layers
     masks = [c for c in calls if c is not None]
-    assert [m.numel() for m in masks] == seen  # each mask is aligned with the forward that follows it
+    layer0 = [m for k, m in enumerate(masks) if (k // 2) % layers == 0]
+    assert [m.numel() for m in layer0] == seen  # each mask is aligned with the forward that follows it
+    assert all(masks[k] is masks[k % 2] for k in range(2 * layers))  # one mask object per run, every layer
     assert torch.equal(masks[1], mask[:G, P:].bool()) and masks[0].all()
-    assert sum(int(m.sum()) for m in masks) == int(mask[::G, :P].sum() + mask[:, P:].sum())
+    runs = list({id(m): m for m in masks}.values())
+    assert sum(int(m.sum()) for m in runs) == int(mask[::G, :P].sum() + mask[:, P:].sum())
 
 
 def test_reentrant_checkpointing_is_refused():

@@ -55,6 +55,7 @@ def case_settings(case: dict) -> Settings:
         prompt_tokens=case["prompt"], completion_tokens=case["group"] * case["completion"],
         completion_rows=case["group"], precision=case["precision"], activation_checkpointing=case["ckpt"],
         logprob_chunk=case.get("chunk", 1024), optimizer="single_tensor", device="cpu",
+        interleaved=case.get("interleave", True),
     )  # fmt: skip
 
 
@@ -76,7 +77,7 @@ def _model(config: dict, ckpt: bool):
     return model.train()
 
 
-def _learner(group: int, chunk: int | None):
+def _learner(group: int, chunk: int | None, interleave: bool = True):
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
@@ -87,7 +88,8 @@ def _learner(group: int, chunk: int | None):
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("train", overrides=["algo=grpo", "algo.kl_coef=0"])
-    passes = LogprobPass(LogprobPlan("packed", "sdpa", chunk_size=chunk, reason="memory.measure: packed"))
+    plan = LogprobPlan("packed", "sdpa", chunk_size=chunk, reason="memory.measure", interleave=interleave)
+    passes = LogprobPass(plan)
     return Learner(instantiate(cfg.algo), passes, NonFiniteGuard(), 1.0, micro_batch_size=group)
 
 
@@ -113,7 +115,7 @@ def measure_case(case: dict) -> int:
     from longact_pl.learner import OptimizerCalls
     from longact_pl.optim import optimizer_step
 
-    learner = _learner(case["group"], case.get("chunk", 1024))
+    learner = _learner(case["group"], case.get("chunk", 1024), case.get("interleave", True))
     batch = _batch(case["config"]["vocab_size"], case["prompt"], case["group"], case["completion"])
     model = _model(case["config"], case["ckpt"])
     base = _settle()

@@ -2,18 +2,28 @@
 
 The step's memory is static state (parameters, gradients, AdamW's two moments, the frozen reference model,
 autocast's bf16 weight copies, FSDP's gathered layers, a colocated vLLM engine) plus what one micro-batch's
-log-prob pass keeps for its backward. The shared-prompt pass (``ops/shared_prefix.py``) runs each group's
-prompt once, keeps every layer's prompt keys/values, and runs the micro-batch's completions on them. Autograd
-then runs the whole completion backward before the prompt's (the completion nodes were created later), so
-at the switch every layer's prompt keys/values **and their gradients** are held at once: the plan shows that
-hold as its own terms (``prompt K/V held``, ``prompt K/V gradients``).
+log-prob pass keeps for its backward. The shared-prompt pass runs each group's prompt once and its
+completions on the prompt's keys/values, in one of two orders:
+
+* **interleaved** (``ops/interleaved.py``, the default wherever the shared prompt runs without sequence
+  parallelism): layer by layer, prompt then completions through each layer, both in one checkpoint under
+  activation checkpointing. The backward finishes layer ``i`` (completions, then prompt) before layer
+  ``i - 1``: one layer's prompt keys/values and their gradients exist at a time, recomputed inside the
+  layer's checkpoint instead of held.
+* **two-pass** (``ops/shared_prefix.py`` with ``interleave=False``; the sequence-parallel path,
+  ``ops/sequence_parallel/``, always): every prompt through all layers, then the completions. Autograd runs
+  the whole completion backward before the prompt's (the completion nodes were created later), so at the
+  switch every layer's prompt keys/values **and their gradients** are held at once: the plan shows that
+  hold as its own terms (``prompt K/V held``, ``prompt K/V gradients``).
 
 Phases whose totals are compared (the peak is the largest):
 
 * ``head backward``: everything the forward kept, plus one LM-head chunk's logits being recomputed;
-* ``completion backward``: the same, the LM-head chunk replaced by one completion layer's recomputation;
-* ``prompt backward``: the completion pass's activations freed, the prompt's kept, every layer's prompt
-  K/V and their gradients held, one prompt layer recomputed (the "switch");
+* interleaved: ``layer backward``: the same, plus one layer's completions and prompt recomputed together
+  and that layer's key/value gradients;
+* two-pass: ``completion backward``: the same, the LM-head chunk replaced by one completion layer's
+  recomputation; ``prompt backward``: the completion pass's activations freed, the prompt's kept, every
+  layer's prompt K/V and their gradients held, one prompt layer recomputed (the "switch");
 * ``optimizer step``: AdamW's temporaries (foreach: one float32 copy of the local parameters; fused: none).
 
 Terms are bytes per rank; ``host`` terms live in CPU memory (FSDP2 CPU offload; the same memory as the
@@ -56,6 +66,8 @@ class Settings:
         sequence_parallel: Ranks splitting every sequence (Ulysses).
         shared_prefix: The prompt runs once per group (else each row runs prompt + completion).
         packed: Completions packed in one row (else padded rows, each attending to a broadcast prompt).
+        interleaved: The shared-prompt pass runs layer by layer (``ops/interleaved.py``); without sequence
+            parallelism only (the sequence-parallel pass is two-pass whatever this says).
         logprob_chunk: Tokens per LM-head chunk (``None``: all at once).
         reference: A frozen reference model is held (``algo.kl_coef > 0``).
         optimizer: ``foreach`` (CUDA default), ``single_tensor`` (CPU default) or ``fused``.
@@ -79,6 +91,7 @@ class Settings:
     sequence_parallel: int = 1
     shared_prefix: bool = True
     packed: bool = True
+    interleaved: bool = True
     logprob_chunk: int | None = 1024
     reference: bool = False
     optimizer: str = "foreach"
@@ -136,10 +149,17 @@ class MemoryPlan:
         return sum(t.bytes for t in self.static + self.phases[self.peak_phase] if t.host)
 
     @property
-    def peak_without_hold(self) -> int:
-        """The peak if the prompt's K/V and their gradients were not held at the switch.
+    def interleaved(self) -> bool:
+        """The shared-prompt pass runs layer by layer (no switch, no all-layer hold)."""
+        s = self.settings
+        return s.shared_prefix and s.interleaved and s.sequence_parallel == 1
 
-        What a backward that interleaves prompt and completion layers could gain at most.
+    @property
+    def peak_without_hold(self) -> int:
+        """The peak if the prompt's K/V and their gradients were not held at the switch (two-pass plans).
+
+        What a backward that interleaves prompt and completion layers could gain at most; an interleaved
+        plan's own peak.
         """
         hold = self.term(KV_HOLD, "prompt backward") + self.term(KV_GRADS, "prompt backward")
         return max(self.phase_total(p) - (hold if p == "prompt backward" else 0) for p in self.phases)
@@ -219,7 +239,8 @@ def _passes(shape: ModelShape, s: Settings) -> dict[str, list[Term]]:
     # checkpointed layers keep their cache (the recorded K/V) until their backward, and the packed pass's
     # concatenated copy until the completion layer's; without checkpointing only the bf16 copies SDPA saved
     # (part of the prompt's activations) stay
-    hold = L * prompt * kv if s.shared_prefix and ckpt else 0.0
+    interleaved = s.shared_prefix and s.interleaved and sp == 1
+    hold = L * prompt * kv if s.shared_prefix and ckpt and not interleaved else 0.0
     copies = 2 if s.packed else 1
     head_tokens = s.completion_tokens / sp
     chunk = min(s.logprob_chunk or head_tokens, head_tokens)
@@ -239,16 +260,19 @@ def _passes(shape: ModelShape, s: Settings) -> dict[str, list[Term]]:
         kept.append(Term(KV_HOLD, int(hold * copies), f"{L} layers x {prompt:.0f} tokens x {kv} B"))
     recompute_completion = completion * (full + transient) + attention
     recompute_prompt = prompt * (full + transient)
+    head_phase = kept + [
+        Term("LM-head chunk", int(head), f"{chunk:.0f} tokens x {V} vocab, logits"),
+        *([Term("LM-head weight gradient", head_grad, "new [V, H] gradient before it is accumulated")]
+          if head_grad else []),
+    ]  # fmt: skip
+    if interleaved:
+        return {
+            "head backward": head_phase,
+            "layer backward": kept + _interleaved_layer(shape, s, prompt, completion, attention, copies),
+            "optimizer step": [_optimizer_temp(shape, s)],
+        }
     phases = {
-        "head backward": kept
-        + [
-            Term("LM-head chunk", int(head), f"{chunk:.0f} tokens x {V} vocab, logits"),
-            *(
-                [Term("LM-head weight gradient", head_grad, "new [V, H] gradient before it is accumulated")]
-                if head_grad
-                else []
-            ),
-        ],
+        "head backward": head_phase,
         "completion backward": kept
         + [
             Term(
@@ -268,6 +292,36 @@ def _passes(shape: ModelShape, s: Settings) -> dict[str, list[Term]]:
         ]  # fmt: skip
     phases["optimizer step"] = [_optimizer_temp(shape, s)]
     return phases
+
+
+def _interleaved_layer(
+    shape: ModelShape, s: Settings, prompt: float, completion: float, attention: float, copies: int
+) -> list[Term]:
+    """The interleaved pass's one-layer backward: what exists besides the checkpoint inputs (top layer).
+
+    Checkpointed: the joint checkpoint recomputes the layer's prompt and completion runs before either's
+    backward (both layers' saved tensors and the completions' attention), this layer's prompt K/V (and the
+    packed pass's concatenated copy) and, one run at a time, the gradient buffers. Not checkpointed: the
+    gradient buffers of one run. Either way one layer's K/V gradients (prompt keys; packed: the
+    ``[P + T]`` key gradient).
+    """
+    full = layer_bytes_per_token(shape, s.precision, s.param_bytes)
+    kv = kv_bytes_per_token(shape, s.precision, s.param_bytes)
+    transient = backward_transient_per_token(shape)
+    buffers = max(completion, prompt) * transient
+    grads = (prompt + (completion if s.packed else 0)) * kv
+    if not s.activation_checkpointing:
+        return [
+            Term("one layer's backward", int(buffers), "gradient buffers of one run (completions or prompt)"),
+            Term("one layer's K/V gradients", int(grads), "consumed before the next layer's backward"),
+        ]
+    return [
+        Term("one layer recomputed", int((prompt + completion) * full + attention),
+             "the joint checkpoint: prompt and completion runs of one layer"),
+        Term("one layer's prompt K/V", int(prompt * kv * copies), "recomputed, not held"),
+        Term("one layer's backward", int(buffers), "gradient buffers of one run (completions or prompt)"),
+        Term("one layer's K/V gradients", int(grads), "consumed before the next layer's backward"),
+    ]  # fmt: skip
 
 
 def _saved_note(ckpt: bool, what: str, tokens: float) -> str:

@@ -46,6 +46,10 @@ def format_plan(plan: MemoryPlan, limit: int | None = None, fixes: list[str] | N
             f"  prompt K/V + gradient hold: {gib(hold)} at the switch to the prompt's backward"
             + (" (the peak)" if peak == "prompt backward" else "")
         )
+    if plan.interleaved:
+        lines.append(
+            "  shared prompt: layer by layer, one layer's prompt K/V and gradients at a time (no hold)"
+        )
     if limit is not None:
         verdict = "fits" if plan.peak <= limit else "does NOT fit"
         lines.append(f"  limit {gib(limit)}: {verdict} ({gib(limit - plan.peak)} left)")

@@ -7,6 +7,11 @@
   once, every completion of a call packed in one row: :mod:`longact_pl.ops.packed`);
 * ``kernel``: the attention kernel the passes run (:func:`attention_kernel`, the one place it is chosen);
 * ``chunk_size``: LM-head chunk, or ``None`` for the model's own head;
+* ``interleave``: on the shared paths, prompts and completions run layer by layer
+  (:mod:`longact_pl.ops.interleaved`): values and gradients bit-identical to the two-pass order, one layer's
+  prompt keys/values and their gradients alive at a time instead of every layer's (``docs/memory.md``,
+  issue 24 point 5). Always on where the decoder allows it (a ``layers`` list and a final ``norm``); not
+  an option, since it changes no number and only removes memory;
 * ``packed_kernel``: on the packed path, the attention kernel of the packed completions for the training
   device (:meth:`LogprobPlan.on_device`, once the device is known: FlexAttention or flash-attn varlen on CUDA,
   the dense-mask SDPA path on CPU; :func:`~longact_pl.ops.attention_kernels.choose_kernel`).
@@ -14,7 +19,8 @@
 What the options ask for and the model cannot do falls back with one warning each (``reason`` records
 it); packing asked for with ``pack_completions=true`` on a model that cannot pack is refused here.
 Sequence parallelism is not part of the plan: each path has a split variant, chosen by whether the
-collectives carry a sequence-parallel group (:mod:`longact_pl.ops.policy_logprobs`).
+collectives carry a sequence-parallel group (:mod:`longact_pl.ops.policy_logprobs`). The split variant
+(:mod:`longact_pl.ops.sequence_parallel`) keeps the two-pass order whatever ``interleave`` says.
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ import torch
 from torch import nn
 
 from longact_pl.ops.attention_kernels import choose_kernel
-from longact_pl.ops.chunked import lm_head_of
+from longact_pl.ops.chunked import decoder_of, lm_head_of
+from longact_pl.ops.interleaved import can_interleave
 from longact_pl.ops.packed import packing_unsupported
 from longact_pl.ops.sequence_parallel.attention import inner_implementation
 from longact_pl.ops.shared_prefix import check_shared_prefix
@@ -52,6 +59,8 @@ class LogprobPlan:
         packed_kernel: The packed completions' attention kernel for the training device, run by the
             single-process and the sequence-parallel packed pass alike (``None``: not chosen yet, or not the
             packed path; the packed pass then chooses it for the tensors' device).
+        interleave: The shared paths run prompts and completions layer by layer (see the module docstring;
+            ignored on the per-row path and under sequence parallelism).
     """
 
     path: Path
@@ -60,6 +69,7 @@ class LogprobPlan:
     entropy_grad: bool = False
     reason: str = ""
     packed_kernel: str | None = None
+    interleave: bool = True
 
     def on_device(self, device: torch.device | str) -> LogprobPlan:
         """The plan with the packed kernel chosen for the training ``device`` (unchanged off the packed path).
@@ -167,11 +177,20 @@ def plan_logprobs(
     if shared and bool(pack_completions) and why_not_pack is not None:
         log.warning("module.logprobs.pack_completions: %s; completions are padded", why_not_pack)
         reasons.append(f"completions padded: {why_not_pack}")
+    interleave = False
     if shared:
         path: Path = "packed" if pack else "padded"
         reasons.append(
             f"each group's prompt runs once; completions {'packed in one row' if pack else 'padded'} "
             f"(module.logprobs.pack_completions={pack_completions})"
+        )
+        why_not = can_interleave(decoder_of(model))
+        interleave = why_not is None
+        reasons.append(
+            "prompt and completions layer by layer (one layer's prompt K/V and gradients at a time; "
+            "sequence parallelism: two passes)"
+            if interleave
+            else f"prompt through every layer, then the completions ({why_not})"
         )
     else:
         path = "per_row"
@@ -183,4 +202,5 @@ def plan_logprobs(
             log.warning("chunked LM head unavailable (%s): using the model's own head", err)
             reasons.append(f"the model's own LM head ({err})")
             chunk_size = None
-    return LogprobPlan(path, kernel, chunk_size, entropy_grad, "; ".join(reasons) + f"; attention {kernel}")
+    reason = "; ".join(reasons) + f"; attention {kernel}"
+    return LogprobPlan(path, kernel, chunk_size, entropy_grad, reason, interleave=interleave)

@@ -198,6 +198,98 @@ class PackedPrefixLayer(DynamicLayer):
         return keys, values
 
 
+@dataclass
+class PackedCall:
+    """A packed completion forward, ready to run: its layout and the decoder's inputs.
+
+    Attributes:
+        layout: The packed layout (lock-step dummies' rows after the real ones).
+        inputs: Decoder keyword arguments (``input_ids``, ``position_ids``, ``attention_mask`` and the kernel
+            call); ``past_key_values`` is added by the runner.
+        real: ``[1, T]`` bool, ``False`` at the dummies' tokens (statistics hooks).
+        call: The kernel call to check after the forward (``None``: the model's own path).
+        rows: N real rows.
+        width: C.
+        real_tokens: Tokens of the real rows (the first ones of the packed row).
+    """
+
+    layout: PackedCompletions
+    inputs: dict
+    real: torch.Tensor
+    call: object
+    rows: int
+    width: int
+    real_tokens: int
+
+    @classmethod
+    def build(
+        cls,
+        model: nn.Module,
+        prompt_lengths: list[int],
+        spans: list[tuple[int, int]],
+        targets: torch.Tensor,
+        mask: torch.Tensor,
+        kernel: str | None,
+    ) -> PackedCall:
+        """Lay out ``targets`` ``[N, C]`` (``mask`` ``[N, C]``) on the prompts of ``prompt_lengths``.
+
+        Entries of ``prompt_lengths`` past ``len(spans)`` are lock-step dummies, which get a 2-token dummy
+        completion each; ``kernel`` as in :func:`packed_completion_logprobs`.
+        """
+        rows, width = targets.shape
+        dummies = len(prompt_lengths) - len(spans)
+        ids, real = targets, mask
+        row_span = torch.repeat_interleave(
+            torch.arange(len(spans), device=targets.device),
+            torch.tensor([b - a for a, b in spans], device=targets.device, dtype=torch.long),
+        )  # [N]
+        if dummies:
+            extra_ids, extra_mask = dummy_rows(dummies, width, targets)  # [d, W]
+            cols = extra_ids.shape[1]
+            ids = torch.cat([F.pad(ids, (0, cols - width)), extra_ids])  # [N + d, W]
+            real = torch.cat([F.pad(real, (0, cols - width)), extra_mask])  # [N + d, W]
+            row_span = torch.cat(
+                [row_span, torch.arange(len(spans), len(prompt_lengths), device=targets.device)]
+            )
+        lengths = torch.tensor(prompt_lengths, device=targets.device)  # [S]
+        layout = PackedCompletions.build(ids, real, row_span, lengths)
+        real_tokens = int(layout.cu_seqlens[rows])  # the real rows' tokens come first
+        implementation = inner_implementation(model)
+        kernel = kernel or choose_kernel(implementation, targets.device)[0]
+        attention, call = packed_attention(model, implementation, layout, kernel)
+        inputs = {"input_ids": layout.input_ids, "position_ids": layout.position_ids, **attention}
+        tokens = (torch.arange(layout.num_tokens, device=targets.device) < real_tokens).unsqueeze(0)  # [1, T]
+        return cls(layout, inputs, tokens, call, rows, width, real_tokens)
+
+    def logprobs(
+        self,
+        model: nn.Module,
+        hidden: torch.Tensor,
+        lasts: torch.Tensor,
+        temperature: float,
+        with_entropy: bool,
+        chunk_size: int | None,
+        entropy_grad: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Log-probs from the packed output ``hidden`` ``[1, T, H]`` and the prompts' last states ``[S, H]``.
+
+        Returns:
+            ``(logp [N, C], entropy [N, C] or None)``, zeros at padding; every forward tied in.
+        """
+        tie = zero_tie([hidden, lasts])
+        if self.real_tokens == 0:  # only lock-step dummies
+            logp = torch.zeros(self.rows, self.width, device=hidden.device)  # [0, C]
+            return logp + tie, (torch.zeros_like(logp) if with_entropy else None)
+        weight, bias = lm_head_of(model)
+        layout, n = self.layout, self.real_tokens
+        logp, entropy = head_logprobs(
+            layout.predictors(hidden, lasts)[:n].unsqueeze(0), weight, bias,
+            layout.input_ids[:, :n], temperature, with_entropy, chunk_size, entropy_grad,
+        )  # [1, T_r]  # fmt: skip
+        out = layout.scatter(logp[0], self.rows, self.width) + tie  # [N, C]
+        return out, (layout.scatter(entropy[0], self.rows, self.width) if entropy is not None else None)
+
+
 def packed_completion_logprobs(
     model: nn.Module,
     decoder: nn.Module,
@@ -236,50 +328,15 @@ def packed_completion_logprobs(
     Returns:
         ``(logp [N, C], entropy [N, C] or None)``, zeros at padding.
     """
-    rows, width = targets.shape
-    dummies = len(prompts) - len(spans)
-    ids, real = targets, mask
-    row_span = torch.repeat_interleave(
-        torch.arange(len(spans), device=targets.device),
-        torch.tensor([b - a for a, b in spans], device=targets.device, dtype=torch.long),
-    )  # [N]
-    if dummies:
-        extra_ids, extra_mask = dummy_rows(dummies, width, targets)  # [d, W]
-        cols = extra_ids.shape[1]
-        ids = torch.cat([F.pad(ids, (0, cols - width)), extra_ids])  # [N + d, W]
-        real = torch.cat([F.pad(real, (0, cols - width)), extra_mask])  # [N + d, W]
-        row_span = torch.cat([row_span, torch.arange(len(spans), len(prompts), device=targets.device)])
-    layout = PackedCompletions.build(ids, real, row_span, torch.tensor(prompt_lengths, device=targets.device))
+    packed = PackedCall.build(model, prompt_lengths, spans, targets, mask, kernel)
     layers = [
         PackedPrefixLayer(
             torch.cat([kv[i][0] for kv, _ in prompts], -2), torch.cat([kv[i][1] for kv, _ in prompts], -2)
         )
         for i in range(len(prompts[0][0]))
     ]  # per layer: the prompts' key/values, span after span
-    real_tokens = int(layout.cu_seqlens[rows])  # the real rows' tokens come first
-    implementation = inner_implementation(model)
-    kernel = kernel or choose_kernel(implementation, targets.device)[0]
-    attention, call = packed_attention(model, implementation, layout, kernel)
-    hidden = hooked_forward(
-        decoder,
-        hook,
-        (torch.arange(layout.num_tokens, device=targets.device) < real_tokens).unsqueeze(0),  # [1, T]
-        input_ids=layout.input_ids,
-        position_ids=layout.position_ids,
-        past_key_values=Cache(layers=layers),
-        **attention,  # attention_mask (and the kernel call)
-    )  # [1, T, H]
-    if call is not None:
-        call.check(len(layers))
+    hidden = hooked_forward(decoder, hook, packed.real, past_key_values=Cache(layers=layers), **packed.inputs)
+    if packed.call is not None:
+        packed.call.check(len(layers))
     lasts = torch.cat([last[0] for _, last in prompts])  # [S, H]
-    tie = zero_tie([hidden, lasts])
-    if real_tokens == 0:  # only lock-step dummies
-        logp = torch.zeros(rows, width, device=targets.device)  # [0, C]
-        return logp + tie, (torch.zeros_like(logp) if with_entropy else None)
-    weight, bias = lm_head_of(model)
-    logp, entropy = head_logprobs(
-        layout.predictors(hidden, lasts)[:real_tokens].unsqueeze(0), weight, bias,
-        layout.input_ids[:, :real_tokens], temperature, with_entropy, chunk_size, entropy_grad,
-    )  # [1, T_r]  # fmt: skip
-    out = layout.scatter(logp[0], rows, width) + tie  # [N, C]
-    return out, (layout.scatter(entropy[0], rows, width) if entropy is not None else None)
+    return packed.logprobs(model, hidden, lasts, temperature, with_entropy, chunk_size, entropy_grad)

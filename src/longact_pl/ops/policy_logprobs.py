@@ -141,7 +141,7 @@ def shared_pass(
         grouped_completion_logprobs, model, call.input_ids, call.attention_mask, call.completion_width, None,
         call.temperature, call.with_entropy, plan.chunk_size, token_mask_hook=hook,
         row_groups=call.row_groups, pack=plan.pack, pad_spans=call.pad_spans, entropy_grad=plan.entropy_grad,
-        count_prompts=call.count_prompts, kernel=plan.packed_kernel,
+        count_prompts=call.count_prompts, kernel=plan.packed_kernel, interleave=plan.interleave,
     ))  # fmt: skip
 
 

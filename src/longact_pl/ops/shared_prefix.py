@@ -15,6 +15,13 @@ prompt pass without a second head call.
 The gradient reaching the prompt through its key/values is the sum over the G rows, exactly what the naive
 per-row computation accumulates, so parameter gradients match the naive path.
 
+Order (``interleave``, the default): the two forwards run layer by layer (:mod:`longact_pl.ops.interleaved`:
+prompt then completions through layer 0, then layer 1, ...; one checkpoint per layer under activation
+checkpointing), so only one layer's prompt key/values and their gradients exist at a time; values and
+gradients are bit-identical to ``interleave=False`` (the prompt through every layer, then the
+completions), which keeps every layer's key/values and, at the switch to the prompt's backward, their
+gradients.
+
 Gradient checkpointing: Hugging Face drops ``past_key_values`` inside checkpointed decoder layers. The caches
 below are replay-safe (the recording cache overwrites instead of appending; the prefix cache never stores),
 so while this function runs each layer is marked ``_can_checkpoint_with_cache``. The checkpoint must be
@@ -33,7 +40,8 @@ from torch import nn
 from transformers.cache_utils import Cache, DynamicLayer
 
 from longact_pl.ops.chunked import decoder_of, head_logprobs, lm_head_of
-from longact_pl.ops.packed import packed_completion_logprobs
+from longact_pl.ops.interleaved import Stream, interleaved_forward, layer_inputs, sized_layer
+from longact_pl.ops.packed import PackedCall, PackedPrefixLayer, packed_completion_logprobs
 from longact_pl.ops.passes import TokenMaskHook, dummy_rows, hooked_forward, zero_tie
 
 
@@ -204,6 +212,62 @@ def _padded_completions(decoder, kv, length, ids, mask, hook, count: bool = True
     )  # [G, C, H]
 
 
+def _prompt_stream(decoder, prompt, num_layers, hook, count: bool) -> Stream:
+    """A prompt ``[1, P_g]`` (no padding) as a stream recording its key/values (interleaved pass)."""
+    return layer_inputs(
+        decoder,
+        torch.ones_like(prompt, dtype=torch.bool) if count and hook is not None else None,  # [1, P_g]
+        input_ids=prompt,
+        position_ids=torch.arange(prompt.shape[1], device=prompt.device).unsqueeze(0),  # [1, P_g]
+        past_key_values=Cache(layers=[_RecordLayer() for _ in range(num_layers)]),
+    )
+
+
+def _interleaved_padded(
+    decoder, prompt, num_layers, ids, mask, hook, count: bool = True, dummy: bool = False
+):
+    """:func:`prompt_pass` + :func:`_padded_completions`, layer by layer: ``(last [1, 1, H], [G, C, H])``.
+
+    ``count``: the hook counts the prompt; ``dummy``: it counts nothing (lock-step dummies).
+    """
+    rows, width = ids.shape
+    length = prompt.shape[1]
+    positions = torch.arange(length, length + width, device=ids.device)  # [C]
+    completions = layer_inputs(
+        decoder,
+        mask.bool() if not dummy and hook is not None else None,  # [G, C]
+        input_ids=ids,
+        attention_mask=torch.cat([mask.new_ones(rows, length), mask], dim=1),  # [G, P_g + C]
+        position_ids=positions.unsqueeze(0).expand(rows, -1),  # [G, C]
+        past_key_values=Cache(layers=[sized_layer(length, ids) for _ in range(num_layers)]),
+    )
+    (last,), out = interleaved_forward(
+        decoder, [_prompt_stream(decoder, prompt, num_layers, hook, count and not dummy)], completions,
+        lambda kv: _PrefixLayer(*kv[0]), hook,
+    )  # fmt: skip
+    return last, out  # [1, 1, H], [G, C, H]
+
+
+def _interleaved_packed(decoder, packed: PackedCall, prompts, counted, num_layers, hook):
+    """The prompts ``[1, P_s]`` and the packed completions, layer by layer: ``(lasts [S, H], [1, T, H])``."""
+    streams = [_prompt_stream(decoder, p, num_layers, hook, c) for p, c in zip(prompts, counted)]
+    keys = sum(p.shape[1] for p in prompts)
+    completions = layer_inputs(
+        decoder,
+        packed.real if hook is not None else None,  # [1, T]
+        past_key_values=Cache(layers=[sized_layer(keys, packed.real) for _ in range(num_layers)]),
+        **packed.inputs,
+    )
+    lasts, hidden = interleaved_forward(
+        decoder, streams, completions,
+        lambda kv: PackedPrefixLayer(torch.cat([k for k, _ in kv], -2), torch.cat([v for _, v in kv], -2)),
+        hook,
+    )  # fmt: skip
+    if packed.call is not None:
+        packed.call.check(num_layers)
+    return torch.cat([last[0] for last in lasts]), hidden  # [S, H], [1, T, H]
+
+
 def grouped_completion_logprobs(
     model: nn.Module,
     input_ids: torch.Tensor,
@@ -220,6 +284,7 @@ def grouped_completion_logprobs(
     entropy_grad: bool = False,
     count_prompts: torch.Tensor | None = None,
     kernel: str | None = None,
+    interleave: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token completion log-probs with the prompt of each group computed once.
 
@@ -250,6 +315,9 @@ def grouped_completion_logprobs(
             rows is set (a group split over micro-batches counts its prompt in one of them); ``None``: all.
         kernel: The packed pass's attention kernel (``pack``; ``None``: chosen for the tensors' device,
             :func:`~longact_pl.ops.attention_kernels.choose_kernel`).
+        interleave: Run prompts and completions layer by layer (:mod:`longact_pl.ops.interleaved`: one
+            layer's prompt key/values and their gradients alive at a time; the statistics hook is then told
+            each layer run's mask); ``False``: every prompt through all layers, then the completions.
 
     Returns:
         ``(logp [N, C] float32, entropy [N, C] or None)``; with ``pack`` zeros at padding.
@@ -269,6 +337,16 @@ def grouped_completion_logprobs(
     with _cache_through_checkpointing(decoder):
         if pack:
             prompts = [input_ids[a, :width][attention_mask[a, :width].bool()].unsqueeze(0) for a, _ in spans]
+            if interleave:
+                packed = PackedCall.build(
+                    model, [p.shape[1] for p in prompts] + [1] * pad_spans, spans, targets,
+                    attention_mask[:, width:], kernel,
+                )  # fmt: skip
+                lasts, out = _interleaved_packed(
+                    decoder, packed, prompts + [dummy_prompt] * pad_spans, counted + [False] * pad_spans,
+                    num_layers, token_mask_hook,
+                )  # fmt: skip
+                return packed.logprobs(model, out, lasts, temperature, with_entropy, chunk_size, entropy_grad)
             states = [
                 prompt_pass(decoder, p, num_layers, token_mask_hook, c) for p, c in zip(prompts, counted)
             ]
@@ -282,17 +360,27 @@ def grouped_completion_logprobs(
         for (start, stop), count in zip(spans, counted):
             keep = attention_mask[start, :width].bool()  # [P]
             prompt = input_ids[start, :width][keep].unsqueeze(0)  # [1, P_g]
-            kv, last = prompt_pass(decoder, prompt, num_layers, token_mask_hook, count)
-            out = _padded_completions(
-                decoder, kv, prompt.shape[1], input_ids[start:stop, width:],
-                attention_mask[start:stop, width:], token_mask_hook,
-            )  # [G, C, H]  # fmt: skip
+            ids, mask = input_ids[start:stop, width:], attention_mask[start:stop, width:]  # [G, C]
+            if interleave:
+                last, out = _interleaved_padded(
+                    decoder, prompt, num_layers, ids, mask, token_mask_hook, count
+                )
+            else:
+                kv, last = prompt_pass(decoder, prompt, num_layers, token_mask_hook, count)
+                out = _padded_completions(
+                    decoder, kv, prompt.shape[1], ids, mask, token_mask_hook
+                )  # [G, C, H]
             hidden.append(torch.cat([last.expand(stop - start, -1, -1), out[:, :-1]], dim=1))  # [G, C, H]
             ties.append(out)
         for _ in range(pad_spans):
-            kv, last = prompt_pass(decoder, dummy_prompt, num_layers, None, False)
             ids, mask = dummy_rows(1, 2, input_ids)  # [1, 2]
-            ties += [last, _padded_completions(decoder, kv, 1, ids, mask, None, False)]
+            if interleave:
+                ties += list(
+                    _interleaved_padded(decoder, dummy_prompt, num_layers, ids, mask, None, dummy=True)
+                )
+            else:
+                kv, last = prompt_pass(decoder, dummy_prompt, num_layers, None, False)
+                ties += [last, _padded_completions(decoder, kv, 1, ids, mask, None, False)]
     if not hidden:  # only dummies: nothing to predict
         logp = torch.zeros(targets.shape, device=input_ids.device)  # [0, C]
         return logp + zero_tie(ties), (torch.zeros_like(logp) if with_entropy else None)
