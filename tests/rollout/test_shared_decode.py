@@ -109,3 +109,42 @@ def test_generation_settings_it_does_not_apply_keep_generate(tiny):
 def test_bad_engine_options_name_the_field(field, value):
     with pytest.raises(ValueError, match=f"rollout.{field}"):
         HFRollout(prefill_once=True, **{field: value})
+
+
+def test_a_rank_whose_rows_ended_keeps_forwarding_while_another_runs(tiny, monkeypatch):
+    """FSDP over several ranks (sharded forwards are collectives): this rank's rows all end at their first
+    token, another rank runs 3 more tokens, so this rank runs 3 more forwards, on padding, drawing nothing."""
+    from longact_pl.rollout import shared_decode
+
+    model, tok = tiny.model, tiny.tokenizer
+    model.generation_config.eos_token_id = list(range(model.config.vocab_size))
+    others = iter([True, True, True, False])
+    flags: list[bool] = []
+
+    def all_ranks(running, device):
+        flags.append(running)
+        return running or next(others)
+
+    monkeypatch.setattr(shared_decode, "lockstep_ranks", lambda policy: True)
+    monkeypatch.setattr(shared_decode, "any_rank_running", all_ranks)
+    inputs: list[torch.Tensor] = []
+    hook = model.model.embed_tokens.register_forward_hook(lambda m, i, o: inputs.append(i[0].clone()))
+    try:
+        ro = HFRollout(prefill_once=True, group_size=2, max_new_tokens=9).generate(model, tok, _prompts(tok))
+    finally:
+        hook.remove()
+    assert flags == [False] * 4 and len(inputs) == 4  # the prefill, then 3 lock-step forwards
+    assert all(x.shape == (4, 1) for x in inputs[1:])  # the tokens just drawn, then padding
+    assert (
+        torch.equal(inputs[1][:, 0], ro.input_ids[:, -1])
+        and (torch.cat(inputs[2:]) == tok.pad_token_id).all()
+    )
+    assert ro.completion_mask.shape == (4, 1)
+
+
+def test_lockstep_only_for_sharded_policies_over_several_ranks(tiny):
+    from longact_pl.rollout.shared_decode import lockstep_ranks
+
+    assert not lockstep_ranks(tiny.model)  # one process
+    tiny.model._is_fsdp_managed_module = True  # what longact_pl.strategies marks; still one process
+    assert not lockstep_ranks(tiny.model)

@@ -7,7 +7,9 @@ mask, runs its logits-processor and stopping-criteria machinery and keeps the ra
 
 * :func:`decode` prefills the B prompts together (all P tokens, B rows), samples the first token of all G
   rows of a prompt from that prefill's last logits, then runs one ``[N, 1]`` forward per token (C - 1 in
-  all) and stops as soon as every row has produced an EOS (one host sync per token: that check);
+  all) and stops as soon as every row has produced an EOS (one host sync per token: that check); under
+  FSDP / ZeRO-3 over several ranks, a rank whose rows have ended keeps running forwards until every rank's
+  have (``generate``'s ``synced_gpus``), as the sharded forwards are collectives;
 * :class:`DecodeCache` holds the prompt key/values once per prompt (``[B, h, P, d]``) and writes each
   completion token's key/values into a buffer allocated once (``[B, h, G, C, d]``), with no concatenation;
 * :func:`decode_attention` (``attn_implementation="longact_shared_decode"``, registered without a mask
@@ -24,8 +26,11 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from transformers import AttentionInterface, DynamicCache
+from transformers.distributed.fsdp import is_fsdp_managed_module
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
 from longact_pl.ops.positions import position_ids_from_mask
 from longact_pl.ops.shared_prefix import full_attention_only
@@ -210,15 +215,19 @@ def decode(
     eos = torch.tensor(eos_ids, device=device)
     ended = torch.zeros(rows, dtype=torch.bool, device=device)  # [N]
     first = mask.sum(-1).repeat_interleave(group).unsqueeze(1)  # [N, 1]: position of the first new token
-    steps = max_new_tokens
+    lockstep = lockstep_ranks(policy)
+    steps, running = 0, True  # tokens this rank has drawn; whether any of its rows is still going
     with _decoding(policy, cache):
         for t in range(max_new_tokens):
-            token, logp = sampler(logits)  # [N], [N]
-            token = token.masked_fill(ended, pad_id)  # [N]
-            tokens[:, t], logps[:, t] = token, logp
-            ended |= torch.isin(token, eos)
-            if t + 1 == max_new_tokens or bool(ended.all()):  # the one host sync per token
-                steps = t + 1
+            if running:
+                token, logp = sampler(logits)  # [N], [N]
+                token = token.masked_fill(ended, pad_id)  # [N]
+                tokens[:, t], logps[:, t] = token, logp
+                ended |= torch.isin(token, eos)
+                steps, running = t + 1, not bool(ended.all())  # the one host sync per token
+            else:  # lock-stepped: this rank has ended, another has not; forward padding, draw nothing
+                token = torch.full_like(token, pad_id)
+            if t + 1 == max_new_tokens or not (any_rank_running(running, device) if lockstep else running):
                 break
             logits = policy(
                 input_ids=token.unsqueeze(1),  # [N, 1]
@@ -228,3 +237,22 @@ def decode(
             ).logits[:, -1]  # [N, V]
             cache.length += 1
     return tokens[:, :steps], logps[:, :steps]
+
+
+def lockstep_ranks(policy: nn.Module) -> bool:
+    """Whether every rank must run the same number of forwards (FSDP or ZeRO-3 over several ranks).
+
+    The same rule as ``generate``'s ``synced_gpus``; ``longact_pl.strategies`` marks FSDP2 policies.
+    """
+    return (is_deepspeed_zero3_enabled() or is_fsdp_managed_module(policy)) and _world_size() > 1
+
+
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def any_rank_running(running: bool, device: torch.device) -> bool:
+    """Whether some rank still has a row going (one all-reduce; ``generate`` does the same per token)."""
+    flag = torch.tensor(1.0 if running else 0.0, device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.SUM)
+    return flag.item() > 0
