@@ -8,7 +8,9 @@ training step), interleaved call by call so machine load hits them alike:
   (``rollout/shared_decode.py``) with the ``inverse_cdf`` sampler;
 * ``generate``: ``HFRollout(prefill_once=True, decode="generate")``, ``rollout=hf_shared`` before the loop:
   ``generate`` continuing from the shared prefill (``rollout.decode=generate``);
-* ``naive``: ``HFRollout()``, ``rollout=hf``: ``generate`` with one prefill per sample.
+* ``naive``: ``HFRollout()``, ``rollout=hf``: ``generate`` with one prefill per sample;
+* ``lean_multinomial`` (only with ``--arms``): our loop drawing with ``torch.multinomial`` as ``generate``
+  does (``rollout.sampler=multinomial``), which separates the loop's gain from the sampler's.
 
 Throughput = completion tokens up to EOS / wall seconds (the arms draw different tokens, so their EOS may
 fall differently; tokens per second stays comparable).
@@ -46,7 +48,11 @@ def main(argv: list[str] | None = None) -> list[str]:
     p.add_argument("--new", type=int, default=None, help="max new tokens")
     p.add_argument("--reps", type=int, default=2)
     p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--arms", default="lean,generate,naive", help="comma-separated subset of the three")
+    p.add_argument(
+        "--arms",
+        default="lean,generate,naive",
+        help="comma-separated, of lean, generate, naive, lean_multinomial (our loop, generate's draws)",
+    )
     args = p.parse_args(argv)
     if args.long:
         args.model, args.prompt, args.group, args.new = (
@@ -72,6 +78,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     every = {
         "lean": HFRollout(prefill_once=True, **kw),
         "generate": HFRollout(prefill_once=True, decode="generate", **kw),
+        "lean_multinomial": HFRollout(prefill_once=True, sampler="multinomial", **kw),
         "naive": HFRollout(**kw),
     }
     engines = {k: every[k] for k in args.arms.split(",")}
