@@ -50,29 +50,34 @@ def test_greedy_identical_to_hf(tiny_any):
 
 
 @pytest.mark.parametrize(
-    "build,sampling,shared",
+    "build,sampling,engine",
     [
-        (tiny_llama, dict(temperature=0.7), True),
-        (tiny_qwen3, dict(temperature=1.0, top_p=0.9, top_k=50), True),
-        (tiny_llama, {}, False),
+        (tiny_llama, dict(temperature=0.7), dict(sampler="multinomial")),
+        (tiny_qwen3, dict(temperature=1.0, top_p=0.9, top_k=50), dict(sampler="multinomial")),
+        (tiny_llama, dict(temperature=0.7), dict(decode="generate")),
+        (tiny_qwen3, dict(temperature=1.0, top_p=0.9, top_k=50), dict(decode="generate")),
+        (tiny_llama, {}, dict(shared_attention=False)),
     ],
-    ids=["llama-T0.7", "qwen3-top_p-top_k", "llama-repeated-cache"],
+    ids=["lean-llama-T0.7", "lean-qwen3-top_p-top_k", "generate-llama", "generate-qwen3", "repeated-cache"],
 )
-def test_sampled_identical_to_hf_with_the_same_seed(build, sampling, shared):
+def test_sampled_identical_to_hf_with_the_same_seed(build, sampling, engine):
+    """Every prefill-once path draws what ``generate`` draws for a seed: ``generate`` over the shared or
+    repeated cache, and our own loop with ``sampler=multinomial`` (left padding, GQA, top-k / top-p)."""
     kw = dict(group_size=4, max_new_tokens=8, **sampling)
     loaded = build(seed=0)
     model, tok = loaded.model, loaded.tokenizer
     prompts = _prompts(tok)
     want = HFRollout(**kw).generate(model, tok, prompts, seed=5)
-    got = HFRollout(**kw, prefill_once=True, shared_attention=shared).generate(model, tok, prompts, seed=5)
+    got = HFRollout(**kw, prefill_once=True, **engine).generate(model, tok, prompts, seed=5)
     _same(got, want)
-    other = HFRollout(**kw, prefill_once=True, shared_attention=shared).generate(model, tok, prompts, seed=6)
+    other = HFRollout(**kw, prefill_once=True, **engine).generate(model, tok, prompts, seed=6)
     assert not torch.equal(other.input_ids, got.input_ids)
     assert model.config._attn_implementation == "sdpa"  # restored after decoding
 
 
-def test_behaviour_logp_and_eos_mask(tiny):
-    engine = HFRollout(prefill_once=True, group_size=4, max_new_tokens=12, temperature=0.7)
+@pytest.mark.parametrize("decode", ["lean", "generate"])
+def test_behaviour_logp_and_eos_mask(tiny, decode):
+    engine = HFRollout(prefill_once=True, group_size=4, max_new_tokens=12, temperature=0.7, decode=decode)
     prompts = _prompts(tiny.tokenizer)
     free = engine.generate(tiny.model, tiny.tokenizer, prompts, seed=3)
     eos = int(free.input_ids[0, free.prompt_width + 2])  # a token row 0 samples early becomes EOS
@@ -92,28 +97,34 @@ def test_behaviour_logp_and_eos_mask(tiny):
     assert tiny.model.training
 
 
-def test_prefill_runs_once_per_prompt(tiny):
-    """The prefill sees B rows (not B * G) and no forward ever sees more than 1 new token per row after it."""
+@pytest.mark.parametrize("decode", ["lean", "generate"])
+def test_prefill_runs_once_per_prompt(tiny, decode):
+    """The prefill sees B rows (not B * G) and no forward ever sees more than 1 new token per row after it.
+
+    Our loop prefills all P tokens and samples every row's first token from that prefill (C - 1 decode
+    forwards); ``generate`` continues from P - 1 prefilled tokens (C decode forwards)."""
     prompts = _prompts(tiny.tokenizer)
     shapes: list[tuple[int, int]] = []
     hook = tiny.model.model.embed_tokens.register_forward_hook(
         lambda m, i, o: shapes.append(tuple(i[0].shape))
     )
     try:
-        HFRollout(prefill_once=True, group_size=4, max_new_tokens=5).generate(
+        HFRollout(prefill_once=True, group_size=4, max_new_tokens=5, decode=decode).generate(
             tiny.model, tiny.tokenizer, prompts
         )
     finally:
         hook.remove()
     width = max(len(p) for p in prompts)
-    assert shapes[0] == (2, width - 1)
-    assert all(s == (8, 1) for s in shapes[1:]) and len(shapes) == 6
+    lean = decode == "lean"
+    assert shapes[0] == (2, width if lean else width - 1)
+    assert all(s == (8, 1) for s in shapes[1:]) and len(shapes) == (5 if lean else 6)
     ids, mask = left_pad([[5]], 0)
     assert prefill(tiny.model, ids, mask) is None  # a one-token prompt has nothing to prefill
 
 
-def test_one_token_prompt_still_generates(tiny):
-    ro = HFRollout(prefill_once=True, group_size=2, max_new_tokens=3).generate(
+@pytest.mark.parametrize("decode", ["lean", "generate"])
+def test_one_token_prompt_still_generates(tiny, decode):
+    ro = HFRollout(prefill_once=True, group_size=2, max_new_tokens=3, decode=decode).generate(
         tiny.model, tiny.tokenizer, [[42]]
     )
     assert ro.input_ids.shape == (2, 4) and ro.input_ids[:, 0].tolist() == [42, 42]
@@ -158,7 +169,8 @@ def test_shared_prefix_attention_equals_sdpa_on_expanded_keys(q_len):
 
 
 def test_decoding_keeps_one_prompt_copy(tiny):
-    """Every decode step runs the shared attention with the prompt key/values stored once per prompt."""
+    """``decode=generate``: every decode step runs the shared attention with the prompt key/values stored
+    once per prompt."""
     from transformers import AttentionInterface
 
     seen: list[tuple[int, int]] = []
@@ -172,7 +184,7 @@ def test_decoding_keeps_one_prompt_copy(tiny):
 
     AttentionInterface.register(ATTN_NAME, spy)
     try:
-        engine = HFRollout(prefill_once=True, group_size=4, max_new_tokens=3)
+        engine = HFRollout(prefill_once=True, group_size=4, max_new_tokens=3, decode="generate")
         engine.generate(tiny.model, tiny.tokenizer, _prompts(tiny.tokenizer), seed=0)
     finally:
         AttentionInterface.register(ATTN_NAME, shared_prefix_attention)
