@@ -78,13 +78,12 @@ class _TargetLogSoftmax(torch.autograd.Function):
         full = torch.log_softmax(z, dim=-1)  # [t, V]
         del z
         logp = full.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [t]
-        entropy = None
+        entropy, p = None, None
         if with_entropy:
             p = full.exp()  # [t, V]
             entropy = -(p * full).sum(-1)  # [t]
-        else:
-            p = full.exp_()  # [t, V]
-        ctx.save_for_backward(p, targets)
+        if ctx.needs_input_grad[0]:  # else (a no-grad pass) nothing is kept
+            ctx.save_for_backward(full.exp_() if p is None else p, targets)  # [t, V], [t]
         ctx.temperature, ctx.dtype = temperature, logits.dtype
         if entropy is not None:
             ctx.mark_non_differentiable(entropy)
