@@ -71,10 +71,11 @@ class _TargetLogSoftmax(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, targets, temperature, with_entropy):  # noqa: D102
-        z = logits.float()  # [t, V]
-        z = z.clone() if z is logits else z  # a float32 input stays untouched
-        if temperature != 1.0:
-            z.div_(temperature)  # [t, V]
+        if logits.dtype == torch.float32:  # the input stays untouched
+            z = logits / temperature if temperature != 1.0 else logits  # [t, V]
+        else:  # the upcast's own buffer, divided in place (the same values as `/`)
+            z = logits.float()  # [t, V]
+            z = z.div_(temperature) if temperature != 1.0 else z
         full = torch.log_softmax(z, dim=-1)  # [t, V]
         del z
         logp = full.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [t]
@@ -125,8 +126,7 @@ def _chunk_logprobs(
     full = torch.log_softmax(logits, dim=-1)  # [t, V]
     logp = full.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [t]
     if entropy_sink is not None:  # last, so the backward's early-stopping recompute skips it
-        with torch.set_grad_enabled(torch.is_grad_enabled()):
-            entropy_sink[key] = -(full.exp() * full).sum(-1)  # [t]
+        entropy_sink[key] = -(full.exp() * full).sum(-1)  # [t], with its graph (entropy bonus)
     return logp
 
 
