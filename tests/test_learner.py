@@ -8,6 +8,7 @@ import torch
 from longact_pl.algos.algorithm import GroupPolicyGradient
 from longact_pl.algos.correction import RolloutCorrection
 from longact_pl.algos.correction_weights import TokenRatio
+from longact_pl.algos.surrogates import SequenceClip
 from longact_pl.distributed import LocalOps
 from longact_pl.guards import NonFiniteGuard
 from longact_pl.learner import Learner, OptimizerCalls, TrainBatch
@@ -184,6 +185,51 @@ def test_tis_with_several_passes_uses_the_trainers_old_logprobs(tiny):
         torch.testing.assert_close(call["token_weights"][mask], weights[mask])
     # one on-policy pass needs no extra forward: old = logp.detach(), weighted against the engine
     assert _learner(algo, **tis).prepare(model, None, ro, ADVANTAGES).old_logp is None
+
+
+@pytest.mark.parametrize(
+    "algo",
+    [
+        {"kl_coef": 0.5},  # GRPO with the KL term
+        {"eps_high": 0.28, "aggregation": "token_mean"},  # DAPO's loss
+        {"eps_low": 3e-4, "eps_high": 4e-4, "surrogate": SequenceClip()},  # GSPO
+    ],
+    ids=["grpo_kl", "dapo", "gspo"],
+)
+def test_one_on_policy_pass_skips_the_old_pass_with_the_same_numbers(tiny, algo):
+    """One epoch, one mini-batch: no old log-prob pass (``prepare`` leaves ``old_logp`` empty, as TRL with
+    ``num_iterations=1``); the pass's own detached log-probs equal, bit for bit, what that pass gives, so the
+    loss, ratio and clip metrics, the rollout-correction weights and mismatch metrics, and the gradient are
+    those of a step that ran it. The ratio carries the gradient (non-zero, equal to the naive step's)."""
+    model = tiny.model.train()
+    ro = _rollouts(model.config.vocab_size)
+    tis = {"correction": RolloutCorrection(level=TokenRatio(), high=2.0), "external": True}
+    learner = _learner(_SpyLoss(**algo), micro_batch_size=2, **tis)
+    ref = learner.no_grad_logprobs(model, ro) + 0.1 * ro.completion_mask  # [N, C] a reference model's
+    skipped = learner.prepare(model, None, ro, ADVANTAGES)
+    assert skipped.old_logp is None  # no pass ran
+    old = learner.no_grad_logprobs(model, ro)  # [N, C]: what the old pass would give
+    runs = {}
+    for name, old_logp in (("skipped", None), ("old_pass", old)):
+        algorithm = _SpyLoss(**algo)
+        rec, metrics = _update(
+            _learner(algorithm, micro_batch_size=2, **tis), model, TrainBatch(ro, ADVANTAGES, ref, old_logp)
+        )
+        runs[name] = (rec, metrics, algorithm.calls)
+    (rec_a, met_a, calls_a), (rec_b, met_b, calls_b) = runs["skipped"], runs["old_pass"]
+    for call in calls_a:  # the pass's own log-probs are the old pass's, bit for bit
+        rows = [i for i in range(len(ro.completion_mask)) if any(torch.equal(call["logp"][j], old[i])
+                for j in range(len(call["logp"])))]  # fmt: skip
+        assert len(rows) == len(call["logp"])
+    assert met_a.keys() == met_b.keys() and any(k.startswith("train/correction/") for k in met_a)
+    for key in met_a:
+        assert float(met_a[key]) == float(met_b[key]), key
+    assert [float(x) for x in rec_a.losses] == [float(x) for x in rec_b.losses]
+    for c_a, c_b in zip(calls_a, calls_b):
+        assert torch.equal(c_a["token_weights"], c_b["token_weights"])
+    for name, grad in rec_a.grads[0].items():
+        assert torch.equal(grad, rec_b.grads[0][name]), name
+    assert max(g.abs().max() for g in rec_a.grads[0].values()) > 1e-6  # the ratio carried a gradient
 
 
 def test_counts_are_global_through_the_ops_sum(tiny):

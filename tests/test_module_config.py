@@ -80,7 +80,7 @@ def test_sgd_by_config_trains(tmp_path):
     check_combinations(cfg)
     run(cfg, run_dir)
     (opt,) = Recorder.seen
-    assert type(opt) is torch.optim.SGD and opt.defaults["foreach"] is True  # CPU auto kernel
+    assert type(opt) is torch.optim.SGD and opt.defaults["fused"] is True  # CPU auto kernel
     assert opt.defaults["lr"] == 1e-3
     assert Recorder.changed  # the step moved the weights
 

@@ -17,9 +17,14 @@ Matched settings (both sides): B prompts x G completions per optimizer step (TRL
 HF ``generate`` sampling at temperature 0.7, top_p 1, top_k 0, ``max_new_tokens`` = C, the model's EOS;
 KL coef (TRL ``beta``) 0.04 with a frozen reference model; clip eps 0.2/0.2; group-std-scaled advantages
 (``scale_rewards="group"``); loss aggregation seq-mean-token-mean (TRL ``loss_type="grpo"``); one pass per
-batch (``num_iterations=1``, on-policy ratio); AdamW lr 1e-6, betas (0.9, 0.999), weight decay 0, constant
-lr, no warm-up, the same fused AdamW kernel (TRL: ``adamw_torch_fused``, the Hugging Face default; ours:
-``module.optimizer.fused=true``; ``--ours-kernel auto`` runs our CPU default, foreach); max grad norm 1.0;
+batch (``num_iterations=1``, on-policy ratio: neither side runs an "old log-prob" pass, the ratio's old
+log-probs are the training pass's own, detached -- TRL skips that pass when ``num_iterations=1`` and one
+generation feeds one optimizer step, ours when ``ppo_epochs=1`` and one mini-batch, ``Learner.prepare``; the
+"ref/old logprob passes" phase is the reference pass on both sides); AdamW lr 1e-6, betas (0.9, 0.999),
+weight decay 0, constant lr, no warm-up, the same fused AdamW kernel (TRL: ``adamw_torch_fused``, the Hugging
+Face default; ours: ``module.optimizer``'s default, fused wherever torch has it; ``--ours-kernel foreach``
+runs ``module.optimizer.fused=false foreach=true``, the CPU default before, bit-identical to torch's
+per-tensor loop); max grad norm 1.0;
 fp32 weights with bf16 autocast (TRL ``bf16=True``); gradient checkpointing off (``--ckpt`` turns it on for
 both); dropout off; the reward is RULER ``string_match_all`` on the same needle-in-a-haystack prompts
 (chat-templated identically), fed in the same order, no shuffling. The LM head
@@ -38,7 +43,7 @@ Prints ``peer_grpo_steps_per_s ratio=<a/b> a=<steps/s ours> b=<steps/s TRL>`` (a
 Llama at P=2048, G=8, C=64, one prompt a step, 2 threads (``ours`` vs TRL; ``--no-long`` skips it). Each
 setting's ``# training pass`` line gives the training forward and backward seconds of both, their ratio and
 the token-count limit ``G(P+C)/(P+GC)`` of that ratio (the shared, packed pass runs ``P + G*C`` tokens per
-group, TRL ``G*(P+C)``), and both optimizer steps. ``peer_optimizer_steps_per_s_{default,fused}`` time the
+group, TRL ``G*(P+C)``), and both optimizer steps. ``peer_optimizer_steps_per_s_{default,foreach}`` time the
 optimizer step alone, ours against TRL's kernel, interleaved in one process (``--optimizer-only``: only
 those).
 
@@ -94,9 +99,9 @@ def run_ours(args, folder: str, data: list, shared: bool) -> tuple[list[float], 
     policy = finish(policy, tok, args.ckpt).model
     ref = copy.deepcopy(policy).eval().requires_grad_(False)
     # module.optimizer (conf/module/default.yaml) with this bench's settings; kernel: see --ours-kernel
-    fused = {"fused": True, "auto": None}[args.ours_kernel]
-    factory = functools.partial(torch.optim.AdamW, lr=LR, betas=(0.9, 0.999), weight_decay=0.0, fused=fused)
-    opt = build_optimizer(functools.partial(factory, foreach=None), policy.parameters())
+    kernel = {"auto": {"fused": None, "foreach": None}, "foreach": {"fused": False, "foreach": True}}
+    factory = functools.partial(torch.optim.AdamW, lr=LR, betas=(0.9, 0.999), weight_decay=0.0)
+    opt = build_optimizer(functools.partial(factory, **kernel[args.ours_kernel]), policy.parameters())
     engine = HFRollout(
         group_size=args.group,
         max_new_tokens=args.new,
@@ -284,9 +289,9 @@ def optimizer_step_lines(args, tag: str) -> list[str]:
     """Optimizer step alone, side by side in one process (interleaved, so load hits every arm alike).
 
     On the setting's model with fixed random gradients: our AdamW as ``module.optimizer`` builds it by
-    default (CPU: foreach, bit-identical to torch's per-tensor loop) and with ``fused=true``, against TRL's
-    (the Hugging Face Trainer's ``adamw_torch_fused``: ``torch.optim.AdamW(fused=True)``), and torch's
-    per-tensor loop (our kernel before ``module.optimizer`` chose one). Figures: steps/s ours / TRL.
+    default (fused, CPU included) and with ``fused=false foreach=true`` (the CPU default before, bit-identical
+    to torch's per-tensor loop), against TRL's (the Hugging Face Trainer's ``adamw_torch_fused``:
+    ``torch.optim.AdamW(fused=True)``), and torch's per-tensor loop. Figures: steps/s ours / TRL.
     """
     from _common import interleaved_times
 
@@ -298,7 +303,7 @@ def optimizer_step_lines(args, tag: str) -> list[str]:
     adamw = functools.partial(torch.optim.AdamW, lr=LR, betas=(0.9, 0.999), weight_decay=0.0)
     opts = {
         "ours_default": build_optimizer(functools.partial(adamw, fused=None, foreach=None), params),
-        "ours_fused": build_optimizer(functools.partial(adamw, fused=True, foreach=None), params),
+        "ours_foreach": build_optimizer(functools.partial(adamw, fused=False, foreach=True), params),
         "trl": torch.optim.AdamW(params, lr=LR, betas=(0.9, 0.999), weight_decay=0.0, fused=True),
         "torch_loop": torch.optim.AdamW(params, lr=LR, betas=(0.9, 0.999), weight_decay=0.0, foreach=False),
     }
@@ -317,8 +322,8 @@ def optimizer_step_lines(args, tag: str) -> list[str]:
     return [
         figure(f"peer_optimizer_steps_per_s_default[{tag}]", times["trl"] / times["ours_default"],
                1 / times["ours_default"], 1 / times["trl"]),
-        figure(f"peer_optimizer_steps_per_s_fused[{tag}]", times["trl"] / times["ours_fused"],
-               1 / times["ours_fused"], 1 / times["trl"]),
+        figure(f"peer_optimizer_steps_per_s_foreach[{tag}]", times["trl"] / times["ours_foreach"],
+               1 / times["ours_foreach"], 1 / times["trl"]),
     ]  # fmt: skip
 
 
@@ -368,7 +373,7 @@ def compare(args, setting: dict, arms: list[str]) -> dict[str, tuple[float, dict
         f"ckpt={args.ckpt} "
         f"bf16_autocast=True beta={BETA} T={TEMPERATURE} "
         f"trl_lm_head={'all positions (its CPU path)' if args.trl_score_all else 'completions (GPU path)'} "
-        f"optimizer=AdamW ours {'fused' if args.ours_kernel == 'fused' else 'auto (CPU: foreach)'}, "
+        f"optimizer=AdamW ours {'fused (default)' if args.ours_kernel == 'auto' else 'foreach'}, "
         "TRL fused (adamw_torch_fused)",
         flush=True,
     )
@@ -417,10 +422,10 @@ def main(argv: list[str] | None = None) -> list[str]:
     )
     p.add_argument(
         "--ours-kernel",
-        choices=("fused", "auto"),
-        default="fused",
-        help="our AdamW kernel: fused = TRL's (module.optimizer.fused=true, matched settings); auto = "
-        "module.optimizer's default (CPU: foreach, bit-identical to torch's per-tensor loop, slower)",
+        choices=("auto", "foreach"),
+        default="auto",
+        help="our AdamW kernel: auto = module.optimizer's default, fused (TRL's kernel: matched settings); "
+        "foreach = module.optimizer.fused=false foreach=true (the CPU default before fused; slower)",
     )
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--long-threads", type=int, default=2, help="torch threads of the long-context line")

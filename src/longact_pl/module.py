@@ -27,6 +27,7 @@ from longact_pl.optim import (
     SchedulerFactory,
     build_optimizer,
     check_optimizer_settings,
+    clip_gradients,
     linear_warmup,
     optimizer_step,
 )
@@ -295,9 +296,7 @@ class LongActModule(L.LightningModule):
     def on_before_optimizer_step(self, optimizer) -> None:
         """Clip gradients (learner hooks, e.g. LongAct's gradient masking, have already run)."""
         if self.max_grad_norm > 0:
-            self.clip_gradients(
-                optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm"
-            )
+            clip_gradients(self, optimizer, self.max_grad_norm)  # a fused optimizer under bf16-mixed too
 
     # ------------------------------------------------------------- validation
     def validation_step(self, batch: list[dict], batch_idx: int) -> None:

@@ -4,12 +4,15 @@
 hyper-parameters, :func:`build_optimizer` the parameters once the model sits on its device, and chooses the
 update kernel where the config leaves it to us (``fused: null`` / ``foreach: null``):
 
-* CUDA (and other devices torch has fused kernels for): ``fused=True``, one kernel over all parameters (what
-  Hugging Face's ``Trainer`` and TRL use by default).
-* CPU: ``foreach=True``. It gives the same floats, bit for bit, as torch's per-tensor default (measured:
-  ``tests/test_optim.py``), so a CPU run's weights do not change with this choice. torch's fused CPU AdamW
-  is ~3x faster on a 135M model but rounds differently (last-bit differences, ~1e-8 on 1e-5 updates); set
-  ``module.optimizer.fused=true`` for it.
+* every device torch has a fused kernel for, CPU included (AdamW, Adam, SGD, Adagrad): ``fused=True``, one
+  kernel over all parameters (what Hugging Face's ``Trainer`` and TRL use by default). On CPU it is ~5x
+  faster than foreach on a small Llama (``scripts/bench/bench_peer.py``'s optimizer line).
+* an optimizer without a fused kernel (RMSprop, ...) on CPU: ``foreach=True``.
+
+The fused kernel rounds differently from torch's per-tensor loop (last-bit differences, ~1e-8 on 1e-5
+updates, ``tests/test_optim.py``). ``module.optimizer.fused=false`` keeps the floats of the earlier CPU
+default (foreach, or torch's per-tensor loop: the same floats bit for bit) -- the setting to use for
+bit-for-bit comparisons with runs made before fused became the CPU default.
 
 The master weights stay fp32 either way (``longact_pl.precision``); the kernel only changes how the same
 fp32 update is computed.
@@ -28,7 +31,7 @@ OptimizerFactory = Callable[..., torch.optim.Optimizer]
 # ``module.scheduler``: optimizer -> learning-rate schedule
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
 # Device types whose params get ``fused=True`` when the config leaves the kernel to us
-_FUSED_AUTO = ("cuda", "xpu", "mps", "hpu")
+_FUSED_AUTO = ("cpu", "cuda", "xpu", "mps", "hpu")
 
 
 def _keywords(factory: OptimizerFactory) -> dict:
@@ -71,9 +74,9 @@ def check_optimizer_settings(optimizer: OptimizerFactory, scheduler: SchedulerFa
 def kernel_choice(factory: OptimizerFactory, params: Sequence[torch.Tensor]) -> dict[str, bool]:
     """The update kernel for ``factory(params)`` when the config leaves it to us (``fused``/``foreach`` null).
 
-    Returns ``{"fused": True}`` on devices with fused kernels, ``{"foreach": True}`` on CPU (bit-identical to
-    the per-tensor loop, see the module docstring), ``{}`` where the config chose a kernel itself, names
-    neither keyword, or the optimizer takes neither.
+    Returns ``{"fused": True}`` on devices with fused kernels (CPU included) for optimizers that have one,
+    ``{"foreach": True}`` on CPU for those that do not (bit-identical to the per-tensor loop), ``{}`` where
+    the config chose a kernel itself, names neither keyword, or the optimizer takes neither.
     """
     keywords = _keywords(factory)
     auto = [k for k in ("fused", "foreach") if k in keywords and keywords[k] is None]
@@ -91,6 +94,34 @@ def kernel_choice(factory: OptimizerFactory, params: Sequence[torch.Tensor]) -> 
     if devices == {"cpu"} and "foreach" in accepted:
         return {"foreach": True}
     return {}
+
+
+def planned_kernel(node, device: str) -> str:
+    """The update kernel :func:`build_optimizer` will pick for a ``module.optimizer`` node on ``device``.
+
+    For the memory plan (``fused``, ``foreach`` or ``single_tensor``: ``longact_pl.memory.plan.Settings``),
+    before anything is built. ``node``: the config node (``_target_``, ``fused``, ``foreach``; ``None``: the
+    default AdamW); ``device``: ``cpu`` or ``cuda``.
+    """
+    node = node or {}
+    fused, foreach = node.get("fused"), node.get("foreach")
+    if fused:
+        return "fused"
+    if foreach:
+        return "foreach"
+    if fused is None and foreach is None:  # left to kernel_choice
+        target = node.get("_target_") or "torch.optim.AdamW"
+        try:
+            from hydra.utils import get_class
+
+            accepted = inspect.signature(get_class(target)).parameters
+        except Exception:  # an unresolvable target fails later, in check_optimizer_settings, naming it
+            accepted = {}
+        if device in _FUSED_AUTO and "fused" in accepted:
+            return "fused"
+        if device == "cpu" and "foreach" in accepted:
+            return "foreach"
+    return "foreach" if device == "cuda" else "single_tensor"  # torch's own default
 
 
 def build_optimizer(factory: OptimizerFactory, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
@@ -134,3 +165,20 @@ def optimizer_step(optimizer, scheduler) -> None:
     optimizer.step()
     torch.clear_autocast_cache()
     scheduler.step()
+
+
+def clip_gradients(module, optimizer, max_norm: float) -> None:
+    """Clip the global gradient norm to ``max_norm`` through Lightning (``module.clip_gradients``).
+
+    Lightning's ``bf16-mixed`` plugin refuses to clip for an optimizer that unscales gradients inside its
+    step (a fused one: :func:`kernel_choice`'s default), a refusal meant for fp16's ``GradScaler``; bf16 has
+    no scaler, so there the precision plugin's plain norm clip runs (the same ``clip_grad_norm_`` over the
+    optimizer's parameters). fp16 with a fused optimizer keeps Lightning's refusal.
+    """
+    from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+
+    plugin = module.trainer.precision_plugin
+    if isinstance(plugin, MixedPrecision) and plugin.scaler is None:
+        Precision.clip_gradients(plugin, optimizer, max_norm)  # norm clipping, the default algorithm
+        return
+    module.clip_gradients(optimizer, gradient_clip_val=max_norm, gradient_clip_algorithm="norm")

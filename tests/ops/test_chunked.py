@@ -93,3 +93,40 @@ def test_bad_chunk_and_head_checks(tiny):
         chunked_completion_logprobs(tiny.model, ids, mask, 5, chunk_size=0)
     weight, bias = lm_head_of(tiny.model)
     assert weight is tiny.model.get_output_embeddings().weight and bias is None
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_one_pass_head_equals_autograds_log_softmax_under_bf16_autocast(temperature):
+    """The head's own backward (``(onehot - p) / T`` from the saved softmax) against autograd through
+    ``log_softmax(logits.float() / T)``: the same log-probs and entropy bit for bit, the same gradients
+    up to summation order, under bf16 autocast as in training."""
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(6, 16, generator=gen, requires_grad=True)  # float32, as the decoder's last norm
+    weight = torch.randn(50, 16, generator=gen, requires_grad=True)
+    targets = torch.randint(0, 50, (6,), generator=gen)
+    upstream = torch.randn(6, generator=gen)  # a loss that weights tokens differently
+    with torch.autocast("cpu", torch.bfloat16):
+        full = torch.log_softmax(torch.nn.functional.linear(hidden, weight).float() / temperature, -1)
+        want = full.gather(-1, targets[:, None]).squeeze(-1)  # [6]
+        want_ent = -(full.exp() * full).sum(-1)  # [6]
+        want_grads = torch.autograd.grad((want * upstream).sum(), (hidden, weight))
+        got, ent = head_logprobs(hidden[None], weight, None, targets[None], temperature, with_entropy=True)
+        got_grads = torch.autograd.grad((got[0] * upstream).sum(), (hidden, weight))
+    assert torch.equal(got[0], want) and torch.equal(ent[0], want_ent.detach())
+    for a, b in zip(got_grads, want_grads):
+        assert a.dtype == b.dtype == torch.float32
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-3)  # bf16 matmuls of ~1-ulp different grads
+        assert a.abs().max() > 1e-2
+
+
+def test_entropy_bonus_keeps_the_entropys_gradient():
+    """``entropy_grad=True`` (an entropy bonus): the entropy's gradient is ``token_entropy``'s."""
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(1, 4, 8, generator=gen, requires_grad=True)
+    weight = torch.randn(11, 8, generator=gen)
+    targets = torch.randint(0, 11, (1, 4), generator=gen)
+    _, ent = head_logprobs(hidden, weight, None, targets, 0.7, with_entropy=True, entropy_grad=True)
+    (got,) = torch.autograd.grad(ent.sum(), hidden)
+    (want,) = torch.autograd.grad(token_entropy(hidden @ weight.T, 0.7, grad=True).sum(), hidden)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert got.abs().max() > 1e-3

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from longact_pl.memory.plan import GIB, Settings
 from longact_pl.memory.shapes import ModelShape, shape_of_model_config
+from longact_pl.optim import planned_kernel
 
 _DTYPE_BYTES = {"float32": 4, "fp32": 4, "bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2}
 
@@ -171,7 +172,7 @@ def plan_inputs(
         packed=packed,
         logprob_chunk=_select(cfg, "module.logprobs.chunk_size"),
         reference=float(_select(cfg, "algo.kl_coef", default=0.0)) > 0,
-        optimizer="foreach" if device == "cuda" else "single_tensor",
+        optimizer=planned_kernel(_select(cfg, "module.optimizer"), device),  # longact_pl.optim's choice
         device=device,
         engine_bytes=engine,
         engine_host_bytes=engine_host,

@@ -244,7 +244,8 @@ def _passes(shape: ModelShape, s: Settings) -> dict[str, list[Term]]:
     copies = 2 if s.packed else 1
     head_tokens = s.completion_tokens / sp
     chunk = min(s.logprob_chunk or head_tokens, head_tokens)
-    head = chunk * V * (16 + (2 if cb == 2 else 0)) + 3 * head_tokens * H * 4
+    # per logit (ops/chunked.py): the matmul's output, its float32 copy, log-softmax, softmax, p * log p
+    head = chunk * V * (12 + (2 if cb == 2 else 4)) + 3 * head_tokens * H * 4
     # the packed pass's key gradient is a view of the [P + T] gradient; the padded one is summed over rows
     # the head's weight gradient is made whole, then added to .grad (under autocast: bf16, then float32);
     # FSDP's unsharded head gradient is in its gathered-parameter term

@@ -59,6 +59,46 @@ def lm_head_of(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
     return head.weight, head.bias
 
 
+class _TargetLogSoftmax(torch.autograd.Function):
+    """``logits [t, V]`` -> float32 log-probs ``[t]`` of ``targets`` at ``temperature`` (and the entropy).
+
+    Values: ``log_softmax(logits.float() / temperature)`` gathered at the targets, and
+    ``-(p * log p).sum(-1)`` (a detached metric). The backward is one pass from the saved softmax ``p``:
+    ``d logp / d logits = (onehot - p) / temperature``, instead of autograd's chain (a zero-filled
+    ``[t, V]`` gradient scattered at the targets, ``log_softmax``'s backward, the temperature's, the cast's):
+    on CPU these float32 passes over ``[t, V]`` cost the head more than its matmul.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, targets, temperature, with_entropy):  # noqa: D102
+        if logits.dtype == torch.float32:  # the input stays untouched
+            z = logits / temperature if temperature != 1.0 else logits  # [t, V]
+        else:  # the upcast's own buffer, divided in place (the same values as `/`)
+            z = logits.float()  # [t, V]
+            z = z.div_(temperature) if temperature != 1.0 else z
+        full = torch.log_softmax(z, dim=-1)  # [t, V]
+        del z
+        logp = full.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [t]
+        entropy, p = None, None
+        if with_entropy:
+            p = full.exp()  # [t, V]
+            entropy = -(p * full).sum(-1)  # [t]
+        if ctx.needs_input_grad[0]:  # else (a no-grad pass) nothing is kept
+            ctx.save_for_backward(full.exp_() if p is None else p, targets)  # [t, V], [t]
+        ctx.temperature, ctx.dtype = temperature, logits.dtype
+        if entropy is not None:
+            ctx.mark_non_differentiable(entropy)
+        return logp, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logp, grad_entropy):  # noqa: D102
+        p, targets = ctx.saved_tensors
+        scale = grad_logp.float() / ctx.temperature  # [t]
+        grad = p * scale.neg().unsqueeze(-1)  # [t, V]
+        grad.scatter_add_(-1, targets.unsqueeze(-1), scale.unsqueeze(-1))  # [t, V]: + onehot * scale
+        return grad.to(ctx.dtype), None, None, None
+
+
 def _chunk_logprobs(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -74,13 +114,19 @@ def _chunk_logprobs(
     The sink is a plain dict (not a tensor argument) so a checkpoint replay can overwrite it harmlessly.
     With ``entropy_grad`` the stored entropy keeps its graph (its backward replays the chunk too).
     """
-    logits = F.linear(hidden, weight, bias).float() / temperature  # [t, V]
-    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [t]
-    logp = picked - torch.logsumexp(logits, dim=-1)  # [t]
+    logits = F.linear(hidden, weight, bias)  # [t, V]
+    if not entropy_grad:  # the entropy is a metric: one pass forward, one backward (_TargetLogSoftmax)
+        logp, entropy = _TargetLogSoftmax.apply(logits, targets, temperature, entropy_sink is not None)
+        if entropy_sink is not None:
+            entropy_sink[key] = entropy  # [t]
+        return logp  # [t]
+    logits = logits.float()  # [t, V]
+    if temperature != 1.0:  # in place: a fresh buffer no backward needs (same values as `/`)
+        logits = logits.div_(temperature)  # [t, V]
+    full = torch.log_softmax(logits, dim=-1)  # [t, V]
+    logp = full.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [t]
     if entropy_sink is not None:  # last, so the backward's early-stopping recompute skips it
-        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-            full = torch.log_softmax(logits, dim=-1)  # [t, V]
-            entropy_sink[key] = -(full.exp() * full).sum(-1)  # [t]
+        entropy_sink[key] = -(full.exp() * full).sum(-1)  # [t], with its graph (entropy bonus)
     return logp
 
 
