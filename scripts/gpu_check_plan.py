@@ -139,7 +139,8 @@ def base_settings(prompt: int, group: int, completion: int, device: str) -> Sett
     return Settings(
         prompt_tokens=prompt, completion_tokens=group * completion, completion_rows=group,
         precision="bf16-mixed", activation_checkpointing=True, logprob_chunk=1024,
-        optimizer="fused" if device == "cuda" else "single_tensor", device=device, frozen_fraction=0.7,
+        optimizer="fused", device=device, frozen_fraction=0.7,
+        packed_kernel="flex" if device == "cuda" else "sdpa_mask",
     )  # fmt: skip
 
 

@@ -133,6 +133,24 @@ def test_settings_from_the_paper_preset(tmp_path):
     assert (s.strategy, s.world, s.precision, s.activation_checkpointing) == ("fsdp", 8, "bf16-mixed", True)
     assert s.reference and s.packed and s.device == "cuda" and s.engine_bytes == 0  # sleep_level=1
     assert s.engine_host_bytes == 2 * Q4.params  # bf16 weights offloaded by sleep level 1
+    assert s.packed_kernel == "flex"  # sdpa on CUDA: the log-prob plan's FlexAttention block mask
+
+
+def test_the_dense_packed_kernel_alone_builds_the_mask_and_whole_on_every_sequence_parallel_rank():
+    small = ModelShape(layers=2, hidden=64, heads=4, kv_heads=2, head_dim=16, intermediate=128, vocab=256)
+    dense = Settings(prompt_tokens=4096, completion_tokens=2048, completion_rows=8, device="cpu")
+    mask = "packed attention mask"
+    assert plan_memory(small, dense).term(mask, "head backward") == 2048 * (4096 + 2048)  # bool [T, P + T]
+    # Ulysses: every rank builds the whole mask (its queries are all T positions for h / N heads)
+    split = replace(dense, sequence_parallel=2)
+    assert plan_memory(small, split).term(mask, "head backward") == 2048 * (4096 + 2048)
+    for kernel in ("flex", "flash_varlen"):
+        plan = plan_memory(small, replace(dense, packed_kernel=kernel, device="cuda"))
+        assert plan.term(mask, "head backward") == 0
+        dense_cuda = plan_memory(small, replace(dense, device="cuda"))
+        assert plan.phase_total("head backward") < dense_cuda.phase_total("head backward")
+    with pytest.raises(ValueError, match="packed_kernel"):
+        plan_memory(small, replace(dense, packed_kernel="dense"))
 
 
 def test_fixes_name_settings_that_fit():

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from longact_pl.memory.plan import GIB, Settings
 from longact_pl.memory.shapes import ModelShape, shape_of_model_config
+from longact_pl.ops.attention_kernels import choose_kernel
 from longact_pl.optim import planned_kernel
 
 _DTYPE_BYTES = {"float32": 4, "fp32": 4, "bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2}
@@ -123,6 +124,14 @@ def engine_share(
     return int(share * (device_bytes or 0)), 0
 
 
+def packed_kernel(attention: str, device: str) -> str:
+    """The packed pass's kernel the log-prob plan will choose (``choose_kernel``; flash-attn not probed)."""
+    try:
+        return choose_kernel(attention, device, flash_available=False)[0]
+    except ValueError:  # an implementation the packed pass refuses: the run's own check says so
+        return "sdpa_mask"
+
+
 def plan_inputs(
     cfg: DictConfig, device_bytes: int | None = None
 ) -> tuple[ModelShape | None, Settings, Batching]:
@@ -173,6 +182,7 @@ def plan_inputs(
         logprob_chunk=_select(cfg, "module.logprobs.chunk_size"),
         reference=float(_select(cfg, "algo.kl_coef", default=0.0)) > 0,
         optimizer=planned_kernel(_select(cfg, "module.optimizer"), device),  # longact_pl.optim's choice
+        packed_kernel=packed_kernel(attention, device) if packed else "sdpa_mask",
         device=device,
         engine_bytes=engine,
         engine_host_bytes=engine_host,

@@ -48,6 +48,10 @@ KV_HOLD = "prompt K/V held"
 KV_GRADS = "prompt K/V gradients"
 
 
+# ops/attention_kernels.KERNELS (not imported: the plan runs without torch)
+PACKED_KERNELS = ("sdpa_mask", "flex", "flash_varlen")
+
+
 @dataclass(frozen=True)
 class Settings:
     """What the plan needs of a run, per rank.
@@ -72,6 +76,10 @@ class Settings:
         reference: A frozen reference model is held (``algo.kl_coef > 0``).
         optimizer: ``foreach`` (CUDA default), ``single_tensor`` (CPU default) or ``fused``.
         device: ``cuda`` or ``cpu``.
+        packed_kernel: The packed pass's attention kernel (``ops/attention_kernels.KERNELS``): ``sdpa_mask``
+            builds the dense ``[T, P + T]`` mask (every rank the whole one under sequence parallelism) and,
+            per layer, its float copy and the GQA-repeated keys/values; ``flex`` / ``flash_varlen`` build
+            neither (a block mask of a few MiB; GQA without repeating).
         engine_bytes: A colocated vLLM engine's share of this device during training.
         engine_host_bytes: What the engine keeps in CPU memory (weights offloaded by sleep level 1, or a
             CPU engine's weights and KV cache).
@@ -95,6 +103,7 @@ class Settings:
     logprob_chunk: int | None = 1024
     reference: bool = False
     optimizer: str = "foreach"
+    packed_kernel: str = "sdpa_mask"
     device: str = "cuda"
     engine_bytes: int = 0
     engine_host_bytes: int = 0
@@ -217,11 +226,13 @@ def _passes(shape: ModelShape, s: Settings) -> dict[str, list[Term]]:
     transient = backward_transient_per_token(shape)
     ckpt = s.activation_checkpointing
     saved_per_token = 4 * H if ckpt else full  # checkpointing keeps each layer's float32 input only
+    dense = s.packed_kernel == "sdpa_mask"
+    packed_dense = s.shared_prefix and s.packed and dense
     if s.shared_prefix:
         prompt, completion = s.prompt_tokens / sp, s.completion_tokens / sp
         if s.packed:  # one packed row attends to [all prompts ; packed completions]
             keys = s.prompt_tokens + s.completion_tokens
-            attention = completion * keys * (1 + cb) + 2 * shape.q_width * keys * cb / sp
+            attention = completion * keys * (1 + cb) + 2 * shape.q_width * keys * cb / sp if dense else 0.0
         else:  # each row attends to [its prompt ; its completion], the prompt's K/V repeated per row
             rows = max(1, s.completion_rows)
             width = s.completion_tokens / rows
@@ -235,7 +246,8 @@ def _passes(shape: ModelShape, s: Settings) -> dict[str, list[Term]]:
         attention = rows * width * width * (1 + cb) / sp
     saved_prompt = L * prompt * saved_per_token
     saved_completion = L * completion * saved_per_token + (0 if ckpt else L * attention)
-    mask = completion * (s.prompt_tokens + s.completion_tokens) if s.shared_prefix and s.packed else 0
+    # the dense kernel's bool mask is built whole on every rank (sequence parallelism does not split it)
+    mask = s.completion_tokens * (s.prompt_tokens + s.completion_tokens) if packed_dense else 0
     # checkpointed layers keep their cache (the recorded K/V) until their backward, and the packed pass's
     # concatenated copy until the completion layer's; without checkpointing only the bf16 copies SDPA saved
     # (part of the prompt's activations) stay
@@ -256,7 +268,7 @@ def _passes(shape: ModelShape, s: Settings) -> dict[str, list[Term]]:
         Term("completion activations", int(saved_completion), _saved_note(ckpt, "completion", completion)),
     ]
     if mask:
-        kept.append(Term("packed attention mask", int(mask / sp), "bool [T, P + T], built once"))
+        kept.append(Term("packed attention mask", int(mask), "bool [T, P + T], built once"))
     if hold:
         kept.append(Term(KV_HOLD, int(hold * copies), f"{L} layers x {prompt:.0f} tokens x {kv} B"))
     recompute_completion = completion * (full + transient) + attention
@@ -349,6 +361,8 @@ def plan_memory(shape: ModelShape, settings: Settings) -> MemoryPlan:
     """
     if settings.strategy not in ("single", "ddp", "fsdp"):
         raise ValueError(f"strategy must be single, ddp or fsdp, got {settings.strategy!r}")
+    if settings.packed_kernel not in PACKED_KERNELS:
+        raise ValueError(f"packed_kernel must be one of {PACKED_KERNELS}, got {settings.packed_kernel!r}")
     if settings.world < 1 or settings.sequence_parallel < 1:
         raise ValueError("world and sequence_parallel must be >= 1")
     return MemoryPlan(shape, settings, _static(shape, settings), _passes(shape, settings))
