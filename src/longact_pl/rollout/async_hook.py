@@ -19,7 +19,7 @@ import lightning as L
 
 from longact_pl.metric_reduce import Metric
 from longact_pl.rollout.async_buffer import VersionedRollout, staleness_metrics
-from longact_pl.rollout.async_loop import AsyncRollouts, AsyncSettings, EngineFailure
+from longact_pl.rollout.async_loop import AsyncRollouts, AsyncSettings, EngineFailure, make_rollouts
 from longact_pl.rollout.types import RolloutBatch
 
 ATTR = "_async_rollouts"
@@ -118,7 +118,7 @@ def step_engine(module, batch: list[dict], save_checkpoint=None):
     if state is None:
         check_placement(module)
         # versions count this process's RL steps; the first step trains with version global_step
-        rollouts = AsyncRollouts(
+        rollouts = make_rollouts(
             module.rollout, module.tokenizer, module.policy, settings, module.global_step
         )
         trainer = module.trainer

@@ -42,7 +42,7 @@ class HFRollout:
         prefill_once: Prefill each prompt once per group instead of once per sample (``rollout=hf_shared``).
         shared_attention: With ``prefill_once``, keep one copy of each prompt's key/values while decoding
             (full-attention models; sliding-window or hybrid ones repeat the cache G times instead).
-        mode, max_staleness, round_tokens, placement: Asynchronous rollouts (see
+        mode, max_staleness, round_tokens, placement, engine_device: Asynchronous rollouts (see
             :class:`~longact_pl.rollout.async_loop.AsyncSettings`); in ``async`` mode a copy of the policy
             samples, so the engine counts as external (its log-probs lag the trainer's).
     """
@@ -63,9 +63,10 @@ class HFRollout:
         max_staleness: int = 1,
         round_tokens: int | None = None,
         placement: str = "colocated",
+        engine_device: str | None = None,
     ) -> None:
         check_sampling(group_size, max_new_tokens, temperature, top_p, top_k)
-        self.schedule = AsyncSettings(mode, max_staleness, round_tokens, placement)
+        self.schedule = AsyncSettings(mode, max_staleness, round_tokens, placement, engine_device)
         # async: a sampler copy one or more versions behind the trainer (a subclass may be external anyway)
         self.external = type(self).external or self.schedule.is_async
         self.group_size = group_size
