@@ -7,6 +7,7 @@ the driver-level tests share one where they can.
 import copy
 import os
 import sys
+import time
 
 import pytest
 import torch
@@ -179,7 +180,7 @@ def test_staleness_zero_reproduces_the_synchronous_run_bit_for_bit(tiny):
 
 
 class DyingHF(HFRollout):
-    """HF rollouts whose engine process dies (``os._exit``) at its ``die_at``-th sampling."""
+    """HF rollouts whose engine process dies (``os._exit(3)``) 1 s into its ``die_at``-th sampling."""
 
     calls = 0
     die_at = 2
@@ -189,6 +190,7 @@ class DyingHF(HFRollout):
         if getattr(getattr(main, "__spec__", None), "name", "") == "longact_pl.rollout.engine_process":
             DyingHF.calls += 1
             if DyingHF.calls == self.die_at:
+                time.sleep(1)  # the batch before it reaches the trainer first (it was sampled before)
                 os._exit(3)
         return super().generate(*args, **kwargs)
 
