@@ -253,3 +253,13 @@ def test_unsupported_placements_are_refused_before_the_model_loads(tmp_path, no_
     with pytest.raises(ValueError, match=match):
         run(compose_train(tmp_path, *overrides), tmp_path)
     assert not tmp_path.joinpath("config.yaml").exists()
+
+
+def test_vllm_async_is_accepted_disaggregated_and_refused_colocated():
+    from longact_pl.rollout.async_loop import check_async
+    from longact_pl.rollout.vllm import VLLMRollout
+
+    tis = RolloutCorrection(level=TokenRatio())
+    check_async(VLLMRollout(mode="async", placement="disaggregated"), tis, GroupPolicyGradient())
+    with pytest.raises(ValueError, match="rollout.placement=disaggregated"):
+        check_async(VLLMRollout(mode="async"), tis, GroupPolicyGradient())
