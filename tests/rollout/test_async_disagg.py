@@ -5,9 +5,11 @@ the driver-level tests share one where they can.
 """
 
 import copy
+import csv
 import os
 import sys
 import time
+from collections import Counter
 
 import pytest
 import torch
@@ -212,12 +214,25 @@ def test_an_engine_process_dying_is_an_engine_failure_at_the_next_take(tiny):
 
 
 # ----------------------------------------------------------------------------- through train.py
-@pytest.mark.slow  # a stopped and a resumed tiny run, each with its engine process (~60 s on 2 busy cores)
-def test_an_engine_process_crash_stops_the_run_with_a_resumable_checkpoint(tmp_path):
+@pytest.fixture
+def engine_pids(monkeypatch):
+    """The pids of the engine processes started during the test."""
+    from longact_pl.rollout import async_remote
+
+    pids, init = [], async_remote.RemoteRollouts.__init__
+
+    def record(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        pids.append(self.pid)
+
+    monkeypatch.setattr(async_remote.RemoteRollouts, "__init__", record)
+    return pids
+
+
+@pytest.mark.slow  # a stopped and a resumed tiny run, each with its engine process (~10-60 s on 2 busy cores)
+def test_an_engine_process_crash_stops_the_run_with_a_resumable_checkpoint(tmp_path, engine_pids):
     """The engine process dies sampling step 1's batch: the run stops naming the cause and a checkpoint of
     the weights after step 0 (nothing of step 1 applied); the resume (a new engine) trains steps 1 and 2."""
-    import csv
-
     common = [*ASYNC, "data.reward._target_=tests.helpers.ParityReward", "trainer.max_steps=3"]
     with pytest.raises(EngineFailure, match="batch 1 .*code 3.*resume from the checkpoint"):
         run(compose_train(tmp_path, *common, "rollout._target_=tests.rollout.test_async_disagg.DyingHF"),
@@ -230,6 +245,28 @@ def test_an_engine_process_crash_stops_the_run_with_a_resumable_checkpoint(tmp_p
     assert [r["step"] for r in rows] == ["0", "1", "2"]
     assert [float(r["train/async/lag_max"]) for r in rows] == [0.0, 0.0, 1.0]  # the resume's first is fresh
     assert metrics
+    assert len(engine_pids) == 2 and not any(_descendants(pid) for pid in engine_pids)
+
+
+@pytest.mark.slow  # three tiny runs (uninterrupted, stopped, resumed), each with its engine process
+def test_sigterm_resumes_without_training_a_sample_twice_or_losing_one(tmp_path, engine_pids):
+    from tests.rollout.test_async_train import CountingReward
+
+    common = [*ASYNC, "data.reward._target_=tests.rollout.test_async_train.CountingReward",
+              "trainer.max_steps=4", "callbacks.model_checkpoint.every_n_train_steps=1"]  # fmt: skip
+    CountingReward.seen = []
+    full = tmp_path / "full"
+    run(compose_train(full, *common), full)
+    expected = Counter(CountingReward.seen)
+    CountingReward.seen = []
+    part = tmp_path / "part"
+    with pytest.raises(SystemExit):  # stopped after step 2, while the engine samples batch 3 ahead
+        run(compose_train(part, *common, "+callbacks.sigterm._target_=tests.helpers.SigtermAt",
+                          "+callbacks.sigterm.step=2"), part)  # fmt: skip
+    assert len(CountingReward.seen) == sum(expected.values()) // 2  # 2 of the 4 steps trained
+    run(compose_train(part, *common, f"ckpt_path={part / 'checkpoints' / 'last.ckpt'}"), part)
+    assert Counter(CountingReward.seen) == expected  # every prompt trained once, none lost
+    assert len(engine_pids) == 3 and not any(_descendants(pid) for pid in engine_pids)
 
 
 # ----------------------------------------------------------------------------- refusals (config alone)
