@@ -314,6 +314,8 @@ class RemoteRollouts:
                     )
             return recv(self.conn)
         except (EOFError, OSError) as err:
+            with contextlib.suppress(subprocess.TimeoutExpired):  # the channel closes just before the exit
+                self.process.wait(timeout=5)
             code = self.process.poll()
             raise RuntimeError(
                 f"the engine process (pid {self.pid}) ended (exit code {code}) while {doing}"
