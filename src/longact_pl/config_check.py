@@ -239,7 +239,20 @@ def _check_async(cfg: DictConfig) -> None:
     The same refusal as ``rollout.async_hook.check_placement`` at the first step, made before anything exists.
     """
     if _get(cfg, "rollout.mode") != "async":
+        if _get(cfg, "rollout.placement", "colocated") != "colocated":
+            raise ValueError(
+                "rollout.placement=disaggregated places the sampler of rollout.mode=async in its own "
+                "process; set rollout.mode=async (with rollout.max_staleness=0 for the synchronous "
+                "schedule) or rollout.placement=colocated"
+            )
         return
+    from longact_pl.rollout.async_placement import check_async_placement
+
+    check_async_placement(
+        str(_get(cfg, "rollout._target_", "")), _get(cfg, "rollout.placement", "colocated"),
+        _get(cfg, "rollout.engine_device"), _get(cfg, "rollout.round_tokens"),
+        _get(cfg, "rollout.sleep_level", 0), _get(cfg, "rollout.engine_kwargs.tensor_parallel_size", 1),
+    )  # fmt: skip
     if str(_get(cfg, "trainer.strategy._target_", "")).endswith("LongActFSDP"):
         raise ValueError(
             "rollout.mode=async keeps a full copy of the policy for the sampler thread, which FSDP-sharded "

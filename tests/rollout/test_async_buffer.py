@@ -86,7 +86,7 @@ def test_a_batch_lagging_more_than_max_staleness_is_refused():
         ({"max_staleness": -1}, "rollout.max_staleness must be >= 0"),
         ({"mode": "async", "round_tokens": 0}, "rollout.round_tokens must be >= 1"),
         ({"round_tokens": 4}, "needs rollout.mode=async"),
-        ({"mode": "async", "placement": "disaggregated"}, "rollout.placement=colocated"),
+        ({"mode": "async", "placement": "elsewhere"}, "rollout.placement must be one of"),
     ],
 )
 def test_bad_settings_name_the_field(kwargs, match):

@@ -275,12 +275,14 @@ class _RecordingHF(HFRollout):
     def __init__(self, rollouts_box, **kwargs):
         super().__init__(**kwargs)
         self.box, self.started_at, self.done, self.wait_for = rollouts_box, {}, {}, {}
+        self.began: dict[int, float] = {}  # seed -> perf_counter when decoding began (after any wait)
 
     def generate(self, *args, **kwargs):
         seed = kwargs["seed"]
         if seed in self.wait_for:
             assert self.wait_for[seed].wait(timeout=60), "the trainer's pass never started"
         self.started_at[seed] = self.box[0].version
+        self.began[seed] = time.perf_counter()
         out = super().generate(*args, **kwargs)
         self.done.setdefault(seed, threading.Event()).set()
         return out
@@ -353,7 +355,9 @@ def test_the_next_batch_is_sampled_while_the_trainer_runs_its_reference_pass(tin
     finally:
         rollouts.close()
     (pass_start, pass_end), *_ = passes  # step 0's reference pass (step 1 runs its own)
-    assert second.started >= pass_start and second.started < pass_end  # sampled during the trainer's pass
+    # the producer took batch 1 before the pass (its `started`), then decoded it during the trainer's pass
+    began = engine.began[step_seed(0, 1)]
+    assert second.started <= began and pass_start <= began < min(second.finished, pass_end)
     assert second.finished > second.started > first.finished
 
 

@@ -42,7 +42,7 @@ from longact_pl.rollout.types import RolloutEngine
 log = logging.getLogger(__name__)
 
 MODES = ("sync", "async")
-PLACEMENTS = ("colocated",)
+PLACEMENTS = ("colocated", "disaggregated")
 
 
 class EngineFailure(RuntimeError):
@@ -58,7 +58,10 @@ class AsyncSettings:
         max_staleness: Policy versions a trained token may lag behind the trainer (async only).
         round_tokens: Partial rollouts: tokens per completion per round, weights refreshed between rounds
             (``None``: off, a batch is sampled by one version).
-        placement: ``colocated`` (a sampler copy in the trainer's process, on its devices).
+        placement: ``colocated`` (a sampler copy in the trainer's process, on its devices) or
+            ``disaggregated`` (an engine process per trainer rank: ``rollout/async_remote.py``).
+        engine_device: Disaggregated: the engine's device (``cpu``, ``cuda:N``; ``None``: the CPU without
+            CUDA, else the first GPU after the node's trainer ranks).
 
     Raises:
         ValueError: Naming the ``rollout.<field>`` and the fix.
@@ -68,6 +71,7 @@ class AsyncSettings:
     max_staleness: int = 1
     round_tokens: int | None = None
     placement: str = "colocated"
+    engine_device: str | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -77,11 +81,7 @@ class AsyncSettings:
         if self.round_tokens is not None and self.round_tokens < 1:
             raise ValueError(f"rollout.round_tokens must be >= 1 or null (off), got {self.round_tokens}")
         if self.placement not in PLACEMENTS:
-            raise ValueError(
-                f"rollout.placement={self.placement!r} is not available: this version runs the sampler "
-                f"colocated with the trainer (rollout.placement=colocated); a disaggregated engine process "
-                "is not implemented yet (docs/async.md)"
-            )
+            raise ValueError(f"rollout.placement must be one of {list(PLACEMENTS)}, got {self.placement!r}")
         if self.mode == "sync" and self.round_tokens is not None:
             raise ValueError(
                 f"rollout.round_tokens={self.round_tokens} (partial rollouts) needs rollout.mode=async; "
@@ -105,11 +105,11 @@ def check_async(rollout, correction, algorithm) -> None:
         return
     from longact_pl.rollout.hf import HFRollout  # (hf.py imports this module)
 
-    if not isinstance(rollout, HFRollout):
+    if not isinstance(rollout, HFRollout) and settings.placement == "colocated":
         raise ValueError(
-            f"rollout.mode=async samples with a copy of the policy through HF generate in this version; "
-            f"rollout={type(rollout).__name__} is not supported yet (use rollout=hf or rollout=hf_shared, "
-            "or rollout.mode=sync; docs/async.md)"
+            f"rollout.mode=async with rollout.placement=colocated samples with a copy of the policy through "
+            f"HF generate; rollout={type(rollout).__name__} runs async in its own process only: set "
+            "rollout.placement=disaggregated (or rollout=hf / hf_shared, or rollout.mode=sync; docs/async.md)"
         )
     if correction is None or not correction.active:
         raise ValueError(
@@ -230,7 +230,15 @@ class Producer(Protocol):
 def make_rollouts(
     engine, tokenizer, policy: nn.Module, settings: AsyncSettings, start_version: int = 0
 ) -> Producer:
-    """The producer of ``settings.placement``: :class:`AsyncRollouts` here (a thread with a policy copy)."""
+    """The producer of ``settings.placement``.
+
+    :class:`AsyncRollouts` (colocated: a thread with a policy copy) or
+    :class:`~longact_pl.rollout.async_remote.RemoteRollouts` (disaggregated: an engine process).
+    """
+    if settings.placement == "disaggregated":
+        from longact_pl.rollout.async_remote import RemoteRollouts  # (it imports this module)
+
+        return RemoteRollouts(engine, tokenizer, policy, settings, start_version)
     return AsyncRollouts(engine, tokenizer, policy, settings, start_version)
 
 

@@ -54,7 +54,7 @@ class HFRollout:
             applies (module docstring), ``generate`` = Hugging Face ``generate`` over the shared cache.
         sampler: How the lean loop draws a token: ``inverse_cdf`` (one uniform per row) or
             ``multinomial`` (``generate``'s draws); ``generate`` itself always draws with ``multinomial``.
-        mode, max_staleness, round_tokens, placement: Asynchronous rollouts (see
+        mode, max_staleness, round_tokens, placement, engine_device: Asynchronous rollouts (see
             :class:`~longact_pl.rollout.async_loop.AsyncSettings`); in ``async`` mode a copy of the policy
             samples, so the engine counts as external (its log-probs lag the trainer's).
     """
@@ -77,13 +77,14 @@ class HFRollout:
         max_staleness: int = 1,
         round_tokens: int | None = None,
         placement: str = "colocated",
+        engine_device: str | None = None,
     ) -> None:
         check_sampling(group_size, max_new_tokens, temperature, top_p, top_k)
         if decode not in ("lean", "generate"):
             raise ValueError(f"rollout.decode must be lean or generate, got {decode!r}")
         if sampler not in SAMPLERS:
             raise ValueError(f"rollout.sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
-        self.schedule = AsyncSettings(mode, max_staleness, round_tokens, placement)
+        self.schedule = AsyncSettings(mode, max_staleness, round_tokens, placement, engine_device)
         # async: a sampler copy one or more versions behind the trainer (a subclass may be external anyway)
         self.external = type(self).external or self.schedule.is_async
         self.group_size = group_size

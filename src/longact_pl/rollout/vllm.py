@@ -66,8 +66,9 @@ class VLLMRollout:
         sleep_level: 0 = off; 1 = release the KV cache and offload weights between rollouts; 2 = release
             both (GPUs only; ignored elsewhere).
         engine_kwargs: Further ``vllm.LLM`` keyword arguments (e.g. ``tensor_parallel_size``).
-        mode, max_staleness, round_tokens, placement: Asynchronous rollouts (see
-            :class:`~longact_pl.rollout.async_loop.AsyncSettings`; ``async`` is refused with vLLM for now).
+        mode, max_staleness, round_tokens, placement, engine_device: Asynchronous rollouts (see
+            :class:`~longact_pl.rollout.async_loop.AsyncSettings`; ``async`` runs vLLM in an engine process:
+            ``placement=disaggregated``).
 
     Attributes:
         share_group: The ranks sharing this rank's engine (``rollout/tp_share.py``); ``None`` until the first
@@ -98,8 +99,9 @@ class VLLMRollout:
         max_staleness: int = 1,
         round_tokens: int | None = None,
         placement: str = "colocated",
+        engine_device: str | None = None,
     ) -> None:
-        self.schedule = AsyncSettings(mode, max_staleness, round_tokens, placement)
+        self.schedule = AsyncSettings(mode, max_staleness, round_tokens, placement, engine_device)
         check_sampling(group_size, max_new_tokens, temperature, top_p, top_k)
         resolve_dtype(dtype, "rollout.dtype")
         if weight_sync not in SYNC_METHODS:
