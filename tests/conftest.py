@@ -39,3 +39,23 @@ def chat_ids(tokenizer, text: str) -> list[int]:
         [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
     )
     return tokenizer.encode(prompt, add_special_tokens=False)
+
+
+def two_prompts(tokenizer) -> list[list[int]]:
+    """Two chat prompts of different lengths (left padding in a batch)."""
+    return [
+        chat_ids(tokenizer, "Tell me a number."),
+        chat_ids(tokenizer, "A much longer question about the colour of the sky?"),
+    ]
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: a second OpenMP thread only adds barrier waits (~15 ms per op on a busy 2-core box).
+
+    Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

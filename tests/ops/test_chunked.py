@@ -4,14 +4,7 @@ import torch
 from longact_pl.ops.chunked import chunked_completion_logprobs, head_logprobs, lm_head_of
 from longact_pl.ops.logprobs import completion_logprobs, token_entropy, token_logprobs
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: a second OpenMP thread only adds barrier waits (~15 ms per op on a busy 2-core box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _batch(vocab: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,13 +10,7 @@ from longact_pl.ops.shared_prefix import group_spans, grouped_completion_logprob
 G, P, C = 3, 12, 6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: a second OpenMP thread only adds barrier waits (~15 ms per op on a busy 2-core box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _batch(vocab: int, groups: int = 2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

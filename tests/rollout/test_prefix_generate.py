@@ -12,23 +12,9 @@ from longact_pl.rollout.prefix_generate import (
     shared_prefix_attention,
     shared_prefix_decoding,
 )
-from tests.conftest import chat_ids
+from tests.conftest import two_prompts
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: a second OpenMP thread only adds barrier waits (~15 ms per op on a busy 2-core box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _prompts(tok):
-    return [
-        chat_ids(tok, "Tell me a number."),
-        chat_ids(tok, "A much longer question about the colour of the sky?"),
-    ]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _same(a, b):
@@ -41,7 +27,7 @@ def _same(a, b):
 
 def test_greedy_identical_to_hf(tiny_any):
     kw = dict(group_size=3, max_new_tokens=6)
-    prompts = _prompts(tiny_any.tokenizer)
+    prompts = two_prompts(tiny_any.tokenizer)
     want = HFRollout(**kw).generate(tiny_any.model, tiny_any.tokenizer, prompts, greedy=True)
     got = HFRollout(prefill_once=True, **kw).generate(
         tiny_any.model, tiny_any.tokenizer, prompts, greedy=True
@@ -66,7 +52,7 @@ def test_sampled_identical_to_hf_with_the_same_seed(build, sampling, engine):
     kw = dict(group_size=4, max_new_tokens=8, **sampling)
     loaded = build(seed=0)
     model, tok = loaded.model, loaded.tokenizer
-    prompts = _prompts(tok)
+    prompts = two_prompts(tok)
     want = HFRollout(**kw).generate(model, tok, prompts, seed=5)
     got = HFRollout(**kw, prefill_once=True, **engine).generate(model, tok, prompts, seed=5)
     _same(got, want)
@@ -78,7 +64,7 @@ def test_sampled_identical_to_hf_with_the_same_seed(build, sampling, engine):
 @pytest.mark.parametrize("decode", ["lean", "generate"])
 def test_behaviour_logp_and_eos_mask(tiny, decode):
     engine = HFRollout(prefill_once=True, group_size=4, max_new_tokens=12, temperature=0.7, decode=decode)
-    prompts = _prompts(tiny.tokenizer)
+    prompts = two_prompts(tiny.tokenizer)
     free = engine.generate(tiny.model, tiny.tokenizer, prompts, seed=3)
     eos = int(free.input_ids[0, free.prompt_width + 2])  # a token row 0 samples early becomes EOS
     tiny.model.generation_config.eos_token_id = eos
@@ -103,7 +89,7 @@ def test_prefill_runs_once_per_prompt(tiny, decode):
 
     Our loop prefills all P tokens and samples every row's first token from that prefill (C - 1 decode
     forwards); ``generate`` continues from P - 1 prefilled tokens (C decode forwards)."""
-    prompts = _prompts(tiny.tokenizer)
+    prompts = two_prompts(tiny.tokenizer)
     shapes: list[tuple[int, int]] = []
     hook = tiny.model.model.embed_tokens.register_forward_hook(
         lambda m, i, o: shapes.append(tuple(i[0].shape))
@@ -185,7 +171,7 @@ def test_decoding_keeps_one_prompt_copy(tiny):
     AttentionInterface.register(ATTN_NAME, spy)
     try:
         engine = HFRollout(prefill_once=True, group_size=4, max_new_tokens=3, decode="generate")
-        engine.generate(tiny.model, tiny.tokenizer, _prompts(tiny.tokenizer), seed=0)
+        engine.generate(tiny.model, tiny.tokenizer, two_prompts(tiny.tokenizer), seed=0)
     finally:
         AttentionInterface.register(ATTN_NAME, shared_prefix_attention)
     layers = tiny.model.config.num_hidden_layers
@@ -194,7 +180,7 @@ def test_decoding_keeps_one_prompt_copy(tiny):
 
 def test_sliding_window_models_decode_with_a_repeated_cache(tiny):
     model, tok = tiny.model, tiny.tokenizer
-    prompts = _prompts(tok)
+    prompts = two_prompts(tok)
     want = HFRollout(group_size=3, max_new_tokens=6).generate(model, tok, prompts, seed=2)
     model.config.use_sliding_window = True  # the shared decoding refuses it (the forward ignores it here)
     calls = []

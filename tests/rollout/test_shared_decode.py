@@ -5,23 +5,9 @@ from transformers import AttentionInterface
 from longact_pl.ops.logprobs import completion_logprobs
 from longact_pl.rollout.hf import HFRollout
 from longact_pl.rollout.shared_decode import ATTN_NAME, decode_attention
-from tests.conftest import chat_ids
+from tests.conftest import two_prompts
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: a second OpenMP thread only adds barrier waits on a busy 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _prompts(tok):
-    return [
-        chat_ids(tok, "Tell me a number."),
-        chat_ids(tok, "A much longer question about the colour of the sky?"),
-    ]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
@@ -32,7 +18,7 @@ def test_behaviour_logp_match_a_teacher_forced_forward(tiny_any, autocast):
     engine = HFRollout(prefill_once=True, group_size=3, max_new_tokens=10, temperature=0.7)
     assert engine.lean_decoding(model)
     with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
-        ro = engine.generate(model, tok, _prompts(tok), seed=1)
+        ro = engine.generate(model, tok, two_prompts(tok), seed=1)
         logp, _ = completion_logprobs(model, ro.input_ids, ro.attention_mask, 10, temperature=0.7)
     tol = 5e-2 if autocast else 1e-4
     torch.testing.assert_close(logp.float() * ro.completion_mask, ro.behaviour_logp, atol=tol, rtol=tol)
@@ -41,7 +27,7 @@ def test_behaviour_logp_match_a_teacher_forced_forward(tiny_any, autocast):
 
 def test_greedy_equals_generate_and_a_seed_fixes_the_samples(tiny):
     model, tok = tiny.model, tiny.tokenizer
-    prompts = _prompts(tok)
+    prompts = two_prompts(tok)
     want = HFRollout(group_size=2, max_new_tokens=7).generate(model, tok, prompts, greedy=True)
     lean = HFRollout(prefill_once=True, group_size=2, max_new_tokens=7)
     got = lean.generate(model, tok, prompts, greedy=True)
@@ -58,7 +44,9 @@ def test_stops_when_every_row_has_ended(tiny):
     calls = []
     hook = model.register_forward_hook(lambda m, i, o: calls.append(1))
     try:
-        ro = HFRollout(prefill_once=True, group_size=4, max_new_tokens=9).generate(model, tok, _prompts(tok))
+        ro = HFRollout(prefill_once=True, group_size=4, max_new_tokens=9).generate(
+            model, tok, two_prompts(tok)
+        )
     finally:
         hook.remove()
     assert len(calls) == 1 and ro.completion_mask.shape == (8, 1) and ro.completion_mask.all()
@@ -83,7 +71,7 @@ def test_prompt_key_values_stay_single_and_completions_fill_one_buffer(tiny):
     AttentionInterface.register(ATTN_NAME, spy)
     try:
         HFRollout(prefill_once=True, group_size=4, max_new_tokens=4).generate(
-            tiny.model, tiny.tokenizer, _prompts(tiny.tokenizer), seed=0
+            tiny.model, tiny.tokenizer, two_prompts(tiny.tokenizer), seed=0
         )
     finally:
         AttentionInterface.register(ATTN_NAME, decode_attention)
@@ -100,8 +88,8 @@ def test_generation_settings_it_does_not_apply_keep_generate(tiny):
     model.generation_config.repetition_penalty = 1.3
     engine = HFRollout(prefill_once=True, group_size=3, max_new_tokens=6)
     assert not engine.lean_decoding(model)
-    want = HFRollout(group_size=3, max_new_tokens=6).generate(model, tok, _prompts(tok), seed=2)
-    got = engine.generate(model, tok, _prompts(tok), seed=2)
+    want = HFRollout(group_size=3, max_new_tokens=6).generate(model, tok, two_prompts(tok), seed=2)
+    got = engine.generate(model, tok, two_prompts(tok), seed=2)
     assert torch.equal(got.input_ids, want.input_ids)
 
 
@@ -130,7 +118,9 @@ def test_a_rank_whose_rows_ended_keeps_forwarding_while_another_runs(tiny, monke
     inputs: list[torch.Tensor] = []
     hook = model.model.embed_tokens.register_forward_hook(lambda m, i, o: inputs.append(i[0].clone()))
     try:
-        ro = HFRollout(prefill_once=True, group_size=2, max_new_tokens=9).generate(model, tok, _prompts(tok))
+        ro = HFRollout(prefill_once=True, group_size=2, max_new_tokens=9).generate(
+            model, tok, two_prompts(tok)
+        )
     finally:
         hook.remove()
     assert flags == [False] * 4 and len(inputs) == 4  # the prefill, then 3 lock-step forwards
