@@ -22,9 +22,10 @@ from longact_pl.guards import NonFiniteGuard
 from longact_pl.learner import Learner, OptimizerCalls
 from longact_pl.ops.policy_logprobs import LogprobPass
 from longact_pl.rollout.async_hook import step_seed
-from longact_pl.rollout.async_loop import EngineFailure, make_rollouts
+from longact_pl.rollout.async_loop import EngineFailure
 from longact_pl.rollout.async_remote import RemoteRollouts
 from longact_pl.rollout.hf import HFRollout
+from longact_pl.rollout.producers import make_rollouts
 from longact_pl.train import run
 from tests.helpers import compose_train
 

@@ -23,7 +23,8 @@ from torch import nn
 
 from longact_pl.metric_reduce import Metric
 from longact_pl.rollout.async_buffer import VersionedRollout, staleness_metrics
-from longact_pl.rollout.async_loop import AsyncSettings, EngineFailure, Producer, make_rollouts
+from longact_pl.rollout.async_loop import AsyncSettings, EngineFailure
+from longact_pl.rollout.producers import Producer, make_rollouts
 from longact_pl.rollout.types import RolloutBatch
 
 
