@@ -24,7 +24,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-ALIGN = 64  # bytes: every tensor starts at a multiple of this in a bucket
+from longact_pl.rollout.weight_push import ALIGN, aligned, cast_dtype
+
 TRAINER, ENGINE = 0, 1  # ranks in the pair group
 
 
@@ -70,28 +71,6 @@ def _broadcast(group: dist.ProcessGroup, buffer: Tensor) -> None:
     group.broadcast([buffer], options).wait()
 
 
-def _aligned(n: int) -> int:
-    return (n + ALIGN - 1) // ALIGN * ALIGN
-
-
-def unique_weights(state: dict[str, Tensor]) -> tuple[list[tuple[str, Tensor]], dict[str, str]]:
-    """``state``'s tensors with tied ones once, and ``{alias: name sent}`` for the others."""
-    first: dict[int, str] = {}
-    unique, aliases = [], {}
-    for name, t in state.items():
-        key = (
-            (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
-            if t.numel()
-            else name
-        )
-        if key in first:
-            aliases[name] = first[key]
-            continue
-        first[key] = name
-        unique.append((name, t))
-    return unique, aliases
-
-
 @torch.no_grad()
 def send_weights(
     conn,
@@ -117,7 +96,7 @@ def send_weights(
         dtype: Floating-point tensors are cast to it in the bucket (``None``: sent as they are, bit-exact).
         device: Where the bucket lives (CUDA for NCCL).
     """
-    size = _aligned(max(bucket_bytes, largest_bytes, ALIGN))
+    size = aligned(max(bucket_bytes, largest_bytes, ALIGN))
     bucket = torch.empty(size, dtype=torch.uint8, device=device)  # [size]
     entries: list[dict] = []
     offset, buckets = 0, 0
@@ -132,14 +111,14 @@ def send_weights(
         entries, offset = [], 0
 
     for name, tensor in weights:
-        cast = dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
+        cast = cast_dtype(tensor, dtype)
         nbytes = tensor.numel() * cast.itemsize
         if entries and offset + nbytes > size:
             flush(last=False)
         bucket[offset : offset + nbytes].view(cast).copy_(tensor.reshape(-1))  # casts on the way
         entries.append({"name": name, "dtype": cast, "shape": tuple(tensor.shape), "offset": offset,
                         "nbytes": nbytes})  # fmt: skip
-        offset = _aligned(offset + nbytes)
+        offset = aligned(offset + nbytes)
     flush(last=True)
     return buckets
 
@@ -155,7 +134,7 @@ def recv_bucket(
     out = {}
     for e in header["tensors"]:
         raw = bucket[e["offset"] : e["offset"] + e["nbytes"]]  # [nbytes]
-        out[e["name"]] = raw.view(e["dtype"]).reshape(e["shape"]).clone()
+        out[e["name"]] = raw.view(e["dtype"]).reshape(e["shape"])  # views of this fresh bucket
     return out
 
 

@@ -128,7 +128,7 @@ def shared_prefix_attention(
     s_pre = s_pre.reshape(batch, kv_heads, group, rep * q_len, width).transpose(1, 2)  # [B, G, h, r * q, P]
     s_pre = s_pre.reshape(rows, kv_heads, rep * q_len, width)  # [N, h, r * q, P]
     s_own = q5.reshape(rows, kv_heads, rep * q_len, dim) @ key.transpose(-1, -2)  # [N, h, r * q, t]
-    scores = torch.cat([s_pre, s_own], dim=-1).float() * scale  # [N, h, r * q, P + t]
+    scores = torch.cat([s_pre, s_own], dim=-1).float().mul_(scale)  # [N, h, r * q, P + t]
     if attention_mask is not None:
         allowed = attention_mask.bool().view(rows, 1, 1, q_len, -1)  # [N, 1, 1, q, P + t]
         allowed = allowed.expand(rows, kv_heads, rep, q_len, -1).reshape(rows, kv_heads, rep * q_len, -1)

@@ -138,7 +138,7 @@ def decode_attention(
     q = query.reshape(batch, group, kv_heads, rep, dim).transpose(1, 2)  # [B, h, G, r, d]
     s_pre = q.reshape(batch, kv_heads, group * rep, dim) @ pk_t  # [B, h, G * r, P]
     s_own = q @ key.transpose(-1, -2)  # [B, h, G, r, t]
-    scores = torch.cat([s_pre.view(batch, kv_heads, group, rep, width), s_own], -1).float() * scale
+    scores = torch.cat([s_pre.view(batch, kv_heads, group, rep, width), s_own], -1).float().mul_(scale)
     if cache.pad is not None:  # [B, h, G, r, P + t]: left padding of the prompts
         scores[..., :width].masked_fill_(cache.pad, float("-inf"))
     probs = torch.softmax(scores, dim=-1).to(value.dtype)  # [B, h, G, r, P + t]

@@ -81,7 +81,8 @@ def largest_tensor_bytes(model: nn.Module, dtype: torch.dtype | None) -> int:
     return max(sizes, default=0)  # DTensor: numel() is the global size
 
 
-def _aligned(n: int) -> int:
+def aligned(n: int) -> int:
+    """``n`` rounded up to a multiple of :data:`ALIGN` (where the next tensor of a bucket starts)."""
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
@@ -158,7 +159,7 @@ def push_buckets(
     Returns:
         What was sent.
     """
-    stats = PushStats(segment_bytes=_aligned(max(bucket_bytes, largest_bytes, ALIGN)))
+    stats = PushStats(segment_bytes=aligned(max(bucket_bytes, largest_bytes, ALIGN)))
     shm_dir = SHM_DIR if os.path.isdir(SHM_DIR) else None
     folder = shm_dir or tempfile.gettempdir()
     check_shm(shutil.disk_usage(folder).free, stats.segment_bytes, buckets_per_node, folder)
@@ -195,7 +196,7 @@ def push_buckets(
                 segment[offset : offset + nbytes].view(cast).copy_(tensor.reshape(-1))  # casts on the way
                 entries.append({"name": name, "dtype": str(cast).removeprefix("torch."),
                                 "shape": list(tensor.shape), "offset": offset, "nbytes": nbytes})  # fmt: skip
-                offset = _aligned(offset + nbytes)
+                offset = aligned(offset + nbytes)
                 stats.tensors += 1
                 stats.bytes += nbytes
             if entries:
