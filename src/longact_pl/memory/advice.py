@@ -189,13 +189,12 @@ def recommended(shape: ModelShape, s: Settings, limit: int, prompt: int, complet
     plan = plan_memory(shape, s)
     if plan.peak <= limit:
         return Recommendation(s, plan.peak, plan.peak_phase)
-    found = options(shape, s, limit, prompt, completion, max_ranks=s.world)
-    same_ranks = [o for o in found if o.settings.world == s.world]
-    for option in same_ranks:
+    found = options(shape, s, limit, prompt, completion, max_ranks=s.world)  # never more ranks
+    for option in found:
         if option.peak <= limit:
             chosen = plan_memory(shape, option.settings)
             return Recommendation(option.settings, option.peak, chosen.peak_phase, option.overrides)
-    closest = ", ".join(o.line(limit) for o in same_ranks) or "none"
+    closest = ", ".join(o.line(limit) for o in found) or "none"
     raise ValueError(
         f"nothing fits {limit / GIB:.1f} GiB per rank on {s.world} rank(s) (planned "
         f"{plan.peak / GIB:.1f} GiB as configured); closest: {closest}"

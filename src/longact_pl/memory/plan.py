@@ -161,7 +161,7 @@ class MemoryPlan:
     def interleaved(self) -> bool:
         """The shared-prompt pass runs layer by layer (no switch, no all-layer hold)."""
         s = self.settings
-        return s.shared_prefix and s.interleaved and s.sequence_parallel == 1
+        return runs_interleaved(s)
 
     @property
     def peak_without_hold(self) -> int:
@@ -217,6 +217,11 @@ def _static(shape: ModelShape, s: Settings) -> list[Term]:
     return terms
 
 
+def runs_interleaved(s: Settings) -> bool:
+    """The shared-prompt pass runs layer by layer (the sequence-parallel pass is two-pass whatever is set)."""
+    return s.shared_prefix and s.interleaved and s.sequence_parallel == 1
+
+
 def _passes(shape: ModelShape, s: Settings) -> dict[str, list[Term]]:
     """Transient terms of each phase of the micro-batch's log-prob pass, its backward and the step."""
     L, H, V, sp = shape.layers, shape.hidden, shape.vocab, max(1, s.sequence_parallel)
@@ -251,7 +256,7 @@ def _passes(shape: ModelShape, s: Settings) -> dict[str, list[Term]]:
     # checkpointed layers keep their cache (the recorded K/V) until their backward, and the packed pass's
     # concatenated copy until the completion layer's; without checkpointing only the bf16 copies SDPA saved
     # (part of the prompt's activations) stay
-    interleaved = s.shared_prefix and s.interleaved and sp == 1
+    interleaved = runs_interleaved(s)
     hold = L * prompt * kv if s.shared_prefix and ckpt and not interleaved else 0.0
     copies = 2 if s.packed else 1
     head_tokens = s.completion_tokens / sp
