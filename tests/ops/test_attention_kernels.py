@@ -20,7 +20,9 @@ from longact_pl.ops.flex_block_mask import (
 from longact_pl.ops.packed import PackedCompletions, packing_unsupported
 from longact_pl.ops.shared_prefix import grouped_completion_logprobs
 from longact_pl.ops.varlen_attention import MergedVarlen, TorchVarlen, VarlenPlan
-from tests.ops.test_shared_prefix import _assert_same, _one_thread  # noqa: F401 (autouse: one thread)
+from tests.ops.test_shared_prefix import _assert_same
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # (prompt length per span, completion lengths per row of each span): several groups, long tails, empty rows
 LAYOUTS = {

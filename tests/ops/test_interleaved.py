@@ -14,7 +14,8 @@ from longact_pl.ops.interleaved import can_interleave
 from longact_pl.ops.logprob_plan import plan_logprobs
 from longact_pl.ops.shared_prefix import grouped_completion_logprobs
 from tests.ops.test_packed import C, P, _batch
-from tests.ops.test_shared_prefix import _one_thread  # noqa: F401 (autouse: one thread)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 GROUPS = torch.tensor([0, 0, 0, 1, 1, 1])
 

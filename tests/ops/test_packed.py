@@ -12,7 +12,9 @@ from longact_pl.ops.logprobs import completion_logprobs
 from longact_pl.ops.packed import PackedCompletions
 from longact_pl.ops.policy_logprobs import LogprobCall, LogprobPass
 from longact_pl.ops.shared_prefix import grouped_completion_logprobs
-from tests.ops.test_shared_prefix import _assert_same, _one_thread  # noqa: F401 (autouse: one thread)
+from tests.ops.test_shared_prefix import _assert_same
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 P, C = 10, 7
 LENGTHS = [[7, 1, 3], [2, 7, 5]]  # completion lengths per group: 1-token and full-width rows mixed

@@ -185,42 +185,42 @@ def prompt_pass(
         hidden state predicts completion token 0.
     """
     record = Cache(layers=[_RecordLayer() for _ in range(num_layers)])
-    last = hooked_forward(
-        decoder,
-        hook,
-        torch.ones_like(prompt, dtype=torch.bool) if count else None,  # [1, P_g]
-        input_ids=prompt,
-        position_ids=torch.arange(prompt.shape[1], device=prompt.device).unsqueeze(0),  # [1, P_g]
-        past_key_values=record,
-    )[:, -1:]  # [1, 1, H]
-    return [(layer.keys, layer.values) for layer in record.layers], last
+    real = torch.ones_like(prompt, dtype=torch.bool) if count else None  # [1, P_g]
+    last = hooked_forward(decoder, hook, real, **_prompt_inputs(prompt), past_key_values=record)[:, -1:]
+    return [(layer.keys, layer.values) for layer in record.layers], last  # ..., [1, 1, H]
+
+
+def _prompt_inputs(prompt: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The decoder inputs of a prompt ``[1, P_g]`` (no padding), both orders (the cache aside)."""
+    positions = torch.arange(prompt.shape[1], device=prompt.device).unsqueeze(0)  # [1, P_g]
+    return {"input_ids": prompt, "position_ids": positions}
+
+
+def _completion_inputs(ids: torch.Tensor, mask: torch.Tensor, length: int) -> dict[str, torch.Tensor]:
+    """The decoder inputs of G right-padded completions ``[G, C]`` after a ``length``-token prompt."""
+    rows, width = ids.shape
+    positions = torch.arange(length, length + width, device=ids.device)  # [C]
+    return {
+        "input_ids": ids,
+        "attention_mask": torch.cat([mask.new_ones(rows, length), mask], dim=1),  # [G, P_g + C]
+        "position_ids": positions.unsqueeze(0).expand(rows, -1),  # [G, C]
+    }
 
 
 def _padded_completions(decoder, kv, length, ids, mask, hook, count: bool = True) -> torch.Tensor:
     """The G right-padded completions ``[G, C]`` of one prompt on its key/values: hidden ``[G, C, H]``."""
-    rows, width = ids.shape
     prefix = Cache(layers=[_PrefixLayer(keys, values) for keys, values in kv])
-    positions = torch.arange(length, length + width, device=ids.device)  # [C]
+    real = mask.bool() if count else None  # [G, C]
     return hooked_forward(
-        decoder,
-        hook,
-        mask.bool() if count else None,  # [G, C]
-        input_ids=ids,
-        attention_mask=torch.cat([mask.new_ones(rows, length), mask], dim=1),  # [G, P_g + C]
-        position_ids=positions.unsqueeze(0).expand(rows, -1),  # [G, C]
-        past_key_values=prefix,
-    )  # [G, C, H]
+        decoder, hook, real, **_completion_inputs(ids, mask, length), past_key_values=prefix
+    )
 
 
 def _prompt_stream(decoder, prompt, num_layers, hook, count: bool) -> Stream:
     """A prompt ``[1, P_g]`` (no padding) as a stream recording its key/values (interleaved pass)."""
-    return layer_inputs(
-        decoder,
-        torch.ones_like(prompt, dtype=torch.bool) if count and hook is not None else None,  # [1, P_g]
-        input_ids=prompt,
-        position_ids=torch.arange(prompt.shape[1], device=prompt.device).unsqueeze(0),  # [1, P_g]
-        past_key_values=Cache(layers=[_RecordLayer() for _ in range(num_layers)]),
-    )
+    real = torch.ones_like(prompt, dtype=torch.bool) if count and hook is not None else None  # [1, P_g]
+    record = Cache(layers=[_RecordLayer() for _ in range(num_layers)])
+    return layer_inputs(decoder, real, **_prompt_inputs(prompt), past_key_values=record)
 
 
 def _interleaved_padded(
@@ -230,17 +230,10 @@ def _interleaved_padded(
 
     ``count``: the hook counts the prompt; ``dummy``: it counts nothing (lock-step dummies).
     """
-    rows, width = ids.shape
     length = prompt.shape[1]
-    positions = torch.arange(length, length + width, device=ids.device)  # [C]
-    completions = layer_inputs(
-        decoder,
-        mask.bool() if not dummy and hook is not None else None,  # [G, C]
-        input_ids=ids,
-        attention_mask=torch.cat([mask.new_ones(rows, length), mask], dim=1),  # [G, P_g + C]
-        position_ids=positions.unsqueeze(0).expand(rows, -1),  # [G, C]
-        past_key_values=Cache(layers=[sized_layer(length, ids) for _ in range(num_layers)]),
-    )
+    real = mask.bool() if not dummy and hook is not None else None  # [G, C]
+    sized = Cache(layers=[sized_layer(length, ids) for _ in range(num_layers)])
+    completions = layer_inputs(decoder, real, **_completion_inputs(ids, mask, length), past_key_values=sized)
     (last,), out = interleaved_forward(
         decoder, [_prompt_stream(decoder, prompt, num_layers, hook, count and not dummy)], completions,
         lambda kv: _PrefixLayer(*kv[0]), hook,
