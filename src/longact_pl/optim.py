@@ -88,7 +88,11 @@ def kernel_choice(factory: OptimizerFactory, params: Sequence[torch.Tensor]) -> 
     except (TypeError, ValueError):  # no signature to read: torch's own defaults
         return {}
     devices = {p.device.type for p in params}
-    floating = all(torch.is_floating_point(p) for p in params)
+    return _auto_kernel(accepted, devices, all(torch.is_floating_point(p) for p in params))
+
+
+def _auto_kernel(accepted, devices: set[str], floating: bool) -> dict[str, bool]:
+    """The rule of :func:`kernel_choice`: fused where the devices have it, else foreach on CPU, else {}."""
     if devices and devices <= set(_FUSED_AUTO) and "fused" in accepted and floating:
         return {"fused": True}
     if devices == {"cpu"} and "foreach" in accepted:
@@ -117,10 +121,9 @@ def planned_kernel(node, device: str) -> str:
             accepted = inspect.signature(get_class(target)).parameters
         except Exception:  # an unresolvable target fails later, in check_optimizer_settings, naming it
             accepted = {}
-        if device in _FUSED_AUTO and "fused" in accepted:
-            return "fused"
-        if device == "cpu" and "foreach" in accepted:
-            return "foreach"
+        choice = _auto_kernel(accepted, {device}, floating=True)
+        if choice:
+            return next(iter(choice))  # "fused" or "foreach"
     return "foreach" if device == "cuda" else "single_tensor"  # torch's own default
 
 
