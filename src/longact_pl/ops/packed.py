@@ -198,6 +198,44 @@ class PackedPrefixLayer(DynamicLayer):
         return keys, values
 
 
+def packed_layout(
+    prompt_lengths: list[int], spans: list[tuple[int, int]], targets: torch.Tensor, mask: torch.Tensor
+) -> tuple[PackedCompletions, int]:
+    """``(layout, real tokens)`` of ``targets`` ``[N, C]`` (``mask`` ``[N, C]``) on the prompts' lengths.
+
+    The real rows' tokens come first in the layout.
+    Entries of ``prompt_lengths`` past ``len(spans)`` are lock-step dummies, which get a 2-token dummy
+    completion each. Used by the single-process and the sequence-parallel packed pass.
+    """
+    rows, width = targets.shape
+    dummies = len(prompt_lengths) - len(spans)
+    ids, real = targets, mask
+    row_span = torch.repeat_interleave(
+        torch.arange(len(spans), device=targets.device),
+        torch.tensor([b - a for a, b in spans], device=targets.device, dtype=torch.long),
+    )  # [N]
+    if dummies:
+        extra_ids, extra_mask = dummy_rows(dummies, width, targets)  # [d, W]
+        cols = extra_ids.shape[1]
+        ids = torch.cat([F.pad(ids, (0, cols - width)), extra_ids])  # [N + d, W]
+        real = torch.cat([F.pad(real, (0, cols - width)), extra_mask])  # [N + d, W]
+        row_span = torch.cat([row_span, torch.arange(len(spans), len(prompt_lengths), device=targets.device)])
+    lengths = torch.tensor(prompt_lengths, device=targets.device)  # [S]
+    layout = PackedCompletions.build(ids, real, row_span, lengths)
+    return layout, int(layout.cu_seqlens[rows])
+
+
+def packed_kernel_call(model: nn.Module, layout: PackedCompletions, kernel: str | None):
+    """``(attention inputs, kernel call)`` of ``layout`` on ``kernel`` (``None``: chosen for its device).
+
+    Raises:
+        ValueError: If the kernel cannot be dispatched for the model's implementation.
+    """
+    implementation = inner_implementation(model)
+    kernel = kernel or choose_kernel(implementation, layout.owner.device)[0]
+    return packed_attention(model, implementation, layout, kernel)
+
+
 @dataclass
 class PackedCall:
     """A packed completion forward, ready to run: its layout and the decoder's inputs.
@@ -237,26 +275,8 @@ class PackedCall:
         completion each; ``kernel`` as in :func:`packed_completion_logprobs`.
         """
         rows, width = targets.shape
-        dummies = len(prompt_lengths) - len(spans)
-        ids, real = targets, mask
-        row_span = torch.repeat_interleave(
-            torch.arange(len(spans), device=targets.device),
-            torch.tensor([b - a for a, b in spans], device=targets.device, dtype=torch.long),
-        )  # [N]
-        if dummies:
-            extra_ids, extra_mask = dummy_rows(dummies, width, targets)  # [d, W]
-            cols = extra_ids.shape[1]
-            ids = torch.cat([F.pad(ids, (0, cols - width)), extra_ids])  # [N + d, W]
-            real = torch.cat([F.pad(real, (0, cols - width)), extra_mask])  # [N + d, W]
-            row_span = torch.cat(
-                [row_span, torch.arange(len(spans), len(prompt_lengths), device=targets.device)]
-            )
-        lengths = torch.tensor(prompt_lengths, device=targets.device)  # [S]
-        layout = PackedCompletions.build(ids, real, row_span, lengths)
-        real_tokens = int(layout.cu_seqlens[rows])  # the real rows' tokens come first
-        implementation = inner_implementation(model)
-        kernel = kernel or choose_kernel(implementation, targets.device)[0]
-        attention, call = packed_attention(model, implementation, layout, kernel)
+        layout, real_tokens = packed_layout(prompt_lengths, spans, targets, mask)
+        attention, call = packed_kernel_call(model, layout, kernel)
         inputs = {"input_ids": layout.input_ids, "position_ids": layout.position_ids, **attention}
         tokens = (torch.arange(layout.num_tokens, device=targets.device) < real_tokens).unsqueeze(0)  # [1, T]
         return cls(layout, inputs, tokens, call, rows, width, real_tokens)

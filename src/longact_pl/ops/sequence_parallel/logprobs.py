@@ -36,9 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, causal_mask_function
 
-from longact_pl.ops.attention_kernels import choose_kernel, packed_attention
 from longact_pl.ops.chunked import decoder_of, lm_head_of
-from longact_pl.ops.packed import PackedCompletions
+from longact_pl.ops.packed import PackedCompletions, packed_kernel_call, packed_layout
 from longact_pl.ops.passes import TokenMaskHook, dummy_rows, hooked_forward
 from longact_pl.ops.positions import position_ids_from_mask
 from longact_pl.ops.sequence_parallel.attention import KVRecord, UlyssesCall, inner_implementation
@@ -218,9 +217,7 @@ def _packed_attention(model, sp: SPGroup, layout: PackedCompletions, prefix: KVR
     Raises:
         ValueError: If the kernel cannot be dispatched for the model's implementation (``eager``).
     """
-    implementation = inner_implementation(model)
-    kernel = kernel or choose_kernel(implementation, layout.owner.device)[0]
-    inputs, call = packed_attention(model, implementation, layout, kernel)
+    inputs, call = packed_kernel_call(model, layout, kernel)
     return UlyssesCall(sp, inputs["attention_mask"], layout.position_ids, prefix=prefix, kernel=call)
 
 
@@ -229,18 +226,7 @@ def _packed_pass(
 ) -> None:
     """Every completion of the call packed in one row, split along it, on the spans' recorded prompts."""
     rows, width = targets.shape
-    ids, real = targets, mask
-    row_span = torch.repeat_interleave(
-        torch.arange(len(spans), device=targets.device),
-        torch.tensor([b - a for a, b in spans], device=targets.device, dtype=torch.long),
-    )  # [N]
-    if len(prompts) > len(spans):  # lock-step dummies, as the single-process packed pass
-        extra_ids, extra_mask = dummy_rows(len(prompts) - len(spans), width, targets)  # [d, W]
-        ids = torch.cat([_pad_to(ids, extra_ids.shape[1]), extra_ids])  # [N + d, W]
-        real = torch.cat([_pad_to(real, extra_ids.shape[1]), extra_mask])  # [N + d, W]
-        row_span = torch.cat([row_span, torch.arange(len(spans), len(prompts), device=targets.device)])
-    layout = PackedCompletions.build(ids, real, row_span, torch.tensor(lengths, device=targets.device))
-    real_tokens = int(layout.cu_seqlens[rows])  # the real rows' tokens come first
+    layout, real_tokens = packed_layout(lengths, spans, targets, mask)  # lock-step dummies included
     layout = _split_layout(layout, sp.size)
     total = layout.num_tokens
     prefix = KVRecord(keep=sum(lengths))
