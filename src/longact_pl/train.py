@@ -40,6 +40,7 @@ from longact_pl.run_end import (
     adopt_last_checkpoint,
     finish_run,
     last_checkpoint_path,
+    process_group_closed_at_end,
     validate_before,
 )
 
@@ -167,6 +168,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         cfg: The composed config (``conf/train.yaml``).
         run_dir: Hydra's output directory for this run.
     """
+    with process_group_closed_at_end():  # a gloo group left open can abort the exit of a finished run
+        return _run(cfg, run_dir)
+
+
+def _run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
+    """:func:`run`, inside the process group's lifetime."""
     # DDP/FSDP: every rank runs this in the same run directory (Lightning re-runs the script for the other
     # ranks of a node; torchrun / srun start them all); global rank 0 alone checks and writes it
     main_process = launch_global_rank_is_zero()
