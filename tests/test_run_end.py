@@ -6,9 +6,7 @@ import logging
 
 import pytest
 import torch
-import torch.distributed as dist
 
-from longact_pl.run_end import process_group_closed_at_end
 from longact_pl.train import run
 from tests.helpers import compose_train
 
@@ -69,28 +67,3 @@ def test_sigterm_in_any_phase_stops_and_a_resume_finishes_the_run(tmp_path):
     rows = _rows(tmp_path)
     assert [r["step"] for r in rows if r.get("train/reward_mean")] == ["0", "1"]
     assert len([r for r in rows if r.get("val/acc") and r["step"] == "0"]) == 1
-
-
-def _gloo_group(tmp_path, name: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / name}", rank=0, world_size=1)
-
-
-def test_the_process_group_a_run_created_is_destroyed_when_it_ends_even_on_error(tmp_path):
-    with process_group_closed_at_end():
-        _gloo_group(tmp_path, "a")
-        assert dist.is_initialized()
-    assert not dist.is_initialized()  # the run's group: closed, so exit cannot abort in its threads
-    with pytest.raises(RuntimeError, match="boom"), process_group_closed_at_end():
-        _gloo_group(tmp_path, "b")
-        raise RuntimeError("boom")
-    assert not dist.is_initialized()
-
-
-def test_a_process_group_that_existed_before_the_run_is_left_open(tmp_path):
-    _gloo_group(tmp_path, "c")
-    try:
-        with process_group_closed_at_end():
-            pass
-        assert dist.is_initialized()  # the caller's group: theirs to close
-    finally:
-        dist.destroy_process_group()

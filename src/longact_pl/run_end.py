@@ -14,46 +14,14 @@ A pre-emption (SIGTERM) during the step-0 validation stops the run at the next s
 
 from __future__ import annotations
 
-import gc
 import logging
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch.distributed as dist
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 log = logging.getLogger(__name__)
-
-# Seconds the main thread releases the GIL for at the end of a multi-process run
-# (:func:`process_group_closed_at_end`)
-_SETTLE_S = 0.2
-
-
-@contextmanager
-def process_group_closed_at_end() -> Iterator[None]:
-    """Destroy the default process group the run created (Lightning leaves it open); let its threads settle.
-
-    A gloo worker thread drops its last reference to a finished collective (and so to the collective's
-    tensors, whose Python objects need the GIL to be released) a moment after the Python caller's ``wait``
-    returned. If that moment falls after interpreter shutdown has begun, the thread cannot take the GIL and
-    the process aborts ("terminate called without an active exception", exit 134): a finished run reported
-    as a crash, seen about once in seven 2-node gloo runs. ``destroy_process_group`` does not stop those
-    threads (torch keeps the gloo backends alive in C++ past it), so after destroying the group the main
-    thread frees what it can (``gc.collect``) and sleeps briefly with the GIL released, letting every worker
-    finish its release before shutdown. A group that existed before the run (a caller's) is left alone.
-    """
-    created_here = not (dist.is_available() and dist.is_initialized())
-    try:
-        yield
-    finally:
-        if created_here and dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
-            gc.collect()
-            time.sleep(_SETTLE_S)  # GIL released: the gloo workers finish their last releases
 
 
 def last_checkpoint_path(trainer: L.Trainer) -> Path:

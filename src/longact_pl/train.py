@@ -27,6 +27,7 @@ from longact_pl.checkpoints.run_config import RecordRunConfig, check_resume_sett
 from longact_pl.config_check import check_combinations, check_types
 from longact_pl.data.fit_check import check_prompt_fit
 from longact_pl.eval.accuracy import source_task_names
+from longact_pl.group_exit import process_group_closed_at_end
 from longact_pl.kl_fp32 import check_kl_fp32_setting
 from longact_pl.loggers import ResumableLogger
 from longact_pl.memory.preflight import memory_preflight
@@ -40,7 +41,6 @@ from longact_pl.run_end import (
     adopt_last_checkpoint,
     finish_run,
     last_checkpoint_path,
-    process_group_closed_at_end,
     validate_before,
 )
 

@@ -26,6 +26,7 @@ import longact_pl.ops.attention_kernels as kernels
 import longact_pl.ops.sequence_parallel.logprobs as sp_logprobs
 from longact_pl.algos.algorithm import GroupPolicyGradient
 from longact_pl.distributed import LocalOps
+from longact_pl.group_exit import close_process_group
 from longact_pl.guards import NonFiniteGuard
 from longact_pl.learner import Learner
 from longact_pl.masking.stats import StatsCollector, sync_stats
@@ -300,7 +301,7 @@ def _worker(rank: int, init_file: str, out: str) -> None:
             saved |= {"flex": flex, "built": built}
             torch.save({**saved, "learner": learner}, out)
     finally:
-        dist.destroy_process_group()
+        close_process_group()  # settles gloo threads: no abort at exit
 
 
 @pytest.fixture(scope="module")
@@ -459,7 +460,7 @@ def _gpu_worker(rank: int, init_file: str, out: str, kernel: str) -> None:
         if rank == 1:
             torch.save(got, out)
     finally:
-        dist.destroy_process_group()
+        close_process_group()  # settles gloo threads: no abort at exit
 
 
 @pytest.mark.gpu

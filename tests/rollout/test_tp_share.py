@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from longact_pl.group_exit import close_process_group
 from longact_pl.rollout.tp_share import (
     Call,
     Sample,
@@ -171,7 +172,7 @@ def _group_worker(rank: int, init_file: str, out: str) -> None:
         record = {"ranks": group.ranks, "got": got, "alone": alone, "events": side.events, "runs": side.runs}
         torch.save({**record, "error": error}, f"{out}{rank}.pt")
     finally:
-        dist.destroy_process_group()
+        close_process_group()  # settles gloo threads: no abort at exit
 
 
 @pytest.mark.slow  # 4 spawned processes: ~5 s of CPU, more wall time on a busy machine
@@ -292,7 +293,7 @@ def _fsdp_worker(rank: int, init_file: str, out: str) -> None:
         record["alone"] = alone.generate(policy, tok, prompts, seed=4)
         torch.save(record, f"{out}{rank}.pt")
     finally:
-        dist.destroy_process_group()
+        close_process_group()  # settles gloo threads: no abort at exit
 
 
 @pytest.mark.slow  # 2 spawned processes building and sharding a tiny model

@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from longact_pl.group_exit import close_process_group
 from tests.rollout.test_vllm import vllm_engine
 
 SETTINGS = {
@@ -71,7 +72,7 @@ def _worker(rank: int, init_file: str, out: str) -> None:
         torch.save(record, f"{out}{rank}.pt")
     finally:
         engines.shutdown_engines()
-        dist.destroy_process_group()
+        close_process_group()  # settles gloo threads: no abort at exit
 
 
 @vllm_engine
