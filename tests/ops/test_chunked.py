@@ -1,7 +1,13 @@
 import pytest
 import torch
 
-from longact_pl.ops.chunked import chunked_completion_logprobs, head_logprobs, lm_head_of
+from longact_pl.ops.chunked import (
+    _rows_per_block,
+    _TargetLogSoftmax,
+    chunked_completion_logprobs,
+    head_logprobs,
+    lm_head_of,
+)
 from longact_pl.ops.logprobs import completion_logprobs, token_entropy, token_logprobs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -123,3 +129,38 @@ def test_entropy_bonus_keeps_the_entropys_gradient():
     (want,) = torch.autograd.grad(token_entropy(hidden @ weight.T, 0.7, grad=True).sum(), hidden)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     assert got.abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_blocked_head_is_bit_identical_to_whole_tensor_ops(dtype, temperature):
+    """At a real vocabulary (several row blocks, the last one partial) the blocked forward and the
+    logits-dtype backward give exactly the whole-tensor values: log-probs, entropy and the logits' gradient
+    ``((onehot - p) * s)`` computed in float32 and rounded once."""
+    rows, vocab = 2 * _rows_per_block(49152) + 3, 49152
+    gen = torch.Generator().manual_seed(1)
+    logits = (4 * torch.randn(rows, vocab, generator=gen)).to(dtype).requires_grad_(True)
+    targets = torch.randint(0, vocab, (rows,), generator=gen)
+    upstream = torch.randn(rows, generator=gen)
+    logp, ent = _TargetLogSoftmax.apply(logits, targets, temperature, True)
+    (grad,) = torch.autograd.grad((logp * upstream).sum(), logits)
+    full = torch.log_softmax(logits.detach().float() / temperature, -1)  # [t, V]
+    p = full.exp()  # [t, V]
+    scale = upstream / temperature  # [t]
+    want = p * scale.neg()[:, None]  # [t, V]
+    want.scatter_add_(-1, targets[:, None], scale[:, None])
+    assert torch.equal(logp, full.gather(-1, targets[:, None])[:, 0])
+    assert torch.equal(ent, -(p * full).sum(-1))
+    assert grad.dtype == dtype and torch.equal(grad, want.to(dtype))
+    with torch.no_grad():  # a no-grad pass (reference, old policy) keeps no softmax, same values
+        assert torch.equal(_TargetLogSoftmax.apply(logits, targets, temperature, False)[0], logp)
+
+
+def test_a_second_backward_through_the_head_is_refused_not_wrong():
+    """The backward turns the saved softmax into the gradient in place: a second backward (retain_graph)
+    must fail autograd's version check instead of using the overwritten buffer."""
+    logits = torch.randn(3, 20, requires_grad=True)
+    logp, _ = _TargetLogSoftmax.apply(logits, torch.tensor([1, 2, 3]), 1.0, False)
+    logp.sum().backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        logp.sum().backward()

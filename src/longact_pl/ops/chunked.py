@@ -59,6 +59,17 @@ def lm_head_of(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
     return head.weight, head.bias
 
 
+# Rows of float32 logits per block of the head's forward: one block's upcast, log-softmax and softmax
+# (3 x 4 B x V per row: 2.4 MiB for a 49k vocabulary at 4 rows) stay in the CPU's cache between passes,
+# where the whole [t, V] would make every pass a trip through main memory.
+_BLOCK_BYTES = 4 << 20
+
+
+def _rows_per_block(vocab: int) -> int:
+    """Rows per forward block of :class:`_TargetLogSoftmax` (at least 1)."""
+    return max(1, _BLOCK_BYTES // (12 * vocab))
+
+
 class _TargetLogSoftmax(torch.autograd.Function):
     """``logits [t, V]`` -> float32 log-probs ``[t]`` of ``targets`` at ``temperature`` (and the entropy).
 
@@ -67,24 +78,37 @@ class _TargetLogSoftmax(torch.autograd.Function):
     ``d logp / d logits = (onehot - p) / temperature``, instead of autograd's chain (a zero-filled
     ``[t, V]`` gradient scattered at the targets, ``log_softmax``'s backward, the temperature's, the cast's):
     on CPU these float32 passes over ``[t, V]`` cost the head more than its matmul.
+
+    The forward runs a few rows at a time (:func:`_rows_per_block`: every op is row-wise, so the values are
+    those of the whole-tensor ops, bit for bit) and writes only the softmax it keeps; the backward turns that
+    softmax into the gradient in place. On CPU a fresh ``[t, V]`` float32 tensor costs more in page faults
+    (glibc maps every allocation over 32 MiB anew) than the pass that fills it.
     """
 
     @staticmethod
     def forward(ctx, logits, targets, temperature, with_entropy):  # noqa: D102
-        if logits.dtype == torch.float32:  # the input stays untouched
-            z = logits / temperature if temperature != 1.0 else logits  # [t, V]
-        else:  # the upcast's own buffer, divided in place (the same values as `/`)
-            z = logits.float()  # [t, V]
-            z = z.div_(temperature) if temperature != 1.0 else z
-        full = torch.log_softmax(z, dim=-1)  # [t, V]
-        del z
-        logp = full.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [t]
-        entropy, p = None, None
-        if with_entropy:
-            p = full.exp()  # [t, V]
-            entropy = -(p * full).sum(-1)  # [t]
-        if ctx.needs_input_grad[0]:  # else (a no-grad pass) nothing is kept
-            ctx.save_for_backward(full.exp_() if p is None else p, targets)  # [t, V], [t]
+        rows, vocab = logits.shape
+        keep = ctx.needs_input_grad[0]  # else (a no-grad pass) nothing is kept
+        kept = logits.new_empty(rows, vocab, dtype=torch.float32) if keep else None  # [t, V]: p
+        logp = logits.new_empty(rows, dtype=torch.float32)  # [t]
+        entropy = logits.new_empty(rows, dtype=torch.float32) if with_entropy else None  # [t]
+        step = _rows_per_block(vocab)
+        for start in range(0, rows, step):
+            block = slice(start, start + step)
+            z = logits[block]  # [b, V]
+            if z.dtype != torch.float32:  # the upcast's own buffer, divided in place (the values of `/`)
+                z = z.float()  # [b, V]
+                z = z.div_(temperature) if temperature != 1.0 else z
+            elif temperature != 1.0:  # the input stays untouched
+                z = z / temperature  # [b, V]
+            full = torch.log_softmax(z, dim=-1)  # [b, V]
+            logp[block] = full.gather(-1, targets[block].unsqueeze(-1)).squeeze(-1)  # [b]
+            if keep or with_entropy:
+                p = torch.exp(full, out=kept[block]) if keep else full.exp()  # [b, V]
+                if with_entropy:
+                    entropy[block] = -(p * full).sum(-1)  # [b]
+        if keep:
+            ctx.save_for_backward(kept, targets)  # [t, V], [t]
         ctx.temperature, ctx.dtype = temperature, logits.dtype
         if entropy is not None:
             ctx.mark_non_differentiable(entropy)
@@ -92,10 +116,12 @@ class _TargetLogSoftmax(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_logp, grad_entropy):  # noqa: D102
-        p, targets = ctx.saved_tensors
-        scale = grad_logp.float() / ctx.temperature  # [t]
-        grad = p * scale.neg().unsqueeze(-1)  # [t, V]
-        grad.scatter_add_(-1, targets.unsqueeze(-1), scale.unsqueeze(-1))  # [t, V]: + onehot * scale
+        p, targets = ctx.saved_tensors  # [t, V] float32, [t]
+        scale = (grad_logp.float() / ctx.temperature).unsqueeze(-1)  # [t, 1]
+        grad = p.mul_(
+            scale.neg()
+        )  # [t, V]: -p * s in the saved softmax's buffer (a 2nd backward fails autograd's version check)
+        grad.scatter_add_(-1, targets.unsqueeze(-1), scale)  # [t, V]: + onehot * s
         return grad.to(ctx.dtype), None, None, None
 
 
