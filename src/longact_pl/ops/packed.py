@@ -38,7 +38,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 
 from longact_pl.ops.attention_kernels import choose_kernel, flash_attn_available, packed_attention
 from longact_pl.ops.chunked import head_logprobs, lm_head_of
-from longact_pl.ops.passes import TokenMaskHook, dummy_rows, hooked_forward, zero_tie
+from longact_pl.ops.passes import TokenMaskHook, dummy_rows, hooked_forward, with_embeds, zero_tie
 from longact_pl.ops.sequence_parallel.attention import inner_implementation
 
 # attention implementations the packed pass has a kernel for (see longact_pl.ops.attention_kernels)
@@ -272,7 +272,8 @@ class PackedCall:
         """Lay out ``targets`` ``[N, C]`` (``mask`` ``[N, C]``) on the prompts of ``prompt_lengths``.
 
         Entries of ``prompt_lengths`` past ``len(spans)`` are lock-step dummies, which get a 2-token dummy
-        completion each; ``kernel`` as in :func:`packed_completion_logprobs`.
+        completion each; ``kernel``: see :data:`~longact_pl.ops.attention_kernels.KERNELS` (``None``: chosen
+        from the model's attention implementation and the device, ``choose_kernel``).
         """
         rows, width = targets.shape
         layout, real_tokens = packed_layout(prompt_lengths, spans, targets, mask)
@@ -314,48 +315,42 @@ def packed_completion_logprobs(
     model: nn.Module,
     decoder: nn.Module,
     prompts: list[tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]],
-    prompt_lengths: list[int],
-    spans: list[tuple[int, int]],
-    targets: torch.Tensor,
-    mask: torch.Tensor,
+    packed: PackedCall,
+    embeds: torch.Tensor,
     temperature: float,
     with_entropy: bool,
     chunk_size: int | None,
     hook: TokenMaskHook | None,
     entropy_grad: bool = False,
-    kernel: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs of every row's completion from one packed forward on the spans' recorded prompts.
 
     Args:
-        model: The causal LM (its config picks the mask format; its head gives the log-probs).
+        model: The causal LM (its head gives the log-probs).
         decoder: Its base model.
         prompts: Per span, each layer's prompt key/values and the last prompt hidden state ``[1, 1, H]``
-            (:func:`longact_pl.ops.shared_prefix.prompt_pass`); spans past ``len(spans)`` are lock-step
+            (:func:`longact_pl.ops.shared_prefix.prompt_pass`); spans past the real ones are lock-step
             dummies, which get a 2-token dummy completion each.
-        prompt_lengths: Real prompt length of each entry of ``prompts``.
-        spans: Row ranges ``[start, stop)`` of the real rows sharing each prompt.
-        targets: ``[N, C]`` completion ids.
-        mask: ``[N, C]`` real completion tokens (right padding).
+        packed: The packed forward (:meth:`PackedCall.build` on the same prompts, spans and completions).
+        embeds: ``[1, T, H]`` the packed row's input embeddings
+            (:func:`~longact_pl.ops.passes.embed_together`, with the prompts').
         temperature: Log-probs at this temperature.
         with_entropy: Also return the entropy.
         chunk_size: LM-head chunk (tokens).
         hook: Told ``[1, T]`` (``False`` at dummy tokens) around the packed forward.
         entropy_grad: The entropy keeps its gradient (entropy bonus).
-        kernel: Attention kernel (:data:`~longact_pl.ops.attention_kernels.KERNELS`); ``None``: chosen from
-            the model's attention implementation and the device (``choose_kernel``).
 
     Returns:
         ``(logp [N, C], entropy [N, C] or None)``, zeros at padding.
     """
-    packed = PackedCall.build(model, prompt_lengths, spans, targets, mask, kernel)
     layers = [
         PackedPrefixLayer(
             torch.cat([kv[i][0] for kv, _ in prompts], -2), torch.cat([kv[i][1] for kv, _ in prompts], -2)
         )
         for i in range(len(prompts[0][0]))
     ]  # per layer: the prompts' key/values, span after span
-    hidden = hooked_forward(decoder, hook, packed.real, past_key_values=Cache(layers=layers), **packed.inputs)
+    inputs = with_embeds(packed.inputs, embeds)
+    hidden = hooked_forward(decoder, hook, packed.real, past_key_values=Cache(layers=layers), **inputs)
     if packed.call is not None:
         packed.call.check(len(layers))
     lasts = torch.cat([last[0] for _, last in prompts])  # [S, H]

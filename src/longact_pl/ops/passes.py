@@ -37,6 +37,25 @@ def hooked_forward(
             hook(None)
 
 
+def embed_together(decoder: nn.Module, *ids: torch.Tensor) -> list[torch.Tensor]:
+    """The input embeddings of every ``ids`` tensor from one embedding call: ``[*ids_k.shape, H]`` each.
+
+    One call means one ``[V, H]`` embedding gradient in the backward instead of one per forward (each
+    zero-filled and then summed into the weight's gradient: a float32 pass over the vocabulary each). Both
+    orders of the shared-prefix pass embed their prompt(s) and completions this way, so their gradients
+    stay bit-identical.
+    """
+    flat = torch.cat([i.reshape(-1) for i in ids])  # [sum n_k]
+    embeds = decoder.get_input_embeddings()(flat)  # [sum n_k, H]
+    parts = embeds.split([i.numel() for i in ids])
+    return [part.view(*i.shape, -1) for part, i in zip(parts, ids)]  # [*ids_k.shape, H] each
+
+
+def with_embeds(inputs: dict, embeds: torch.Tensor) -> dict:
+    """Decoder keyword arguments ``inputs`` with ``input_ids`` replaced by ``inputs_embeds``."""
+    return {**{k: v for k, v in inputs.items() if k != "input_ids"}, "inputs_embeds": embeds}
+
+
 def zero_tie(tensors: list[torch.Tensor]) -> torch.Tensor | float:
     """A scalar that is exactly 0 but depends on each tensor (0.0 without autograd).
 

@@ -42,7 +42,14 @@ from transformers.cache_utils import Cache, DynamicLayer
 from longact_pl.ops.chunked import decoder_of, head_logprobs, lm_head_of
 from longact_pl.ops.interleaved import Stream, interleaved_forward, layer_inputs, sized_layer
 from longact_pl.ops.packed import PackedCall, PackedPrefixLayer, packed_completion_logprobs
-from longact_pl.ops.passes import TokenMaskHook, dummy_rows, hooked_forward, zero_tie
+from longact_pl.ops.passes import (
+    TokenMaskHook,
+    dummy_rows,
+    embed_together,
+    hooked_forward,
+    with_embeds,
+    zero_tie,
+)
 
 
 class _RecordLayer(DynamicLayer):
@@ -176,9 +183,16 @@ def prompt_counted(spans: list[tuple[int, int]], count_prompts: torch.Tensor | N
 
 
 def prompt_pass(
-    decoder: nn.Module, prompt: torch.Tensor, num_layers: int, hook: TokenMaskHook | None, count: bool = True
+    decoder: nn.Module,
+    prompt: torch.Tensor,
+    num_layers: int,
+    hook: TokenMaskHook | None,
+    count: bool = True,
+    embeds: torch.Tensor | None = None,
 ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
     """Run one prompt ``[1, P_g]`` (no padding) keeping each layer's key/values.
+
+    ``embeds``: its ``[1, P_g, H]`` input embeddings (:func:`embed_together`; ``None``: the decoder embeds).
 
     Returns:
         ``([(keys [1, h, P_g, d], values [1, h, P_g, d])] per layer, last hidden state [1, 1, H])``; the last
@@ -186,70 +200,86 @@ def prompt_pass(
     """
     record = Cache(layers=[_RecordLayer() for _ in range(num_layers)])
     real = torch.ones_like(prompt, dtype=torch.bool) if count else None  # [1, P_g]
-    last = hooked_forward(decoder, hook, real, **_prompt_inputs(prompt), past_key_values=record)[:, -1:]
+    inputs = _prompt_inputs(prompt, embeds)
+    last = hooked_forward(decoder, hook, real, **inputs, past_key_values=record)[:, -1:]
     return [(layer.keys, layer.values) for layer in record.layers], last  # ..., [1, 1, H]
 
 
-def _prompt_inputs(prompt: torch.Tensor) -> dict[str, torch.Tensor]:
+def _prompt_inputs(prompt: torch.Tensor, embeds: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """The decoder inputs of a prompt ``[1, P_g]`` (no padding), both orders (the cache aside)."""
     positions = torch.arange(prompt.shape[1], device=prompt.device).unsqueeze(0)  # [1, P_g]
-    return {"input_ids": prompt, "position_ids": positions}
+    inputs = {"input_ids": prompt, "position_ids": positions}
+    return inputs if embeds is None else with_embeds(inputs, embeds)
 
 
-def _completion_inputs(ids: torch.Tensor, mask: torch.Tensor, length: int) -> dict[str, torch.Tensor]:
-    """The decoder inputs of G right-padded completions ``[G, C]`` after a ``length``-token prompt."""
+def _completion_inputs(ids: torch.Tensor, mask: torch.Tensor, length: int, embeds: torch.Tensor) -> dict:
+    """The decoder inputs of G right-padded completions ``[G, C]`` after a ``length``-token prompt.
+
+    ``embeds``: their ``[G, C, H]`` input embeddings (:func:`embed_together`).
+    """
     rows, width = ids.shape
     positions = torch.arange(length, length + width, device=ids.device)  # [C]
     return {
-        "input_ids": ids,
+        "inputs_embeds": embeds,
         "attention_mask": torch.cat([mask.new_ones(rows, length), mask], dim=1),  # [G, P_g + C]
         "position_ids": positions.unsqueeze(0).expand(rows, -1),  # [G, C]
     }
 
 
-def _padded_completions(decoder, kv, length, ids, mask, hook, count: bool = True) -> torch.Tensor:
-    """The G right-padded completions ``[G, C]`` of one prompt on its key/values: hidden ``[G, C, H]``."""
+def _two_pass_padded(decoder, prompt, num_layers, ids, mask, hook, count: bool = True, dummy: bool = False):
+    """:func:`prompt_pass`, then the G right-padded completions ``[G, C]`` on its key/values.
+
+    Returns ``(last [1, 1, H], hidden [G, C, H])``; ``count`` and ``dummy`` as in :func:`_interleaved_padded`.
+    """
+    prompt_embeds, embeds = embed_together(decoder, prompt, ids)  # [1, P_g, H], [G, C, H]
+    kv, last = prompt_pass(decoder, prompt, num_layers, hook if not dummy else None, count and not dummy,
+                           prompt_embeds)  # fmt: skip
     prefix = Cache(layers=[_PrefixLayer(keys, values) for keys, values in kv])
-    real = mask.bool() if count else None  # [G, C]
-    return hooked_forward(
-        decoder, hook, real, **_completion_inputs(ids, mask, length), past_key_values=prefix
-    )
+    real = mask.bool() if not dummy else None  # [G, C]
+    inputs = _completion_inputs(ids, mask, prompt.shape[1], embeds)
+    return last, hooked_forward(decoder, hook, real, **inputs, past_key_values=prefix)
 
 
-def _prompt_stream(decoder, prompt, num_layers, hook, count: bool) -> Stream:
+def _prompt_stream(decoder, prompt, embeds, num_layers, hook, count: bool) -> Stream:
     """A prompt ``[1, P_g]`` (no padding) as a stream recording its key/values (interleaved pass)."""
     real = torch.ones_like(prompt, dtype=torch.bool) if count and hook is not None else None  # [1, P_g]
     record = Cache(layers=[_RecordLayer() for _ in range(num_layers)])
-    return layer_inputs(decoder, real, **_prompt_inputs(prompt), past_key_values=record)
+    return layer_inputs(decoder, real, **_prompt_inputs(prompt, embeds), past_key_values=record)
 
 
 def _interleaved_padded(
     decoder, prompt, num_layers, ids, mask, hook, count: bool = True, dummy: bool = False
 ):
-    """:func:`prompt_pass` + :func:`_padded_completions`, layer by layer: ``(last [1, 1, H], [G, C, H])``.
+    """:func:`_two_pass_padded`, layer by layer: ``(last [1, 1, H], [G, C, H])``.
 
     ``count``: the hook counts the prompt; ``dummy``: it counts nothing (lock-step dummies).
     """
     length = prompt.shape[1]
+    prompt_embeds, embeds = embed_together(decoder, prompt, ids)  # [1, P_g, H], [G, C, H]
     real = mask.bool() if not dummy and hook is not None else None  # [G, C]
     sized = Cache(layers=[sized_layer(length, ids) for _ in range(num_layers)])
-    completions = layer_inputs(decoder, real, **_completion_inputs(ids, mask, length), past_key_values=sized)
-    (last,), out = interleaved_forward(
-        decoder, [_prompt_stream(decoder, prompt, num_layers, hook, count and not dummy)], completions,
-        lambda kv: _PrefixLayer(*kv[0]), hook,
-    )  # fmt: skip
+    completions = layer_inputs(
+        decoder, real, **_completion_inputs(ids, mask, length, embeds), past_key_values=sized
+    )
+    stream = _prompt_stream(decoder, prompt, prompt_embeds, num_layers, hook, count and not dummy)
+    (last,), out = interleaved_forward(decoder, [stream], completions, lambda kv: _PrefixLayer(*kv[0]), hook)
     return last, out  # [1, 1, H], [G, C, H]
 
 
-def _interleaved_packed(decoder, packed: PackedCall, prompts, counted, num_layers, hook):
-    """The prompts ``[1, P_s]`` and the packed completions, layer by layer: ``(lasts [S, H], [1, T, H])``."""
-    streams = [_prompt_stream(decoder, p, num_layers, hook, c) for p, c in zip(prompts, counted)]
+def _interleaved_packed(decoder, packed: PackedCall, prompts, embeds, counted, num_layers, hook):
+    """The prompts ``[1, P_s]`` and the packed completions, layer by layer: ``(lasts [S, H], [1, T, H])``.
+
+    ``embeds``: the prompts' input embeddings, then the packed row's (:func:`embed_together`).
+    """
+    streams = [
+        _prompt_stream(decoder, p, e, num_layers, hook, c) for p, e, c in zip(prompts, embeds, counted)
+    ]
     keys = sum(p.shape[1] for p in prompts)
     completions = layer_inputs(
         decoder,
         packed.real if hook is not None else None,  # [1, T]
         past_key_values=Cache(layers=[sized_layer(keys, packed.real) for _ in range(num_layers)]),
-        **packed.inputs,
+        **with_embeds(packed.inputs, embeds[-1]),
     )
     lasts, hidden = interleaved_forward(
         decoder, streams, completions,
@@ -330,50 +360,39 @@ def grouped_completion_logprobs(
     with _cache_through_checkpointing(decoder):
         if pack:
             prompts = [input_ids[a, :width][attention_mask[a, :width].bool()].unsqueeze(0) for a, _ in spans]
+            prompts += [dummy_prompt] * pad_spans
+            counted += [False] * pad_spans
+            packed = PackedCall.build(
+                model, [p.shape[1] for p in prompts], spans, targets, attention_mask[:, width:], kernel
+            )
+            embeds = embed_together(decoder, *prompts, packed.inputs["input_ids"])  # ..., [1, T, H]
             if interleave:
-                packed = PackedCall.build(
-                    model, [p.shape[1] for p in prompts] + [1] * pad_spans, spans, targets,
-                    attention_mask[:, width:], kernel,
-                )  # fmt: skip
                 lasts, out = _interleaved_packed(
-                    decoder, packed, prompts + [dummy_prompt] * pad_spans, counted + [False] * pad_spans,
-                    num_layers, token_mask_hook,
-                )  # fmt: skip
+                    decoder, packed, prompts, embeds, counted, num_layers, token_mask_hook
+                )
                 return packed.logprobs(model, out, lasts, temperature, with_entropy, chunk_size, entropy_grad)
             states = [
-                prompt_pass(decoder, p, num_layers, token_mask_hook, c) for p, c in zip(prompts, counted)
+                prompt_pass(decoder, p, num_layers, token_mask_hook, c, e)
+                for p, e, c in zip(prompts, embeds, counted)
             ]
-            states += [prompt_pass(decoder, dummy_prompt, num_layers, None, False) for _ in range(pad_spans)]
             return packed_completion_logprobs(
-                model, decoder, states, [p.shape[1] for p in prompts] + [1] * pad_spans, spans,
-                targets, attention_mask[:, width:], temperature, with_entropy, chunk_size, token_mask_hook,
-                entropy_grad, kernel,
+                model, decoder, states, packed, embeds[-1], temperature, with_entropy, chunk_size,
+                token_mask_hook, entropy_grad,
             )  # fmt: skip
+        run = _interleaved_padded if interleave else _two_pass_padded
         hidden, ties = [], []
         for (start, stop), count in zip(spans, counted):
             keep = attention_mask[start, :width].bool()  # [P]
             prompt = input_ids[start, :width][keep].unsqueeze(0)  # [1, P_g]
             ids, mask = input_ids[start:stop, width:], attention_mask[start:stop, width:]  # [G, C]
-            if interleave:
-                last, out = _interleaved_padded(
-                    decoder, prompt, num_layers, ids, mask, token_mask_hook, count
-                )
-            else:
-                kv, last = prompt_pass(decoder, prompt, num_layers, token_mask_hook, count)
-                out = _padded_completions(
-                    decoder, kv, prompt.shape[1], ids, mask, token_mask_hook
-                )  # [G, C, H]
+            last, out = run(
+                decoder, prompt, num_layers, ids, mask, token_mask_hook, count
+            )  # [1, 1, H], [G, C, H]
             hidden.append(torch.cat([last.expand(stop - start, -1, -1), out[:, :-1]], dim=1))  # [G, C, H]
             ties.append(out)
         for _ in range(pad_spans):
             ids, mask = dummy_rows(1, 2, input_ids)  # [1, 2]
-            if interleave:
-                ties += list(
-                    _interleaved_padded(decoder, dummy_prompt, num_layers, ids, mask, None, dummy=True)
-                )
-            else:
-                kv, last = prompt_pass(decoder, dummy_prompt, num_layers, None, False)
-                ties += [last, _padded_completions(decoder, kv, 1, ids, mask, None, False)]
+            ties += list(run(decoder, dummy_prompt, num_layers, ids, mask, None, dummy=True))
     if not hidden:  # only dummies: nothing to predict
         logp = torch.zeros(targets.shape, device=input_ids.device)  # [0, C]
         return logp + zero_tie(ties), (torch.zeros_like(logp) if with_entropy else None)
