@@ -5,7 +5,7 @@
   gives for the device's memory: as configured (one GPU, bf16-mixed, checkpointing, LM-head chunks of 1024,
   fused AdamW, LongAct freezing 70% of the q/k rows) when that fits, else the cheapest change that fits on
   one GPU. On an 80 GB H100 that is FSDP2 over one rank with CPU offload at 8k, 16k and 32k (as configured
-  the plan puts them at 82.8 / 89.1 / 104.1 GiB).
+  the plan puts them at 78.2 / 83.4 / 93.8 GiB).
 * **Time.** Each section's time is estimated from first principles under :class:`Assumptions` (printed) and
   given a limit (:func:`limits`): the shell kills a section at its limit and reports it as a FAIL under its
   own name, and no section starts past the run's budget (9 minutes), so one slow section cannot make the

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from longact_pl.ops.head_blocks import rows_per_block
 from longact_pl.ops.positions import position_ids_from_mask
 
 # Config fields of models whose logits are not just ``hidden @ W.T + b`` (not supported by the chunked head).
@@ -59,17 +60,6 @@ def lm_head_of(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
     return head.weight, head.bias
 
 
-# Rows of float32 logits per block of the head's forward: one block's upcast, log-softmax and softmax
-# (3 x 4 B x V per row: 2.4 MiB for a 49k vocabulary at 4 rows) stay in the CPU's cache between passes,
-# where the whole [t, V] would make every pass a trip through main memory.
-_BLOCK_BYTES = 4 << 20
-
-
-def _rows_per_block(vocab: int) -> int:
-    """Rows per forward block of :class:`_TargetLogSoftmax` (at least 1)."""
-    return max(1, _BLOCK_BYTES // (12 * vocab))
-
-
 class _TargetLogSoftmax(torch.autograd.Function):
     """``logits [t, V]`` -> float32 log-probs ``[t]`` of ``targets`` at ``temperature`` (and the entropy).
 
@@ -79,10 +69,10 @@ class _TargetLogSoftmax(torch.autograd.Function):
     ``[t, V]`` gradient scattered at the targets, ``log_softmax``'s backward, the temperature's, the cast's):
     on CPU these float32 passes over ``[t, V]`` cost the head more than its matmul.
 
-    The forward runs a few rows at a time (:func:`_rows_per_block`: every op is row-wise, so the values are
-    those of the whole-tensor ops, bit for bit) and writes only the softmax it keeps; the backward turns that
-    softmax into the gradient in place. On CPU a fresh ``[t, V]`` float32 tensor costs more in page faults
-    (glibc maps every allocation over 32 MiB anew) than the pass that fills it.
+    The forward runs a few rows at a time (:func:`~longact_pl.ops.head_blocks.rows_per_block`; every op is
+    row-wise, so the values are those of the whole-tensor ops, bit for bit) and writes only the softmax it
+    keeps; the backward turns that softmax into the gradient in place. On CPU a fresh ``[t, V]`` float32
+    tensor costs more in page faults (glibc maps every allocation over 32 MiB anew) than the pass filling it.
     """
 
     @staticmethod
@@ -92,7 +82,7 @@ class _TargetLogSoftmax(torch.autograd.Function):
         kept = logits.new_empty(rows, vocab, dtype=torch.float32) if keep else None  # [t, V]: p
         logp = logits.new_empty(rows, dtype=torch.float32)  # [t]
         entropy = logits.new_empty(rows, dtype=torch.float32) if with_entropy else None  # [t]
-        step = _rows_per_block(vocab)
+        step = rows_per_block(vocab)
         for start in range(0, rows, step):
             block = slice(start, start + step)
             z = logits[block]  # [b, V]
