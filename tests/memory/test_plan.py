@@ -184,3 +184,11 @@ def test_shapes_of_model_groups(tmp_path):
     assert shape_of_model_config(hf) is None
     assert shape_of_model_config({**hf, "name_or_path": "Qwen/Qwen3-4B"}).params == Q4.params
     assert shape_of_model_config({**hf, "name_or_path": "org/unknown"}) is None
+
+
+def test_the_plans_packed_kernels_are_the_ones_the_pass_runs():
+    """``memory/plan.py`` stays torch-free, so it names the packed kernels itself: the same as the pass's."""
+    from longact_pl.memory.plan import PACKED_KERNELS
+    from longact_pl.ops.attention_kernels import KERNELS
+
+    assert PACKED_KERNELS == KERNELS
