@@ -29,6 +29,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from longact_pl.ops.positions import position_ids_from_mask
 from longact_pl.ops.shared_prefix import full_attention_only
+from longact_pl.rollout.attention_switch import attention_switched
 
 ATTN_NAME = "longact_shared_prefix"
 MAX_MATMUL_QUERY = 16  # longer queries use SDPA on expanded key/values
@@ -153,17 +154,10 @@ def shared_prefix_decoding(model: nn.Module, cache: SharedPrefixCache) -> Iterat
     Raises:
         NotImplementedError: For models with sliding-window or non-attention layers.
     """
-    config = model.config
     if not full_attention_only(model):
         raise NotImplementedError("shared-prefix decoding supports full-attention decoders only")
-    saved = config._attn_implementation
-    token = _ACTIVE.set(cache)
-    try:
-        config._attn_implementation = ATTN_NAME
+    with attention_switched(model, ATTN_NAME, _ACTIVE, cache):
         yield
-    finally:
-        config._attn_implementation = saved
-        _ACTIVE.reset(token)
 
 
 def prefill(policy: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> DynamicCache | None:

@@ -34,6 +34,7 @@ from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
 from longact_pl.ops.positions import position_ids_from_mask
 from longact_pl.ops.shared_prefix import full_attention_only
+from longact_pl.rollout.attention_switch import attention_switched
 from longact_pl.rollout.token_sampling import TokenSampler
 
 ATTN_NAME = "longact_shared_decode"
@@ -154,15 +155,8 @@ AttentionInterface.register(ATTN_NAME, decode_attention)
 @contextmanager
 def _decoding(model: nn.Module, cache: DecodeCache) -> Iterator[None]:
     """Run ``model`` with :func:`decode_attention` over ``cache`` inside the block."""
-    config = model.config
-    saved = config._attn_implementation
-    token = _ACTIVE.set(cache)
-    try:
-        config._attn_implementation = ATTN_NAME
+    with attention_switched(model, ATTN_NAME, _ACTIVE, cache):
         yield
-    finally:
-        config._attn_implementation = saved
-        _ACTIVE.reset(token)
 
 
 @torch.no_grad()
