@@ -10,7 +10,7 @@ from longact_pl.memory.advice import fixes, options
 from longact_pl.memory.from_config import micro_batch, plan_inputs
 from longact_pl.memory.plan import GIB, KV_GRADS, KV_HOLD, Settings, plan_memory
 from longact_pl.memory.shapes import QWEN3_4B, QWEN3_8B, ModelShape, shape_of_model_config
-from longact_pl.ops.head_blocks import HEAD_BLOCK_BYTES
+from longact_pl.ops.head_blocks import ACCELERATOR_HEAD_BLOCK_BYTES
 from tests.helpers import compose_train
 
 Q4 = ModelShape.from_config(QWEN3_4B)
@@ -47,10 +47,11 @@ def test_qwen3_4b_single_gpu_at_32k_by_hand():
     without = plan.phase_total("prompt backward") - plan.term(KV_HOLD, "prompt backward")
     without -= plan.term(KV_GRADS, "prompt backward")
     assert without < max(plan.phase_total(p) for p in plan.phases if p != "prompt backward")
-    # the LM head holds 6 B per logit of its 1024-token chunk (bf16 logits, the float32 softmax), a few
-    # rows of scratch and 3 float32 copies of the 8k completion tokens' hidden states: less than the
-    # recomputed completion layer
-    head = 1024 * 151936 * (2 + 4) + HEAD_BLOCK_BYTES + 3 * 8192 * 2560 * 4
+    # the LM head holds 6 B per logit of its 1024-token chunk (bf16 logits, the float32 softmax), a block
+    # of rows of scratch (147 rows on a GPU) and 3 float32 copies of the 8k completion tokens' hidden
+    # states: less than the recomputed completion layer
+    head = 1024 * 151936 * (2 + 4) + 147 * 12 * 151936 + 3 * 8192 * 2560 * 4
+    assert ACCELERATOR_HEAD_BLOCK_BYTES // (12 * 151936) == 147
     assert plan.term("LM-head chunk", "head backward") == head
     assert plan.peak_without_hold == plan.phase_total("completion backward") < plan.peak
 

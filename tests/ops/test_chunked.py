@@ -137,7 +137,7 @@ def test_blocked_head_is_bit_identical_to_whole_tensor_ops(dtype, temperature):
     """At a real vocabulary (several row blocks, the last one partial) the blocked forward and the
     logits-dtype backward give exactly the whole-tensor values: log-probs, entropy and the logits' gradient
     ``((onehot - p) * s)`` computed in float32 and rounded once."""
-    rows, vocab = 2 * rows_per_block(49152) + 3, 49152
+    rows, vocab = 2 * rows_per_block(49152, "cpu") + 3, 49152
     gen = torch.Generator().manual_seed(1)
     logits = (4 * torch.randn(rows, vocab, generator=gen)).to(dtype).requires_grad_(True)
     targets = torch.randint(0, vocab, (rows,), generator=gen)

@@ -42,7 +42,7 @@ from longact_pl.memory.activations import (
     mixed,
 )
 from longact_pl.memory.shapes import ModelShape
-from longact_pl.ops.head_blocks import HEAD_BLOCK_BYTES
+from longact_pl.ops.head_blocks import head_scratch_bytes
 
 GIB = 2**30
 KV_HOLD = "prompt K/V held"
@@ -264,8 +264,8 @@ def _passes(shape: ModelShape, s: Settings) -> dict[str, list[Term]]:
     chunk = min(s.logprob_chunk or head_tokens, head_tokens)
     # per logit (ops/chunked.py): the matmul's output and the float32 softmax kept for the backward (which
     # turns it into the gradient in place); the forward's upcast, log-softmax and p * log p live in a few
-    # rows at a time (HEAD_BLOCK_BYTES)
-    head = chunk * V * (4 + cb) + HEAD_BLOCK_BYTES + 3 * head_tokens * H * 4
+    # rows at a time (ops/head_blocks.py)
+    head = chunk * V * (4 + cb) + head_scratch_bytes(V, chunk, s.device) + 3 * head_tokens * H * 4
     # the packed pass's key gradient is a view of the [P + T] gradient; the padded one is summed over rows
     # the head's weight gradient is made whole, then added to .grad (under autocast: bf16, then float32);
     # FSDP's unsharded head gradient is in its gathered-parameter term

@@ -82,7 +82,7 @@ class _TargetLogSoftmax(torch.autograd.Function):
         kept = logits.new_empty(rows, vocab, dtype=torch.float32) if keep else None  # [t, V]: p
         logp = logits.new_empty(rows, dtype=torch.float32)  # [t]
         entropy = logits.new_empty(rows, dtype=torch.float32) if with_entropy else None  # [t]
-        step = rows_per_block(vocab)
+        step = rows_per_block(vocab, logits.device.type)
         for start in range(0, rows, step):
             block = slice(start, start + step)
             z = logits[block]  # [b, V]
