@@ -108,9 +108,8 @@ class _TargetLogSoftmax(torch.autograd.Function):
     def backward(ctx, grad_logp, grad_entropy):  # noqa: D102
         p, targets = ctx.saved_tensors  # [t, V] float32, [t]
         scale = (grad_logp.float() / ctx.temperature).unsqueeze(-1)  # [t, 1]
-        grad = p.mul_(
-            scale.neg()
-        )  # [t, V]: -p * s in the saved softmax's buffer (a 2nd backward fails autograd's version check)
+        # in the saved softmax's buffer: a second backward fails autograd's version check
+        grad = p.mul_(scale.neg())  # [t, V]: -p * s
         grad.scatter_add_(-1, targets.unsqueeze(-1), scale)  # [t, V]: + onehot * s
         return grad.to(ctx.dtype), None, None, None
 
